@@ -1,0 +1,56 @@
+"""The trainable object of AHAMask: one logit per attention head of the LLM backbone."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .estimators import ESTIMATORS, deterministic_mask, soft_sample, straight_through
+
+
+class HeadMask(nn.Module):
+    """Mask logits ``[layers, heads]``, initialised N(4, 0.02) so every head starts on.
+
+    In training mode ``forward`` returns a straight-through hard sample (0/1 values,
+    gradients of the relaxed sample); in eval mode the deterministic mask (logit >= 0).
+    ``temperature`` is a buffer so that it travels with checkpoints and is annealed by
+    the ``TemperatureAnnealing`` callback.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        num_heads: int,
+        estimator: str = "logistic",
+        init_mean: float = 4.0,
+        init_std: float = 0.02,
+        temperature: float = 4.0,
+    ) -> None:
+        super().__init__()
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator: expected one of {ESTIMATORS}, got {estimator!r}")
+        self.estimator = estimator
+        self.logits = nn.Parameter(torch.empty(num_layers, num_heads).normal_(init_mean, init_std))
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.logits.shape)
+
+    def forward(self, batch_size: int | None = None) -> torch.Tensor:
+        """A gate ``[layers, heads]``, or ``[batch_size, layers, heads]`` with one sample each."""
+        if not self.training:
+            return deterministic_mask(self.logits.detach())
+        logits = self.logits if batch_size is None else self.logits.expand(batch_size, *self.logits.shape)
+        return straight_through(soft_sample(logits, float(self.temperature), self.estimator))
+
+    def hard(self) -> torch.Tensor:
+        return deterministic_mask(self.logits.detach())
+
+    def active_heads(self) -> int:
+        return int(self.hard().sum().item())
+
+    @torch.no_grad()
+    def load_logits(self, logits: torch.Tensor) -> None:
+        if tuple(logits.shape) != self.shape:
+            raise ValueError(f"mask logits of shape {tuple(logits.shape)} do not fit the model's {self.shape}")
+        self.logits.copy_(logits.to(self.logits.dtype))
