@@ -1,0 +1,1 @@
+"""Analyses of learned masks and results: Jaccard, reports, figures."""

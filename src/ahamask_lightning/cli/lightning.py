@@ -1,0 +1,54 @@
+"""LightningCLI for ``ahamask fit|validate|test|predict``.
+
+The config is parsed and checked (unknown keys, wrong types, unknown classes, unwritable
+output directory) before any model is built, and such errors come out as one line.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """Config errors as one line naming the key, instead of the usage text and a traceback."""
+
+    def error(self, message: str, *args, **kwargs):
+        text = " ".join(str(message).split())
+        print(f"ahamask: config error: {text}", file=sys.stderr)
+        sys.exit(2)
+
+
+class AHAMaskCLI(LightningCLI):
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config.get(self.config.subcommand) if self.subcommand else self.config
+        root = cfg.get("trainer", {}).get("default_root_dir") or "."
+        _check_writable(Path(root), "trainer.default_root_dir")
+        model_args = (cfg.get("model") or {}).get("init_args") or {}
+        if model_args.get("results_dir"):
+            _check_writable(Path(model_args["results_dir"]), "model.init_args.results_dir")
+
+
+def _check_writable(path: Path, key: str) -> None:
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise PermissionError(f"{key}: cannot write to {path} ({probe} is not a writable directory)")
+
+
+def run_lightning(argv: list[str]) -> int:
+    AHAMaskCLI(
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=argv,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        parser_class=OneLineErrorParser,
+    )
+    return 0

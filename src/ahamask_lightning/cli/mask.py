@@ -1,0 +1,85 @@
+"""``ahamask mask info | jaccard | combine | random | import-official``."""
+from __future__ import annotations
+
+import argparse
+
+from ..analysis.masks import combine, jaccard_matrix, mask_to_logits, random_mask
+from ..masking import import_official, load_mask, save_mask
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="mask_cmd", required=True)
+    p = sub.add_parser("info", help="shape and active heads per layer")
+    p.add_argument("mask")
+    p = sub.add_parser("jaccard", help="pairwise Jaccard matrix of masks")
+    p.add_argument("masks", nargs="+")
+    p.add_argument("--plot", help="write a heat map PNG")
+    p = sub.add_parser("combine", help="intersection or union of masks")
+    p.add_argument("--op", choices=["and", "or"], required=True)
+    p.add_argument("masks", nargs="+")
+    p.add_argument("-o", "--out", required=True)
+    p = sub.add_parser("random", help="random mask with the same number of active heads")
+    p.add_argument("--like", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--active", type=int, help="number of active heads (default: as --like)")
+    p.add_argument("-o", "--out", required=True)
+    p = sub.add_parser("import-official", help="convert a released SALMONN-AHAMask checkpoint")
+    p.add_argument("pth")
+    p.add_argument("--layers", type=int, required=True)
+    p.add_argument("--heads", type=int, required=True)
+    p.add_argument("-o", "--out", required=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    cmd = args.mask_cmd
+    if cmd == "info":
+        mf = load_mask(args.mask)
+        layers, heads = mf.shape
+        print(f"{args.mask}: {layers} layers x {heads} heads, {mf.active()} of {layers * heads} heads active "
+              f"({100 * mf.active() / (layers * heads):.1f} %)")
+        for key in sorted(mf.metadata):
+            print(f"  {key}: {mf.metadata[key]}")
+        per_layer = mf.mask.sum(1).int().tolist()
+        print("  active per layer: " + " ".join(str(v) for v in per_layer))
+        return 0
+    if cmd == "jaccard":
+        files = [load_mask(m) for m in args.masks]
+        shapes = {f.shape for f in files}
+        if len(shapes) > 1:
+            raise ValueError(f"masks have different shapes {sorted(shapes)}: Jaccard needs one model")
+        mat = jaccard_matrix([f.mask for f in files])
+        names = [m.rsplit("/", 1)[-1].removesuffix(".safetensors") for m in args.masks]
+        width = max(8, *(len(n) for n in names))
+        print(" " * width + " " + " ".join(f"{n[:width]:>{width}}" for n in names))
+        for name, row in zip(names, mat.tolist()):
+            print(f"{name:<{width}} " + " ".join(f"{v:>{width}.3f}" for v in row))
+        if args.plot:
+            from ..analysis.figures import jaccard_heatmap
+
+            jaccard_heatmap(mat, names, args.plot)
+            print(f"wrote {args.plot}")
+        return 0
+    if cmd == "combine":
+        files = [load_mask(m) for m in args.masks]
+        for f, name in zip(files[1:], args.masks[1:]):
+            if f.shape != files[0].shape:
+                raise ValueError(f"{name}: shape {f.shape} differs from {args.masks[0]} {files[0].shape}")
+        out = combine([f.mask for f in files], args.op)
+        save_mask(args.out, mask_to_logits(out), op=args.op, sources=",".join(args.masks),
+                  model_id=files[0].metadata.get("model_id"))
+        print(f"wrote {args.out}: {int(out.sum())} of {out.numel()} heads active")
+        return 0
+    if cmd == "random":
+        like = load_mask(args.like)
+        active = like.active() if args.active is None else args.active
+        out = random_mask(like.shape, active, args.seed)
+        save_mask(args.out, mask_to_logits(out), random_seed=args.seed, like=args.like,
+                  model_id=like.metadata.get("model_id"))
+        print(f"wrote {args.out}: {active} of {out.numel()} heads active (seed {args.seed})")
+        return 0
+    if cmd == "import-official":
+        mf = import_official(args.pth, args.layers, args.heads)
+        save_mask(args.out, mf.logits, **mf.metadata)
+        print(f"wrote {args.out}: {args.layers} x {args.heads}, {mf.active()} heads active")
+        return 0
+    raise AssertionError(cmd)

@@ -1,0 +1,222 @@
+"""TinyLALM: a small audio LLM that this project trains, so AHAMask can run and be measured on a CPU.
+
+Log-mel front end -> 2 strided convolutions + a small transformer encoder -> frame-stacking
+projector -> a small transformers ``LlamaForCausalLM`` with a ``tokenizers`` BPE tokenizer,
+prompted like SALMONN (``USER: <Speech><SpeechHere></Speech> {}\\nASSISTANT:``). The LLM is a
+real transformers decoder, so the head gate is the same code path as for the real models.
+
+A checkpoint is a directory: ``config.json``, ``model.safetensors`` (fp16) and ``tokenizer.json``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torchaudio
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from .base import LALMAdapter, causal_lm_loss
+from .splice import splice_embeddings, tokenize_prompts
+
+PROMPT_TEMPLATE = "USER: <Speech><SpeechHere></Speech> {}\nASSISTANT:"
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
+
+
+@dataclass
+class TinyLALMConfig:
+    n_mels: int = 80
+    hop_ms: float = 20.0  # 50 frames/s in, 12.5 audio tokens/s into the LLM
+    enc_dim: int = 192
+    enc_layers: int = 2
+    enc_heads: int = 4
+    stack: int = 2
+    llm: dict = field(default_factory=lambda: dict(
+        hidden_size=192, intermediate_size=512, num_hidden_layers=6, num_attention_heads=8,
+        num_key_value_heads=8, max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=True,
+    ))
+    vocab_size: int = 1000
+
+
+def build_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> PreTrainedTokenizerFast:
+    """A BPE tokenizer trained on the corpus and prompt texts with the `tokenizers` library."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return wrap_tokenizer(tok)
+
+
+def wrap_tokenizer(tok) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+class LogMel(nn.Module):
+    """Log-mel features computed in the collate step (no weights)."""
+
+    def __init__(self, n_mels: int, hop_ms: float, sample_rate: int = 16000) -> None:
+        super().__init__()
+        hop = int(sample_rate * hop_ms / 1000)
+        self.hop = hop
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=sample_rate, n_fft=2 * hop, win_length=2 * hop, hop_length=hop, n_mels=n_mels
+        )
+
+    @torch.no_grad()
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:  # [T] -> [frames, n_mels]
+        return (self.mel(wav) + 1e-6).log().clamp(min=-12.0).transpose(0, 1)
+
+
+class AudioEncoder(nn.Module):
+    """Two stride-2 convolutions then a small transformer; 4x time reduction, then frame stacking."""
+
+    def __init__(self, cfg: TinyLALMConfig, llm_hidden: int) -> None:
+        super().__init__()
+        d = cfg.enc_dim
+        self.conv = nn.Sequential(
+            nn.Conv1d(cfg.n_mels, d, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv1d(d, d, 3, stride=2, padding=1), nn.GELU(),
+        )
+        layer = nn.TransformerEncoderLayer(d, cfg.enc_heads, 4 * d, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.enc_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.stack = cfg.stack
+        self.proj = nn.Sequential(nn.Linear(d * cfg.stack, llm_hidden), nn.GELU(), nn.Linear(llm_hidden, llm_hidden))
+        self.register_buffer("pos", self._sinusoids(4096, d), persistent=False)
+
+    @staticmethod
+    def _sinusoids(length: int, dim: int) -> torch.Tensor:
+        inv = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2).float() / dim)
+        ang = torch.arange(length).float()[:, None] * inv[None]
+        return torch.cat([ang.sin(), ang.cos()], dim=-1)
+
+    @staticmethod
+    def out_lengths(frames: torch.Tensor, stack: int) -> torch.Tensor:
+        n = frames
+        for _ in range(2):
+            n = (n - 1) // 2 + 1
+        return n // stack
+
+    def forward(self, feats: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.conv(feats.transpose(1, 2)).transpose(1, 2)  # [B, T/4, d]
+        t = x.shape[1]
+        x = x + self.pos[:t].to(x.dtype)
+        enc_lens = lens
+        for _ in range(2):
+            enc_lens = (enc_lens - 1) // 2 + 1
+        pad = torch.arange(t, device=x.device)[None] >= enc_lens[:, None]
+        x = self.norm(self.encoder(x, src_key_padding_mask=pad))
+        t2 = t // self.stack
+        x = x[:, : t2 * self.stack].reshape(x.shape[0], t2, -1)
+        return self.proj(x), enc_lens // self.stack
+
+
+class TinyLALM(LALMAdapter):
+    """The testbed LALM. ``checkpoint``: a directory written by ``save``; None builds random weights."""
+
+    model_id = "tiny-lalm"
+    min_seconds = 0.5
+    max_seconds = 12.0
+
+    def __init__(
+        self,
+        checkpoint: str | None = "checkpoints/tiny_lalm",
+        config: TinyLALMConfig | None = None,
+        tokenizer: PreTrainedTokenizerFast | None = None,
+        attn_implementation: str = "sdpa",
+    ) -> None:
+        super().__init__()
+        if checkpoint is not None:
+            path = Path(checkpoint)
+            missing = [p.name for p in (path / "config.json", path / "model.safetensors", path / "tokenizer.json")
+                       if not p.is_file()]
+            if missing:
+                raise FileNotFoundError(f"{path}: TinyLALM checkpoint incomplete, missing {', '.join(missing)}")
+            config = TinyLALMConfig(**json.loads((path / "config.json").read_text()))
+            tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"),
+                                                bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                                unk_token="<unk>")
+        if config is None or tokenizer is None:
+            raise ValueError("TinyLALM needs a checkpoint directory, or both config and tokenizer")
+        self.config = config
+        self.tokenizer = tokenizer
+        llm_cfg = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                              **config.llm)
+        llm_cfg._attn_implementation = attn_implementation
+        self.llm = LlamaForCausalLM(llm_cfg)
+        self.audio_encoder = AudioEncoder(config, llm_cfg.hidden_size)
+        self.frontend = LogMel(config.n_mels, config.hop_ms, self.sample_rate)
+        self.num_heads = llm_cfg.num_attention_heads
+        self.head_dim = llm_cfg.hidden_size // llm_cfg.num_attention_heads
+        if checkpoint is not None:
+            state = load_file(str(Path(checkpoint) / "model.safetensors"))
+            result = self.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+            bad = [k for k in result.missing_keys if not k.startswith("frontend.")] + list(result.unexpected_keys)
+            if bad:
+                raise ValueError(f"{checkpoint}/model.safetensors: keys do not match TinyLALM: {bad[:5]}")
+            if self.config.llm.get("tie_word_embeddings"):
+                self.llm.tie_weights()
+
+    # --- persistence ----------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
+        self.tokenizer.backend_tokenizer.save(str(directory / "tokenizer.json"))
+        state = {k: v.detach().to(torch.float16).contiguous() for k, v in self.state_dict().items()
+                 if not k.startswith("frontend.") and k != "llm.lm_head.weight"}
+        save_file(state, str(directory / "model.safetensors"), metadata={"model_id": self.model_id})
+
+    # --- adapter interface ------------------------------------------------------------
+    def gated_attentions(self) -> Sequence[nn.Module]:
+        return [layer.self_attn for layer in self.llm.model.layers]
+
+    def collate(self, audios, instructions, targets=None) -> dict[str, torch.Tensor]:
+        feats = [self.frontend(a.float()) for a in audios]
+        lens = torch.tensor([f.shape[0] for f in feats], dtype=torch.long)
+        batch = {"features": nn.utils.rnn.pad_sequence(feats, batch_first=True), "feature_lens": lens}
+        tok = self.tokenizer
+        batch.update(tokenize_prompts(tok, PROMPT_TEMPLATE, list(instructions), targets,
+                                      tok.bos_token_id, tok.eos_token_id, tok.pad_token_id))
+        return batch
+
+    def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        audio, audio_lens = self.audio_encoder(batch["features"], batch["feature_lens"])
+        return splice_embeddings(self.llm.get_input_embeddings(), batch, audio, audio_lens)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        embeds, mask, labels = self._inputs(batch)
+        out = self.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
+        return causal_lm_loss(out.logits, labels)
+
+    default_generation = {"max_new_tokens": 48, "num_beams": 1, "do_sample": False}
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, torch.Tensor], **generation) -> list[str]:
+        embeds, mask, _ = self._inputs({k: v for k, v in batch.items() if not k.startswith("target_")})
+        kwargs = {**self.default_generation, **generation}
+        # generate() derives left-padding-aware position ids from the attention mask.
+        out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask,
+                                pad_token_id=self.tokenizer.pad_token_id, **kwargs)
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+
+def random_tiny_lalm(texts: Sequence[str] = ("hello world",), layers: int = 2, heads: int = 4,
+                     hidden: int = 32, attn_implementation: str = "sdpa") -> TinyLALM:
+    """A small random TinyLALM for tests (no checkpoint)."""
+    tok = build_tokenizer(list(texts) + [PROMPT_TEMPLATE], vocab_size=200)
+    cfg = TinyLALMConfig(enc_dim=32, enc_layers=1, enc_heads=2, llm=dict(
+        hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=heads, max_position_embeddings=512, tie_word_embeddings=True))
+    return TinyLALM(checkpoint=None, config=cfg, tokenizer=tok, attn_implementation=attn_implementation)

@@ -1,0 +1,219 @@
+"""The LightningModule of AHAMask: a frozen LALM plus the n x h mask logits, trained alone.
+
+loss = cross-entropy on the target tokens + lambda * sum(mask). The LALM never receives
+gradients: every weight is frozen, so autograd records nothing before the first gated
+``o_proj`` (the audio encoder runs without a graph) and nothing accumulates into weights.
+Checkpoints hold the mask, optimizer and loop state only, plus the identity of the model
+they belong to.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from .masking import HeadGate, HeadMask, load_mask
+from .models.base import LALMAdapter
+from .prompts import check_prompt_mode, choose_instruction
+from .results import write_results
+
+
+class SampleCollate:
+    """Turns dataset samples into model tensors plus the text fields metrics need."""
+
+    def __init__(self, adapter: LALMAdapter, prompt: str, seed: int = 0) -> None:
+        self.adapter, self.prompt, self.rng = adapter, prompt, random.Random(seed)
+
+    def __call__(self, samples: list[dict]) -> dict:
+        instructions = [choose_instruction(s, self.prompt, self.rng) for s in samples]
+        batch = self.adapter.collate([s["audio"] for s in samples], instructions, [s["text"] for s in samples])
+        batch.update(ids=[s["id"] for s in samples], tasks=[s["task"] for s in samples],
+                     texts=[s["text"] for s in samples], instructions=instructions)
+        return batch
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int | None, start: float, peak: float,
+                  end: float) -> float:
+    """Learning rate: linear start -> peak over warm-up, then cosine peak -> end until total_steps."""
+    if step < warmup_steps:
+        return start + (peak - start) * step / max(1, warmup_steps)
+    if not total_steps or total_steps <= warmup_steps:
+        return peak
+    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    return end + 0.5 * (peak - end) * (1 + math.cos(math.pi * progress))
+
+
+class AHAMaskModule(L.LightningModule):
+    """Train (``fit``) or evaluate (``validate``/``test``/``predict``) a head mask on a frozen LALM.
+
+    Args:
+        model: the frozen LALM adapter (any ``LALMAdapter``: TinyLALM, Qwen2-Audio, SALMONN...).
+        estimator: ``logistic`` (Gumbel-Sigmoid), ``official`` (released code) or ``hard_concrete``.
+        sparsity_lambda: weight of sum(mask) in the loss (``SparsityPenalty`` may schedule it).
+        lr, warmup_lr, warmup_steps, final_lr, total_steps: AdamW on the logits only, no weight
+            decay; linear warm-up then cosine (total_steps defaults to the trainer's).
+        prompt: instruction mode (see ``prompts``): ``none`` trains/evaluates instruction-free.
+        mask: a mask file to start from (fit) or to evaluate (test).
+        use_mask: False evaluates the ungated model (the instruction / no-instruction baselines).
+        per_sample_mask: draw an independent mask sample for every batch element in training.
+        generation: overrides of the adapter's generation settings for validate/test/predict.
+        results_dir: where test metrics and predictions are written (default: the logger's dir).
+    """
+
+    def __init__(
+        self,
+        model: LALMAdapter,
+        estimator: str = "logistic",
+        init_mean: float = 4.0,
+        init_std: float = 0.02,
+        temperature: float = 4.0,
+        sparsity_lambda: float = 0.0,
+        lr: float = 1e-2,
+        warmup_lr: float = 1e-6,
+        warmup_steps: int = 3000,
+        final_lr: float = 1e-4,
+        total_steps: int | None = None,
+        prompt: str = "none",
+        mask: str | None = None,
+        use_mask: bool = True,
+        per_sample_mask: bool = False,
+        generation: dict | None = None,
+        results_dir: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        self.prompt = check_prompt_mode(prompt)
+        self.adapter = model.freeze()
+        self.head_mask = HeadMask(model.num_layers, model.num_heads, estimator, init_mean, init_std, temperature)
+        self.gate = HeadGate(model.gated_attentions(), model.num_heads, model.head_dim)
+        if mask is not None:
+            self.head_mask.load_logits(load_mask(mask, self.head_mask.shape).logits)
+        self.sparsity_lambda = sparsity_lambda
+        self.use_mask = use_mask
+        self.generation = dict(generation or {})
+        self.strict_loading = False  # checkpoints carry the mask only; the LALM comes from its own files
+        self._predictions: list[dict] = []
+        self._metrics: dict[str, object] = {}
+
+    # --- data plumbing ----------------------------------------------------------------
+    def collate(self) -> SampleCollate:
+        return SampleCollate(self.adapter, self.prompt, self.hparams.seed)
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "collate_fn"):
+            dm.collate_fn = self.collate()
+
+    # --- training -----------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        b = len(batch["ids"])
+        mask = self.head_mask(b if self.hparams.per_sample_mask else None)
+        with self.gate.apply(mask):
+            ce = self.adapter.loss(batch)
+        active = mask.sum() / (b if mask.dim() == 3 else 1)
+        loss = ce + self.sparsity_lambda * active
+        self.log_dict({"train/ce": ce.detach(), "train/loss": loss.detach(), "train/active_sampled": active.detach(),
+                       "train/temperature": self.head_mask.temperature, "train/lambda": float(self.sparsity_lambda)},
+                      prog_bar=False, batch_size=b)
+        self.log("train/active", float(self.head_mask.active_heads()), prog_bar=True, batch_size=b)
+        return loss
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = torch.optim.AdamW([self.head_mask.logits], lr=hp.lr, weight_decay=0.0)
+        total = hp.total_steps
+        if total is None and self._trainer is not None:
+            est = self.trainer.estimated_stepping_batches
+            total = int(est) if est is not None and math.isfinite(est) else None
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, hp.warmup_steps, total, hp.warmup_lr, hp.lr, hp.final_lr) / hp.lr
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # --- evaluation -------------------------------------------------------------------
+    def eval_mask(self) -> torch.Tensor | None:
+        return self.head_mask.hard() if self.use_mask else None
+
+    def _generate(self, batch: dict) -> list[str]:
+        with self.gate.apply(self.eval_mask()):
+            return self.adapter.generate(batch, **self.generation)
+
+    def _metric(self, task: str):
+        if task not in self._metrics:
+            from .tasks import get_task
+
+            self._metrics[task] = get_task(task).metric().to(self.device)
+        return self._metrics[task]
+
+    def _eval_step(self, batch: dict) -> None:
+        preds = self._generate(batch)
+        by_task: dict[str, tuple[list, list]] = {}
+        for task, pred, ref, sid, ins in zip(batch["tasks"], preds, batch["texts"], batch["ids"],
+                                             batch["instructions"]):
+            by_task.setdefault(task, ([], []))
+            by_task[task][0].append(pred)
+            by_task[task][1].append(ref)
+            self._predictions.append({"id": sid, "task": task, "instruction": ins, "prediction": pred,
+                                      "reference": ref})
+        for task, (p, r) in by_task.items():
+            self._metric(task).update(p, r)
+
+    def _eval_epoch_end(self, prefix: str) -> dict[str, float]:
+        results = {}
+        for task, metric in sorted(self._metrics.items()):
+            for key, value in metric.compute().items():
+                results[f"{prefix}/{task}/{key}"] = float(value)
+            metric.reset()
+        if results:
+            self.log_dict(results, sync_dist=False)
+        return results
+
+    def on_validation_epoch_start(self) -> None:
+        self._predictions, self._metrics = [], {}
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._predictions, self._metrics = [], {}
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        results = self._eval_epoch_end("test")
+        if self.trainer.is_global_zero:
+            out = Path(self.hparams.results_dir or self.trainer.log_dir or ".")
+            write_results(out, results, self._predictions, self.describe_run())
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
+        preds = self._generate(batch)
+        return [{"id": i, "task": t, "prediction": p} for i, t, p in zip(batch["ids"], batch["tasks"], preds)]
+
+    # --- identity and checkpoints ----------------------------------------------------------
+    def describe_run(self) -> dict:
+        hp = dict(self.hparams)
+        return {**self.adapter.describe(), "prompt": self.prompt, "use_mask": self.use_mask,
+                "active_heads": self.head_mask.active_heads() if self.use_mask else None,
+                "estimator": hp["estimator"], "sparsity_lambda": float(self.sparsity_lambda),
+                "mask": hp.get("mask")}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("head_mask.")}
+        checkpoint["ahamask_model"] = self.adapter.describe()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("ahamask_model")
+        mine = self.adapter.describe()
+        if saved is not None and saved != mine:
+            raise ValueError(
+                f"checkpoint belongs to {json.dumps(saved)}, not to this model {json.dumps(mine)}"
+            )

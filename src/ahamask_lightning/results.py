@@ -1,0 +1,41 @@
+"""Test results on disk: ``test_metrics.json`` (metrics + run identity + versions) and predictions."""
+from __future__ import annotations
+
+import json
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from .masking.io import git_revision
+
+VERSIONED = ("torch", "torchaudio", "lightning", "transformers", "peft", "torchmetrics")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_results(out_dir: Path, metrics: dict[str, float], predictions: list[dict], run: dict) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = {"metrics": metrics, "run": run, "git_revision": git_revision(), "versions": package_versions(),
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    path = out_dir / "test_metrics.json"
+    path.write_text(json.dumps(record, indent=1))
+    with open(out_dir / "predictions.jsonl", "w") as f:
+        for p in predictions:
+            f.write(json.dumps(p, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_results(path: Path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "test_metrics.json"
+    return json.loads(path.read_text())
