@@ -43,22 +43,19 @@ class TinyLALMConfig:
     vocab_size: int = 1000
 
 
-def build_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> PreTrainedTokenizerFast:
+def build_tokenizer(texts: Iterable[str], vocab_size: int = 1000, special_tokens: Sequence[str] = (),
+                    eos: str = "</s>", pad: str = "<pad>", bos: str | None = "<s>") -> PreTrainedTokenizerFast:
     """A BPE tokenizer trained on the corpus and prompt texts with the `tokenizers` library."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+    specials = list(dict.fromkeys(SPECIAL_TOKENS + list(special_tokens)))
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
-    return wrap_tokenizer(tok)
-
-
-def wrap_tokenizer(tok) -> PreTrainedTokenizerFast:
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad,
+                                   unk_token="<unk>", additional_special_tokens=list(special_tokens) or None)
 
 
 class LogMel(nn.Module):
