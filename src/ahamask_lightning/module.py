@@ -16,6 +16,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from .evaluation import TaskEvaluator
 from .masking import HeadGate, HeadMask, load_mask
 from .models.base import LALMAdapter
 from .prompts import check_prompt_mode, choose_instruction
@@ -25,11 +26,19 @@ from .results import write_results
 class SampleCollate:
     """Turns dataset samples into model tensors plus the text fields metrics need."""
 
-    def __init__(self, adapter: LALMAdapter, prompt: str, seed: int = 0) -> None:
+    def __init__(self, adapter: LALMAdapter, prompt: str, seed: int = 0,
+                 instruction_free: dict[str, float] | None = None) -> None:
         self.adapter, self.prompt, self.rng = adapter, prompt, random.Random(seed)
+        # task -> probability of dropping the instruction (pretraining experiment only)
+        self.instruction_free = dict(instruction_free or {})
+
+    def _instruction(self, sample: dict) -> str | None:
+        if self.rng.random() < self.instruction_free.get(sample["task"], 0.0):
+            return None
+        return choose_instruction(sample, self.prompt, self.rng)
 
     def __call__(self, samples: list[dict]) -> dict:
-        instructions = [choose_instruction(s, self.prompt, self.rng) for s in samples]
+        instructions = [self._instruction(s) for s in samples]
         batch = self.adapter.collate([s["audio"] for s in samples], instructions, [s["text"] for s in samples])
         batch.update(ids=[s["id"] for s in samples], tasks=[s["task"] for s in samples],
                      texts=[s["text"] for s in samples], instructions=instructions)
@@ -97,8 +106,7 @@ class AHAMaskModule(L.LightningModule):
         self.use_mask = use_mask
         self.generation = dict(generation or {})
         self.strict_loading = False  # checkpoints carry the mask only; the LALM comes from its own files
-        self._predictions: list[dict] = []
-        self._metrics: dict[str, object] = {}
+        self.evaluator = TaskEvaluator()
 
     # --- data plumbing ----------------------------------------------------------------
     def collate(self) -> SampleCollate:
@@ -143,38 +151,17 @@ class AHAMaskModule(L.LightningModule):
         with self.gate.apply(self.eval_mask()):
             return self.adapter.generate(batch, **self.generation)
 
-    def _metric(self, task: str):
-        if task not in self._metrics:
-            from .tasks import get_task
-
-            self._metrics[task] = get_task(task).metric().to(self.device)
-        return self._metrics[task]
-
     def _eval_step(self, batch: dict) -> None:
-        preds = self._generate(batch)
-        by_task: dict[str, tuple[list, list]] = {}
-        for task, pred, ref, sid, ins in zip(batch["tasks"], preds, batch["texts"], batch["ids"],
-                                             batch["instructions"]):
-            by_task.setdefault(task, ([], []))
-            by_task[task][0].append(pred)
-            by_task[task][1].append(ref)
-            self._predictions.append({"id": sid, "task": task, "instruction": ins, "prediction": pred,
-                                      "reference": ref})
-        for task, (p, r) in by_task.items():
-            self._metric(task).update(p, r)
+        self.evaluator.update(batch, self._generate(batch), self.device)
 
     def _eval_epoch_end(self, prefix: str) -> dict[str, float]:
-        results = {}
-        for task, metric in sorted(self._metrics.items()):
-            for key, value in metric.compute().items():
-                results[f"{prefix}/{task}/{key}"] = float(value)
-            metric.reset()
+        results = self.evaluator.compute(prefix)
         if results:
-            self.log_dict(results, sync_dist=False)
+            self.log_dict(results)
         return results
 
     def on_validation_epoch_start(self) -> None:
-        self._predictions, self._metrics = [], {}
+        self.evaluator.reset()
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch)
@@ -183,7 +170,7 @@ class AHAMaskModule(L.LightningModule):
         self._eval_epoch_end("val")
 
     def on_test_epoch_start(self) -> None:
-        self._predictions, self._metrics = [], {}
+        self.evaluator.reset()
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch)
@@ -192,7 +179,7 @@ class AHAMaskModule(L.LightningModule):
         results = self._eval_epoch_end("test")
         if self.trainer.is_global_zero:
             out = Path(self.hparams.results_dir or self.trainer.log_dir or ".")
-            write_results(out, results, self._predictions, self.describe_run())
+            write_results(out, results, self.evaluator.predictions, self.describe_run())
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
         preds = self._generate(batch)

@@ -32,12 +32,12 @@ SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 class TinyLALMConfig:
     n_mels: int = 80
     hop_ms: float = 20.0  # 50 frames/s in, 12.5 audio tokens/s into the LLM
-    enc_dim: int = 192
+    enc_dim: int = 256
     enc_layers: int = 2
     enc_heads: int = 4
     stack: int = 2
     llm: dict = field(default_factory=lambda: dict(
-        hidden_size=192, intermediate_size=512, num_hidden_layers=6, num_attention_heads=8,
+        hidden_size=256, intermediate_size=672, num_hidden_layers=6, num_attention_heads=8,
         num_key_value_heads=8, max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=True,
     ))
     vocab_size: int = 1000

@@ -1,0 +1,101 @@
+"""Pretraining of the TinyLALM testbed: every task taught from instructions (several phrasings).
+
+This is the only place where LALM weights are trained. Whether some tasks also see
+instruction-free examples (as real LALMs do for ASR in their first stage) is the
+``instruction_free`` experiment knob, off by default.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from .evaluation import TaskEvaluator
+from .models.tiny_lalm import PROMPT_TEMPLATE, TinyLALM, TinyLALMConfig, build_tokenizer
+from .module import SampleCollate, warmup_cosine
+
+
+def corpus_texts(manifests: list[str]) -> list[str]:
+    """Targets of the manifests, every task instruction and the prompt: the tokenizer's training text."""
+    from .tasks import TASKS, get_task
+
+    texts = [PROMPT_TEMPLATE]
+    for name in TASKS:
+        texts.extend(get_task(name).instructions)
+        texts.extend(get_task(name).labels or ())
+    for path in manifests:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    texts.append(json.loads(line).get("text", ""))
+    return texts
+
+
+class TinyLALMPretrain(L.LightningModule):
+    """Train a TinyLALM from scratch on instruction + audio -> target pairs.
+
+    Args:
+        tokenizer_manifests: manifests whose targets train the BPE tokenizer (the train split).
+        out_dir: where the checkpoint directory (config, fp16 safetensors, tokenizer) is written.
+        config: overrides of ``TinyLALMConfig`` fields.
+        instruction_free: task -> probability of dropping the instruction (experiment; default none).
+    """
+
+    def __init__(self, tokenizer_manifests: list[str], out_dir: str = "checkpoints/tiny_lalm",
+                 vocab_size: int = 1000, config: dict | None = None, lr: float = 2e-3, warmup_steps: int = 300,
+                 final_lr: float = 2e-5, weight_decay: float = 0.01, total_steps: int | None = None,
+                 instruction_free: dict[str, float] | None = None, max_new_tokens: int = 40, seed: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        torch.manual_seed(seed)
+        tokenizer = build_tokenizer(corpus_texts(tokenizer_manifests), vocab_size=vocab_size)
+        cfg = TinyLALMConfig(**(config or {}))
+        cfg.vocab_size = len(tokenizer)
+        self.adapter = TinyLALM(checkpoint=None, config=cfg, tokenizer=tokenizer)
+        self.evaluator = TaskEvaluator()
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule
+        if dm is not None and hasattr(dm, "collate_fn"):
+            dm.collate_fn = SampleCollate(self.adapter, "random", self.hparams.seed, self.hparams.instruction_free)
+
+    def train(self, mode: bool = True):  # the adapter pins itself to eval mode; pretraining needs train mode
+        super().train(mode)
+        torch.nn.Module.train(self.adapter, mode)
+        return self
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.adapter.loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.log("val/loss", self.adapter.loss(batch), batch_size=len(batch["ids"]), add_dataloader_idx=False)
+        preds = self.adapter.generate(batch, max_new_tokens=self.hparams.max_new_tokens)
+        self.evaluator.update(batch, preds, self.device)
+
+    def on_validation_epoch_start(self) -> None:
+        self.evaluator.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        results = self.evaluator.compute("val")
+        if results:
+            self.log_dict(results)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay = [p for n, p in self.adapter.named_parameters() if p.dim() >= 2 and "embed" not in n]
+        rest = [p for n, p in self.adapter.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
+                                 {"params": rest, "weight_decay": 0.0}], lr=hp.lr, betas=(0.9, 0.98))
+        total = hp.total_steps or (int(self.trainer.max_steps) if self.trainer.max_steps > 0 else None)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, hp.warmup_steps, total, 0.0, hp.lr, hp.final_lr) / hp.lr)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_fit_end(self) -> None:
+        if self.trainer.is_global_zero:
+            self.adapter.save(Path(self.hparams.out_dir))
