@@ -1,0 +1,50 @@
+# ahamask-lightning: the commands a researcher runs. `make help` lists them.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= data/synth
+TINY ?= checkpoints/tiny_lalm
+RUNS ?= runs
+
+.PHONY: help install demo test tiny-data tiny-lalm reproduce-tiny reproduce-table1 reproduce-qwen2audio \
+        reproduce-ablations figures bench-smoke clean
+
+help:
+	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(BIN)/ahamask: pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(BIN)/ahamask ## create .venv and install the project (CPU is enough)
+
+test: install ## run the test suite
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider --timeout 900
+
+$(DATA)/summary.json:
+	$(BIN)/ahamask data synth --out $(DATA) --n 3000 --seed 0
+
+tiny-data: install $(DATA)/summary.json ## synthesise the SynthSpeech corpus (espeak-ng + sox)
+
+demo: install ## the main job: synth data, train a GR mask on TinyLALM, compare with/without instruction
+	$(BIN)/python -m ahamask_lightning.demo --data $(DATA) --checkpoint $(TINY) --out $(RUNS)/demo
+
+tiny-lalm: tiny-data ## pretrain the TinyLALM testbed from instructions (writes $(TINY))
+	$(BIN)/ahamask fit --config experiments/tiny/pretrain_tiny_lalm.yaml
+
+reproduce-tiny: tiny-data ## the AHAMask table on TinyLALM (4 conditions x tasks), Markdown + CSV + Jaccard map
+	$(BIN)/python -m ahamask_lightning.reproduce tiny --data $(DATA) --out $(RUNS)/reproduce_tiny
+
+reproduce-table1: install ## SALMONN-13B Table 1 (needs the released weights; says which paths are missing)
+	$(BIN)/python -m ahamask_lightning.reproduce table1 --out $(RUNS)/table1
+
+reproduce-qwen2audio: install ## Qwen2-Audio-7B GR (Instruct) and ASV (Base) rows (needs the weights)
+	$(BIN)/python -m ahamask_lightning.reproduce qwen2audio --out $(RUNS)/qwen2audio
+
+bench-smoke: install ## every benchmark in its tiny CPU mode
+	$(BIN)/python bench/bench_data.py --smoke
+
+clean:
+	rm -rf $(RUNS) lightning_logs
