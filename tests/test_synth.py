@@ -6,7 +6,6 @@ import argparse
 import hashlib
 import json
 import shutil
-import wave
 from collections import Counter
 from pathlib import Path
 
@@ -16,8 +15,7 @@ pytestmark = pytest.mark.skipif(
     shutil.which("espeak-ng") is None or shutil.which("sox") is None, reason="needs espeak-ng and sox"
 )
 
-from data_modules.synth import SPLITS, add_arguments, run, synthesize  # noqa: E402
-from data_modules.synth import grammar, voices  # noqa: E402
+from data_modules.synth import SPLITS, add_arguments, grammar, run, synthesize, voices
 
 VOICES = ["m1", "m3", "m7", "f1", "f2", "f4"]
 KEYS = {"id", "audio", "task", "text", "duration", "meta"}

@@ -51,7 +51,6 @@ def sample_event(rng: random.Random) -> tuple[str, list[str], dict]:
         noun = {"whitenoise": "hiss", "pinknoise": "burst of noise", "brownnoise": "rumble"}[wave]
         words = [length, noun]
         freq = ""
-        f = 0
     elif kind == "pluck":
         pitch = rng.choice(["high", "low"])
         f = rng.randint(600, 1000) if pitch == "high" else rng.randint(110, 220)
@@ -63,7 +62,6 @@ def sample_event(rng: random.Random) -> tuple[str, list[str], dict]:
         lo, hi = rng.randint(300, 600), rng.randint(1500, 3000)
         words = [length, "rising" if up else "falling", "chirp"]
         wave, freq = "sine", f"{lo}-{hi}" if up else f"{hi}-{lo}"
-        f = 0
     if quiet:
         words.insert(0, "quiet")
     phrase = " ".join(w for w in words if w)

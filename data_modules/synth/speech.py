@@ -46,7 +46,7 @@ def render_utterance(job: dict) -> float:
     # then trim espeak's leading/trailing silence (up to ~0.7 s) and keep a 0.1 s margin
     sox = SOX_GLOBAL + ["-t", "wav", "-", *SOX_OUT, tmp, "gain", "-n", "-3", *TRIM]
     p1 = subprocess.Popen(espeak, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    p2 = subprocess.run(sox, stdin=p1.stdout, capture_output=True)
+    p2 = subprocess.run(sox, stdin=p1.stdout, capture_output=True, check=False)
     p1.stdout.close()
     rc1 = p1.wait()
     if rc1 != 0 or p2.returncode != 0:

@@ -53,7 +53,7 @@ def espeak_version() -> str:
 def espeak_data_dir() -> str:
     """Locate espeak-ng-data, from ``espeak-ng --version`` or the usual library paths."""
     try:
-        out = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout
+        out = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=False).stdout
         m = re.search(r"Data at:\s*(\S+)", out)
         if m and os.path.isdir(m.group(1)):
             return m.group(1)
@@ -93,7 +93,7 @@ def variant_genders(data_dir: str | None = None) -> dict[str, str]:
 @functools.lru_cache(maxsize=1)
 def english_accents() -> tuple[str, ...]:
     """Preferred English accents that this espeak-ng install provides (gmw voices only)."""
-    out = subprocess.run(["espeak-ng", "--voices=en"], capture_output=True, text=True).stdout
+    out = subprocess.run(["espeak-ng", "--voices=en"], capture_output=True, text=True, check=False).stdout
     have = set()
     for line in out.splitlines()[1:]:
         cols = line.split()
@@ -112,8 +112,8 @@ def split_variants(
     is held out; the in-domain set keeps the same number of variants of each gender.
     """
     by_g = {g: sorted(v for v, gg in genders.items() if gg == g) for g in ("male", "female")}
-    for g in by_g:
-        rng.shuffle(by_g[g])
+    for names in by_g.values():
+        rng.shuffle(names)
     n_min = min(len(v) for v in by_g.values())
     if n_min == 0:
         raise ValueError(f"need variants of both genders, got {genders}")
