@@ -57,6 +57,17 @@ class Task:
         object.__setattr__(self, "vocab", MappingProxyType(vocab))
         object.__setattr__(self, "aliases", MappingProxyType(dict(self.aliases)))
 
+    # Tasks are immutable registry singletons: copies (torchmetrics' deepcopy of a metric
+    # holding ``task.parse``) and pickles (DDP spawn) resolve back to the registered object.
+    def __copy__(self) -> "Task":
+        return self
+
+    def __deepcopy__(self, memo: dict) -> "Task":
+        return self
+
+    def __reduce__(self) -> tuple:
+        return (get_task, (self.name,))
+
     @property
     def instructions(self) -> tuple[str, ...]:
         """The paper instruction first, then the rewordings."""
@@ -122,7 +133,8 @@ def _metric_factories() -> dict[str, Callable[[Task], "Metric"]]:
 
     def composite(task: Task) -> "Metric":
         from .metrics import CompositeMetrics
-        return CompositeMetrics(task.parse)
+        keys = ("ifr", "wer", "acc") if task.kind == "json" else ("ifr", "acc", "wer")  # paper's column order
+        return CompositeMetrics(task.parse, keys=keys)
 
     return {"text": text, "label": label, "caption": caption, "translation": translation, "osr": osr,
             "bar": composite, "json": composite}
