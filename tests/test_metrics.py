@@ -9,8 +9,8 @@ import pytest
 import sacrebleu
 from torchmetrics import Metric
 
-from ahamask_lightning.tasks import composite_target, get_task
 from ahamask_lightning.tasks import caption as caption_mod
+from ahamask_lightning.tasks import composite_target, get_task
 from ahamask_lightning.tasks.metrics import read_texts
 
 
@@ -215,3 +215,44 @@ def test_coco_caption_scores_on_a_tiny_corpus() -> None:
     direct = Cider().compute_score(tokenized_refs, {0: ["a dog barks loudly"], 1: ["rain is falling on a roof"]})
     assert scores["cider"][0] == pytest.approx(100 * direct[0])
     assert "spice" not in scores
+
+
+# ----------------------------------------------------------------------------- real DDP (gloo)
+
+
+def _gloo_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import json as json_mod
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        asr, s2tt, comp = (get_task(n).metric() for n in ("asr", "s2tt", "gr_asr"))
+        if rank == 0:
+            asr.update(["the cat sat on mat"], ["the cat sat on the mat"])
+            s2tt.update(ZH_PREDS, ZH_REFS)  # rank 1 has no S2TT data: empty list states
+            comp.update(["Male|hello world", "oops"], ["Male|hello world"] * 2)
+        else:
+            asr.update(["a big dog barked loudly", ""], ["a dog barks", "two words"])
+            comp.update(["Female|hello word"], ["Male|hello world"])
+        result = {"asr": asr.compute(), "s2tt": s2tt.compute(), "gr_asr": comp.compute()}
+        with open(f"{out_dir}/rank{rank}.json", "w") as f:
+            json_mod.dump(result, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_real_two_process_gloo_sync(tmp_path) -> None:
+    import json as json_mod
+
+    import torch.multiprocessing as mp
+
+    # fork keeps this cheap: the children reuse the already-imported torch
+    mp.start_processes(_gloo_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="fork")
+    bleu = sacrebleu.corpus_bleu(ZH_PREDS, [ZH_REFS], tokenize="zh").score
+    for rank in range(2):
+        result = json_mod.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert result["asr"]["wer"] == pytest.approx(100 * 6 / 11)
+        assert result["s2tt"]["bleu"] == pytest.approx(bleu)
+        assert result["s2tt"]["cer"] == pytest.approx(10.0)
+        assert result["gr_asr"] == {"ifr": pytest.approx(200 / 3), "acc": 50.0, "wer": 25.0}

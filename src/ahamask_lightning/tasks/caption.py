@@ -17,9 +17,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from torchmetrics import Metric
-
-from .metrics import add_text_state, append_texts, read_texts
+from .metrics import TextStateMetric, add_text_state, append_texts, read_texts
 
 # Inside the text state, the references of one clip are joined with this.
 _REF_SEP = "\n"
@@ -79,7 +77,7 @@ def coco_caption_item_scores(preds: Sequence[str], references: Sequence[Sequence
     return out
 
 
-class CaptionMetrics(Metric):
+class CaptionMetrics(TextStateMetric):
     """METEOR, ROUGE-L, CIDEr (optionally SPICE) x 100 over the whole gathered corpus."""
 
     full_state_update = False

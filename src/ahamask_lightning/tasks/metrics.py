@@ -25,10 +25,32 @@ from .parsing import BAR, parse_label
 # ----------------------------------------------------------------------------- text states
 
 
-def add_text_state(metric: Metric, name: str) -> None:
+class TextStateMetric(Metric):
+    """A metric with list-of-strings states (see :func:`add_text_state`).
+
+    torchmetrics stands in a float32 empty tensor for a list state a rank never
+    filled; all-gathering that against other ranks' uint8/int64 tensors breaks
+    the collective (gloo aborts on the size mismatch). So before every sync each
+    empty text state gets an empty tensor of its own dtype.
+    """
+
+    def _sync_dist(self, dist_sync_fn: Callable | None = None, process_group: Any | None = None) -> None:
+        for name in getattr(self, "_text_states", ()):
+            for suffix, dtype in (("_bytes", torch.uint8), ("_lens", torch.long)):
+                state = getattr(self, name + suffix)
+                if isinstance(state, list) and not state:
+                    state.append(torch.zeros(0, dtype=dtype, device=self.device))
+        kwargs = {"process_group": process_group}
+        if dist_sync_fn is not None:
+            kwargs["dist_sync_fn"] = dist_sync_fn
+        super()._sync_dist(**kwargs)
+
+
+def add_text_state(metric: TextStateMetric, name: str) -> None:
     """Register a list-of-strings state ``name`` (two ``cat`` list states underneath)."""
     metric.add_state(f"{name}_bytes", default=[], dist_reduce_fx="cat")
     metric.add_state(f"{name}_lens", default=[], dist_reduce_fx="cat")
+    metric._text_states = (*getattr(metric, "_text_states", ()), name)
 
 
 def append_texts(metric: Metric, name: str, texts: Sequence[str]) -> None:
@@ -42,8 +64,8 @@ def append_texts(metric: Metric, name: str, texts: Sequence[str]) -> None:
 
 
 def _cat(state: Any) -> torch.Tensor:
-    # Unsynced states are lists; synced ones are tensors. A rank that saw no data
-    # contributes torchmetrics' empty float tensor, hence the cast back to integers.
+    # Unsynced states are lists, synced ones tensors; integer casts guard against any
+    # float stand-in for an empty state.
     if isinstance(state, list):
         if not state:
             return torch.zeros(0, dtype=torch.long)
@@ -180,7 +202,7 @@ class LabelAccuracy(Metric):
         return {"acc": _pct(self.correct, self.total)}
 
 
-class TranslationMetrics(Metric):
+class TranslationMetrics(TextStateMetric):
     """Corpus BLEU-4 (sacrebleu, ``tokenize`` e.g. ``"zh"``) and CER (spaces dropped), both 0-100.
 
     One reference per sample.

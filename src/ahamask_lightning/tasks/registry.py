@@ -59,10 +59,10 @@ class Task:
 
     # Tasks are immutable registry singletons: copies (torchmetrics' deepcopy of a metric
     # holding ``task.parse``) and pickles (DDP spawn) resolve back to the registered object.
-    def __copy__(self) -> "Task":
+    def __copy__(self) -> Task:
         return self
 
-    def __deepcopy__(self, memo: dict) -> "Task":
+    def __deepcopy__(self, memo: dict) -> Task:
         return self
 
     def __reduce__(self) -> tuple:
@@ -96,7 +96,7 @@ class Task:
             return {"gender": parse_label(obj["GR"], _GENDER_VOCAB), "transcript": obj["ASR"]}
         return output.strip() if isinstance(output, str) else ""
 
-    def metric(self) -> "Metric":
+    def metric(self) -> Metric:
         """A new, empty metric; ``update(preds, targets)`` then ``compute() -> dict[str, float]``."""
         return _METRIC_FACTORIES[self.kind](self)
 
@@ -109,29 +109,29 @@ def _variants(*texts: str) -> tuple[str, ...]:
     return tuple(texts)
 
 
-def _metric_factories() -> dict[str, Callable[[Task], "Metric"]]:
+def _metric_factories() -> dict[str, Callable[[Task], Metric]]:
     # Imported lazily so that prompts/data code can use the registry without torchmetrics work.
-    def text(task: Task) -> "Metric":
+    def text(task: Task) -> Metric:
         from .metrics import WordErrorRate
         return WordErrorRate()
 
-    def label(task: Task) -> "Metric":
+    def label(task: Task) -> Metric:
         from .metrics import LabelAccuracy
         return LabelAccuracy(task.vocab)
 
-    def caption(task: Task) -> "Metric":
+    def caption(task: Task) -> Metric:
         from .caption import CaptionMetrics
         return CaptionMetrics()
 
-    def translation(task: Task) -> "Metric":
+    def translation(task: Task) -> Metric:
         from .metrics import TranslationMetrics
         return TranslationMetrics(tokenize="zh")
 
-    def osr(task: Task) -> "Metric":
+    def osr(task: Task) -> Metric:
         from .metrics import WordErrorRate
         return WordErrorRate(bar_as_space=True)
 
-    def composite(task: Task) -> "Metric":
+    def composite(task: Task) -> Metric:
         from .metrics import CompositeMetrics
         keys = ("ifr", "wer", "acc") if task.kind == "json" else ("ifr", "acc", "wer")  # paper's column order
         return CompositeMetrics(task.parse, keys=keys)
