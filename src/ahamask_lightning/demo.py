@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         res = test_condition(CONFIG, cond, out / "test" / cond.name.replace(" ", "_"),
                              common + ["--trainer.limit_test_batches", str(args.test_batches)])
         m = res["metrics"]
-        rows.append((cond.name, m.get("test/gr/acc"), m.get("test/gr_ood/acc"), res["run"].get("active_heads")))
+        rows.append((cond.name, m.get("test/gr/acc"), m.get("test/gr_test_ood/acc"), res["run"].get("active_heads")))
     print("\nGender recognition on TinyLALM (accuracy %, in-domain test / held-out voices):")
     print(f"{'condition':<18} {'GR':>7} {'GR-OOD':>7} {'heads on':>9}")
     for name, acc, ood, heads in rows:

@@ -14,7 +14,8 @@ class TaskEvaluator:
     def reset(self) -> None:
         self.metrics, self.predictions = {}, []
 
-    def update(self, batch: dict, preds: list[str], device: torch.device | str = "cpu") -> None:
+    def update(self, batch: dict, preds: list[str], device: torch.device | str = "cpu", suffix: str = "") -> None:
+        """``suffix`` keeps apart loaders of the same task (e.g. ``_test_ood``: held-out voices)."""
         by_task: dict[str, tuple[list[str], list[str]]] = {}
         for task, pred, ref, sid, ins in zip(batch["tasks"], preds, batch["texts"], batch["ids"],
                                              batch["instructions"]):
@@ -24,11 +25,12 @@ class TaskEvaluator:
             self.predictions.append({"id": sid, "task": task, "instruction": ins, "prediction": pred,
                                      "reference": ref})
         for task, (p, r) in by_task.items():
-            if task not in self.metrics:
+            key = task + suffix
+            if key not in self.metrics:
                 from .tasks import get_task
 
-                self.metrics[task] = get_task(task).metric().to(device)
-            self.metrics[task].update(p, r)
+                self.metrics[key] = get_task(task).metric().to(device)
+            self.metrics[key].update(p, r)
 
     def compute(self, prefix: str) -> dict[str, float]:
         results = {}
@@ -36,3 +38,17 @@ class TaskEvaluator:
             for key, value in metric.compute().items():
                 results[f"{prefix}/{task}/{key}"] = float(value)
         return results
+
+
+STANDARD_SPLITS = ("train", "val", "valid", "dev", "test")
+
+
+def loader_suffix(datamodule, stage: str, dataloader_idx: int) -> str:
+    """'' for manifests in a standard split directory, else ``_<directory>`` (e.g. ``_test_ood``)."""
+    paths = getattr(datamodule, "paths", {}).get(stage) or []
+    if dataloader_idx >= len(paths):
+        return ""
+    from pathlib import Path
+
+    parent = Path(paths[dataloader_idx]).parent.name
+    return "" if parent in STANDARD_SPLITS or not parent else f"_{parent}"

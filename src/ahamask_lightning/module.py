@@ -16,7 +16,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from .evaluation import TaskEvaluator
+from .evaluation import TaskEvaluator, loader_suffix
 from .masking import HeadGate, HeadMask, load_mask
 from .models.base import LALMAdapter
 from .prompts import check_prompt_mode, choose_instruction
@@ -151,20 +151,22 @@ class AHAMaskModule(L.LightningModule):
         with self.gate.apply(self.eval_mask()):
             return self.adapter.generate(batch, **self.generation)
 
-    def _eval_step(self, batch: dict) -> None:
-        self.evaluator.update(batch, self._generate(batch), self.device)
+    def _eval_step(self, batch: dict, stage: str, dataloader_idx: int) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        suffix = loader_suffix(dm, stage, dataloader_idx) if dm is not None else ""
+        self.evaluator.update(batch, self._generate(batch), self.device, suffix)
 
     def _eval_epoch_end(self, prefix: str) -> dict[str, float]:
         results = self.evaluator.compute(prefix)
         if results:
-            self.log_dict(results)
+            self.log_dict(results, add_dataloader_idx=False)
         return results
 
     def on_validation_epoch_start(self) -> None:
         self.evaluator.reset()
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch)
+        self._eval_step(batch, "val", dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
@@ -173,7 +175,7 @@ class AHAMaskModule(L.LightningModule):
         self.evaluator.reset()
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch)
+        self._eval_step(batch, "test", dataloader_idx)
 
     def on_test_epoch_end(self) -> None:
         results = self._eval_epoch_end("test")

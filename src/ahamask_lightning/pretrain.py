@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from .evaluation import TaskEvaluator
+from .evaluation import TaskEvaluator, loader_suffix
 from .models.tiny_lalm import PROMPT_TEMPLATE, TinyLALM, TinyLALMConfig, build_tokenizer
 from .module import SampleCollate, warmup_cosine
 
@@ -73,9 +73,9 @@ class TinyLALMPretrain(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.log("val/loss", self.adapter.loss(batch), batch_size=len(batch["ids"]), add_dataloader_idx=False)
+        self.log("val/loss", self.adapter.loss(batch), batch_size=len(batch["ids"]))
         preds = self.adapter.generate(batch, max_new_tokens=self.hparams.max_new_tokens)
-        self.evaluator.update(batch, preds, self.device)
+        self.evaluator.update(batch, preds, self.device, loader_suffix(self.trainer.datamodule, "val", dataloader_idx))
 
     def on_validation_epoch_start(self) -> None:
         self.evaluator.reset()
@@ -83,7 +83,7 @@ class TinyLALMPretrain(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         results = self.evaluator.compute("val")
         if results:
-            self.log_dict(results)
+            self.log_dict(results, add_dataloader_idx=False)
 
     def configure_optimizers(self):
         hp = self.hparams

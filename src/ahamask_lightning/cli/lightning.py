@@ -41,12 +41,12 @@ def _check_writable(path: Path, key: str) -> None:
 
 
 def run_lightning(argv: list[str]) -> int:
+    sys.argv = [sys.argv[0]] + list(argv)  # LightningCLI reads sys.argv (args= with argv set only warns)
     AHAMaskCLI(
         L.LightningModule,
         L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        args=argv,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         parser_class=OneLineErrorParser,
