@@ -1,0 +1,165 @@
+"""``ManifestDataModule``: JSONL manifests -> streaming, resumable Lightning dataloaders.
+
+* ``train``: shuffled (shard order + seeded buffer, new order every epoch), one loader over all
+  training manifests. Its position is saved in Lightning checkpoints through the loader's
+  ``state_dict`` (see :mod:`.loader`), so a resumed run skips exactly what was consumed.
+* ``val`` / ``test`` / ``predict``: no shuffling, deterministic order, **one dataloader per
+  manifest, in the order given** (a list even for one manifest), so per-task metrics can be
+  keyed by ``dataloader_idx``; :attr:`eval_names` gives each index's manifest stem.
+* ``collate_fn`` is a public attribute (identity by default). The LightningModule replaces it in
+  its ``setup()``; each ``*_dataloader()`` call reads it then and runs it inside the workers.
+* Bad samples are skipped, logged and counted; see :meth:`reject_summary`.
+
+Hugging Face ``datasets`` / parquet inputs are not supported (not installed; JSONL only).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Collection
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch.distributed as dist
+
+from .audio import AudioConfig
+from .loader import StreamLoader
+from .manifest import as_list, check_manifest_file, default_known_tasks
+from .rejects import count_reasons, read_reject_files
+from .streaming import ManifestStream, Sample, identity_collate
+
+
+class ManifestDataModule(pl.LightningDataModule):
+    """Streaming JSONL manifest data for AHAMask (see the module docstring).
+
+    Args beyond the obvious: ``max_batch_seconds`` switches from ``batch_size`` batches to
+    length-bucketed batches whose padded seconds (``len * longest``) stay within the budget;
+    ``limit`` keeps the first ``limit`` lines of every manifest; ``rejects_path`` is the JSONL
+    base name for rejected samples (one file per stage x rank x worker is written beside it);
+    ``on_too_long`` rejects (default) or cuts audio longer than ``max_seconds``; ``known_tasks``
+    overrides the task registry (None: ``ahamask_lightning.tasks.TASKS`` when importable);
+    ``rank`` / ``world_size`` override the trainer's (for tests and tools).
+    """
+
+    def __init__(self, train: list[str] | str | None = None, val: list[str] | str | None = None,
+                 test: list[str] | str | None = None, predict: list[str] | str | None = None,
+                 audio_root: str | None = None, sample_rate: int = 16000, min_seconds: float = 1.0,
+                 max_seconds: float = 30.0, batch_size: int = 8, max_batch_seconds: float | None = None,
+                 num_workers: int = 0, shuffle_buffer: int = 1000, seed: int = 0,
+                 rejects_path: str | None = None, limit: int | None = None,
+                 on_too_long: Literal["reject", "cut"] = "reject",
+                 known_tasks: Collection[str] | None = None,
+                 rank: int | None = None, world_size: int | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["known_tasks"])
+        self.paths = {"train": as_list(train), "val": as_list(val), "test": as_list(test),
+                      "predict": as_list(predict)}
+        self.audio = AudioConfig(sample_rate, min_seconds, max_seconds, on_too_long)
+        self.audio_root = audio_root
+        self.batch_size = batch_size
+        self.max_batch_seconds = max_batch_seconds
+        self.num_workers = num_workers
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.rejects_path = rejects_path
+        self.limit = limit
+        self.known_tasks = frozenset(known_tasks) if known_tasks is not None else default_known_tasks()
+        self.rank_override = rank
+        self.world_size_override = world_size
+        self.collate_fn: Callable[[list[Sample]], Any] = identity_collate
+        self._loaders: dict[str, list[StreamLoader]] = {}
+        self._train_state: dict[str, Any] | None = None
+
+    # --- Lightning hooks ------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        for paths in self.paths.values():
+            for path in paths:
+                check_manifest_file(path)  # fail in the main process, before workers start
+
+    def train_dataloader(self) -> StreamLoader:
+        if not self.paths["train"]:
+            raise ValueError("ManifestDataModule: no train manifests given")
+        loader = self._make_loader("train", self.paths["train"], shuffle=True)
+        if self._train_state is not None:  # restored from a checkpoint through load_state_dict below
+            loader.load_state_dict(self._train_state)
+            self._train_state = None
+        return loader
+
+    def val_dataloader(self) -> list[StreamLoader]:
+        return self._eval_loaders("val")
+
+    def test_dataloader(self) -> list[StreamLoader]:
+        return self._eval_loaders("test")
+
+    def predict_dataloader(self) -> list[StreamLoader]:
+        return self._eval_loaders("predict")
+
+    def state_dict(self) -> dict[str, Any]:
+        # Lightning also stores the train loader's own state in the fit loop; keeping a copy here
+        # lets tools that rebuild a DataModule from a checkpoint (without a Trainer) resume too.
+        loaders = self._loaders.get("train")
+        return {"train": loaders[0].state_dict()} if loaders else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._train_state = state_dict.get("train")
+        loaders = self._loaders.get("train")
+        if loaders and self._train_state is not None:
+            loaders[0].load_state_dict(self._train_state)
+
+    # --- helpers -----------------------------------------------------------------------------------
+    @property
+    def eval_names(self) -> dict[str, list[str]]:
+        """Per stage, the manifest stem of each dataloader index (e.g. ``{"val": ["asr", "gr"]}``)."""
+        return {stage: [os.path.splitext(os.path.basename(p))[0] for p in self.paths[stage]]
+                for stage in ("val", "test", "predict")}
+
+    def reject_summary(self, stage: str | None = None) -> dict[str, int]:
+        """reason -> number of distinct bad samples seen so far (files and in-process counts merged)."""
+        found: dict[tuple[str, int], str] = {}
+        stages = [stage] if stage else list(self._loaders)
+        for name in stages:
+            for loader in self._loaders.get(name, []):
+                found.update(loader.rejected)
+        if self.rejects_path:
+            found.update(read_reject_files(self.rejects_path, stage))
+        return count_reasons(found.values())
+
+    def _coords(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if self.world_size_override is not None:
+            return self.rank_override or 0, self.world_size_override
+        if trainer is not None:
+            return trainer.global_rank, trainer.world_size
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def _eval_loaders(self, stage: str) -> list[StreamLoader]:
+        if not self.paths[stage]:
+            raise ValueError(f"ManifestDataModule: no {stage} manifests given")
+        loaders = [self._make_loader(stage, [p], shuffle=False, register=False) for p in self.paths[stage]]
+        self._loaders[stage] = loaders
+        return loaders
+
+    def _make_loader(self, stage: str, paths: list[str], shuffle: bool, register: bool = True) -> StreamLoader:
+        rank, world = self._coords()
+        dataset = ManifestStream(
+            paths, self.audio, stage=stage, shuffle=shuffle, shuffle_buffer=self.shuffle_buffer, seed=self.seed,
+            batch_size=self.batch_size, max_batch_seconds=self.max_batch_seconds, audio_root=self.audio_root,
+            known_tasks=self.known_tasks, rank=rank, world_size=world, rejects_path=self.rejects_path,
+            limit=self.limit, collate=self.collate_fn)
+        loader = StreamLoader(dataset, num_workers=self.num_workers)
+        trainer = self.trainer
+        if trainer is not None and stage == "train":
+            loader.epoch_fn = lambda: trainer.current_epoch
+            loader.pending_fn = lambda: _prefetched(trainer)
+        if register:
+            self._loaders[stage] = [loader]
+        return loader
+
+
+def _prefetched(trainer: pl.Trainer) -> int:
+    # Batches Lightning's _PrefetchDataFetcher holds ahead of training_step (private attribute:
+    # read defensively; no such list means no prefetching, e.g. the dataloader_iter fetcher).
+    fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
+    batches = getattr(fetcher, "batches", None)
+    return len(batches) if isinstance(batches, list) else 0

@@ -1,0 +1,82 @@
+"""Bookkeeping of bad samples across processes.
+
+Dataloader workers are separate processes, so counts cannot live in a shared object. Each stream
+(rank x worker) appends its rejects to its own JSONL file beside ``rejects_path``
+(``<stem>.<stage>.r<rank>w<worker>.jsonl``: no two processes write one file) and also sends
+them to the main process along with its batches. :func:`read_reject_files` merges the files; a
+sample rejected again in a later epoch counts once, since the key is (manifest, line).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable
+from typing import IO
+
+from .manifest import Reject
+
+log = logging.getLogger("ahamask_lightning.data")
+
+
+def stream_reject_path(rejects_path: str, stage: str, stream: str) -> str:
+    stem, ext = os.path.splitext(rejects_path)
+    return f"{stem}.{stage}.{stream}{ext or '.jsonl'}"
+
+
+class RejectSink:
+    """Logs each reject once per process and appends it to this stream's rejects file."""
+
+    def __init__(self, rejects_path: str | None, stage: str, stream: str) -> None:
+        self.path = stream_reject_path(rejects_path, stage, stream) if rejects_path else None
+        self.stage = stage
+        self._fh: IO[str] | None = None
+        self._seen: set[tuple[str, int]] = set()
+
+    def __call__(self, reject: Reject, epoch: int) -> None:
+        key = (reject.manifest, reject.line)
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        detail = f" ({reject.detail})" if reject.detail else ""
+        log.warning("%s:%d: skipped bad sample %s: %s%s", reject.manifest, reject.line,
+                    reject.id or "?", reject.reason, detail)
+        if self.path is None:
+            return
+        if self._fh is None:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the stream
+        entry = reject.to_json() | {"stage": self.stage, "epoch": epoch}
+        self._fh.write(json.dumps(entry) + "\n")
+        self._fh.flush()  # a crash later in the epoch must not lose the record
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def read_reject_files(rejects_path: str, stage: str | None = None) -> dict[tuple[str, int], str]:
+    """(manifest, line) -> reason from every stream file written for ``rejects_path``."""
+    stem, ext = os.path.splitext(rejects_path)
+    pattern = f"{glob.escape(stem)}.{glob.escape(stage) if stage else '*'}.r*w*{ext or '.jsonl'}"
+    found: dict[tuple[str, int], str] = {}
+    for path in sorted(glob.glob(pattern)):
+        with open(path, encoding="utf-8") as fh:
+            for text in fh:
+                try:
+                    entry = json.loads(text)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash: ignore it
+                found[(entry["manifest"], int(entry["line"]))] = entry["reason"]
+    return found
+
+
+def count_reasons(entries: Iterable[str]) -> dict[str, int]:
+    return dict(sorted(Counter(entries).items()))
+
+
+def format_reasons(counts: dict[str, int]) -> str:
+    return ", ".join(f"{reason}={n}" for reason, n in sorted(counts.items())) or "none"
