@@ -1,0 +1,97 @@
+"""Throughput of the data layer: decoded, resampled and collated utterances per second per worker.
+
+Writes a pool of 10 s clips at 22.05 kHz and 44.1 kHz (16-bit WAV), a manifest cycling over
+them, and times full epochs of ``ManifestDataModule`` (decode -> first channel -> resample to
+16 kHz -> pad -> ``collate_audio``). The pool is small and re-read, so the OS cache serves the
+bytes: this measures CPU cost, not disk. ``--workers 0`` runs in-process with one torch thread,
+like a dataloader worker; N > 0 uses N worker processes and divides the rate by N.
+
+    python bench/bench_data.py --clips 300 --out bench_data.json
+    python bench/bench_data.py --smoke
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from ahamask_lightning.data import ManifestDataModule
+from ahamask_lightning.data.streaming import collate_audio
+
+
+def make_pool(root: Path, clips: int, pool: int, seconds: float, rates: list[int]) -> str:
+    rng = np.random.default_rng(0)
+    (root / "audio").mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(pool):
+        rate = rates[i % len(rates)]
+        t = np.arange(int(seconds * rate)) / rate
+        wave = 0.3 * np.sin(2 * np.pi * (200 + 10 * i) * t) + 0.05 * rng.standard_normal(t.size)
+        name = f"audio/clip{i}_{rate}.wav"
+        sf.write(root / name, wave.astype("float32"), rate, subtype="PCM_16")
+        names.append(name)
+    man = root / "bench.jsonl"
+    with open(man, "w") as fh:
+        for i in range(clips):
+            fh.write(json.dumps({"id": f"u{i}", "audio": names[i % pool], "task": "asr", "text": "x",
+                                 "duration": seconds}) + "\n")
+    return str(man)
+
+
+def run(manifest: str, root: str, workers: int, batch_size: int) -> dict[str, float]:
+    dm = ManifestDataModule(train=manifest, audio_root=root, batch_size=batch_size, num_workers=workers,
+                            shuffle_buffer=1, known_tasks={"asr"})
+    dm.collate_fn = collate_audio
+    start = time.perf_counter()
+    n, seconds = 0, 0.0
+    for batch in dm.train_dataloader():
+        n += len(batch["ids"])
+        seconds += float(batch["lengths"].sum()) / 16000
+    wall = time.perf_counter() - start
+    per_worker = n / wall / max(workers, 1)
+    return {"workers": workers, "utterances": n, "wall_s": round(wall, 3),
+            "utt_per_s": round(n / wall, 2), "utt_per_s_per_worker": round(per_worker, 2),
+            "audio_s_per_s_per_worker": round(seconds / wall / max(workers, 1), 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clips", type=int, default=300, help="utterances per epoch")
+    ap.add_argument("--pool", type=int, default=16, help="distinct files written (re-read in a cycle)")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--rates", type=int, nargs="+", default=[22050, 44100])
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--smoke", action="store_true", help="tiny run (< 10 s) to check the script works")
+    ap.add_argument("--out", type=str, default=None, help="write the results as JSON here")
+    args = ap.parse_args()
+    if args.smoke:
+        args.clips, args.pool, args.workers = 12, 4, [0]
+    torch.set_num_threads(1)  # dataloader workers run with one thread; measure the same way
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = make_pool(Path(tmp), args.clips, args.pool, args.seconds, args.rates)
+        for workers in args.workers:
+            res = run(manifest, tmp, workers, args.batch_size)
+            results.append(res)
+            print(f"workers={workers}: {res['utterances']} x {args.seconds:g} s clips ({'/'.join(map(str, args.rates))}"
+                  f" Hz -> 16 kHz) in {res['wall_s']} s = {res['utt_per_s']} utt/s, "
+                  f"{res['utt_per_s_per_worker']} utt/s/worker ({res['audio_s_per_s_per_worker']} audio s/s/worker)")
+    report = {"bench": "data", "clips": args.clips, "clip_seconds": args.seconds, "source_rates": args.rates,
+              "batch_size": args.batch_size, "smoke": args.smoke, "results": results,
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}}
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
