@@ -38,14 +38,24 @@ def ids_of(batches) -> list[str]:
 
 
 def test_every_sample_once_across_ranks_and_workers(tmp_path: Path) -> None:
-    man = make_corpus(tmp_path, 23)
-    seen: list[str] = []
-    for rank in range(2):
-        dm = ManifestDataModule(train=man, batch_size=3, num_workers=2, rank=rank, world_size=2,
-                                known_tasks={"gr"}, shuffle_buffer=4, seed=1)
-        dm.setup("fit")
-        seen += ids_of(dm.train_dataloader())
-    assert Counter(seen) == Counter(f"gr{i}" for i in range(23))
+    shards = [make_corpus(tmp_path, 23, "gr"), make_corpus(tmp_path, 6, "asr")]
+    everything = Counter([f"gr{i}" for i in range(23)] + [f"asr{i}" for i in range(6)])
+    for epoch in range(2):
+        seen: list[str] = []
+        for rank in range(2):
+            dm = ManifestDataModule(train=shards, batch_size=3, num_workers=2, rank=rank, world_size=2,
+                                    known_tasks={"gr"}, shuffle_buffer=4, seed=1)
+            dm.setup("fit")
+            loader = dm.train_dataloader()
+            loader.epoch_fn = lambda e=epoch: e
+            seen += ids_of(loader)
+        assert Counter(seen) == everything
+
+
+def test_limit_keeps_the_first_lines_of_each_manifest(tmp_path: Path) -> None:
+    man = make_corpus(tmp_path, 10)
+    dm = ManifestDataModule(val=man, limit=4, known_tasks={"gr"})
+    assert ids_of(dm.val_dataloader()[0]) == ["gr0", "gr1", "gr2", "gr3"]
 
 
 def test_shuffle_depends_on_epoch_and_is_deterministic(tmp_path: Path) -> None:
@@ -164,6 +174,58 @@ def test_resume_through_lightning_checkpoint(tmp_path: Path) -> None:
     epoch0 = first.seen[:6] + second.seen[:10]
     assert Counter(epoch0) == Counter(f"gr{i}" for i in range(16))
     assert sorted(second.seen[10:]) == sorted(f"gr{i}" for i in range(16))  # epoch 1 is whole
+
+
+def test_resume_with_other_worker_count_restarts_the_epoch(tmp_path: Path) -> None:
+    man = make_corpus(tmp_path, 8)
+    loader = _train_loader(man, batch_size=2)
+    it = iter(loader)
+    next(it)
+    state = loader.state_dict()
+    other = _train_loader(man, batch_size=2, num_workers=1)
+    other.load_state_dict(state)
+    with pytest.warns(UserWarning, match="cannot resume"):
+        assert len(ids_of(other)) == 8
+
+
+def test_predict_through_lightning(tmp_path: Path) -> None:
+    import lightning.pytorch as pl
+
+    m1, m2 = make_corpus(tmp_path, 5, "gr"), make_corpus(tmp_path, 3, "ser")
+
+    class Ids(pl.LightningModule):
+        def predict_step(self, batch, batch_idx, dataloader_idx=0):
+            return [s["id"] for s in batch]
+
+    dm = ManifestDataModule(predict=[m1, m2], batch_size=2, known_tasks={"gr"})
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    out = trainer.predict(Ids(), datamodule=dm)
+    assert out == [[["gr0", "gr1"], ["gr2", "gr3"], ["gr4"]], [["ser0", "ser1"], ["ser2"]]]
+
+
+def _ddp_worker(rank: int, man: str, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        dm = ManifestDataModule(train=man, batch_size=1, known_tasks={"gr"}, rank=rank, world_size=2)
+        loader = dm.train_dataloader()
+        ids = ids_of(loader)
+        Path(f"{out}.{rank}").write_text(json.dumps({"ids": ids, "state": loader.state_dict()}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_ranks_stop_together_on_uneven_data(tmp_path: Path) -> None:
+    man = make_corpus(tmp_path, 5)  # 3 lines for rank 0, 2 for rank 1
+    out = str(tmp_path / "ddp")
+    # fork: the children need not re-import torch and lightning (seconds each on a small machine)
+    torch.multiprocessing.start_processes(_ddp_worker, args=(man, f"file://{tmp_path}/pg", out), nprocs=2,
+                                          start_method="fork")
+    got = [json.loads(Path(f"{out}.{r}").read_text()) for r in range(2)]
+    assert [len(g["ids"]) for g in got] == [2, 2]  # rank 0's third batch waits for the next epoch
+    assert set(got[0]["ids"]).isdisjoint(got[1]["ids"])
+    assert got[0]["state"]["batches"].keys() == {"r0w0", "r1w0"}  # state gathered from both ranks
 
 
 def test_stream_requires_valid_coordinates(tmp_path: Path) -> None:

@@ -9,6 +9,9 @@
 * ``collate_fn`` is a public attribute (identity by default). The LightningModule replaces it in
   its ``setup()``; each ``*_dataloader()`` call reads it then and runs it inside the workers.
 * Bad samples are skipped, logged and counted; see :meth:`reject_summary`.
+* DDP: lines are split over (rank x worker) streams; under an initialised process group the
+  training ranks end each epoch together when the first runs dry (see :mod:`.loader`).
+  ``persistent_workers`` is not used: workers must see each epoch's seed and resume position.
 
 Hugging Face ``datasets`` / parquet inputs are not supported (not installed; JSONL only).
 """
@@ -152,6 +155,8 @@ class ManifestDataModule(pl.LightningDataModule):
         if trainer is not None and stage == "train":
             loader.epoch_fn = lambda: trainer.current_epoch
             loader.pending_fn = lambda: _prefetched(trainer)
+        if stage == "train" and world > 1 and dist.is_available() and dist.is_initialized():
+            loader.sync_stop = True  # uneven ranks would otherwise hang DDP at the epoch's end
         if register:
             self._loaders[stage] = [loader]
         return loader

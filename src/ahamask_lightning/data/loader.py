@@ -15,6 +15,10 @@ run re-reads exactly the batches that never reached ``training_step``.
 
 Under DDP, Lightning writes rank 0's checkpoint only; ``state_dict`` therefore all-gathers the
 per-stream counts of every rank (it is called on all ranks while dumping a checkpoint).
+Ranks may plan different numbers of batches (lines split unevenly, seconds-based batches), and
+DDP hangs when one rank stops stepping; with ``sync_stop`` (set for training under an initialised
+process group) the ranks agree before every batch (one tiny all-reduce) and all end the epoch
+when the first one runs dry, dropping at most a few tail batches of the others for that epoch.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
@@ -36,6 +41,13 @@ log = logging.getLogger("ahamask_lightning.data")
 def _unwrap(item: StreamItem) -> StreamItem:
     # batch_size=None makes DataLoader call default_convert on each item; keep items untouched.
     return item
+
+
+def _all_ranks_have_data(mine: bool) -> bool:
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    flag = torch.tensor([1 if mine else 0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 class StreamLoader(DataLoader):
@@ -55,6 +67,7 @@ class StreamLoader(DataLoader):
         self.epoch_fn: Callable[[], int] | None = None  # e.g. the trainer's current epoch
         self.pending_fn: Callable[[], int] | None = None  # batches delivered but not yet consumed
         self.check_all_bad = True  # raise when a manifest yielded nothing but rejects
+        self.sync_stop = False  # DDP: every rank ends the epoch when the first one runs out
         self.rejected: dict[tuple[str, int], str] = {}  # (manifest, line) -> reason, all epochs
         self._epoch = 0  # own epoch counter when no epoch_fn: advances when an epoch is exhausted
         self._batches: dict[str, int] = {}
@@ -92,8 +105,14 @@ class StreamLoader(DataLoader):
             self._batches[item.stream] = item.index + 1
             if item.batch is None:
                 continue  # every sample of that planned batch was bad
+            if self.sync_stop and not _all_ranks_have_data(True):
+                full_pass = False  # another rank ran dry: stop together (see module docstring)
+                break
             self._history.append(dict(self._batches))
             yield item.batch
+        else:
+            if self.sync_stop:
+                _all_ranks_have_data(False)  # the ranks still holding batches wait on this
         self._complete = True
         if self.epoch_fn is None:
             self._epoch = epoch + 1
