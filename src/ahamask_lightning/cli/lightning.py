@@ -5,8 +5,8 @@ output directory) before any model is built, and such errors come out as one lin
 """
 from __future__ import annotations
 
-import os
 import sys
+import tempfile
 from pathlib import Path
 
 import lightning as L
@@ -33,11 +33,13 @@ class AHAMaskCLI(LightningCLI):
 
 
 def _check_writable(path: Path, key: str) -> None:
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise PermissionError(f"{key}: cannot write to {path} ({probe} is not a writable directory)")
+    """Create the output directory and a probe file now, so a bad path fails before any loading."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".ahamask-write-check"):
+            pass
+    except OSError as exc:
+        raise PermissionError(f"{key}: cannot write to {path} ({exc.strerror or exc})") from None
 
 
 def run_lightning(argv: list[str]) -> int:

@@ -1,0 +1,82 @@
+"""`ahamask fit` then `ahamask test` from the experiment YAMLs, on tiny models of the real classes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ahamask_lightning.cli.main import main as ahamask
+from ahamask_lightning.masking import load_mask
+
+
+def _data_args(corpus: Path, task: str = "gr") -> list[str]:
+    m = corpus / "manifests"
+    return ["--data.init_args.train", f"[{m}/train/{task}.jsonl]", "--data.init_args.val", f"[{m}/val/{task}.jsonl]",
+            "--data.init_args.test", f"[{m}/test/{task}.jsonl]"]
+
+
+def test_qwen2audio_tiny_fit_then_test(synth_corpus, tmp_path, in_repo):
+    cfg = "experiments/gr_qwen2audio_tiny.yaml"
+    root = tmp_path / "run"
+    assert ahamask(["fit", "--config", cfg, *_data_args(synth_corpus), "--trainer.default_root_dir", str(root),
+                    "--trainer.enable_checkpointing", "true"]) == 0
+    masks = list(root.rglob("mask.safetensors"))
+    assert len(masks) == 1
+    mask = load_mask(masks[0], shape=(2, 4))
+    assert mask.metadata["model_id"] == "qwen2-audio-tiny-instruct"
+    ckpts = list(root.rglob("*.ckpt"))
+    assert ckpts, "no Lightning checkpoint written"
+    ckpt = torch.load(ckpts[0], map_location="cpu", weights_only=True)
+    assert set(ckpt["state_dict"]) == {"head_mask.logits", "head_mask.temperature"}
+    assert ckpt["ahamask_model"] == {"model_id": "qwen2-audio-tiny-instruct", "layers": 2, "heads": 4}
+    assert ckpts[0].stat().st_size < 200_000  # kilobytes: no frozen weights
+    assert list(ckpts[0].parent.glob("mask-step*.safetensors")), "no mask file beside the checkpoint"
+
+    out = tmp_path / "test"
+    assert ahamask(["test", "--config", cfg, *_data_args(synth_corpus), "--model.init_args.mask", str(masks[0]),
+                    "--model.init_args.results_dir", str(out), "--trainer.logger", "false"]) == 0
+    rec = json.loads((out / "test_metrics.json").read_text())
+    assert 0.0 <= rec["metrics"]["test/gr/acc"] <= 100.0
+    assert rec["run"]["active_heads"] == mask.active() and rec["run"]["prompt"] == "none"
+    assert "torch" in rec["versions"] and rec["git_revision"]
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert preds and all(p["instruction"] is None and p["reference"] in ("Male", "Female") for p in preds)
+
+
+def test_checkpoint_of_another_model_is_refused(synth_corpus, tmp_path, in_repo, capsys):
+    cfg = "experiments/gr_qwen2audio_tiny.yaml"
+    root = tmp_path / "run"
+    assert ahamask(["fit", "--config", cfg, *_data_args(synth_corpus), "--trainer.default_root_dir", str(root),
+                    "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0"]) == 0
+    ckpt = next(root.rglob("*.ckpt"))
+    capsys.readouterr()
+    code = ahamask(["test", "--config", cfg, *_data_args(synth_corpus), "--ckpt_path", str(ckpt),
+                    "--model.init_args.model.init_args.tiny_layers", "3", "--trainer.logger", "false"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checkpoint belongs to" in err[0] and '"layers": 2' in err[0]
+
+
+@pytest.mark.parametrize("override, expected", [
+    (["--model.init_args.no_such_key", "1"], "no_such_key"),
+    (["--model.init_args.lr", "fast"], "lr"),
+    (["--model.init_args.model.class_path", "ahamask_lightning.models.NoSuchLALM"], "NoSuchLALM"),
+    (["--trainer.default_root_dir", "/dev/null/run"], "trainer.default_root_dir"),
+])
+def test_config_errors_are_one_line_before_loading(override, expected, in_repo, capsys):
+    with pytest.raises(SystemExit) if override[0] != "--trainer.default_root_dir" else _no_raise():
+        code = ahamask(["fit", "--config", "experiments/gr_qwen2audio_tiny.yaml", *override])
+        assert code == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.strip() and not line.startswith("INFO")]
+    assert len(err) == 1, err
+    assert expected in err[0]
+
+
+class _no_raise:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
