@@ -28,9 +28,18 @@ class SampleCollate:
 
     def __init__(self, adapter: LALMAdapter, prompt: str, seed: int = 0,
                  instruction_free: dict[str, float] | None = None) -> None:
-        self.adapter, self.prompt, self.rng = adapter, prompt, random.Random(seed)
+        self.adapter, self.prompt, self.seed = adapter, prompt, seed
+        self.rng, self._worker = random.Random(seed), None
         # task -> probability of dropping the instruction (pretraining experiment only)
         self.instruction_free = dict(instruction_free or {})
+
+    def _reseed_per_worker(self) -> None:
+        # Workers receive copies of this object: give each its own random stream.
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else None
+        if worker != self._worker:
+            self._worker = worker
+            self.rng = random.Random(self.seed * 1009 + (worker or 0) + 1)
 
     def _instruction(self, sample: dict) -> str | None:
         if self.rng.random() < self.instruction_free.get(sample["task"], 0.0):
@@ -38,6 +47,7 @@ class SampleCollate:
         return choose_instruction(sample, self.prompt, self.rng)
 
     def __call__(self, samples: list[dict]) -> dict:
+        self._reseed_per_worker()
         instructions = [self._instruction(s) for s in samples]
         batch = self.adapter.collate([s["audio"] for s in samples], instructions, [s["text"] for s in samples])
         batch.update(ids=[s["id"] for s in samples], tasks=[s["task"] for s in samples],
@@ -107,6 +117,8 @@ class AHAMaskModule(L.LightningModule):
         self.generation = dict(generation or {})
         self.strict_loading = False  # checkpoints carry the mask only; the LALM comes from its own files
         self.evaluator = TaskEvaluator()
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = 0
 
     # --- data plumbing ----------------------------------------------------------------
     def collate(self) -> SampleCollate:
@@ -125,6 +137,14 @@ class AHAMaskModule(L.LightningModule):
             ce = self.adapter.loss(batch)
         active = mask.sum() / (b if mask.dim() == 3 else 1)
         loss = ce + self.sparsity_lambda * active
+        if not torch.isfinite(loss):
+            # Skip the step (Lightning skips on None) and count it; NonFiniteGuard stops a run
+            # that keeps producing them.
+            self.nonfinite_in_a_row += 1
+            self.nonfinite_total += 1
+            self.log("train/nonfinite_total", float(self.nonfinite_total), batch_size=b)
+            return None
+        self.nonfinite_in_a_row = 0
         self.log_dict({"train/ce": ce.detach(), "train/loss": loss.detach(), "train/active_sampled": active.detach(),
                        "train/temperature": self.head_mask.temperature, "train/lambda": float(self.sparsity_lambda)},
                       prog_bar=False, batch_size=b)
