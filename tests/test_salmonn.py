@@ -13,8 +13,13 @@ import torchaudio
 
 from ahamask_lightning.masking import HeadGate, HeadMask, import_official
 from ahamask_lightning.models.salmonn import SalmonnAdapter, beats_fbank, missing_paths, num_beats_tokens
-from ahamask_lightning.models.salmonn.beats import (BEATS_ITER3_PLUS_CFG, BEATs, BEATsConfig, load_beats,
-                                                    relative_position_bucket)
+from ahamask_lightning.models.salmonn.beats import (
+    BEATS_ITER3_PLUS_CFG,
+    BEATs,
+    BEATsConfig,
+    load_beats,
+    relative_position_bucket,
+)
 from ahamask_lightning.models.salmonn.qformer import WINDOW, num_windows, split_windows
 
 REF = Path("/work/shared/reference")
@@ -83,7 +88,7 @@ def test_gate_sees_lora_adapted_attention(tiny: SalmonnAdapter) -> None:
             p.data.normal_(0, 0.3)  # B starts at zero: make the adapters matter
     batch = model.collate(_wavs(1.0, 2.0), [None, "describe the audio"], ["hello", "yes"])
     embeds, attn, _ = model._inputs(batch)
-    logits = lambda m: m.llm(inputs_embeds=embeds, attention_mask=attn).logits  # noqa: E731
+    logits = lambda m: m.llm(inputs_embeds=embeds, attention_mask=attn).logits
     mask = (torch.rand(model.num_layers, model.num_heads, generator=torch.Generator().manual_seed(0)) > 0.5).float()
     mask[0, 0], mask[0, 1] = 0.0, 1.0
     gate = HeadGate(model.gated_attentions(), model.num_heads, model.head_dim)

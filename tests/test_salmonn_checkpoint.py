@@ -8,10 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from ahamask_lightning.models.salmonn import SalmonnAdapter, check_checkpoint, load_salmonn_state
-from ahamask_lightning.models.salmonn import cli
-from ahamask_lightning.models.salmonn.checkpoint import (expected_keys, ignore_reason, is_trained_part, map_key,
-                                                         read_checkpoint, released_key)
+from ahamask_lightning.models.salmonn import SalmonnAdapter, check_checkpoint, cli, load_salmonn_state
+from ahamask_lightning.models.salmonn.checkpoint import (
+    expected_keys,
+    ignore_reason,
+    is_trained_part,
+    map_key,
+    read_checkpoint,
+    released_key,
+)
 
 REF = Path("/work/shared/reference/salmonn")
 
@@ -108,3 +113,48 @@ def test_check_checkpoint_and_cli(ckpt_13b: Path, tmp_path: Path, capsys: pytest
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 3 and any(proj in line and "[5120, 768]" in line for line in out)
     assert check_checkpoint("salmonn-13b", tmp_path / "absent.pth")[0].endswith("not found")
+
+
+def test_real_loading_path_with_tiny_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file-loading path (HF Whisper dir, BEATs .pt, HF LLM dir + tokenizer, salmonn_v1.pth)
+    rebuilds a tiny SALMONN exactly: same loss on the same batch."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from ahamask_lightning.models.salmonn import model as salmonn_model
+    from ahamask_lightning.models.salmonn.configs import full_spec, tiny_spec
+
+    torch.manual_seed(0)
+    tiny = SalmonnAdapter(variant="tiny")
+    for name, p in tiny.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.1)
+    whisper = WhisperForConditionalGeneration(WhisperConfig(**{**tiny.speech_encoder.config.to_dict(), "decoder_layers": 1,
+                                            "decoder_attention_heads": 2, "decoder_ffn_dim": 64}))
+    whisper.model.encoder.load_state_dict(tiny.speech_encoder.state_dict())  # saved as model.encoder.*
+    whisper.save_pretrained(tmp_path / "whisper")
+    torch.save({"cfg": tiny.beats.cfg.__dict__, "model": tiny.beats.state_dict()}, tmp_path / "beats.pt")
+    base = __import__("copy").deepcopy(tiny.llama_model).unload()  # plain Llama without the adapters
+    base.save_pretrained(tmp_path / "llm")
+    tiny.tokenizer.save_pretrained(tmp_path / "llm")
+    state = {released_key(n): p.detach().clone() for n, p in tiny.named_parameters() if is_trained_part(n)}
+    for key, shape in expected_keys(tiny).items():
+        state.setdefault(key, torch.zeros(shape, dtype=torch.long if "position_ids" in key else torch.float32))
+    torch.save({"model": state}, tmp_path / "salmonn.pth")
+
+    qformer_dims = tiny_spec(10).qformer  # the real path takes only the Q-Former sizes from the spec
+    monkeypatch.setattr(salmonn_model, "full_spec", lambda v: full_spec(v).__class__(
+        **{**full_spec(v).__dict__, "qformer": qformer_dims}))
+    loaded = SalmonnAdapter(variant="13b", whisper_path=str(tmp_path / "whisper"), beats_path=str(tmp_path / "beats.pt"),
+                            llm_path=str(tmp_path / "llm"), ckpt_path=str(tmp_path / "salmonn.pth"), dtype="float32")
+    assert loaded.tokenizer.pad_token == "[PAD]" and loaded.llm.get_input_embeddings().num_embeddings == len(
+        loaded.tokenizer)
+    wavs = [0.1 * torch.randn(24000), 0.1 * torch.randn(40000)]
+    args = ([None, "describe the audio"], ["hello world", "male"])
+    outs = []
+    for m in (loaded, tiny):
+        embeds, mask, _ = m._inputs(m.collate(wavs, *args))
+        with torch.no_grad():
+            outs.append((embeds, m.llm(inputs_embeds=embeds, attention_mask=mask).logits[..., : len(tiny.tokenizer)]))
+    # the [PAD] row added to the vocabulary is the only difference (it shifts the softmax, so compare logits)
+    torch.testing.assert_close(outs[0], outs[1])
+    assert torch.isfinite(loaded.loss(loaded.collate(wavs, *args)))

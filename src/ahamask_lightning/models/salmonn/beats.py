@@ -58,7 +58,7 @@ class BEATsConfig:
     predictor_class: int = 527
 
     @classmethod
-    def from_dict(cls, cfg: dict) -> "BEATsConfig":
+    def from_dict(cls, cfg: dict) -> BEATsConfig:
         # Unknown keys are training-time knobs of other BEATs versions; they do not change the graph.
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in cfg.items() if k in known})
@@ -185,7 +185,7 @@ class BEATsAttention(nn.Module):
         b, t, _ = x.shape
         if self.has_relative_attention_bias and position_bias is None:
             position_bias = self.compute_bias(t, x.device)
-        split = lambda y: y.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # noqa: E731
+        split = lambda y: y.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
         bias = None
         if position_bias is not None:

@@ -99,9 +99,9 @@ def compare(expected: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor]
             problems.append(f"missing key {key} (expected shape {list(shape)})")
         elif tuple(state[key].shape) != shape:
             problems.append(f"shape mismatch {key}: expected {list(shape)}, found {list(state[key].shape)}")
-    for key in state:
+    for key, tensor in state.items():
         if key not in expected:
-            problems.append(f"unexpected key {key} (shape {list(state[key].shape)})")
+            problems.append(f"unexpected key {key} (shape {list(tensor.shape)})")
     return problems
 
 

@@ -51,8 +51,9 @@ def missing_paths(whisper_path: str | None = None, beats_path: str | None = None
     return out
 
 
-def _read_prefixed(directory: Path, prefix: str) -> dict[str, torch.Tensor]:
-    """The tensors under ``prefix`` of an HF checkpoint directory (safetensors or .bin, sharded or not)."""
+def _read_prefixed(directory: Path, prefixes: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The tensors under the first of ``prefixes`` present in an HF checkpoint directory
+    (safetensors or .bin, sharded or not), with the prefix stripped."""
     from safetensors import safe_open
 
     for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
@@ -64,12 +65,16 @@ def _read_prefixed(directory: Path, prefix: str) -> dict[str, torch.Tensor]:
         for name in files:
             if name.endswith(".safetensors"):
                 with safe_open(str(directory / name), framework="pt") as f:
-                    out.update({k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)})
+                    out.update({k: f.get_tensor(k) for k in f.keys() if k.startswith(tuple(prefixes))})  # noqa: SIM118
             else:
                 state = torch.load(directory / name, map_location="cpu", weights_only=True, mmap=True)
-                out.update({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+                out.update({k: v for k, v in state.items() if k.startswith(tuple(prefixes))})
+        for prefix in prefixes if files else ():
+            found = {k[len(prefix):]: v for k, v in out.items() if k.startswith(prefix)}
+            if found:
+                return found
         if files:
-            return out
+            raise ValueError(f"{directory}: no tensors under {' or '.join(prefixes)}")
     raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin (sharded or not)")
 
 
@@ -78,7 +83,9 @@ def load_whisper_encoder(path: str | Path) -> WhisperEncoder:
     cfg = WhisperConfig.from_pretrained(path)
     with torch.device("meta"):
         encoder = WhisperEncoder(cfg)
-    encoder.load_state_dict(_read_prefixed(Path(path), "model.encoder."), strict=True, assign=True)
+    # WhisperForConditionalGeneration (the hub's openai/whisper-*) saves model.encoder.*, WhisperModel encoder.*
+    state = _read_prefixed(Path(path), ("model.encoder.", "encoder."))
+    encoder.load_state_dict(state, strict=True, assign=True)
     return encoder.float().eval()
 
 
@@ -141,7 +148,6 @@ class SalmonnAdapter(LALMAdapter):
         cfg = llm.config
         self.num_heads = cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.llm_dtype = llm.dtype
 
     def _build_tiny(self, layers: int, heads: int, hidden: int, attn_implementation: str) -> None:
         from ..tiny_lalm import build_tokenizer
@@ -163,7 +169,11 @@ class SalmonnAdapter(LALMAdapter):
                     attn_implementation: str) -> None:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(paths["llm_path"])
+        try:
+            tok = AutoTokenizer.from_pretrained(paths["llm_path"])
+        except (ImportError, OSError, ValueError) as err:
+            raise RuntimeError(f"{paths['llm_path']}: cannot load the Vicuna tokenizer ({err}); a directory with "
+                               "only tokenizer.model (no tokenizer.json) needs `pip install sentencepiece`") from err
         tok.add_special_tokens({"pad_token": "[PAD]"})  # id 32000, as the official model does
         tok.padding_side = "right"
         self.tokenizer = tok
@@ -179,7 +189,7 @@ class SalmonnAdapter(LALMAdapter):
         self.model_id = f"salmonn-{variant}"
 
     @classmethod
-    def skeleton(cls, variant: str = "13b") -> "SalmonnAdapter":
+    def skeleton(cls, variant: str = "13b") -> SalmonnAdapter:
         """The full-size module structure on the meta device: no files, no memory, no tokenizer."""
         spec = full_spec(variant)
         self = cls.__new__(cls)
@@ -196,6 +206,11 @@ class SalmonnAdapter(LALMAdapter):
     def llm(self) -> LlamaForCausalLM:
         """The LoRA-injected LlamaForCausalLM inside the peft wrapper."""
         return self.llama_model.base_model.model
+
+    @property
+    def llm_dtype(self) -> torch.dtype:
+        """Read from the weights, so that a later ``.to(dtype)`` of the LLM is followed."""
+        return self.llm.get_input_embeddings().weight.dtype
 
     def gated_attentions(self) -> Sequence[nn.Module]:
         return [layer.self_attn for layer in self.llm.model.layers]

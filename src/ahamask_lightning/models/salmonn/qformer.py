@@ -39,7 +39,7 @@ def num_windows(frames: int = WHISPER_FRAMES, window: int = WINDOW, stride: int 
 
 def split_windows(x: torch.Tensor, window: int = WINDOW, stride: int = WINDOW) -> torch.Tensor:
     """[B, T, C] -> [B * n, window, C], the same order as the official F.unfold + view + permute."""
-    b, _, c = x.shape
+    c = x.shape[-1]
     w = x.unfold(1, window, stride)  # [B, n, C, window]
     return w.permute(0, 1, 3, 2).reshape(-1, window, c)
 
