@@ -1,0 +1,94 @@
+"""AudioCaps: audio captioning (aac).
+
+Published layout: the caption CSVs of the AudioCaps repository (``dataset/`` there) and
+the clips you fetched from YouTube, one directory per split::
+
+    {train,val,test}.csv          audiocap_id,youtube_id,start_time,caption
+    {train,val,test}/{youtube_id}.wav   (or {audiocap_id}.wav, Y{youtube_id}.wav, .flac)
+
+Train has one caption per clip and gets one line per caption. Val and test have five
+per clip and get one line per clip: ``text`` is the first caption (CSV order) and
+``meta.references`` holds all of them for the caption metrics. Clips that were never
+downloaded (YouTube removals are common) are counted as ``missing_audio``.
+"""
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from pathlib import Path
+
+from .prepare import ManifestWriter, layout_error
+
+LAYOUT = "AudioCaps {train,val,test}.csv (audiocap_id,youtube_id,start_time,caption) + {split}/{youtube_id}.wav"
+SPLITS = ("train", "val", "test")
+EXTENSIONS = (".wav", ".flac")
+
+
+def write_captions(writer: ManifestWriter, split: str, clips: Iterable[tuple[str, Path | None, list[str], dict]],
+                   per_caption: bool) -> None:
+    """Shared with Clotho. ``clips``: (clip id, audio or None when missing, captions, meta)."""
+    for clip_id, audio, captions, meta in clips:
+        captions = [c.strip() for c in captions if c and c.strip()]
+        if audio is None:
+            writer.skip(split, clip_id, "missing_audio")
+            continue
+        if not captions:
+            writer.skip(split, clip_id, "no_caption")
+            continue
+        duration = writer.duration(audio)
+        if per_caption:
+            for i, caption in enumerate(captions):
+                sid = clip_id if len(captions) == 1 else f"{clip_id}_{i}"
+                writer.add(split, "aac", sid, str(audio), caption, duration, {**meta, "references": captions})
+        else:
+            writer.add(split, "aac", clip_id, str(audio), captions[0], duration, {**meta, "references": captions})
+
+
+def _csv_path(root: Path, split: str) -> Path | None:
+    for d in (root, root / "dataset", root / "csv"):
+        if (d / f"{split}.csv").is_file():
+            return d / f"{split}.csv"
+    return None
+
+
+def _audio(root: Path, split: str, names: tuple[str, ...]) -> Path | None:
+    for d in (root / split, root / "audio" / split):
+        for name in names:
+            for ext in EXTENSIONS:
+                if (d / f"{name}{ext}").is_file():
+                    return d / f"{name}{ext}"
+    return None
+
+
+def prepare_corpus(root: Path, writer: ManifestWriter) -> None:
+    found = {s: _csv_path(root, s) for s in SPLITS}
+    if not any(found.values()):
+        raise layout_error("audiocaps", root, LAYOUT, "no train/val/test.csv")
+    for split, path in found.items():
+        if path is None or not writer.wanted(split):
+            continue
+        clips: dict[str, dict] = {}  # youtube id -> captions, in CSV order (dicts keep insertion order)
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            for row in csv.DictReader(f):
+                ytid = (row.get("youtube_id") or "").strip()
+                if not ytid:
+                    writer.skip(split, row.get("audiocap_id") or "?", "malformed_row")
+                    continue
+                clip = clips.setdefault(ytid, {"ids": [], "captions": [], "start": row.get("start_time")})
+                clip["ids"].append((row.get("audiocap_id") or "").strip())
+                clip["captions"].append(row.get("caption") or "")
+
+        def rows():
+            for ytid, clip in clips.items():
+                audio = _audio(root, split, (ytid, f"Y{ytid}", *clip["ids"]))
+                meta = {"youtube_id": ytid, "start_time": _number(clip["start"]), "audiocap_ids": clip["ids"]}
+                yield f"audiocaps_{ytid}", audio, clip["captions"], meta
+
+        write_captions(writer, split, rows(), per_caption=split == "train")
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
