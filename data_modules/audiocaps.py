@@ -14,7 +14,7 @@ downloaded (YouTube removals are common) are counted as ``missing_audio``.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .prepare import ManifestWriter, layout_error
@@ -77,14 +77,14 @@ def prepare_corpus(root: Path, writer: ManifestWriter) -> None:
                 clip = clips.setdefault(ytid, {"ids": [], "captions": [], "start": row.get("start_time")})
                 clip["ids"].append((row.get("audiocap_id") or "").strip())
                 clip["captions"].append(row.get("caption") or "")
+        write_captions(writer, split, _clip_rows(root, split, clips), per_caption=split == "train")
 
-        def rows():
-            for ytid, clip in clips.items():
-                audio = _audio(root, split, (ytid, f"Y{ytid}", *clip["ids"]))
-                meta = {"youtube_id": ytid, "start_time": _number(clip["start"]), "audiocap_ids": clip["ids"]}
-                yield f"audiocaps_{ytid}", audio, clip["captions"], meta
 
-        write_captions(writer, split, rows(), per_caption=split == "train")
+def _clip_rows(root: Path, split: str, clips: dict[str, dict]) -> Iterator[tuple[str, Path | None, list[str], dict]]:
+    for ytid, clip in clips.items():
+        audio = _audio(root, split, (ytid, f"Y{ytid}", *clip["ids"]))
+        meta = {"youtube_id": ytid, "start_time": _number(clip["start"]), "audiocap_ids": clip["ids"]}
+        yield f"audiocaps_{ytid}", audio, clip["captions"], meta
 
 
 def _number(text: str | None) -> float | None:

@@ -12,6 +12,7 @@ validation -> ``val`` and evaluation -> ``test`` (one line per clip, ``text`` = 
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 
 from .audiocaps import write_captions
@@ -43,18 +44,17 @@ def prepare_corpus(root: Path, writer: ManifestWriter) -> None:
             writer.note(f"Clotho audio directory {name}/ not found: every {split} clip counted missing")
         with open(table, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
+        write_captions(writer, split, _clips(rows, audio_dir, name), per_caption=split == "train")
 
-        def clips():
-            for row in rows:
-                file_name = (row.get("file_name") or "").strip()
-                captions = [row[k] for k in sorted(row, key=_caption_index) if k and k.startswith("caption")]
-                audio = audio_dir / file_name if audio_dir is not None and file_name else None
-                if audio is not None and not audio.is_file():
-                    audio = None
-                yield f"clotho_{Path(file_name).stem}", audio, captions, {"file_name": file_name,
-                                                                         "clotho_split": name}
 
-        write_captions(writer, split, clips(), per_caption=split == "train")
+def _clips(rows: list[dict], audio_dir: Path | None, name: str) -> Iterator[tuple[str, Path | None, list[str], dict]]:
+    for row in rows:
+        file_name = (row.get("file_name") or "").strip()
+        captions = [row[k] for k in sorted(row, key=_caption_index) if k and k.startswith("caption")]
+        audio = audio_dir / file_name if audio_dir is not None and file_name else None
+        if audio is not None and not audio.is_file():
+            audio = None
+        yield f"clotho_{Path(file_name).stem}", audio, captions, {"file_name": file_name, "clotho_split": name}
 
 
 def _caption_index(key: str | None) -> int:

@@ -28,13 +28,14 @@ GENDER = {"male": "Male", "female": "Female", "male_masculine": "Male", "female_
 def prepare_corpus(root: Path, writer: ManifestWriter, *, lang: str = "en", clips_dir: str | None = None) -> None:
     if not any((root / f"{t}.tsv").is_file() for t in TABLES) and (root / lang).is_dir():
         root = root / lang
-    tables = [t for t in (TABLES if writer.splits else DEFAULT_TABLES)
-              if writer.wanted(t) and (root / f"{t}.tsv").is_file()]
     if not any((root / f"{t}.tsv").is_file() for t in TABLES):
         raise layout_error("commonvoice", root, LAYOUT, "no train/dev/test/validated.tsv")
+    tables = [t for t in (TABLES if writer.splits else DEFAULT_TABLES)
+              if writer.wanted(t) and (root / f"{t}.tsv").is_file()]
     clips = Path(clips_dir) if clips_dir else root / "clips"
     if not clips.is_dir():
         raise layout_error("commonvoice", root, LAYOUT, f"no clips directory {clips}")
+    mp3 = False
     for split in tables:
         for row in read_tsv(root / f"{split}.tsv"):
             rel = (row.get("path") or "").strip()
@@ -43,6 +44,7 @@ def prepare_corpus(root: Path, writer: ManifestWriter, *, lang: str = "en", clip
             if not rel or not audio.is_file():
                 writer.skip(split, sid, "missing_audio")
                 continue
+            mp3 = mp3 or audio.suffix.lower() == ".mp3"
             raw_gender = (row.get("gender") or "").strip().lower()
             gender = GENDER.get(raw_gender)
             meta = {"client_id": row.get("client_id") or "", "age": row.get("age") or "",
@@ -55,6 +57,6 @@ def prepare_corpus(root: Path, writer: ManifestWriter, *, lang: str = "en", clip
                 writer.add(split, "gr", sid, str(audio), gender, duration, meta)
             else:
                 writer.skip(split, sid, "other_gender" if raw_gender else "no_gender", task="gr")
-    if tables:
+    if mp3:
         writer.note("commonvoice: clips are mp3, referenced as is (decoding needs libsndfile>=1.1 or "
                     "torchaudio with ffmpeg)")

@@ -79,7 +79,8 @@ class ManifestWriter:
         if key not in self._files:
             path = self.out / "manifests" / split / f"{task}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._files[key] = open(path, "w", encoding="utf-8")
+            # Kept open across calls (closed in close()): one handle per manifest, not one per line.
+            self._files[key] = open(path, "w", encoding="utf-8")  # noqa: SIM115
         self._files[key].write(json.dumps(line, ensure_ascii=False) + "\n")
         self.counts.setdefault(split, Counter())[task] += 1
         return True
@@ -91,7 +92,7 @@ class ManifestWriter:
         self.skipped[reason] += 1
         if self._skip_file is None:
             self.out.mkdir(parents=True, exist_ok=True)
-            self._skip_file = open(self.out / "skipped.jsonl", "w", encoding="utf-8")
+            self._skip_file = open(self.out / "skipped.jsonl", "w", encoding="utf-8")  # noqa: SIM115
         item = {"split": split, "id": id, "reason": reason}
         if task is not None:
             item["task"] = task
@@ -109,7 +110,7 @@ class ManifestWriter:
 
         try:
             info = sf.info(str(path))
-        except Exception:  # mp3 on old libsndfile, shorten-compressed sph, broken headers
+        except (RuntimeError, OSError, ValueError, TypeError):  # mp3 on old libsndfile, shorten sph, bad headers
             return None
         return info.frames / info.samplerate if info.samplerate else None
 

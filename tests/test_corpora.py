@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ahamask_lightning.tasks import composite_target, get_task
+from ahamask_lightning.data.manifest import PathResolver, SampleRecord, parse_line
+from ahamask_lightning.tasks import TASKS, composite_target, get_task
 from data_modules.prepare import CORPORA, add_arguments, prepare, run
 
 SR = 16000
@@ -30,7 +31,12 @@ def _text(path: Path, text: str) -> Path:
 
 def _read(out: Path, split: str, task: str) -> list[dict]:
     path = out / "manifests" / split / f"{task}.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for n, line in enumerate(lines, start=1):  # every line must be a valid sample for the data layer
+        record = parse_line(line, str(path), n, PathResolver(str(path)), TASKS)
+        assert isinstance(record, SampleRecord), record
+        assert all(Path(a).is_file() for a in record.audio)
+    return [json.loads(line) for line in lines]
 
 
 def _by_id(rows: list[dict]) -> dict[str, dict]:
@@ -58,7 +64,8 @@ def _librispeech(root: Path) -> Path:
 
 
 def test_librispeech(tmp_path):
-    root, out = _librispeech(tmp_path / "LibriSpeech"), tmp_path / "out"
+    _librispeech(tmp_path / "LibriSpeech")
+    out = tmp_path / "out"
     summary = prepare("librispeech", tmp_path, out)  # the parent of LibriSpeech/ is accepted too
     assert summary["counts"]["dev-clean"] == {"asr": 3, "gr": 3, "gr_asr": 3, "asr_gr": 3, "json": 3}
     assert summary["counts"]["test-clean"] == {"asr": 1}  # speaker 99 has no SPEAKERS.TXT line
@@ -260,6 +267,7 @@ def test_commonvoice(tmp_path):
     summary = prepare("commonvoice", root.parent, out, lang="en")  # cv-corpus dir + lang
     assert summary["counts"] == {"test": {"asr": 5, "gr": 3}}  # validated only when asked for
     assert summary["skipped"] == {"missing_audio": 1, "no_gender": 1, "other_gender": 1}
+    assert any("mp3" in note for note in summary["notes"])
     gr = {r["id"]: r["text"] for r in _read(out, "test", "gr")}
     assert gr == {"cv_en_cv_a": "Male", "cv_en_cv_b": "Female", "cv_en_cv_c": "Male"}
     only = prepare("commonvoice", root, tmp_path / "out2", splits=["validated"])
