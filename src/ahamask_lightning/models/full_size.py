@@ -20,9 +20,16 @@ def qwen2_audio_7b_meta():
 
 def _salmonn(variant: str):
     def build():
-        from .salmonn import meta_llm  # provided by the SALMONN package
+        # Only the LLM carries gated heads: Vicuna as LlamaForCausalLM with SALMONN's LoRA on q/v.
+        from peft import LoraConfig, get_peft_model
+        from transformers import LlamaConfig, LlamaForCausalLM
 
-        return meta_llm(variant)
+        from .salmonn.configs import LORA, full_spec
+
+        cfg = LlamaConfig(**full_spec(variant).llm)
+        with torch.device("meta"):
+            llm = get_peft_model(LlamaForCausalLM(cfg), LoraConfig(task_type="CAUSAL_LM", **LORA))
+        return llm, [layer.self_attn for layer in llm.base_model.model.model.layers], cfg
 
     return build
 
@@ -45,3 +52,24 @@ def gated_heads(name: str) -> dict[str, int]:
     gate.remove()
     return {"layers": gate.num_layers, "heads": heads, "kv_heads": getattr(cfg, "num_key_value_heads", heads) or heads,
             "gated": gate.num_layers * heads}
+
+
+def _native(module: str, name: str) -> Callable:
+    """Lazy builder of a full-size model whose adapter module holds its published configuration."""
+    def build():
+        from importlib import import_module
+
+        return import_module(f"{__package__}.{module}").full_size_meta(name)
+
+    return build
+
+
+FULL_SIZE.update({
+    "qwen2.5-omni-7b": _native("qwen2_5_omni", "qwen2.5-omni-7b"),
+    "qwen2.5-omni-3b": _native("qwen2_5_omni", "qwen2.5-omni-3b"),
+    "voxtral-mini-3b": _native("voxtral", "voxtral-mini-3b"),
+    "voxtral-small-24b": _native("voxtral", "voxtral-small-24b"),
+    "granite-speech-3.3-2b": _native("granite_speech", "granite-speech-3.3-2b"),
+    "granite-speech-3.3-8b": _native("granite_speech", "granite-speech-3.3-8b"),
+    "audio-flamingo-3": _native("audio_flamingo3", "audio-flamingo-3"),
+})

@@ -159,7 +159,9 @@ class TinyLALM(LALMAdapter):
         if checkpoint is not None:
             state = load_file(str(Path(checkpoint) / "model.safetensors"))
             result = self.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-            bad = [k for k in result.missing_keys if not k.startswith("frontend.")] + list(result.unexpected_keys)
+            tied = {"llm.lm_head.weight"} if config.llm.get("tie_word_embeddings") else set()
+            bad = [k for k in result.missing_keys if not k.startswith("frontend.") and k not in tied]
+            bad += list(result.unexpected_keys)
             if bad:
                 raise ValueError(f"{checkpoint}/model.safetensors: keys do not match TinyLALM: {bad[:5]}")
             if self.config.llm.get("tie_word_embeddings"):

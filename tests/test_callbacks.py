@@ -1,0 +1,45 @@
+"""Schedules: temperature presets, sparsity warm-up, the learning-rate curve."""
+from __future__ import annotations
+
+import pytest
+
+from ahamask_lightning.callbacks import SparsityPenalty, TemperatureAnnealing
+from ahamask_lightning.module import warmup_cosine
+
+
+def test_paper_preset_is_linear_4_to_0_5_then_held():
+    cb = TemperatureAnnealing("paper")
+    assert cb.value(0, 3000) == 4.0
+    assert cb.value(1500, 3000) == pytest.approx(2.25)
+    assert cb.value(3000, 3000) == pytest.approx(0.5)
+    assert cb.value(9000, 3000) == pytest.approx(0.5)
+
+
+def test_official_preset_anneals_over_30_percent_of_the_run():
+    class FakeTrainer:
+        estimated_stepping_batches = 1000
+
+    cb = TemperatureAnnealing("official")
+    n = cb.anneal_steps(FakeTrainer())
+    assert n == 300
+    assert cb.value(150, n) == pytest.approx((4.0 + 0.05) / 2)
+    assert cb.value(300, n) == pytest.approx(0.05)
+
+
+def test_unknown_preset_is_refused():
+    with pytest.raises(ValueError, match="preset"):
+        TemperatureAnnealing("fast")
+
+
+def test_sparsity_warmup():
+    cb = SparsityPenalty(lam=1e-4, warmup_steps=100)
+    assert cb.value(0) == 0.0 and cb.value(50) == pytest.approx(5e-5) and cb.value(500) == pytest.approx(1e-4)
+
+
+def test_learning_rate_warmup_then_cosine():
+    f = lambda s: warmup_cosine(s, 3000, 30000, 1e-6, 1e-2, 1e-4)  # noqa: E731
+    assert f(0) == pytest.approx(1e-6)
+    assert f(1500) == pytest.approx((1e-6 + 1e-2) / 2)
+    assert f(3000) == pytest.approx(1e-2)
+    assert f(16500) == pytest.approx((1e-2 + 1e-4) / 2)
+    assert f(30000) == pytest.approx(1e-4)
