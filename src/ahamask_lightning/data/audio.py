@@ -82,10 +82,12 @@ def probe_seconds(path: str) -> float:
     return info.frames / info.samplerate
 
 
-def load_mono(path: str, sample_rate: int, max_frames_out: int | None = None) -> torch.Tensor:
+def load_mono(path: str, sample_rate: int, max_frames_out: int | None = None,
+              segment: tuple[float, float] | None = None) -> torch.Tensor:
     """Decodes the first channel of ``path``, resampled to ``sample_rate``.
 
-    ``max_frames_out`` bounds the decoding (for cutting) so a very long file is not read whole.
+    ``max_frames_out`` bounds the decoding (for cutting) so a very long file is not read whole;
+    ``segment`` (start, end) in seconds reads only that part (TED-LIUM talks: one file, many segments).
     """
     if not os.path.exists(path):
         raise AudioError(MISSING_FILE, path)
@@ -93,8 +95,12 @@ def load_mono(path: str, sample_rate: int, max_frames_out: int | None = None) ->
         with sf.SoundFile(path) as fh:
             rate = fh.samplerate
             frames = -1
+            if segment is not None:
+                fh.seek(min(fh.frames, int(segment[0] * rate)))
+                frames = max(0, int((segment[1] - segment[0]) * rate))
             if max_frames_out is not None:
-                frames = math.ceil(max_frames_out * rate / sample_rate) + 1
+                bound = math.ceil(max_frames_out * rate / sample_rate) + 1
+                frames = bound if frames < 0 else min(frames, bound)
             data = fh.read(frames=frames, dtype="float32", always_2d=True)
     except _DECODE_ERRORS as err:
         raise AudioError(UNREADABLE_AUDIO, f"{path}: {err}") from None
@@ -109,11 +115,18 @@ def load_mono(path: str, sample_rate: int, max_frames_out: int | None = None) ->
     return wave
 
 
-def load_audio(paths: list[str], cfg: AudioConfig) -> torch.Tensor:
-    """Loads one input (one path, or a pair joined with 0.1 s of zeros) as float32 [T]."""
+def load_audio(paths: list[str], cfg: AudioConfig, segment: tuple[float, float] | None = None) -> torch.Tensor:
+    """Loads one input (one path, or a pair joined with 0.1 s of zeros) as float32 [T].
+
+    ``segment``: (start, end) seconds of a single long file (manifest ``meta.start``/``meta.end``).
+    """
     sr = cfg.sample_rate
     max_frames = round(cfg.max_seconds * sr)
-    if cfg.on_too_long == "reject":
+    if segment is not None and len(paths) == 1:
+        if segment[1] - segment[0] > cfg.max_seconds + 1.0 / sr and cfg.on_too_long == "reject":
+            raise AudioError(TOO_LONG, f"segment {segment[1] - segment[0]:.2f} s > {cfg.max_seconds} s")
+        parts = [load_mono(paths[0], sr, max_frames, segment=segment)]
+    elif cfg.on_too_long == "reject":
         # Header check first: a 2-hour file is rejected without being decoded.
         total = sum(probe_seconds(p) for p in paths) + PAIR_GAP_SECONDS * (len(paths) - 1)
         if total > cfg.max_seconds + 1.0 / sr:

@@ -197,7 +197,10 @@ class ManifestStream(IterableDataset):
                 yield pending[bucket][0]
 
     def _load(self, rec: SampleRecord) -> Sample:
-        return {"id": rec.id, "task": rec.task, "text": rec.text, "audio": load_audio(rec.audio, self.audio),
+        meta = rec.meta or {}
+        segment = (float(meta["start"]), float(meta["end"])) if "start" in meta and "end" in meta else None
+        return {"id": rec.id, "task": rec.task, "text": rec.text,
+                "audio": load_audio(rec.audio, self.audio, segment),
                 "instruction": rec.instruction, "meta": rec.meta}
 
     # --- iteration ----------------------------------------------------------------------------
