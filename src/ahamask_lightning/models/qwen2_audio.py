@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .base import LALMAdapter, causal_lm_loss
+from .chat_collate import pack_prompts, unpad
 
 INSTRUCT_TEMPLATE = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
@@ -120,31 +121,10 @@ class Qwen2AudioAdapter(LALMAdapter):
         prompts = [self.template.format(ins or "") for ins in instructions]
         enc = self.processor(text=prompts, audio=[np.asarray(a, dtype=np.float32) for a in audios],
                              sampling_rate=self.sample_rate, return_tensors="pt", padding=True)
-        lens = enc["attention_mask"].sum(1)
-        prompt_ids = [enc["input_ids"][i, enc["attention_mask"][i].bool()] for i in range(len(prompts))]
-        batch = {"input_features": enc["input_features"], "feature_attention_mask": enc["feature_attention_mask"]}
-        # generation inputs: prompts left-padded
-        width = int(lens.max())
-        gen_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        gen_mask = torch.zeros_like(gen_ids)
-        for i, ids in enumerate(prompt_ids):
-            gen_ids[i, width - len(ids):] = ids
-            gen_mask[i, width - len(ids):] = 1
-        batch.update(gen_input_ids=gen_ids, gen_attention_mask=gen_mask)
-        if targets is not None:
-            tok = self.processor.tokenizer
-            seqs, labels = [], []
-            for ids, tgt in zip(prompt_ids, targets):
-                t = torch.tensor(tok.encode(tgt, add_special_tokens=False) + [self.eos_id], dtype=torch.long)
-                seqs.append(torch.cat([ids, t]))
-                labels.append(torch.cat([torch.full_like(ids, -100), t]))
-            width = max(len(s) for s in seqs)
-            ids_t = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-            lab_t = torch.full_like(ids_t, -100)
-            mask_t = torch.zeros_like(ids_t)
-            for i, (s, lab) in enumerate(zip(seqs, labels)):
-                ids_t[i, : len(s)], lab_t[i, : len(s)], mask_t[i, : len(s)] = s, lab, 1
-            batch.update(input_ids=ids_t, attention_mask=mask_t, labels=lab_t)
+        batch = pack_prompts(unpad(enc["input_ids"], enc["attention_mask"]), targets,
+                             lambda t: self.processor.tokenizer.encode(t, add_special_tokens=False),
+                             self.eos_id, self.pad_id)
+        batch.update(input_features=enc["input_features"], feature_attention_mask=enc["feature_attention_mask"])
         return batch
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

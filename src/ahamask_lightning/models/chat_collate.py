@@ -1,0 +1,130 @@
+"""What the chat-prompted adapters share: prompt encoding, batch packing, loss and generation.
+
+Every transformers LALM used here takes the same shape of input: token ids where the
+audio placeholder token is repeated once per audio frame the encoder emits, plus the
+encoder's input tensors. So the batch layout (generation prompts left-padded, training
+prompt + target right-padded with labels on the target only) and the loss / generate calls
+are the same for all of them; only the prompt text and the audio tensors differ.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from .base import LALMAdapter, causal_lm_loss
+
+
+def unpad(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+    """The unpadded rows of a padded batch (either padding side)."""
+    return [input_ids[i, attention_mask[i].bool()] for i in range(input_ids.shape[0])]
+
+
+def published_name(configs: dict[str, dict], text_config, fallback: str) -> str:
+    """The name of the published configuration whose LLM shape ``text_config`` has, else ``fallback``.
+
+    A mask is tied to the model it was trained on; naming real checkpoints by their shape
+    (not by whatever the local directory is called) keeps mask metadata comparable.
+    """
+    keys = ("num_hidden_layers", "num_attention_heads", "hidden_size")
+    for name, cfg in configs.items():
+        if all(cfg["text_config"].get(k) == getattr(text_config, k, None) for k in keys):
+            return name
+    return fallback
+
+
+def encode_template(tokenizer, template: str, specials: Sequence[str], text: str, audio_token: str,
+                    n_audio: int) -> list[int]:
+    """Token ids of ``template`` with ``{text}`` filled in and ``audio_token`` repeated ``n_audio`` times.
+
+    Special tokens are mapped to their ids one by one and only the plain text between them
+    goes through the tokenizer. That is how tokenizers treat added tokens anyway, and it also
+    works for tokenizers that do not parse special tokens out of text (Mistral's tekken).
+    """
+    pieces = re.split("(" + "|".join(re.escape(s) for s in [*specials, "{text}"]) + ")", template)
+    ids: list[int] = []
+    for piece in pieces:
+        if not piece:
+            continue
+        if piece == "{text}":
+            ids += tokenizer.encode(text, add_special_tokens=False) if text else []
+        elif piece == audio_token:
+            ids += [tokenizer.convert_tokens_to_ids(audio_token)] * n_audio
+        elif piece in specials:
+            ids.append(tokenizer.convert_tokens_to_ids(piece))
+        else:
+            ids += tokenizer.encode(piece, add_special_tokens=False)
+    return ids
+
+
+def pack_prompts(prompt_ids: Sequence[torch.Tensor | list[int]], targets: Sequence[str] | None,
+                 encode: Callable[[str], list[int]], eos_id: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Generation inputs (``gen_input_ids``/``gen_attention_mask``, left-padded) and, with targets,
+    training inputs (``input_ids``/``attention_mask``/``labels``, right-padded; labels are -100
+    except on the target tokens and the closing ``eos_id``)."""
+    prompts = [torch.as_tensor(p, dtype=torch.long) for p in prompt_ids]
+    width = max(len(p) for p in prompts)
+    gen_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    gen_mask = torch.zeros_like(gen_ids)
+    for i, ids in enumerate(prompts):
+        gen_ids[i, width - len(ids):] = ids
+        gen_mask[i, width - len(ids):] = 1
+    batch = {"gen_input_ids": gen_ids, "gen_attention_mask": gen_mask}
+    if targets is None:
+        return batch
+    seqs, labels = [], []
+    for ids, tgt in zip(prompts, targets):
+        t = torch.tensor(list(encode(tgt)) + [eos_id], dtype=torch.long)
+        seqs.append(torch.cat([ids, t]))
+        labels.append(torch.cat([torch.full_like(ids, -100), t]))
+    width = max(len(s) for s in seqs)
+    ids_t = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    lab_t = torch.full_like(ids_t, -100)
+    mask_t = torch.zeros_like(ids_t)
+    for i, (s, lab) in enumerate(zip(seqs, labels)):
+        ids_t[i, : len(s)], lab_t[i, : len(s)], mask_t[i, : len(s)] = s, lab, 1
+    batch.update(input_ids=ids_t, attention_mask=mask_t, labels=lab_t)
+    return batch
+
+
+class ChatLALMAdapter(LALMAdapter):
+    """Loss and generation for adapters whose batch is ``pack_prompts`` + audio tensors.
+
+    Subclasses set ``self.model`` (a transformers ``...ForConditionalGeneration``),
+    ``self.tokenizer``, ``self.eos_id``, ``self.pad_id``, and name the batch entries the model
+    takes besides the text (``audio_keys``); those in ``float_keys`` are cast to the model dtype.
+    """
+
+    audio_keys: tuple[str, ...] = ("input_features",)
+    float_keys: tuple[str, ...] = ("input_features",)
+    default_generation: ClassVar[dict] = {"max_new_tokens": 64, "num_beams": 1, "do_sample": False}
+
+    def _set_head_shape(self) -> None:
+        text_cfg = self.model.config.get_text_config()
+        self.num_heads = text_cfg.num_attention_heads
+        self.head_dim = getattr(text_cfg, "head_dim", None) or text_cfg.hidden_size // self.num_heads
+
+    def gated_attentions(self) -> Sequence[nn.Module]:
+        # get_decoder() is the LLM backbone only: audio (and vision) encoders are never gated
+        return [layer.self_attn for layer in self.model.get_decoder().layers]
+
+    def _audio_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        dtype = self.model.dtype
+        return {k: batch[k].to(dtype) if k in self.float_keys else batch[k] for k in self.audio_keys}
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         use_cache=False, **self._audio_inputs(batch))
+        return causal_lm_loss(out.logits, batch["labels"])
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, torch.Tensor], **generation) -> list[str]:
+        ids = batch["gen_input_ids"]
+        out = self.model.generate(input_ids=ids, attention_mask=batch["gen_attention_mask"],
+                                  pad_token_id=self.pad_id, eos_token_id=self.eos_id,
+                                  **self._audio_inputs(batch), **{**self.default_generation, **generation})
+        texts = self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+        return [t.strip() for t in texts]
