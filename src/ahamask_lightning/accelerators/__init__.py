@@ -1,0 +1,22 @@
+"""Devices and multi-device strategies for AHAMask runs.
+
+Importing the package registers the Ascend NPU with Lightning (``--trainer.accelerator npu``,
+``--trainer.strategy npu_single|ddp_npu``); torch_npu itself is imported only when used.
+"""
+from .ddp import MaskDDPStrategy, MaskFSDPStrategy, frozen_state_names, ignore_frozen_in_ddp, mask_wrap_policy
+from .npu import (
+    NPU_MISSING,
+    NPUAccelerator,
+    NPUDDPStrategy,
+    NPUMixedPrecision,
+    NPUSingleDeviceStrategy,
+    check_trainer_config,
+    require_npu,
+    uses_npu,
+)
+
+__all__ = [
+    "NPU_MISSING", "MaskDDPStrategy", "MaskFSDPStrategy", "NPUAccelerator", "NPUDDPStrategy", "NPUMixedPrecision",
+    "NPUSingleDeviceStrategy", "check_trainer_config", "frozen_state_names", "ignore_frozen_in_ddp",
+    "mask_wrap_policy", "require_npu", "uses_npu",
+]

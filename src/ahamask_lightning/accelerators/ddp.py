@@ -1,0 +1,95 @@
+"""DDP and FSDP set up for AHAMask, where a frozen multi-billion-parameter LALM carries one trainable
+tensor (the n x h mask logits).
+
+* ``MaskDDPStrategy``: plain DDP, except that the frozen weights and buffers are left out of DDP's
+  start-up broadcast and per-step buffer sync. Every rank loads them from the same files (or, for
+  random test models, from the same seed), so broadcasting 26 GB of SALMONN-13B from rank 0 at
+  start-up buys nothing; the mask gradient is still all-reduced, so the masks stay identical.
+* ``MaskFSDPStrategy``: FSDP that shards each LLM decoder layer (auto-wrap) and keeps the head mask
+  in its own un-sharded unit, so the trainable logits are whole on every rank (mask files and the
+  logged active-head count read them outside forward) while their gradient is all-reduced.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from typing import Any
+
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+# The decoder layers of the LLM backbones this project gates (SALMONN/TinyLALM: Llama; Qwen2-Audio: Qwen2).
+DEFAULT_LAYER_CLASSES = (
+    "transformers.models.llama.modeling_llama.LlamaDecoderLayer",
+    "transformers.models.qwen2.modeling_qwen2.Qwen2DecoderLayer",
+)
+
+
+def frozen_state_names(module: nn.Module) -> list[str]:
+    """Names of every frozen parameter, and of every buffer of a module without trainable parameters."""
+    trainable_owners = {name.rpartition(".")[0] for name, p in module.named_parameters() if p.requires_grad}
+    names = [name for name, p in module.named_parameters() if not p.requires_grad]
+    names += [name for name, _ in module.named_buffers() if name.rpartition(".")[0] not in trainable_owners]
+    return names
+
+
+def ignore_frozen_in_ddp(module: nn.Module) -> list[str]:
+    """Tell DDP (through its documented module attribute) to skip the frozen state; returns the names."""
+    names = frozen_state_names(module)
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)
+    return names
+
+
+class MaskDDPStrategy(DDPStrategy):
+    """``DDPStrategy`` that does not broadcast or sync the frozen LALM (see the module docstring)."""
+
+    def _setup_model(self, model: nn.Module) -> DistributedDataParallel:
+        ignore_frozen_in_ddp(model)
+        return super()._setup_model(model)
+
+
+def import_classes(paths: Sequence[str]) -> tuple[type, ...]:
+    """Classes from ``module.Class`` paths; a path whose module is absent is skipped (optional models)."""
+    out = []
+    for path in paths:
+        module, _, name = path.rpartition(".")
+        try:
+            out.append(getattr(importlib.import_module(module), name))
+        except ImportError:
+            continue
+        except AttributeError:
+            raise ValueError(f"MaskFSDPStrategy.layer_classes: {module} has no class {name}") from None
+    if not out:
+        raise ValueError(f"MaskFSDPStrategy.layer_classes: none of {list(paths)} could be imported")
+    return tuple(out)
+
+
+def mask_wrap_policy(layer_classes: Sequence[str] = DEFAULT_LAYER_CLASSES) -> Any:
+    """FSDP ``CustomPolicy``: decoder layers -> their own sharded unit; the HeadMask -> an un-sharded unit."""
+    from torch.distributed.fsdp import ShardingStrategy
+    from torch.distributed.fsdp.wrap import CustomPolicy
+
+    from ..masking import HeadMask
+
+    layers = import_classes(layer_classes)
+
+    def policy(module: nn.Module) -> bool | dict[str, Any]:
+        if isinstance(module, HeadMask):
+            return {"sharding_strategy": ShardingStrategy.NO_SHARD}
+        return isinstance(module, layers)
+
+    return CustomPolicy(policy)
+
+
+class MaskFSDPStrategy(FSDPStrategy):
+    """FSDP for a frozen LALM too large for one device (SALMONN-13B on < 40 GB devices).
+
+    Args:
+        layer_classes: import paths of the decoder-layer classes to shard one by one.
+        **kwargs: any ``FSDPStrategy`` argument (sharding_strategy, cpu_offload, state_dict_type, ...).
+    """
+
+    def __init__(self, layer_classes: list[str] | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("use_orig_params", True)  # frozen and trainable tensors share the root unit
+        super().__init__(auto_wrap_policy=mask_wrap_policy(layer_classes or DEFAULT_LAYER_CLASSES), **kwargs)

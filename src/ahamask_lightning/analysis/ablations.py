@@ -1,0 +1,236 @@
+"""The paper's studies as functions over ``ahamask fit``/``ahamask test`` runs of one experiment YAML.
+
+Every study differs from the main experiment by command-line overrides only, so no YAML is
+duplicated per setting:
+
+=====================  ====================================================================
+study                  overrides of the experiment YAML
+=====================  ====================================================================
+four conditions        ``--model.init_args.prompt task|none --model.init_args.use_mask ...``
+lambda sweep (Fig. 5)  ``--model.init_args.sparsity_lambda L`` (+ a SparsityPenalty(L) callback
+                       appended, which wins over one the YAML may carry)
+seeds                  ``--seed_everything S --{model,data}.init_args.seed S``; intersection by
+                       ``ahamask mask combine --op and``
+progressive (Fig. 4)   ``--model.init_args.mask`` = the top share of heads by learned logit
+prompt wording (Fig.2) ``--model.init_args.use_mask false --model.init_args.prompt variant:K``
+OOD GR                 ``--data.init_args.test [data/<corpus>/manifests/test/gr.jsonl]``
+transfer               the mask of one model tested with the other model's YAML
+=====================  ====================================================================
+
+Each study writes ``summary.json`` (``"kind"`` says which) into its directory; ``reproduce
+figures`` draws the PNGs from those files.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..experiment import CONDITIONS, Condition, conditions, fit_mask, random_like, run_cli, test_condition
+from ..masking import load_mask, save_mask
+from ..tasks import TASKS, get_task
+from .masks import combine, jaccard_matrix, mask_to_logits, progressive_masks
+
+# Out-of-domain gender recognition (paper: TEDLIUM, CommonVoice, VoxCeleb1), as `ahamask data prepare` writes them.
+OOD_GR = {"tedlium": "data/tedlium/manifests/test/gr.jsonl",
+          "commonvoice": "data/commonvoice/manifests/test/gr.jsonl",
+          "voxceleb1": "data/voxceleb/manifests/test/gr.jsonl"}
+
+
+@dataclass
+class Runner:
+    """One experiment YAML plus the overrides every fit / test of a study shares."""
+
+    config: str
+    common: list[str] = field(default_factory=list)
+    fit_extra: list[str] = field(default_factory=list)
+    test_extra: list[str] = field(default_factory=list)
+
+    def fit(self, out: Path, extra: list[str] = ()) -> Path:
+        return fit_mask(self.config, out, [*self.common, *self.fit_extra, *extra])
+
+    def test(self, cond: Condition, out: Path, extra: list[str] = ()) -> dict:
+        return test_condition(self.config, cond, out, [*self.common, *self.test_extra, *extra])
+
+
+def split_key(key: str) -> tuple[str, str, str] | None:
+    """``test/gr_test_ood/acc`` -> (``gr``, ``_test_ood``, ``acc``); None for keys of no task."""
+    parts = key.split("/")
+    if len(parts) != 3:
+        return None
+    head, metric = parts[1], parts[2]
+    if head in TASKS:
+        return head, "", metric
+    # the longest task name that the loader suffix extends (gr_asr is a task, gr_test_ood is not)
+    for task in sorted(TASKS, key=len, reverse=True):
+        if head.startswith(task + "_"):
+            return task, head[len(task):], metric
+    return None
+
+
+def metric_value(metrics: dict[str, float], task: str, metric: str | None = None,
+                 suffix: str | None = None) -> float | None:
+    """The value of ``metric`` (default: the task's primary one) for ``task``; ``suffix`` picks a
+    loader (``""`` in-domain, ``"_test_ood"``...); None picks the in-domain one, else the first."""
+    metric = metric or get_task(task).primary
+    found = {}
+    for key, value in metrics.items():
+        parts = split_key(key)
+        if parts and parts[0] == task and parts[2] == metric:
+            found[parts[1]] = value
+    if suffix is not None:
+        return found.get(suffix)
+    if "" in found:
+        return found[""]
+    return found[min(found)] if found else None
+
+
+def lambda_args(lam: float) -> list[str]:
+    callback = json.dumps({"class_path": "ahamask_lightning.callbacks.SparsityPenalty", "init_args": {"lam": lam}})
+    return ["--model.init_args.sparsity_lambda", str(lam), f"--trainer.callbacks+={callback}"]
+
+
+def seed_args(seed: int) -> list[str]:
+    # the data seed too: Lightning refuses a module and a data module whose `seed` hparams differ
+    return ["--seed_everything", str(seed), "--model.init_args.seed", str(seed), "--data.init_args.seed", str(seed)]
+
+
+def write_summary(out: Path, record: dict) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def four_conditions(runner: Runner, task: str, out: Path, mask: Path | None = None, seed: int = 0,
+                    fit_extra: list[str] = ()) -> dict:
+    """Fit a mask (unless given), draw a random mask with as many heads on, test all four conditions."""
+    if mask is None:
+        mask = runner.fit(out, list(fit_extra))
+    rand = random_like(Path(mask), out / "random_mask.safetensors", seed=seed)
+    results = {}
+    for cond in conditions(Path(mask), rand):
+        rec = runner.test(cond, out / "test" / cond.name.replace(" ", "_"))
+        results[cond.name] = {"metrics": rec["metrics"], "active_heads": rec["run"].get("active_heads")}
+    mf = load_mask(mask)
+    return write_summary(out, {"kind": "four_conditions", "task": task, "config": runner.config, "mask": str(mask),
+                               "active": mf.active(), "total": mf.mask.numel(), "shape": list(mf.shape),
+                               "conditions": results})
+
+
+def lambda_sweep(runner: Runner, task: str, lambdas: list[float], out: Path,
+                 done: dict[float, Path] | None = None) -> dict:
+    """Figure 5: one mask per lambda (``done`` reuses masks already trained, e.g. lambda 0)."""
+    rows = []
+    for lam in lambdas:
+        run_dir = out / f"lambda_{lam:g}"
+        mask = (done or {}).get(lam) or runner.fit(run_dir, lambda_args(lam))
+        rec = runner.test(Condition("AHAMask", "none", True, str(mask)), run_dir / "test")
+        mf = load_mask(mask)
+        rows.append({"lambda": lam, "mask": str(mask), "active": mf.active(), "total": mf.mask.numel(),
+                     "metric": metric_value(rec["metrics"], task)})
+    return write_summary(out, {"kind": "lambda", "task": task, "metric": get_task(task).primary, "rows": rows})
+
+
+def seed_study(runner: Runner, task: str, seeds: list[int], out: Path, done: dict[int, Path] | None = None) -> dict:
+    """Masks from several seeds, their pairwise Jaccard, and the intersection (heads all agree on)."""
+    masks, rows = [], []
+    for seed in seeds:
+        run_dir = out / f"seed_{seed}"
+        mask = (done or {}).get(seed) or runner.fit(run_dir, seed_args(seed))
+        rec = runner.test(Condition("AHAMask", "none", True, str(mask)), run_dir / "test")
+        mf = load_mask(mask)
+        masks.append(mf)
+        rows.append({"seed": seed, "mask": str(mask), "active": mf.active(), "metric": metric_value(rec["metrics"],
+                                                                                                     task)})
+    inter = combine([m.mask for m in masks], "and")
+    out.mkdir(parents=True, exist_ok=True)
+    inter_path = out / "intersection.safetensors"
+    save_mask(inter_path, mask_to_logits(inter), op="and", sources=",".join(r["mask"] for r in rows),
+              model_id=masks[0].metadata.get("model_id"))
+    rec = runner.test(Condition("AHAMask", "none", True, str(inter_path)), out / "intersection_test")
+    return write_summary(out, {
+        "kind": "seeds", "task": task, "metric": get_task(task).primary, "rows": rows,
+        "jaccard": jaccard_matrix([m.mask for m in masks]).tolist(),
+        "intersection": {"mask": str(inter_path), "active": int(inter.sum()),
+                         "metric": metric_value(rec["metrics"], task)}})
+
+
+def progressive(runner: Runner, task: str, mask: Path, fractions: list[float], out: Path,
+                references: dict[str, float | None] | None = None) -> dict:
+    """Figure 4: switch heads on in the order of their learned logits, test at each share."""
+    source = load_mask(mask)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for frac, m in zip(fractions, progressive_masks(source.logits, fractions)):
+        path = out / f"top_{round(100 * frac):03d}.safetensors"
+        save_mask(path, mask_to_logits(m), progressive_share=frac, source=str(mask),
+                  model_id=source.metadata.get("model_id"))
+        rec = runner.test(Condition("AHAMask", "none", True, str(path)), out / f"top_{round(100 * frac):03d}")
+        rows.append({"share": frac, "active": int(m.sum()), "metric": metric_value(rec["metrics"], task)})
+    return write_summary(out, {"kind": "progressive", "task": task, "metric": get_task(task).primary,
+                               "mask": str(mask), "rows": rows, "references": references or {}})
+
+
+def prompt_sensitivity(runner: Runner, task: str, out: Path, ahamask: float | None = None,
+                       variants: int | None = None) -> dict:
+    """Figure 2: the ungated model under each wording of the task's instruction (0 = the paper's)."""
+    wordings = get_task(task).instructions[: variants or None]
+    rows = []
+    for k, text in enumerate(wordings):
+        rec = runner.test(Condition(f"variant {k}", f"variant:{k}", False), out / f"variant_{k}")
+        rows.append({"k": k, "instruction": text, "metric": metric_value(rec["metrics"], task)})
+    return write_summary(out, {"kind": "prompts", "task": task, "metric": get_task(task).primary, "rows": rows,
+                               "ahamask": ahamask})
+
+
+def held_out(runner: Runner, task: str, mask: Path, test_sets: dict[str, str], out: Path) -> dict:
+    """A mask and the instruction baseline on other test sets (OOD GR), one run per set: each set's
+    manifest sits in a ``test`` directory, so sharing a run would pool their metrics."""
+    rows = []
+    for name, manifest in test_sets.items():
+        for cond in (Condition("with instruction", "task", False), Condition("AHAMask", "none", True, str(mask))):
+            rec = runner.test(cond, out / name / cond.name.replace(" ", "_"), ["--data.init_args.test", f"[{manifest}]"])
+            rows.append({"set": name, "condition": cond.name, "metric": metric_value(rec["metrics"], task)})
+    return write_summary(out, {"kind": "held_out", "task": task, "metric": get_task(task).primary, "rows": rows})
+
+
+def transfer(target: Runner, task: str, mask: Path, out: Path, label: str) -> dict:
+    """A mask learned on one model tested on another of the same shape (Instruct <-> Base)."""
+    rec = target.test(Condition("AHAMask", "none", True, str(mask)), out)
+    return write_summary(out, {"kind": "transfer", "task": task, "label": label, "mask": str(mask),
+                               "config": target.config, "metric": metric_value(rec["metrics"], task)})
+
+
+def table_rows(summaries: list[dict], metrics: dict[str, tuple[str, ...]]) -> tuple[list[str], list[dict]]:
+    """Rows = the four conditions; columns = ``<task><loader>/<metric>`` per task, plus ``<task>/heads``."""
+    columns: list[str] = []
+    rows = {name: {"condition": name} for name in CONDITIONS}
+    for s in summaries:
+        task = s["task"]
+        for name, res in s["conditions"].items():
+            for key, value in sorted(res["metrics"].items()):
+                parts = split_key(key)
+                if not parts or parts[0] != task or parts[2] not in metrics.get(task, (get_task(task).primary,)):
+                    continue
+                col = f"{task}{parts[1]}/{parts[2]}"
+                rows[name][col] = value
+                if col not in columns:
+                    columns.append(col)
+            rows[name][f"{task}/heads"] = res["active_heads"] if res["active_heads"] is not None else "all"
+        columns.append(f"{task}/heads")
+    return ["condition", *columns], list(rows.values())
+
+
+def import_official_masks(source: Path, out: Path, names: dict[str, str], layers: int = 40,
+                          heads: int = 40) -> dict[str, Path]:
+    """The released SALMONN-AHAMask checkpoints as mask files (``ahamask mask import-official``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    found = {}
+    for task, stem in names.items():
+        pth = source / f"{stem}.pth"
+        if pth.is_file():
+            target = out / f"{task}.safetensors"
+            run_cli(["mask", "import-official", str(pth), "--layers", str(layers), "--heads", str(heads),
+                     "-o", str(target)])
+            found[task] = target
+    return found

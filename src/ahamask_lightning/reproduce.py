@@ -1,0 +1,350 @@
+"""Reproduce the paper's tables and figures through the same ``ahamask`` commands a user types.
+
+    python -m ahamask_lightning.reproduce tiny       --out DIR   # TinyLALM: 4 conditions x tasks (CPU)
+    python -m ahamask_lightning.reproduce table1     --out DIR   # SALMONN-13B, paper Table 1
+    python -m ahamask_lightning.reproduce qwen2audio --out DIR   # Qwen2-Audio GR (Instruct), ASV (Base), transfer
+    python -m ahamask_lightning.reproduce ablations  --out DIR   # lambda, seeds, progressive, wording, OOD
+    python -m ahamask_lightning.reproduce figures    --runs DIR --out DIR
+
+Real-model commands first check every weight path and manifest they will need and stop at once,
+listing exactly what is missing. ``--steps``/``--test-batches`` shorten any run (quick CPU checks).
+How each study maps to YAML overrides: ``ahamask_lightning.analysis.ablations``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from .analysis import ablations as ab
+from .experiment import CONDITIONS
+
+TINY_TASKS = ("gr", "src", "asv", "asr", "aac", "gr_asr", "json")
+PAPER_TASKS = ("asr", "gr", "ser", "asv", "aac", "s2tt", "osr", "gr_asr", "asr_gr", "json")
+TABLE_METRICS = {"asr": ("wer",), "gr": ("acc",), "ser": ("acc",), "src": ("acc",), "asv": ("acc",),
+                 "aac": ("meteor", "rouge_l"), "s2tt": ("bleu",), "osr": ("wer",), "gr_asr": ("ifr", "acc", "wer"),
+                 "asr_gr": ("ifr", "acc", "wer"), "json": ("ifr", "wer", "acc")}
+# Paper Table 1 (SALMONN-13B) per column, in CONDITIONS order; None: not reported.
+PAPER_SALMONN = {
+    "asr_test-clean/wer": (2.10, 12.00, 21.36, 2.10), "asr_test-other/wer": (4.95, 17.23, 57.62, 5.08),
+    "gr_test-clean/acc": (96.79, 0.0, 0.0, 98.05), "ser/acc": (69.70, 0.0, 0.0, 70.02),
+    "asv/acc": (93.49, 0.0, 0.18, 93.24), "aac/meteor": (20.60, 14.90, 14.01, 24.15),
+    "aac/rouge_l": (40.42, 33.69, 32.19, 48.71), "s2tt/bleu": (34.48, 15.14, 13.64, 33.90),
+    "osr/wer": (23.72, 30.95, 47.19, 23.89),
+    "gr_asr_test-clean/ifr": (98.59, None, None, 99.12), "gr_asr_test-clean/acc": (68.02, None, None, 97.77),
+    "gr_asr_test-clean/wer": (3.52, None, None, 2.21), "json_test-clean/ifr": (69.16, None, None, 98.89),
+    "json_test-clean/wer": (6.17, None, None, 2.40), "json_test-clean/acc": (51.05, None, None, 97.30),
+}
+PAPER_QWEN = {"gr_test-clean/acc": (91.03, None, None, 94.43), "asv/acc": (49.24, None, None, 85.75)}
+# Released SALMONN-AHAMask checkpoints (reference/official_masks/<stem>.pth) per task.
+OFFICIAL = {"asr": "asr_librispeech", "gr": "gender_librispeech", "ser": "emotion_iemocap", "asv": "asv_voxceleb1",
+            "aac": "aac_audiocaps", "s2tt": "s2tt_covost2", "osr": "osr_libri2mix", "gr_asr": "gender_asr_librispeech",
+            "asr_gr": "asr_gender_librispeech", "json": "asr_gender_json_librispeech"}
+QWEN_ENV = {"instruct": "AHAMASK_QWEN2AUDIO_INSTRUCT", "base": "AHAMASK_QWEN2AUDIO_BASE"}
+
+
+def config_path(task: str, family: str) -> str:
+    for candidate in (Path("experiments") / f"{task}_{family}.yaml", Path("experiments") / family /
+                      f"{task}_{family}.yaml"):
+        if candidate.is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"no experiment YAML for task {task!r} and model {family!r} (experiments/{task}_{family}.yaml)")
+
+
+def tiny_data_args(data: Path, task: str) -> list[str]:
+    m = data / "manifests"
+    tests = [m / "test" / f"{task}.jsonl"] + [p for p in [m / "test_ood" / f"{task}.jsonl"] if p.is_file()]
+    return ["--data.init_args.train", f"[{m}/train/{task}.jsonl]", "--data.init_args.val", f"[{m}/val/{task}.jsonl]",
+            "--data.init_args.test", "[" + ", ".join(str(p) for p in tests) + "]"]
+
+
+def quick_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Overrides for every fit and every test: --steps, --test-batches and each --set KEY VALUE."""
+    common = [a for key, value in (args.set or []) for a in (f"--{key}", value)]
+    fit = (["--trainer.max_steps", str(args.steps)] if args.steps else []) + common
+    test = (["--trainer.limit_test_batches", str(args.test_batches)] if args.test_batches else []) + common
+    return fit, test
+
+
+def manifests_of(config: str, stages: Sequence[str]) -> list[str]:
+    init = (yaml.safe_load(Path(config).read_text()).get("data") or {}).get("init_args") or {}
+    out = []
+    for stage in stages:
+        value = init.get(stage) or []
+        out += [value] if isinstance(value, str) else list(value)
+    return out
+
+
+def stop_if_missing(what: str, missing: list[str]) -> bool:
+    if missing:
+        print(f"reproduce {what}: cannot start, missing:", file=sys.stderr)
+        for m in dict.fromkeys(missing):
+            print(f"  {m}", file=sys.stderr)
+    return bool(missing)
+
+
+def salmonn_missing(config: str) -> list[str]:
+    """Every SALMONN weight path of the YAML (null: its AHAMASK_SALMONN_* variable) that is absent."""
+    from .models.salmonn import missing_paths
+
+    weights = yaml.safe_load(Path(config).read_text())["model"]["init_args"]["model"]["init_args"]
+    return missing_paths(**{k: weights.get(k) for k in ("whisper_path", "beats_path", "llm_path", "ckpt_path")})
+
+
+def _cell(value: object, paper: float | None = None) -> str:
+    ours = "-" if value is None else (f"{value:.2f}" if isinstance(value, float) else str(value))
+    return ours if paper is None else f"{ours} ({paper:.2f})"
+
+
+def markdown(columns: list[str], rows: list[dict], paper: dict[str, tuple] | None = None) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        idx = CONDITIONS.index(row["condition"]) if row["condition"] in CONDITIONS else None
+        cells = [_cell(row.get(c), (paper or {}).get(c, (None,) * 4)[idx] if idx is not None else None)
+                 for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    note = "\n(paper values in brackets)\n" if paper else ""
+    return "\n".join(lines) + "\n" + note
+
+
+def write_table(out: Path, summaries: list[dict], paper: dict | None = None) -> str:
+    import csv
+
+    columns, rows = ab.table_rows(summaries, TABLE_METRICS)
+    text = markdown(columns, rows, paper)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(text)
+    with open(out / "table.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return text
+
+
+def jaccard_png(summaries: list[dict], path: Path) -> Path | None:
+    from .analysis.figures import jaccard_heatmap
+    from .analysis.masks import jaccard_matrix
+    from .masking import load_mask
+
+    masks = {s["task"]: load_mask(s["mask"]).mask for s in summaries}
+    if not masks or len({m.shape for m in masks.values()}) != 1:
+        return None
+    jaccard_heatmap(jaccard_matrix(list(masks.values())), list(masks), str(path))
+    return path
+
+
+def run_table(jobs: list[tuple[str, str, ab.Runner, Path | None]], out: Path, paper: dict | None) -> list[dict]:
+    """(label, task, runner, mask or None) -> four conditions each; the table beside the paper's numbers."""
+    summaries = []
+    for label, task, runner, mask in jobs:
+        print(f"[reproduce] {label}: {'testing ' + str(mask) if mask else 'training a mask'}", flush=True)
+        summaries.append(ab.four_conditions(runner, task, out / label, mask=mask))
+    print(write_table(out, summaries, paper))
+    return summaries
+
+
+def cmd_tiny(args: argparse.Namespace) -> int:
+    ckpt = Path(args.checkpoint)
+    missing = [] if (ckpt / "model.safetensors").is_file() else [f"{ckpt}/model.safetensors (make tiny-lalm)"]
+    missing += [str(p) for t in args.tasks for p in (args.data / "manifests" / s / f"{t}.jsonl"
+                                                     for s in ("train", "val", "test")) if not p.is_file()]
+    if stop_if_missing("tiny", missing):
+        return 2
+    fit, test = quick_args(args)
+    jobs = []
+    for task in args.tasks:
+        common = tiny_data_args(args.data, task) + ["--model.init_args.model.init_args.checkpoint", str(ckpt)]
+        jobs.append((task, task, ab.Runner(config_path(task, "tiny"), common, fit, test), None))
+    summaries = run_table(jobs, args.out, None)
+    png = jaccard_png(summaries, args.out / "jaccard.png")
+    print(f"[reproduce] wrote {args.out / 'table.md'}, {args.out / 'table.csv'}" + (f", {png}" if png else ""))
+    return 0
+
+
+def _given_masks(args: argparse.Namespace, tasks: Sequence[str]) -> tuple[dict[str, Path], list[str]]:
+    if getattr(args, "official", None):
+        masks = ab.import_official_masks(Path(args.official), args.out / "official_masks",
+                                         {t: OFFICIAL[t] for t in tasks})
+        return masks, [f"{args.official}/{OFFICIAL[t]}.pth" for t in tasks if t not in masks]
+    if args.masks:
+        masks = {t: Path(args.masks) / f"{t}.safetensors" for t in tasks}
+        return ({t: p for t, p in masks.items() if p.is_file()},
+                [str(p) for p in masks.values() if not p.is_file()])
+    return {}, []
+
+
+def cmd_table1(args: argparse.Namespace) -> int:
+    configs = {t: config_path(t, "salmonn") for t in args.tasks}
+    missing = salmonn_missing(configs[args.tasks[0]])
+    masks, missing_masks = _given_masks(args, args.tasks) if not missing else ({}, [])
+    stages = ("test",) if (args.masks or args.official) else ("train", "val", "test")
+    missing += missing_masks + [m for c in configs.values() for m in manifests_of(c, stages) if not Path(m).is_file()]
+    if stop_if_missing("table1", missing):
+        return 2
+    fit, test = quick_args(args)
+    jobs = [(t, t, ab.Runner(configs[t], [], fit, test), masks.get(t)) for t in args.tasks]
+    summaries = run_table(jobs, args.out, PAPER_SALMONN)
+    jaccard_png(summaries, args.out / "jaccard.png")
+    return 0
+
+
+def cmd_qwen2audio(args: argparse.Namespace) -> int:
+    jobs = [tuple(j.split(":")) for j in args.jobs]
+    paths = {"instruct": args.instruct or os.environ.get(QWEN_ENV["instruct"]) or os.environ.get(
+        "AHAMASK_QWEN2AUDIO_PATH"), "base": args.base or os.environ.get(QWEN_ENV["base"])}
+    variants = {v for v, _ in jobs} | ({"instruct", "base"} if args.transfer else set())
+    missing = [f"{v} weights: --{v} or ${QWEN_ENV[v]} ({paths[v] or 'not set'})" for v in sorted(variants)
+               if not paths[v] or not Path(paths[v]).is_dir()]
+    configs = {(v, t): config_path(t, f"qwen2audio_{v}") for v, t in jobs}
+    stages = ("test",) if args.masks else ("train", "val", "test")
+    missing += [m for c in configs.values() for m in manifests_of(c, stages) if not Path(m).is_file()]
+    masks = {(v, t): Path(args.masks) / f"{t}_{v}.safetensors" for v, t in jobs} if args.masks else {}
+    missing += [str(p) for p in masks.values() if not p.is_file()]
+    if stop_if_missing("qwen2audio", missing):
+        return 2
+    fit, test = quick_args(args)
+
+    def runner(v: str, t: str) -> ab.Runner:
+        return ab.Runner(config_path(t, f"qwen2audio_{v}"), ["--model.init_args.model.init_args.pretrained",
+                                                               paths[v]], fit, test)
+
+    summaries = run_table([(f"{t}_{v}", t, runner(v, t), masks.get((v, t))) for v, t in jobs], args.out, PAPER_QWEN)
+    if args.transfer:  # the paper: masks do not transfer between Instruct and Base
+        for (v, t), s in zip(jobs, summaries):
+            other = "base" if v == "instruct" else "instruct"
+            rec = ab.transfer(runner(other, t), t, Path(s["mask"]), args.out / f"transfer_{t}_{v}_on_{other}",
+                              f"{t}: {v} mask on {other}")
+            print(f"[reproduce] transfer {rec['label']}: {rec['metric']}")
+    return 0
+
+
+def cmd_ablations(args: argparse.Namespace) -> int:
+    task, family, out = args.task, args.family, args.out
+    config = config_path(task, family)
+    common, missing = [], []
+    if family == "tiny":
+        common = tiny_data_args(args.data, task) + ["--model.init_args.model.init_args.checkpoint", str(args.checkpoint)]
+        if not (Path(args.checkpoint) / "model.safetensors").is_file():
+            missing.append(f"{args.checkpoint}/model.safetensors (make tiny-lalm)")
+        manifests = [str(args.data / "manifests" / s / f"{task}.jsonl") for s in ("train", "val", "test")]
+    else:
+        manifests = manifests_of(config, ("train", "val", "test"))
+    if family == "salmonn":
+        missing += salmonn_missing(config)
+    elif family != "tiny":
+        pretrained = args.pretrained or os.environ.get("AHAMASK_QWEN2AUDIO_PATH")
+        if pretrained and Path(pretrained).is_dir():
+            common = ["--model.init_args.model.init_args.pretrained", pretrained]
+        else:
+            missing.append(f"Qwen2-Audio weights: --pretrained or $AHAMASK_QWEN2AUDIO_PATH ({pretrained or 'not set'})")
+    missing += [m for m in manifests if not Path(m).is_file()]
+    if stop_if_missing("ablations", missing):
+        return 2
+    fit, test = quick_args(args)
+    runner = ab.Runner(config, common, fit, test)
+    only = set(args.only)
+    base = ab.four_conditions(runner, task, out / "conditions")
+    mask = Path(base["mask"])
+    aha = ab.metric_value(base["conditions"]["AHAMask"]["metrics"], task)
+    instr = ab.metric_value(base["conditions"]["with instruction"]["metrics"], task)
+    if "lambda" in only:
+        ab.lambda_sweep(runner, task, args.lambdas, out / "lambda", done={0.0: mask})
+    if "seeds" in only:
+        ab.seed_study(runner, task, args.seeds, out / "seeds", done={args.seeds[0]: mask})
+    if "progressive" in only:
+        ab.progressive(runner, task, mask, args.fractions, out / "progressive",
+                       {"AHAMask": aha, "with instruction": instr})
+    if "prompts" in only:
+        ab.prompt_sensitivity(runner, task, out / "prompts", ahamask=aha, variants=args.variants)
+    if "ood" in only and family != "tiny":  # TinyLALM's test loaders already hold its held-out voices
+        sets = {k: v for k, v in ab.OOD_GR.items() if Path(v).is_file()}
+        if sets:
+            ab.held_out(runner, task, mask, sets, out / "ood")
+    from .analysis.figures import draw_all
+
+    for png in draw_all([out], out / "figures"):
+        print(f"[reproduce] wrote {png}")
+    return 0
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    from .analysis.figures import draw_all
+
+    written = draw_all(args.runs, args.out)
+    for png in written:
+        print(f"[reproduce] wrote {png}")
+    if not written:
+        print(f"reproduce figures: no summary.json under {', '.join(map(str, args.runs))}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _csv(kind):
+    return lambda text: [kind(v) for v in text.split(",") if v.strip()]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ahamask_lightning.reproduce", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def add(name: str, tasks: Sequence[str], steps: int | None, test_batches: int | None) -> argparse.ArgumentParser:
+        s = sub.add_parser(name)
+        s.add_argument("--out", type=Path, required=True)
+        if tasks:
+            s.add_argument("--tasks", type=_csv(str), default=list(tasks))
+        s.add_argument("--steps", type=int, default=steps, help="mask training steps (default: the YAML's)")
+        s.add_argument("--test-batches", type=int, default=test_batches, help="test batches per loader")
+        s.add_argument("--set", nargs=2, action="append", metavar=("KEY", "VALUE"),
+                       help="any CLI override for every run, e.g. --set data.init_args.batch_size 4")
+        return s
+
+    s = add("tiny", TINY_TASKS, 600, 10)
+    s.add_argument("--data", type=Path, default=Path("data/synth"))
+    s.add_argument("--checkpoint", default="checkpoints/tiny_lalm")
+    s = add("table1", PAPER_TASKS, None, None)
+    s.add_argument("--official", help="directory of the released masks (<task>_<corpus>.pth): test those")
+    s.add_argument("--masks", help="directory of <task>.safetensors to test instead of training")
+    s = add("qwen2audio", (), None, None)
+    s.add_argument("--jobs", type=_csv(str), default=["instruct:gr", "base:asv"], help="variant:task,...")
+    s.add_argument("--instruct", help=f"Qwen2-Audio-7B-Instruct directory (${QWEN_ENV['instruct']})")
+    s.add_argument("--base", help=f"Qwen2-Audio-7B directory (${QWEN_ENV['base']})")
+    s.add_argument("--masks", help="directory of <task>_<variant>.safetensors to test instead of training")
+    s.add_argument("--no-transfer", dest="transfer", action="store_false")
+    s = add("ablations", (), 300, 4)
+    s.add_argument("--family", default="tiny", help="tiny | salmonn | qwen2audio_instruct | qwen2audio_base")
+    s.add_argument("--task", default="gr")
+    s.add_argument("--only", type=_csv(str), default=["lambda", "seeds", "progressive", "prompts", "ood"])
+    s.add_argument("--lambdas", type=_csv(float), help="default: 0,1e-3,1e-2,5e-2 (tiny), 0,1e-5,1e-4,1e-3 (paper)")
+    s.add_argument("--seeds", type=_csv(int), default=[0, 1, 2])
+    s.add_argument("--fractions", type=_csv(float), default=[0.1 * i for i in range(1, 11)])
+    s.add_argument("--variants", type=int, help="instruction wordings to test (default: all)")
+    s.add_argument("--data", type=Path, default=Path("data/synth"))
+    s.add_argument("--checkpoint", default="checkpoints/tiny_lalm")
+    s.add_argument("--pretrained", help="Qwen2-Audio directory for the qwen2audio families")
+    s = sub.add_parser("figures")
+    s.add_argument("--runs", type=Path, nargs="+", default=[Path("runs")])
+    s.add_argument("--out", type=Path, required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.cmd == "ablations" and args.lambdas is None:
+        args.lambdas = [0.0, 1e-3, 1e-2, 5e-2] if args.family == "tiny" else [0.0, 1e-5, 1e-4, 1e-3]
+    commands = {"tiny": cmd_tiny, "table1": cmd_table1, "qwen2audio": cmd_qwen2audio, "ablations": cmd_ablations,
+                "figures": cmd_figures}
+    try:
+        return commands[args.cmd](args)
+    except (RuntimeError, FileNotFoundError, ValueError) as exc:
+        print(f"reproduce {args.cmd}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}",
+              file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Analyses and the reproduce driver: figures, study bookkeeping, missing-weight stops, and the
+TinyLALM table end to end (a random TinyLALM, two training steps, one test batch)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from ahamask_lightning import reproduce
+from ahamask_lightning.analysis import ablations as ab
+from ahamask_lightning.analysis import figures
+from ahamask_lightning.experiment import CONDITIONS, Condition
+from ahamask_lightning.masking import load_mask, save_mask
+from ahamask_lightning.tasks import get_task
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def is_png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == PNG and path.stat().st_size > 2000
+
+
+def test_new_figures(tmp_path):
+    figures.metric_vs_share([{"share": 0.1 * i, "metric": 10.0 * i} for i in range(1, 11)], str(tmp_path / "f4.png"),
+                            "acc", {"AHAMask": 95.0, "with instruction": 90.0, "missing": None})
+    figures.lambda_tradeoff([{"lambda": lam, "active": a, "metric": m} for lam, a, m in
+                             [(1e-4, 300, 98.0), (0.0, 1500, 98.5), (1e-3, 80, 60.0)]], str(tmp_path / "f5.png"),
+                            "acc", total_heads=1600)
+    figures.prompt_spread({"gr": [90.0, 80.0, None, 95.0], "asr": [3.0, 5.0, 4.0], "empty": [None]},
+                          str(tmp_path / "f2.png"), "metric", {"gr": 98.0})
+    assert all(is_png(tmp_path / f) for f in ("f4.png", "f5.png", "f2.png"))
+
+
+@pytest.mark.parametrize("key, expected", [
+    ("test/gr/acc", ("gr", "", "acc")),
+    ("test/gr_test_ood/acc", ("gr", "_test_ood", "acc")),
+    ("test/gr_asr/ifr", ("gr_asr", "", "ifr")),
+    ("test/gr_asr_test-clean/wer", ("gr_asr", "_test-clean", "wer")),
+    ("test/asr_test-other/wer", ("asr", "_test-other", "wer")),
+    ("train/loss", None), ("test/nonsense/acc", None),
+])
+def test_metric_keys(key, expected):
+    assert ab.split_key(key) == expected
+
+
+def test_metric_value_prefers_in_domain():
+    m = {"test/gr_test_ood/acc": 60.0, "test/gr/acc": 90.0, "test/gr_asr/acc": 10.0}
+    assert ab.metric_value(m, "gr") == 90.0 and ab.metric_value(m, "gr", suffix="_test_ood") == 60.0
+    assert ab.metric_value({"test/asr_test-other/wer": 5.0, "test/asr_test-clean/wer": 2.0}, "asr") == 2.0
+    assert ab.metric_value(m, "json") is None
+
+
+class FakeRunner(ab.Runner):
+    """Fits and tests without a model: the mask has fewer heads the larger lambda; the 'metric' is
+    the share of heads on (or 50 + K for instruction wording K), so the bookkeeping can be checked."""
+
+    def __init__(self) -> None:
+        super().__init__("experiments/gr_tiny.yaml")
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def fit(self, out: Path, extra: list[str] = ()) -> Path:
+        self.calls.append(("fit", list(extra)))
+        seed = int(extra[extra.index("--seed_everything") + 1]) if "--seed_everything" in extra else 0
+        lam = float(extra[extra.index("--model.init_args.sparsity_lambda") + 1]) if extra and \
+            "--model.init_args.sparsity_lambda" in extra else 0.0
+        logits = torch.randn(6, 8, generator=torch.Generator().manual_seed(seed)) + 1.0 - 100 * lam
+        path = Path(out) / "fit" / "mask.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_mask(path, logits, model_id="fake")
+        return path
+
+    def test(self, cond: Condition, out: Path, extra: list[str] = ()) -> dict:
+        self.calls.append(("test", [cond.prompt, str(cond.use_mask), cond.mask or "", *extra]))
+        active = load_mask(cond.mask).active() if cond.use_mask else None
+        value = 100.0 * active / 48 if active is not None else 50.0 + int(cond.prompt.partition(":")[2] or 0)
+        return {"metrics": {"test/gr/acc": value, "test/gr_test_ood/acc": value - 1}, "run": {"active_heads": active}}
+
+
+def test_studies_and_figures_from_their_summaries(tmp_path):
+    r = FakeRunner()
+    base = ab.four_conditions(r, "gr", tmp_path / "conditions")
+    assert list(base["conditions"]) == list(CONDITIONS)
+    assert base["conditions"]["random mask"]["active_heads"] == base["active"]  # same size, other heads
+    lam = ab.lambda_sweep(r, "gr", [0.0, 0.005, 0.01], tmp_path / "lambda", done={0.0: Path(base["mask"])})
+    actives = [row["active"] for row in lam["rows"]]
+    assert actives[0] == base["active"] and actives == sorted(actives, reverse=True)
+    assert sum(c[0] == "fit" for c in r.calls) == 3  # lambda 0 reused
+    seeds = ab.seed_study(r, "gr", [0, 1, 2], tmp_path / "seeds")
+    inter = load_mask(seeds["intersection"]["mask"]).mask
+    for row in seeds["rows"]:
+        assert bool((inter <= load_mask(row["mask"]).mask).all())
+    assert torch.tensor(seeds["jaccard"]).diagonal().eq(1).all()
+    prog = ab.progressive(r, "gr", Path(base["mask"]), [0.25, 0.5, 1.0], tmp_path / "prog", {"AHAMask": 90.0})
+    assert [row["active"] for row in prog["rows"]] == [12, 24, 48]
+    assert [row["metric"] for row in prog["rows"]] == [25.0, 50.0, 100.0]
+    n = len(get_task("gr").instructions)
+    prompts = ab.prompt_sensitivity(r, "gr", tmp_path / "prompts", ahamask=95.0)
+    assert [row["metric"] for row in prompts["rows"]] == [50.0 + k for k in range(n)]
+    ood = ab.held_out(r, "gr", Path(base["mask"]), {"vox": "data/voxceleb/manifests/test/gr.jsonl"}, tmp_path / "ood")
+    assert {row["condition"] for row in ood["rows"]} == {"with instruction", "AHAMask"}
+    assert ["--data.init_args.test", "[data/voxceleb/manifests/test/gr.jsonl]"] == r.calls[-1][1][-2:]
+
+    written = figures.draw_all([tmp_path], tmp_path / "figs")
+    names = {p.name for p in written}
+    assert {"fig5_lambda_gr.png", "fig4_progressive_gr.png", "fig2_prompts.png", "seeds_jaccard_gr.png",
+            "layer_profile_6x8.png"} <= names
+    assert all(is_png(p) for p in written)
+
+
+def test_table_rows():
+    s = {"task": "gr", "conditions": {
+        c: {"metrics": {"test/gr/acc": 90.0 + i, "test/gr_test_ood/acc": 80.0 + i, "test/gr/other": 1.0},
+            "active_heads": None if i < 2 else 30} for i, c in enumerate(CONDITIONS)}}
+    columns, rows = ab.table_rows([s], reproduce.TABLE_METRICS)
+    assert columns == ["condition", "gr/acc", "gr_test_ood/acc", "gr/heads"]
+    assert [r["condition"] for r in rows] == list(CONDITIONS)
+    assert rows[0]["gr/heads"] == "all" and rows[3]["gr/heads"] == 30 and rows[3]["gr/acc"] == 93.0
+    text = reproduce.markdown(columns, rows, {"gr/acc": (96.79, 0.0, 0.0, 98.05)})
+    assert "| AHAMask | 93.00 (98.05) | 83.00 | 30 |" in text
+
+
+def test_lambda_override_wins_over_the_yaml_callback(tmp_path, in_repo):
+    from ahamask_lightning.cli.lightning import AHAMaskCLI
+    from ahamask_lightning.models.tiny_lalm import random_tiny_lalm
+
+    random_tiny_lalm().save(tmp_path / "ckpt")
+    cli = AHAMaskCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                     auto_configure_optimizers=False, run=False,
+                     args=["--config", "experiments/gr_tiny.yaml", "--trainer.default_root_dir", str(tmp_path),
+                           "--model.init_args.model.init_args.checkpoint", str(tmp_path / "ckpt"),
+                           *ab.lambda_args(1e-4)])
+    penalties = [c for c in cli.trainer.callbacks if type(c).__name__ == "SparsityPenalty"]
+    assert cli.model.sparsity_lambda == 1e-4
+    assert [p.lam for p in penalties] == [0.0, 1e-4]  # the YAML's, then ours: ours sets it last every batch
+
+
+def test_table1_lists_exactly_what_is_missing(tmp_path, in_repo, monkeypatch, capsys):
+    for var in ("WHISPER", "BEATS", "LLM", "CKPT"):
+        monkeypatch.delenv(f"AHAMASK_SALMONN_{var}", raising=False)
+    assert reproduce.main(["table1", "--tasks", "gr", "--out", str(tmp_path / "t1")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == "reproduce table1: cannot start, missing:"
+    assert [line.split()[0] for line in lines[1:5]] == ["whisper_path", "beats_path", "llm_path", "ckpt_path"]
+    assert lines[5:] == [f"  data/librispeech/manifests/{s}/gr.jsonl" for s in ("train", "dev-clean", "test-clean")]
+    # with the weights in place (empty stand-ins) only the data is missing; nothing was trained
+    for var, path in (("WHISPER", "w"), ("LLM", "l"), ("BEATS", "b.pt"), ("CKPT", "c.pth")):
+        if "." in path:
+            (tmp_path / path).touch()
+        else:
+            (tmp_path / path).mkdir()
+        monkeypatch.setenv(f"AHAMASK_SALMONN_{var}", str(tmp_path / path))
+    assert reproduce.main(["table1", "--tasks", "asr", "--masks", str(tmp_path / "m"), "--out", str(tmp_path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()[1:]
+    assert lines == [f"  {tmp_path}/m/asr.safetensors", "  data/librispeech/manifests/test-clean/asr.jsonl",
+                     "  data/librispeech/manifests/test-other/asr.jsonl"]
+    assert not (tmp_path / "t1").exists()
+
+
+def test_qwen2audio_lists_both_checkpoints(tmp_path, in_repo, monkeypatch, capsys):
+    for var in ("AHAMASK_QWEN2AUDIO_INSTRUCT", "AHAMASK_QWEN2AUDIO_BASE", "AHAMASK_QWEN2AUDIO_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    assert reproduce.main(["qwen2audio", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "base weights: --base or $AHAMASK_QWEN2AUDIO_BASE (not set)" in err
+    assert "instruct weights: --instruct or $AHAMASK_QWEN2AUDIO_INSTRUCT (not set)" in err
+    assert "data/voxceleb/manifests/test/asv.jsonl" in err
+
+
+def test_reproduce_tiny_end_to_end(synth_corpus, tmp_path, in_repo):
+    from ahamask_lightning.models.tiny_lalm import random_tiny_lalm
+
+    texts = [json.loads(line)["text"] for line in (synth_corpus / "manifests/train/asr.jsonl").read_text().splitlines()]
+    random_tiny_lalm(texts + ["Male Female"]).save(tmp_path / "ckpt")
+    out = tmp_path / "out"
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    assert reproduce.main(["tiny", "--data", str(synth_corpus), "--checkpoint", str(tmp_path / "ckpt"),
+                           "--tasks", "gr", "--steps", "2", "--test-batches", "1", "--out", str(out),
+                           "--set", "data.init_args.batch_size", "4",
+                           "--set", "model.init_args.generation", "{max_new_tokens: 4}"]) == 0
+    with open(out / "table.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["condition"] for r in rows] == list(CONDITIONS)
+    assert {"gr/acc", "gr_test_ood/acc", "gr/heads"} <= set(rows[0])  # the OOD GR column: held-out voices
+    assert rows[0]["gr/heads"] == rows[1]["gr/heads"] == "all"
+    assert rows[2]["gr/heads"] == rows[3]["gr/heads"] == str(load_mask(out / "gr/fit/mask.safetensors").active())
+    assert all(0.0 <= float(r["gr/acc"]) <= 100.0 for r in rows)
+    assert "| AHAMask |" in (out / "table.md").read_text()
+    assert is_png(out / "jaccard.png")

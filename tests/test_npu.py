@@ -1,0 +1,185 @@
+"""The Ascend NPU accelerator without an NPU: registration, the one-line error, and the wiring.
+
+torch_npu cannot be installed here, so the wiring is checked in a fresh interpreter where a stand-in
+does what torch_npu's import does (rename torch's privateuse1 backend to ``npu`` and register a
+``torch.npu`` device module): the accelerator, strategies and precision plugin must then produce
+``torch.device("npu", i)``, the ``hccl`` backend and ``torch.autocast(device_type="npu")`` --
+without running anything on the device.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import lightning as L
+import pytest
+
+from ahamask_lightning.accelerators import (
+    NPU_MISSING,
+    NPUAccelerator,
+    check_trainer_config,
+    require_npu,
+    uses_npu,
+)
+from ahamask_lightning.cli import lightning as cli_lightning
+from ahamask_lightning.cli.main import main as ahamask
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = "experiments/gr_qwen2audio_instruct.yaml"
+NPU = "experiments/accelerators/npu.yaml"
+AHAMASK = str(Path(sys.executable).with_name("ahamask"))
+
+pytestmark = pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("torch_npu") is not None, reason="torch_npu is installed here")
+
+
+def test_registered_with_lightning():
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    assert "npu" in AcceleratorRegistry.available_accelerators()
+    assert {"npu_single", "ddp_npu"} <= set(StrategyRegistry.available_strategies())
+    assert NPUAccelerator.is_available() is False  # must not raise: Lightning polls every accelerator
+
+
+def test_missing_torch_npu_is_one_line():
+    with pytest.raises(RuntimeError) as err:
+        require_npu()
+    assert str(err.value) == NPU_MISSING and "\n" not in NPU_MISSING
+    with pytest.raises(RuntimeError, match="torch_npu is not installed"):
+        L.Trainer(accelerator="npu", logger=False)
+
+
+@pytest.mark.parametrize("trainer, expected", [
+    ({"accelerator": "npu"}, True),
+    ({"accelerator": "cuda", "strategy": "ddp_npu"}, True),
+    ({"strategy": {"class_path": "ahamask_lightning.accelerators.NPUSingleDeviceStrategy"}}, True),
+    ({"plugins": [{"class_path": "ahamask_lightning.accelerators.npu.NPUMixedPrecision"}]}, True),
+    ({"accelerator": "cuda", "strategy": {"class_path": "ahamask_lightning.accelerators.MaskDDPStrategy"}}, False),
+    ({"accelerator": "cpu", "strategy": "ddp"}, False),
+    (None, False),
+])
+def test_which_configs_ask_for_the_npu(trainer, expected):
+    assert uses_npu(trainer) is expected
+    if not expected:
+        check_trainer_config(trainer)  # nothing to complain about
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([AHAMASK, *args], check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_print_config_shows_the_npu():
+    out = _run(["fit", "--config", BASE, "--config", NPU, "--print_config"])
+    assert out.returncode == 0, out.stderr
+    assert "accelerator: npu" in out.stdout
+    assert "class_path: ahamask_lightning.accelerators.NPUSingleDeviceStrategy" in out.stdout
+    assert "class_path: ahamask_lightning.models.Qwen2AudioAdapter" in out.stdout  # the experiment is intact
+
+
+class HookedCLI(cli_lightning.AHAMaskCLI):
+    """AHAMaskCLI plus exactly the two lines this package asks cli/lightning.py to carry."""
+
+    def before_instantiate_classes(self) -> None:
+        super().before_instantiate_classes()
+        cfg = self.config.get(self.config.subcommand) if self.subcommand else self.config
+        check_trainer_config(cfg.get("trainer"))
+
+
+@pytest.mark.parametrize("extra", [["--config", NPU], ["--trainer.accelerator", "npu"]], ids=["fragment", "flag"])
+def test_hook_fails_before_the_model_is_built(extra, in_repo, tmp_path):
+    # BASE has pretrained: null, so an adapter built first would fail on the missing weights instead.
+    with pytest.raises(RuntimeError) as err:
+        HookedCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                  auto_configure_optimizers=False, run=False,
+                  args=["--config", BASE, *extra, "--trainer.default_root_dir", str(tmp_path)])
+    assert str(err.value) == NPU_MISSING
+
+
+def _hook_installed() -> bool:
+    return "check_trainer_config" in inspect.getsource(cli_lightning)
+
+
+@pytest.mark.skipif(not _hook_installed(), reason="cli/lightning.py does not call check_trainer_config yet")
+@pytest.mark.parametrize("extra", [["--config", NPU], ["--trainer.accelerator", "npu"]], ids=["fragment", "flag"])
+def test_ahamask_fit_on_npu_without_torch_npu(extra, in_repo, tmp_path, capsys):
+    # pretrained=null: had the adapter been built first, the error would name the missing weights.
+    assert ahamask(["fit", "--config", BASE, *extra, "--trainer.default_root_dir", str(tmp_path)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("Seed set")]
+    assert err == [f"ahamask: error: {NPU_MISSING}"]
+
+
+# transformers would take the stand-in for the real torch_npu and import its kernels: let it look
+# (and cache "no NPU") first, as on a machine where torch_npu only serves Lightning.
+PRELUDE = """
+import transformers.utils
+transformers.utils.is_torch_npu_available()
+import ahamask_lightning.module, ahamask_lightning.models, transformers.models.qwen2_audio.modeling_qwen2_audio
+"""
+
+FAKE_TORCH_NPU = """
+import importlib.machinery, sys, types, torch
+torch.utils.rename_privateuse1_backend("npu")  # what importing torch_npu does
+npu = types.ModuleType("torch.npu")
+npu.is_available = lambda: True
+npu.device_count = lambda: 2
+npu.set_device = lambda device: None
+npu.get_amp_supported_dtype = lambda: [torch.float16, torch.bfloat16]
+torch._register_device_module("npu", npu)
+sys.modules["torch_npu"] = types.ModuleType("torch_npu")
+sys.modules["torch_npu"].__spec__ = importlib.machinery.ModuleSpec("torch_npu", None)
+"""
+
+WIRING = """
+import json, sys, lightning as L, torch
+from lightning.pytorch.cli import LightningCLI
+from ahamask_lightning.accelerators import NPUAccelerator, NPUMixedPrecision, NPUSingleDeviceStrategy
+from ahamask_lightning.cli.lightning import AHAMaskCLI
+out = {}
+out["parse"] = [str(d) for d in NPUAccelerator.get_parallel_devices(NPUAccelerator.parse_devices("0,1"))]
+out["single"] = str(NPUSingleDeviceStrategy().root_device)
+t = L.Trainer(accelerator="npu", strategy="ddp_npu", devices=-1, precision="16-mixed", logger=False,
+              default_root_dir=sys.argv[1])
+cm = t.precision_plugin.autocast_context_manager()
+out["ddp"] = {"root": str(t.strategy.root_device), "devices": [str(d) for d in t.strategy.parallel_devices],
+              "backend": t.strategy._get_process_group_backend(), "precision": type(t.precision_plugin).__name__,
+              "autocast": [cm.device, str(cm.fast_dtype)], "scaler": type(t.precision_plugin.scaler).__name__}
+def cli(*configs, extra=()):
+    args = [a for c in configs for a in ("--config", c)] + ["--trainer.logger", "false", *extra,
+                                                            "--trainer.default_root_dir", sys.argv[1]]
+    c = AHAMaskCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                   auto_configure_optimizers=False, run=False, args=args)
+    s, p = c.trainer.strategy, c.trainer.precision_plugin
+    return {"strategy": type(s).__name__, "root": str(s.root_device), "precision": type(p).__name__,
+            "autocast": getattr(p, "device", None), "model_on": str(next(c.model.parameters()).device),
+            "backend": s._get_process_group_backend() if hasattr(s, "_get_process_group_backend") else None}
+out["cli_single"] = cli("experiments/gr_qwen2audio_tiny.yaml", "experiments/accelerators/npu.yaml",
+                        extra=["--trainer.precision", "bf16-mixed"])
+out["cli_ddp"] = cli("experiments/gr_qwen2audio_tiny.yaml", "experiments/strategies/ddp_npu.yaml")
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_wiring_with_a_renamed_privateuse1_backend(tmp_path):
+    script = tmp_path / "wiring.py"
+    script.write_text(textwrap.dedent(PRELUDE) + textwrap.dedent(FAKE_TORCH_NPU) + textwrap.dedent(WIRING))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], check=False, cwd=REPO, capture_output=True,
+                          text=True, timeout=180, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    out = json.loads(lines[-1].removeprefix("RESULT "))
+    assert out["parse"] == ["npu:0", "npu:1"] and out["single"] == "npu:0"
+    assert out["ddp"] == {"root": "npu:0", "devices": ["npu:0", "npu:1"], "backend": "hccl",
+                          "precision": "NPUMixedPrecision", "autocast": ["npu", "torch.float16"],
+                          "scaler": "GradScaler"}
+    assert out["cli_single"] == {"strategy": "NPUSingleDeviceStrategy", "root": "npu:0",
+                                 "precision": "NPUMixedPrecision", "autocast": "npu", "model_on": "cpu",
+                                 "backend": None}
+    assert out["cli_ddp"]["strategy"] == "NPUDDPStrategy" and out["cli_ddp"]["backend"] == "hccl"
+    assert out["cli_ddp"]["root"] == "npu:0" and out["cli_ddp"]["model_on"] == "cpu"  # nothing ran on it
