@@ -32,16 +32,22 @@ demo: install ## the main job: synth data, train a GR mask on TinyLALM, compare 
 	$(BIN)/python -m ahamask_lightning.demo --data $(DATA) --checkpoint $(TINY) --out $(RUNS)/demo
 
 tiny-lalm: tiny-data ## pretrain the TinyLALM testbed from instructions (writes $(TINY))
-	$(BIN)/ahamask fit --config experiments/tiny/pretrain_tiny_lalm.yaml
+	$(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm.yaml
 
 reproduce-tiny: tiny-data ## the AHAMask table on TinyLALM (4 conditions x tasks), Markdown + CSV + Jaccard map
-	$(BIN)/python -m ahamask_lightning.reproduce tiny --data $(DATA) --out $(RUNS)/reproduce_tiny
+	$(BIN)/python -m ahamask_lightning.reproduce tiny --data $(DATA) --checkpoint $(TINY) --out $(RUNS)/reproduce_tiny
 
 reproduce-table1: install ## SALMONN-13B Table 1 (needs the released weights; says which paths are missing)
 	$(BIN)/python -m ahamask_lightning.reproduce table1 --out $(RUNS)/table1
 
 reproduce-qwen2audio: install ## Qwen2-Audio-7B GR (Instruct) and ASV (Base) rows (needs the weights)
 	$(BIN)/python -m ahamask_lightning.reproduce qwen2audio --out $(RUNS)/qwen2audio
+
+reproduce-ablations: tiny-data ## lambda sweep, 3 seeds + intersection, progressive activation, instruction wording
+	$(BIN)/python -m ahamask_lightning.reproduce ablations --data $(DATA) --checkpoint $(TINY) --out $(RUNS)/ablations
+
+figures: install ## every PNG from the runs' summary files
+	$(BIN)/python -m ahamask_lightning.reproduce figures --runs $(RUNS) --out $(RUNS)/figures
 
 bench-smoke: install ## every benchmark in its tiny CPU mode
 	$(BIN)/python bench/bench_data.py --smoke

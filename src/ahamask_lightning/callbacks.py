@@ -123,9 +123,9 @@ class MaskMonitor(L.Callback):
                       **self._metadata(pl_module))
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        out = Path(trainer.log_dir or ".")  # log_dir broadcasts: every rank must ask
         if not trainer.is_global_zero:
             return
-        out = Path(trainer.log_dir or ".")
         out.mkdir(parents=True, exist_ok=True)
         save_mask(out / self.filename, pl_module.head_mask.logits, **self._metadata(pl_module))
         self._log_image(trainer, pl_module, trainer.global_step)

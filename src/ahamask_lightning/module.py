@@ -199,8 +199,8 @@ class AHAMaskModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         results = self._eval_epoch_end("test")
+        out = Path(self.hparams.results_dir or self.trainer.log_dir or ".")  # log_dir broadcasts: all ranks
         if self.trainer.is_global_zero:
-            out = Path(self.hparams.results_dir or self.trainer.log_dir or ".")
             write_results(out, results, self.evaluator.predictions, self.describe_run())
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:

@@ -12,6 +12,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from ..accelerators import check_trainer_config  # registers --trainer.accelerator npu
+
 
 class OneLineErrorParser(LightningArgumentParser):
     """Config errors as one line naming the key, instead of the usage text and a traceback."""
@@ -30,6 +32,7 @@ class AHAMaskCLI(LightningCLI):
         model_args = (cfg.get("model") or {}).get("init_args") or {}
         if model_args.get("results_dir"):
             _check_writable(Path(model_args["results_dir"]), "model.init_args.results_dir")
+        check_trainer_config(cfg.get("trainer"))  # NPU without torch_npu: one line, before any weights load
 
 
 def _check_writable(path: Path, key: str) -> None:
