@@ -128,6 +128,9 @@ class AHAMaskModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and hasattr(dm, "collate_fn"):
             dm.collate_fn = self.collate()
+        if dm is not None and getattr(dm, "rejects_path", "unset") is None and self.trainer.log_dir:
+            # bad samples are listed beside the logs unless the config says where
+            dm.rejects_path = str(Path(self.trainer.log_dir) / "rejects.jsonl")
 
     # --- training -----------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
