@@ -21,7 +21,7 @@ $(BIN)/ahamask: pyproject.toml
 install: $(BIN)/ahamask ## create .venv and install the project (CPU is enough)
 
 test: install ## run the test suite
-	$(BIN)/python -m pytest tests -q -p no:cacheprovider --timeout 900
+	$(BIN)/python -m pytest tests -p no:cacheprovider --timeout 900
 
 $(DATA)/summary.json:
 	$(BIN)/ahamask data synth --out $(DATA) --n 3000 --seed 0
