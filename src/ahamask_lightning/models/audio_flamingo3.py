@@ -7,9 +7,9 @@ per sample and beam search expands it like the text.
 """
 from __future__ import annotations
 
-import os
+from .base import weights_dir
+
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -109,11 +109,7 @@ class AudioFlamingo3Adapter(ChatLALMAdapter):
             self.model_id = "audio-flamingo-3-tiny"
             self.max_seconds = 4.0
         else:
-            path = pretrained or os.environ.get(ENV_PATH)
-            if not path or not Path(path).is_dir():
-                raise FileNotFoundError(
-                    f"Audio Flamingo 3 weights not found: pretrained={path!r} is not a directory "
-                    f"(set model.init_args.model.init_args.pretrained or ${ENV_PATH})")
+            path = weights_dir(pretrained, ENV_PATH, "Audio Flamingo 3")
             self.processor = AutoProcessor.from_pretrained(path)
             self.model = AudioFlamingo3ForConditionalGeneration.from_pretrained(
                 path, dtype=getattr(torch, dtype), attn_implementation=attn_implementation)

@@ -86,3 +86,16 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(
         shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100
     )
+
+
+def weights_dir(pretrained: str | None, env_var: str, family: str) -> str:
+    """The local checkpoint directory of a real model, from the YAML or ``$env_var``; one clear error if absent."""
+    import os
+    from pathlib import Path
+
+    path = pretrained or os.environ.get(env_var)
+    if not path or not Path(path).is_dir():
+        raise FileNotFoundError(
+            f"{family} weights not found: pretrained={path!r} is not a directory "
+            f"(set model.init_args.model.init_args.pretrained or ${env_var})")
+    return path

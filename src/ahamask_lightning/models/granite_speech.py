@@ -8,7 +8,8 @@ gates the adapted attention (peft wraps q_proj/v_proj only; o_proj stays a plain
 """
 from __future__ import annotations
 
-import os
+from .base import weights_dir
+
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -142,11 +143,7 @@ class GraniteSpeechAdapter(ChatLALMAdapter):
             self.model_id = "granite-speech-tiny"
             self.max_seconds = 4.0
         else:
-            path = pretrained or os.environ.get(ENV_PATH)
-            if not path or not Path(path).is_dir():
-                raise FileNotFoundError(
-                    f"Granite Speech weights not found: pretrained={path!r} is not a directory "
-                    f"(set model.init_args.model.init_args.pretrained or ${ENV_PATH})")
+            path = weights_dir(pretrained, ENV_PATH, "Granite Speech")
             self.processor = AutoProcessor.from_pretrained(path)
             # from_pretrained finds adapter_config.json beside config.json and loads the LoRA
             self.model = GraniteSpeechForConditionalGeneration.from_pretrained(

@@ -10,7 +10,8 @@ not used: it also needs the image/video processors (torchvision), which audio ne
 """
 from __future__ import annotations
 
-import os
+from .base import weights_dir
+
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -138,11 +139,7 @@ class Qwen2_5OmniAdapter(ChatLALMAdapter):
             self.model_id = "qwen2.5-omni-tiny"
             self.max_seconds = 4.0
         else:
-            path = pretrained or os.environ.get(ENV_PATH)
-            if not path or not Path(path).is_dir():
-                raise FileNotFoundError(
-                    f"Qwen2.5-Omni weights not found: pretrained={path!r} is not a directory "
-                    f"(set model.init_args.model.init_args.pretrained or ${ENV_PATH})")
+            path = weights_dir(pretrained, ENV_PATH, "Qwen2.5-Omni")
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.feature_extractor = WhisperFeatureExtractor.from_pretrained(path)
             # The documented loader of the full checkpoint; without audio output the talker and

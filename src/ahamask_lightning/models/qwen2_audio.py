@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import LALMAdapter, causal_lm_loss
+from .base import LALMAdapter, causal_lm_loss, weights_dir
 from .chat_collate import pack_prompts, unpad
 
 INSTRUCT_TEMPLATE = (
@@ -97,11 +97,7 @@ class Qwen2AudioAdapter(LALMAdapter):
             self.model_id = f"qwen2-audio-tiny-{variant}"
             self.max_seconds = 4.0
         else:
-            path = pretrained or _env_path()
-            if not path or not Path(path).is_dir():
-                raise FileNotFoundError(
-                    f"Qwen2-Audio weights not found: pretrained={path!r} is not a directory "
-                    f"(set model.init_args.model.init_args.pretrained or ${ENV_PATH})")
+            path = weights_dir(pretrained, ENV_PATH, "Qwen2-Audio")
             self.processor = AutoProcessor.from_pretrained(path)
             self.model = Qwen2AudioForConditionalGeneration.from_pretrained(
                 path, dtype=getattr(torch, dtype), attn_implementation=attn_implementation)
@@ -145,9 +141,3 @@ class Qwen2AudioAdapter(LALMAdapter):
                                   **{**self.default_generation, **generation})
         return [t.strip() for t in self.processor.tokenizer.batch_decode(out[:, ids.shape[1]:],
                                                                          skip_special_tokens=True)]
-
-
-def _env_path() -> str | None:
-    import os
-
-    return os.environ.get(ENV_PATH)

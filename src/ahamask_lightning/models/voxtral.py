@@ -13,7 +13,8 @@ tokenizer; the tiny model uses a small BPE tokenizer with the same special token
 """
 from __future__ import annotations
 
-import os
+from .base import weights_dir
+
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -125,11 +126,7 @@ class VoxtralAdapter(ChatLALMAdapter):
             self.model_id = "voxtral-tiny"
             self.max_seconds = 4.0
         else:
-            path = pretrained or os.environ.get(ENV_PATH)
-            if not path or not Path(path).is_dir():
-                raise FileNotFoundError(
-                    f"Voxtral weights not found: pretrained={path!r} is not a directory "
-                    f"(set model.init_args.model.init_args.pretrained or ${ENV_PATH})")
+            path = weights_dir(pretrained, ENV_PATH, "Voxtral")
             self.tokenizer = AutoTokenizer.from_pretrained(path)  # tekken via mistral-common
             self.feature_extractor = WhisperFeatureExtractor.from_pretrained(path)
             self.model = VoxtralForConditionalGeneration.from_pretrained(
