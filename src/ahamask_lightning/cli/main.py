@@ -5,6 +5,7 @@
     ahamask data synth|prepare ...
     ahamask model check-checkpoint --model NAME --ckpt FILE
     ahamask report RUN_DIR... [--format md|csv]
+    ahamask prune --model NAME --mask MASK [--summary]
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ TOOLS = {
     "data": "ahamask_lightning.cli.data",
     "model": "ahamask_lightning.cli.model",
     "report": "ahamask_lightning.cli.report",
+    "prune": "ahamask_lightning.cli.prune",
 }
 
 
