@@ -1,19 +1,25 @@
 """Every experiment YAML parses, follows the paper's settings, and builds with tiny stand-ins.
 
 Like litgpt's check of its config hub: each YAML under experiments/ is parsed by the CLI's own
-parser (alone, or a base experiment plus an accelerator/strategy fragment); a representative
-subset per model family is then instantiated end to end (module, adapter, data module, callbacks,
-strategy, Trainer) with the heavy parts swapped for tiny ones -- the adapter's tiny variant of the
-same class, a random TinyLALM checkpoint, a CPU device -- so a broken config fails here, not after
-hours of weight loading.
+parser (alone, and every accelerator/strategy fragment on top of one experiment per model family),
+then EVERY experiment YAML, and every fragment on top of an experiment, is instantiated end to end
+(module, adapter, data module, callbacks, strategy, Trainer) with the heavy parts swapped for tiny
+ones -- the adapter's tiny variant of the same class, a random TinyLALM checkpoint, a CPU device --
+so a broken config fails here, not after hours of weight loading. The last tests break YAMLs on
+purpose and check that this same procedure rejects them.
 """
 from __future__ import annotations
 
+import importlib
+import inspect
+import json
 import re
 from pathlib import Path
 
 import lightning as L
 import pytest
+import yaml
+from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningArgumentParser
 
 from ahamask_lightning.cli.lightning import AHAMaskCLI
@@ -145,52 +151,172 @@ def tiny_lalm_checkpoint(tmp_path_factory) -> Path:
     return out
 
 
-def tiny_overrides(family: str, checkpoint: Path) -> list[str]:
-    """The heavy adapter swapped for the tiny variant of the same class."""
+def _class(path: str):
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def tiny_parts(cfg, tmp_path: Path, checkpoint: Path) -> list[str]:
+    """The heavy parts of a parsed config swapped for tiny ones, chosen by the classes it names: an
+    adapter with a ``tiny`` switch gets it, TinyLALM gets a random checkpoint, the TinyLALM
+    pretraining gets a small tokenizer corpus and a scratch output directory. A new adapter class
+    without any of these fails here until this function learns it."""
+    if cfg.model.class_path == "ahamask_lightning.pretrain.TinyLALMPretrain":
+        corpus = tmp_path / "tokenizer.jsonl"
+        corpus.write_text("".join(json.dumps({"id": f"u{i}", "audio": "a.wav", "task": "asr", "text": t}) + "\n"
+                                  for i, t in enumerate(["the quick brown fox", "male female yes no"])))
+        return ["--model.init_args.tokenizer_manifests", f"[{corpus}]",
+                "--model.init_args.out_dir", str(tmp_path / "pretrained")]
+    adapter = cfg.model.init_args.model.class_path
+    params = inspect.signature(_class(adapter)).parameters
     key = "--model.init_args.model.init_args."
-    if family == "salmonn":
-        return [key + "variant", "tiny"]
-    if family.startswith("qwen2audio"):
+    if "tiny" in params:
         return [key + "tiny", "true"]
-    return [key + "checkpoint", str(checkpoint)]
+    if "checkpoint" in params:
+        return [key + "checkpoint", str(checkpoint)]
+    raise AssertionError(f"{adapter}: no tiny variant known to tests/test_configs.py")
 
 
-# (experiment, fragments, trainer overrides): every model family, every callback, every strategy class.
-INSTANTIATE = [
-    ("gr_salmonn.yaml", ["accelerators/cpu.yaml"], []),
-    ("aac_salmonn.yaml", ["accelerators/cuda.yaml", "strategies/fsdp.yaml"], ["--trainer.devices", "2"]),
-    ("asr_qwen2audio_base.yaml", ["accelerators/cuda.yaml", "strategies/ddp.yaml"], ["--trainer.devices", "2"]),
-    ("json_qwen2audio_instruct.yaml", ["accelerators/cuda.yaml"], []),
-    ("gr_qwen2audio_tiny.yaml", [], []),
-    ("gr_tiny.yaml", ["accelerators/cpu.yaml"], []),
-    ("asv_tiny.yaml", [], []),
-]
-
-
-@pytest.mark.parametrize("experiment, fragments, extra", INSTANTIATE, ids=lambda v: v if isinstance(v, str) else None)
-def test_instantiate_with_tiny_parts(experiment, fragments, extra, tiny_lalm_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)
-    _, family = split_name(EXPERIMENTS / experiment)
-    configs = [a for f in [experiment, *fragments] for a in ("--config", f"experiments/{f}")]
-    data = [f"--data.init_args.{k}" for k in ("train", "val", "test")]
-    fake = [str(tmp_path / "manifests" / s / "gr.jsonl") for s in ("train", "val", "test")]
-    args = [*configs, *tiny_overrides(family, tiny_lalm_checkpoint), "--trainer.default_root_dir", str(tmp_path),
+def instantiate(parser, configs: list[Path], tmp_path: Path, checkpoint: Path, extra: list[str] = ()) -> AHAMaskCLI:
+    """Parse ``configs`` (experiment first, then fragments) and build everything with tiny parts on the CPU."""
+    config_args = [a for c in configs for a in ("--config", str(c))]
+    cfg = parser.parse_args(config_args)
+    args = [*config_args, *tiny_parts(cfg, tmp_path, checkpoint), "--trainer.default_root_dir", str(tmp_path),
             # no CUDA here: the device is the one thing swapped; strategy, precision, callbacks stay
-            "--trainer.accelerator", "cpu", *extra]
-    for key, value in zip(data, fake):  # the data module is built, not read: any path does
-        args += [key, f"[{value}]"]
-    cli = AHAMaskCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                     auto_configure_optimizers=False, run=False, args=args)
+            "--trainer.accelerator", "cpu", "--trainer.logger", "false", *extra]
+    for stage in ("train", "val", "test"):  # the data module is built, not read: any path of the task does
+        if cfg.data.init_args.get(stage):
+            args += [f"--data.init_args.{stage}", f"[{tmp_path / 'manifests' / stage / Path(cfg.data.init_args[stage][0]).name}]"]
+    return AHAMaskCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                      auto_configure_optimizers=False, run=False, args=args)
+
+
+def check_built(cli: AHAMaskCLI, cfg) -> None:
+    """What every built experiment must be: the right classes, the trainer's callbacks, mask-only training."""
     module, trainer = cli.model, cli.trainer
-    assert module.adapter.num_layers * module.adapter.num_heads == module.head_mask.logits.numel()
-    assert [p for p in module.parameters() if p.requires_grad] == [module.head_mask.logits]
-    names = {type(c).__name__ for c in trainer.callbacks}
-    assert {"TemperatureAnnealing", "MaskMonitor"} <= names
-    strategy = type(trainer.strategy).__name__
-    if "strategies/ddp.yaml" in fragments:
-        assert strategy == "MaskDDPStrategy" and trainer.num_devices == 2
-    elif "strategies/fsdp.yaml" in fragments:
-        assert strategy == "MaskFSDPStrategy" and trainer.num_devices == 2
-        assert trainer.strategy.kwargs["use_orig_params"] is True
+    assert type(module).__module__ + "." + type(module).__name__ == cfg.model.class_path
+    assert type(cli.datamodule).__name__ == cfg.data.class_path.rsplit(".", 1)[-1]
+    wanted = [c.class_path.rsplit(".", 1)[-1] for c in cfg.trainer.callbacks or []]
+    built = [type(c).__name__ for c in trainer.callbacks]
+    assert all(name in built for name in wanted), f"callbacks {wanted} not all in {built}"
+    if cfg.model.class_path == "ahamask_lightning.module.AHAMaskModule":
+        assert type(module.adapter).__name__ == cfg.model.init_args.model.class_path.rsplit(".", 1)[-1]
+        assert module.adapter.num_layers * module.adapter.num_heads == module.head_mask.logits.numel()
+        assert [p for p in module.parameters() if p.requires_grad] == [module.head_mask.logits]
+        assert {"TemperatureAnnealing", "MaskMonitor"} <= set(built)
+    else:  # pretraining: the whole TinyLALM trains
+        assert sum(p.numel() for p in module.parameters() if p.requires_grad) > 0
+    assert trainer.max_steps == cfg.trainer.max_steps
+
+
+def _peft_too_old_for_transformers() -> str | None:
+    """Granite Speech attaches its LoRA through transformers' PEFT integration, which refuses a PEFT
+    older than its MIN_PEFT_VERSION (transformers 5.24 wants 0.22; the newest PEFT published may be
+    older). The reason to skip, or None."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    try:
+        from transformers.integrations.peft import MIN_PEFT_VERSION
+    except ImportError:
+        return None
+    have = version("peft")
+    if Version(have) < Version(MIN_PEFT_VERSION):
+        return f"transformers needs peft >= {MIN_PEFT_VERSION} for Granite Speech's LoRA, peft {have} is installed"
+    return None
+
+
+@pytest.mark.parametrize("path", EXPERIMENT_FILES, ids=lambda p: str(p.relative_to(EXPERIMENTS)))
+def test_every_experiment_instantiates_with_tiny_parts(parser, path, tiny_lalm_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    if "GraniteSpeechAdapter" in path.read_text() and _peft_too_old_for_transformers():
+        pytest.skip(_peft_too_old_for_transformers())
+    cli = instantiate(parser, [path], tmp_path, tiny_lalm_checkpoint)
+    check_built(cli, parser.parse_args(["--config", str(path)]))
+    assert type(cli.trainer.strategy).__name__ == "SingleDeviceStrategy"
+
+
+# One experiment per adapter class (and the pretraining): every fragment must combine with each.
+ONE_PER_FAMILY = sorted({_class_path: p for p in EXPERIMENT_FILES
+                         for _class_path in [yaml.safe_load(p.read_text())["model"]["init_args"].get("model", {})
+                                             .get("class_path", "pretrain")]}.values())
+
+
+@pytest.mark.parametrize("fragment", FRAGMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_fragment_parses_with_every_model_family(parser, fragment):
+    assert len(ONE_PER_FAMILY) >= 8  # TinyLALM, SALMONN, Qwen2-Audio, four more adapters, pretraining
+    for base in ONE_PER_FAMILY:
+        alone = parser.parse_args(["--config", str(base)])
+        cfg = parser.parse_args(["--config", str(base), "--config", str(fragment)])
+        assert cfg.model == alone.model and cfg.data == alone.data, f"{fragment.name} changed {base.name}"
+
+
+@pytest.mark.parametrize("fragment", FRAGMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_fragment_instantiates_on_an_experiment(parser, fragment, tiny_lalm_checkpoint, tmp_path,
+                                                      monkeypatch):
+    from ahamask_lightning.accelerators import NPU_MISSING, uses_npu
+
+    monkeypatch.chdir(REPO)
+    base = EXPERIMENTS / BASE_FOR_FRAGMENT[fragment.stem]
+    cfg = parser.parse_args(["--config", str(base), "--config", str(fragment)])
+    if uses_npu(cfg.trainer):  # no torch_npu here; test_npu.py builds these with a stand-in NPU
+        with pytest.raises(RuntimeError) as err:
+            instantiate(parser, [base, fragment], tmp_path, tiny_lalm_checkpoint)
+        assert str(err.value) == NPU_MISSING
+        return
+    devices = ["--trainer.devices", "2"] if fragment.parent.name == "strategies" else []
+    cli = instantiate(parser, [base, fragment], tmp_path, tiny_lalm_checkpoint, devices)
+    check_built(cli, cfg)
+    strategy = type(cli.trainer.strategy).__name__
+    if fragment.stem == "ddp":
+        assert strategy == "MaskDDPStrategy" and cli.trainer.num_devices == 2
+    elif fragment.stem == "fsdp":
+        assert strategy == "MaskFSDPStrategy" and cli.trainer.num_devices == 2
+        assert cli.trainer.strategy.kwargs["use_orig_params"] is True
     else:
         assert strategy == "SingleDeviceStrategy"
+        assert cli.trainer.precision == cfg.trainer.precision
+
+
+def _broken(tmp_path: Path, source: str, edit) -> Path:
+    data = yaml.safe_load((EXPERIMENTS / source).read_text())
+    edit(data)
+    out = tmp_path / "broken" / Path(source).name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(data))
+    return out
+
+
+def _rename(d: dict, old: str, new: str) -> None:
+    d[new] = d.pop(old)
+
+
+BREAKAGES = {
+    "misspelled module key": ("gr_salmonn.yaml", lambda d: _rename(d["model"]["init_args"], "sparsity_lambda",
+                                                                   "sparsity_lamda")),
+    "unknown adapter class": ("asr_qwen2audio_base.yaml", lambda d: d["model"]["init_args"]["model"].update(
+        class_path="ahamask_lightning.models.Qwen2AudioAdaptor")),
+    "wrong type": ("gr_tiny.yaml", lambda d: d["data"]["init_args"].update(batch_size="eight")),
+    "bad callback value": ("json_qwen2audio_instruct.yaml",
+                           lambda d: d["trainer"]["callbacks"][0]["init_args"].update(preset="papr")),
+    "unknown estimator": ("gr_voxtral.yaml", lambda d: d["model"]["init_args"].update(estimator="gumbel")),
+    "bad fsdp layer class": ("strategies/fsdp.yaml", lambda d: d["trainer"]["strategy"]["init_args"].update(
+        layer_classes=["transformers.models.llama.modeling_llama.LlamaDecoderLayerX"])),
+}
+
+
+@pytest.mark.parametrize("name", BREAKAGES)
+def test_a_broken_config_fails_these_checks(name, parser, tiny_lalm_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    source, edit = BREAKAGES[name]
+    broken = _broken(tmp_path, source, edit)
+    configs = [EXPERIMENTS / "aac_salmonn.yaml", broken] if source.startswith("strategies/") else [broken]
+    extra = ["--trainer.devices", "2"] if source.startswith("strategies/") else []
+    with pytest.raises((ValueError, TypeError, SystemExit, ArgumentError)):
+        instantiate(parser, configs, tmp_path, tiny_lalm_checkpoint, extra)
+    # the unbroken original passes the very same procedure
+    original = [EXPERIMENTS / c for c in (["aac_salmonn.yaml", source] if source.startswith("strategies/")
+                                          else [source])]
+    check_built(instantiate(parser, original, tmp_path, tiny_lalm_checkpoint, extra),
+                parser.parse_args([a for c in original for a in ("--config", str(c))]))
