@@ -1,11 +1,17 @@
-"""The head gate equals zeroing o_proj input columns, on eager and sdpa, forward and generate."""
+"""The head gate equals zeroing o_proj input columns, on eager and sdpa, forward and generate.
+
+First on bare decoders (Llama, grouped-query Qwen2), then on every registered LALM adapter with
+audio in: the training forward and each step of cached generation.
+"""
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from ahamask_lightning.masking import HeadGate, HeadMask
+from ahamask_lightning.masking import HeadGate, HeadMask, find_o_proj
 
 ATTN = ["eager", "sdpa"]
 
@@ -28,8 +34,6 @@ def _decoder(kind: str, attn: str, seed: int = 0):
 
 def _zeroed_copy(model, mask: torch.Tensor):
     """Reference: the same model with the o_proj input columns of the off heads zeroed."""
-    import copy
-
     ref = copy.deepcopy(model)
     hd = ref.config.hidden_size // ref.config.num_attention_heads
     for i, layer in enumerate(ref.model.layers):
@@ -159,3 +163,97 @@ def test_mask_training_moves_loss_down_on_toy_target():
     assert after < before - 0.1, (before, after)
     assert after <= best + 0.05, (after, best)
     assert (head_mask.hard() == hidden).float().mean() >= 0.85
+
+
+# --- every registered adapter: gate == zeroed o_proj columns on the whole LALM, audio in ----------------
+def _adapter_factories():
+    from ahamask_lightning import models
+    from ahamask_lightning.models.salmonn import SalmonnAdapter
+    from ahamask_lightning.models.tiny_lalm import random_tiny_lalm
+
+    chat = {name: (lambda attn, cls=getattr(models, name): cls(tiny=True, attn_implementation=attn))
+            for name in ("Qwen2AudioAdapter", "Qwen2_5OmniAdapter", "VoxtralAdapter", "GraniteSpeechAdapter",
+                         "AudioFlamingo3Adapter")}
+    return {
+        "TinyLALM": lambda attn: random_tiny_lalm(["male female yes no", "the quick brown fox"], layers=2,
+                                                  heads=4, hidden=32, attn_implementation=attn),
+        "SalmonnAdapter": lambda attn: SalmonnAdapter(tiny=True, attn_implementation=attn),
+        **chat,
+    }
+
+
+ADAPTER_NAMES = ["TinyLALM", "SalmonnAdapter", "Qwen2AudioAdapter", "Qwen2_5OmniAdapter", "VoxtralAdapter",
+                 "GraniteSpeechAdapter", "AudioFlamingo3Adapter"]
+
+
+def _registered_adapters() -> set[str]:
+    """Concrete LALMAdapter classes of the package (an adapter without a collate is a base class)."""
+    import ahamask_lightning.models  # noqa: F401  (imports every family)
+    import ahamask_lightning.models.salmonn  # noqa: F401
+    from ahamask_lightning.models.base import LALMAdapter
+
+    found, todo = set(), list(LALMAdapter.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        if cls.__module__.startswith("ahamask_lightning.") and cls.collate is not LALMAdapter.collate:
+            found.add(cls.__name__)
+    return found
+
+
+def test_every_registered_adapter_is_in_the_equivalence_test():
+    assert _registered_adapters() == set(ADAPTER_NAMES) == set(_adapter_factories())
+
+
+def _lm_head(adapter):
+    heads = [m for name, m in adapter.named_modules() if name.endswith("lm_head")]
+    assert len(heads) == 1, "expected one lm_head in the adapter"
+    return heads[0]
+
+
+def _captured_logits(adapter, batch):
+    """Logits of the training forward (``loss``) and of every step of cached greedy ``generate``."""
+    seen = []
+    handle = _lm_head(adapter).register_forward_hook(lambda m, a, out: seen.append(out.detach().clone()))
+    try:
+        with torch.no_grad():
+            adapter.loss(batch)
+            n_forward = len(seen)
+            adapter.generate(batch, max_new_tokens=5, num_beams=1, do_sample=False)
+    finally:
+        handle.remove()
+    assert n_forward == 1 and len(seen) > 2, "the forward and each decoding step should reach lm_head once"
+    return seen
+
+
+@pytest.mark.parametrize("attn", ATTN)
+@pytest.mark.parametrize("name", ADAPTER_NAMES)
+def test_adapter_gate_equals_zeroed_o_proj_columns(name, attn):
+    torch.manual_seed(0)
+    adapter = _adapter_factories()[name](attn).freeze()
+    for i, block in enumerate(adapter.gated_attentions()):  # larger attention weights: a wrong gate shows
+        for p in block.parameters():
+            p.data.normal_(0, 0.2, generator=torch.Generator().manual_seed(100 * i + p.numel()))
+    mask = (torch.rand(adapter.num_layers, adapter.num_heads, generator=torch.Generator().manual_seed(1)) > 0.5)
+    mask = mask.float()
+    mask[0, 0], mask[0, 1] = 0.0, 1.0  # at least one head off and one on
+    ref = copy.deepcopy(adapter)  # before the gate: the copy carries no hooks
+    d = ref.head_dim
+    for i, block in enumerate(ref.gated_attentions()):
+        w = find_o_proj(block).weight.data
+        assert w.shape[1] == ref.num_heads * d  # num_heads x head_dim is the o_proj input width
+        for j in range(ref.num_heads):
+            if mask[i, j] == 0:
+                w[:, j * d:(j + 1) * d] = 0
+    g = torch.Generator().manual_seed(2)
+    audios = [0.1 * torch.randn(16000, generator=g), 0.1 * torch.randn(28000, generator=g)]
+    batch = adapter.collate(audios, ["What is the gender of the speaker?", None], ["Male", "Female"])
+    gate = HeadGate(adapter.gated_attentions(), adapter.num_heads, adapter.head_dim)
+    with gate.apply(mask):
+        gated = _captured_logits(adapter, batch)
+    expected = _captured_logits(ref, batch)
+    plain = _captured_logits(adapter, batch)
+    assert len(gated) == len(expected)
+    for a, b in zip(gated, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert (gated[0] - plain[0]).abs().max() > 1e-3  # the mask really changed the model
