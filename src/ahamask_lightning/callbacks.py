@@ -1,10 +1,25 @@
-"""Schedules and monitoring for mask training: temperature, sparsity weight, mask files and plots."""
+"""Schedules and monitoring for mask training: temperature, sparsity weight, mask files and plots;
+and the reliability callbacks ``ahamask fit`` adds by itself (see ``cli/lightning.py``):
+
+* :class:`RNGStateCheckpoint` carries the torch / numpy / Python RNG states in checkpoints, so a
+  resumed fit draws the same Gumbel noise as an uninterrupted one.
+* :class:`FaultCheckpoint` saves ``interrupted.ckpt`` when a fit stops on SIGTERM, SIGINT, too
+  many non-finite losses or any other error after training has begun.
+* :class:`RunReport` writes ``fit_report.json`` (steps, skipped non-finite losses, rejected
+  samples by reason, the rejects files) and prints its one-line summary.
+"""
 from __future__ import annotations
 
+import json
+import random
+import sys
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 
 from .masking import save_mask
 
@@ -129,3 +144,131 @@ class MaskMonitor(L.Callback):
         out.mkdir(parents=True, exist_ok=True)
         save_mask(out / self.filename, pl_module.head_mask.logits, **self._metadata(pl_module))
         self._log_image(trainer, pl_module, trainer.global_step)
+
+
+# --- reliability ------------------------------------------------------------------------------
+class RNGStateCheckpoint(L.Callback):
+    """Saves the global RNG states in every checkpoint and restores them on resume.
+
+    Lightning does not checkpoint RNG states. They are restored at the first training batch after
+    the resume, not when the checkpoint is read: the restarted data loader's ``iter()`` draws a
+    seed from the torch RNG in between, which the uninterrupted run drew at the epoch's start.
+    States are stored as tensors and plain values, so ``torch.load(weights_only=True)`` reads them.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        np_state = np.random.get_state()
+        state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                 "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                           "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])}}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = dict(state_dict)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        state, self._pending = self._pending, None
+        if not state:
+            return
+        torch.set_rng_state(state["torch"])
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        n = state["numpy"]
+        np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                             n["cached_gaussian"]))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class FaultCheckpoint(Checkpoint):
+    """Saves ``<dirpath>/interrupted.ckpt`` when a fit stops on an exception (SIGTERM, SIGINT, too
+    many non-finite losses, any error) once training has begun in this process.
+
+    Like Lightning's ``OnExceptionCheckpoint``, but (a) nothing is saved for an error before the
+    first training batch (e.g. a checkpoint of another model refused while restoring), which would
+    otherwise leave a fresh-state file newer than the real last checkpoint, and (b) it does not make
+    every ``fit`` resume by itself: resuming is asked for with ``--ckpt_path last``, which the CLI
+    resolves to the newest of ``last*.ckpt`` and ``interrupted.ckpt``. On a fit that ends normally
+    the file is removed. ``saved`` holds ``(path, global_step, exception)`` of the last save.
+    """
+
+    FILENAME = "interrupted.ckpt"
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = str(dirpath)
+        self._training = False
+        self.saved: tuple[str, int, BaseException] | None = None
+
+    @property
+    def ckpt_path(self) -> str:
+        return str(Path(self.dirpath) / self.FILENAME)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._training = True
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not self._training:
+            return
+        Path(self.dirpath).mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(self.ckpt_path)
+        self.saved = (self.ckpt_path, trainer.global_step, exception)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:  # called on a normal end only
+        if stage == "fit" and trainer.is_global_zero:
+            Path(self.ckpt_path).unlink(missing_ok=True)
+
+
+class RunReport(L.Callback):
+    """At the end of a fit (or when it stops on an error): ``fit_report.json`` in the log dir with
+    steps, skipped non-finite losses and rejected samples by stage and reason, and one summary line
+    on stderr."""
+
+    def __init__(self, filename: str = "fit_report.json") -> None:
+        self.filename = filename
+        self.report: dict[str, Any] | None = None
+
+    def _build(self, trainer, pl_module, status: str) -> dict[str, Any]:
+        dm = getattr(trainer, "datamodule", None)
+        rejected: dict[str, dict[str, int]] = {}
+        if dm is not None and hasattr(dm, "reject_summary"):
+            for stage in ("train", "val"):
+                counts = dm.reject_summary(stage)
+                if counts:
+                    rejected[stage] = counts
+        rejects_path = getattr(dm, "rejects_path", None)
+        files = []
+        if rejects_path:
+            stem = Path(rejects_path)
+            files = sorted(str(p) for p in stem.parent.glob(f"{stem.stem}.*.r*w*{stem.suffix or '.jsonl'}"))
+        return {"status": status, "global_step": int(trainer.global_step), "epoch": int(trainer.current_epoch),
+                "nonfinite_skipped": int(getattr(pl_module, "nonfinite_total", 0)),
+                "rejected": rejected, "rejected_total": sum(sum(c.values()) for c in rejected.values()),
+                "rejects_files": files}
+
+    def _write(self, trainer, pl_module, status: str) -> None:
+        report = self._build(trainer, pl_module, status)
+        self.report = report
+        out = Path(trainer.log_dir or trainer.default_root_dir or ".")  # log_dir broadcasts: every rank asks
+        if not trainer.is_global_zero:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        (out / self.filename).write_text(json.dumps(report, indent=1) + "\n")
+        rej = ", ".join(f"{stage}: " + ", ".join(f"{r}={n}" for r, n in counts.items())
+                        for stage, counts in report["rejected"].items()) or "none"
+        print(f"ahamask: fit {status} at step {report['global_step']}: {report['nonfinite_skipped']} non-finite "
+              f"losses skipped; {report['rejected_total']} samples rejected ({rej}); report: {out / self.filename}",
+              file=sys.stderr)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._write(trainer, pl_module, "finished")
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        try:
+            self._write(trainer, pl_module, "stopped")
+        except Exception:  # noqa: BLE001 - the report must never hide the error that stopped the fit
+            pass

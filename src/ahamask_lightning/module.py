@@ -5,6 +5,10 @@ gradients: every weight is frozen, so autograd records nothing before the first 
 ``o_proj`` (the audio encoder runs without a graph) and nothing accumulates into weights.
 Checkpoints hold the mask, optimizer and loop state only, plus the identity of the model
 they belong to.
+
+Faults: a step whose loss is NaN or inf is skipped (no update) and counted; after
+``max_nonfinite_in_a_row`` such steps in a row the fit stops with :class:`NonFiniteLossError`
+(the CLI's ``FaultCheckpoint`` saves a checkpoint first). The counters travel in checkpoints.
 """
 from __future__ import annotations
 
@@ -55,6 +59,14 @@ class SampleCollate:
         return batch
 
 
+class NonFiniteLossError(RuntimeError):
+    """Too many non-finite losses in a row: the fit stops (one-line message)."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not belong to this model, or holds more than the mask (one line)."""
+
+
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int | None, start: float, peak: float,
                   end: float) -> float:
     """Learning rate: linear start -> peak over warm-up, then cosine peak -> end until total_steps."""
@@ -81,6 +93,8 @@ class AHAMaskModule(L.LightningModule):
         per_sample_mask: draw an independent mask sample for every batch element in training.
         generation: overrides of the adapter's generation settings for validate/test/predict.
         results_dir: where test metrics and predictions are written (default: the logger's dir).
+        max_nonfinite_in_a_row: a NaN/inf loss skips its step; this many in a row stop the fit
+            (0: never stop).
     """
 
     def __init__(
@@ -103,6 +117,7 @@ class AHAMaskModule(L.LightningModule):
         generation: dict | None = None,
         results_dir: str | None = None,
         seed: int = 0,
+        max_nonfinite_in_a_row: int = 10,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
@@ -117,6 +132,8 @@ class AHAMaskModule(L.LightningModule):
         self.generation = dict(generation or {})
         self.strict_loading = False  # checkpoints carry the mask only; the LALM comes from its own files
         self.evaluator = TaskEvaluator()
+        if max_nonfinite_in_a_row < 0:
+            raise ValueError(f"max_nonfinite_in_a_row: expected an integer >= 0, got {max_nonfinite_in_a_row}")
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
 
@@ -141,8 +158,8 @@ class AHAMaskModule(L.LightningModule):
         active = mask.sum() / (b if mask.dim() == 3 else 1)
         loss = ce + self.sparsity_lambda * active
         if not torch.isfinite(loss):
-            # Skip the step (Lightning skips on None) and count it; NonFiniteGuard stops a run
-            # that keeps producing them.
+            # Skip the step (Lightning skips backward and the update on None) and count it;
+            # on_train_batch_end stops a run that keeps producing them.
             self.nonfinite_in_a_row += 1
             self.nonfinite_total += 1
             self.log("train/nonfinite_total", float(self.nonfinite_total), batch_size=b)
@@ -153,6 +170,16 @@ class AHAMaskModule(L.LightningModule):
                       prog_bar=False, batch_size=b)
         self.log("train/active", float(self.head_mask.active_heads()), prog_bar=True, batch_size=b)
         return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # Checked after the callbacks' batch-end hooks (periodic checkpoints included), so the
+        # state a FaultCheckpoint saves on this error is that of a finished step.
+        limit = self.hparams.get("max_nonfinite_in_a_row", 0)
+        if limit and self.nonfinite_in_a_row >= limit:
+            raise NonFiniteLossError(
+                f"training stopped at step {self.global_step}: {self.nonfinite_in_a_row} non-finite (NaN/inf) "
+                f"losses in a row (model.init_args.max_nonfinite_in_a_row={limit}; {self.nonfinite_total} skipped "
+                f"in all)")
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -221,11 +248,25 @@ class AHAMaskModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("head_mask.")}
         checkpoint["ahamask_model"] = self.adapter.describe()
+        checkpoint["ahamask_faults"] = {"nonfinite_in_a_row": self.nonfinite_in_a_row,
+                                        "nonfinite_total": self.nonfinite_total}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("ahamask_model")
         mine = self.adapter.describe()
-        if saved is not None and saved != mine:
-            raise ValueError(
+        if saved is None:
+            raise CheckpointMismatchError(
+                f"checkpoint records no AHAMask model identity (not written by AHAMaskModule); "
+                f"this model is {json.dumps(mine)}")
+        if saved != mine:
+            raise CheckpointMismatchError(
                 f"checkpoint belongs to {json.dumps(saved)}, not to this model {json.dumps(mine)}"
             )
+        extra = sorted(k for k in checkpoint.get("state_dict", {}) if not k.startswith("head_mask."))
+        if extra:
+            raise CheckpointMismatchError(
+                f"checkpoint holds {len(extra)} tensors beyond the mask (e.g. {extra[0]}); AHAMask checkpoints "
+                f"hold the mask only and the frozen weights come from the model's own files")
+        faults = checkpoint.get("ahamask_faults") or {}
+        self.nonfinite_in_a_row = int(faults.get("nonfinite_in_a_row", 0))
+        self.nonfinite_total = int(faults.get("nonfinite_total", 0))

@@ -1,0 +1,103 @@
+"""Exact resume: SIGKILL, SIGTERM and SIGINT on real ``ahamask fit`` subprocesses (tiny Qwen2-Audio,
+generated WAVs, CPU, deterministic), compared with an uninterrupted run by ``torch.equal``.
+
+Schedule of the chain (24 samples, batch 2: 12 steps an epoch; 15 steps; checkpoint every 5):
+run 1 is SIGKILLed in step 7 (last checkpoint: step 5); run 2 resumes from it (``--ckpt_path
+last``) and gets SIGTERM in step 11, saves ``interrupted.ckpt`` and exits 143; run 3 resumes from
+step 11, crosses the epoch boundary at step 12 and ends at 15.
+"""
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from ahamask_lightning.masking import load_mask
+from conftest import Run, ahamask_lines, fit_command, load_ckpt, write_config
+
+
+def _logits(path: Path) -> torch.Tensor:
+    return load_mask(path).logits
+
+
+@pytest.fixture(scope="module")
+def reference(good_corpus, tmp_path_factory) -> dict:
+    """The uninterrupted run, checkpointing every step (mask-step{N} for each N)."""
+    base = tmp_path_factory.mktemp("reference")
+    cfg = write_config(base / "fit.yaml", base / "root", good_corpus, every=1, max_steps=15)
+    run = Run(fit_command(cfg), base / "faults")
+    assert run.wait() == 0, run.stderr()
+    ckdir = base / "root" / "checkpoints"
+    final = next((base / "root").rglob("mask.safetensors"))
+    return {"ckdir": ckdir, "steps": run.steps(), "last": load_ckpt(ckdir / "last.ckpt"), "final": _logits(final),
+            "step": lambda n: _logits(ckdir / f"mask-step{n}.safetensors")}
+
+
+@pytest.mark.fault("SIGKILL in step 7, resume; SIGTERM in step 11, resume (crossing an epoch)",
+                   kept="mask logits, AdamW + LR state, RNG states, data position, tau/lambda schedules: "
+                        "torch.equal to the uninterrupted run")
+def test_sigkill_then_sigterm_resume_equals_uninterrupted(reference, good_corpus, tmp_path):
+    cfg = write_config(tmp_path / "fit.yaml", tmp_path / "root", good_corpus, every=5, max_steps=15)
+    ckdir = tmp_path / "root" / "checkpoints"
+
+    run1 = Run(fit_command(cfg), tmp_path / "run1", pause_at="7")
+    run1.wait_for_pause(7)
+    run1.proc.send_signal(signal.SIGKILL)
+    assert run1.wait() == -signal.SIGKILL
+    last = load_ckpt(ckdir / "last.ckpt")
+    assert last["global_step"] == 5 and not (ckdir / "interrupted.ckpt").exists()
+    assert torch.equal(last["state_dict"]["head_mask.logits"], reference["step"](5))
+
+    run2 = Run(fit_command(cfg, "--ckpt_path", "last"), tmp_path / "run2", pause_at="11")
+    run2.wait_for_pause(11)
+    run2.proc.send_signal(signal.SIGTERM)
+    assert run2.wait() == 143, run2.stderr()
+    lines = ahamask_lines(run2.stderr())
+    assert any(line.startswith("ahamask: fit stopped by SIGTERM at step 11; checkpoint saved: ")
+               and "interrupted.ckpt" in line for line in lines), lines
+    assert "Traceback" not in run2.stderr()
+    stopped = load_ckpt(ckdir / "interrupted.ckpt")
+    assert stopped["global_step"] == 11
+    assert torch.equal(stopped["state_dict"]["head_mask.logits"], reference["step"](11))
+
+    run3 = Run(fit_command(cfg, "--ckpt_path", "last"), tmp_path / "run3")
+    assert run3.wait() == 0, run3.stderr()
+    assert not (ckdir / "interrupted.ckpt").exists()  # a finished fit removes it
+    final, ref = load_ckpt(ckdir / "last.ckpt"), reference["last"]
+    assert final["global_step"] == ref["global_step"] == 15 and final["epoch"] == ref["epoch"]
+    # the mask, the temperature buffer and the optimizer / LR-scheduler state
+    for key in ("head_mask.logits", "head_mask.temperature"):
+        assert torch.equal(final["state_dict"][key], ref["state_dict"][key]), key
+    opt, ref_opt = final["optimizer_states"][0]["state"][0], ref["optimizer_states"][0]["state"][0]
+    assert all(torch.equal(opt[k], ref_opt[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+    assert final["lr_schedulers"] == ref["lr_schedulers"]
+    # the RNG states and the streaming data position at the end
+    rng, ref_rng = final["callbacks"]["RNGStateCheckpoint"], ref["callbacks"]["RNGStateCheckpoint"]
+    assert torch.equal(rng["torch"], ref_rng["torch"]) and rng["python"] == ref_rng["python"]
+    assert final["loops"]["fit_loop"]["state_dict"] == ref["loops"]["fit_loop"]["state_dict"]
+    # every step consumed the same samples as in the uninterrupted run
+    seen = {**run1.steps(), **run2.steps(), **run3.steps()}
+    assert seen == reference["steps"] and len(seen) == 15
+    assert min(run3.steps()) == 11 and min(run2.steps()) == 5
+    # the mask file written at the end of fit
+    masks = list((tmp_path / "root").rglob("mask.safetensors"))
+    assert len(masks) == 1 and torch.equal(_logits(masks[0]), reference["final"])
+
+
+@pytest.mark.fault("SIGINT (Ctrl-C) in step 3",
+                   kept="interrupted.ckpt at step 3 equal to the uninterrupted run; exit 130, one line")
+def test_sigint_writes_a_checkpoint_and_exits_cleanly(reference, good_corpus, tmp_path):
+    cfg = write_config(tmp_path / "fit.yaml", tmp_path / "root", good_corpus, every=5)
+    run = Run(fit_command(cfg), tmp_path / "run", pause_at="3")
+    run.wait_for_pause(3)
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait() == 130, run.stderr()
+    err = run.stderr()
+    assert "Traceback" not in err
+    line = [x for x in ahamask_lines(err) if "stopped by SIGINT" in x]
+    assert len(line) == 1 and line[0].startswith("ahamask: fit stopped by SIGINT at step 3; checkpoint saved: ")
+    ckpt = load_ckpt(tmp_path / "root" / "checkpoints" / "interrupted.ckpt")
+    assert ckpt["global_step"] == 3
+    assert torch.equal(ckpt["state_dict"]["head_mask.logits"], reference["step"](3))
