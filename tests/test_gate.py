@@ -171,9 +171,11 @@ def _adapter_factories():
     from ahamask_lightning.models.salmonn import SalmonnAdapter
     from ahamask_lightning.models.tiny_lalm import random_tiny_lalm
 
-    chat = {name: (lambda attn, cls=getattr(models, name): cls(tiny=True, attn_implementation=attn))
-            for name in ("Qwen2AudioAdapter", "Qwen2_5OmniAdapter", "VoxtralAdapter", "GraniteSpeechAdapter",
-                         "AudioFlamingo3Adapter")}
+    def tiny(cls):
+        return lambda attn: cls(tiny=True, attn_implementation=attn)
+
+    chat = {name: tiny(getattr(models, name)) for name in (
+        "Qwen2AudioAdapter", "Qwen2_5OmniAdapter", "VoxtralAdapter", "GraniteSpeechAdapter", "AudioFlamingo3Adapter")}
     return {
         "TinyLALM": lambda attn: random_tiny_lalm(["male female yes no", "the quick brown fox"], layers=2,
                                                   heads=4, hidden=32, attn_implementation=attn),
@@ -188,8 +190,8 @@ ADAPTER_NAMES = ["TinyLALM", "SalmonnAdapter", "Qwen2AudioAdapter", "Qwen2_5Omni
 
 def _registered_adapters() -> set[str]:
     """Concrete LALMAdapter classes of the package (an adapter without a collate is a base class)."""
-    import ahamask_lightning.models  # noqa: F401  (imports every family)
-    import ahamask_lightning.models.salmonn  # noqa: F401
+    import ahamask_lightning.models
+    import ahamask_lightning.models.salmonn  # noqa: F401  (imports every family)
     from ahamask_lightning.models.base import LALMAdapter
 
     found, todo = set(), list(LALMAdapter.__subclasses__())

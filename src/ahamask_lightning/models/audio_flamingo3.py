@@ -7,14 +7,13 @@ per sample and beam search expands it like the text.
 """
 from __future__ import annotations
 
-from .base import weights_dir
-
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from .chat_collate import ChatLALMAdapter, pack_prompts, unpad
+from .base import weights_dir
+from .chat_collate import TINY_SECONDS, ChatLALMAdapter, pack_prompts, pretrained_model, tiny_model, unpad
 
 # The ChatML template of the converted checkpoint (nvidia/audio-flamingo-3-hf) written out:
 # default system prompt, then the audio placeholder at the start of the user turn, directly
@@ -102,24 +101,19 @@ class AudioFlamingo3Adapter(ChatLALMAdapter):
         from transformers import AudioFlamingo3ForConditionalGeneration, AutoProcessor
 
         if tiny:
-            self.processor = tiny_processor()
-            config = tiny_config(self.processor, tiny_layers, tiny_heads, tiny_kv_heads)
-            config._attn_implementation = attn_implementation
-            self.model = AudioFlamingo3ForConditionalGeneration(config)
-            self.model_id = "audio-flamingo-3-tiny"
-            self.max_seconds = 4.0
+            self.processor = tiny_processor(int(TINY_SECONDS))
+            self.model = tiny_model(AudioFlamingo3ForConditionalGeneration,
+                                    tiny_config(self.processor, tiny_layers, tiny_heads, tiny_kv_heads,
+                                                chunk_seconds=int(TINY_SECONDS)),
+                                    attn_implementation)
         else:
             path = weights_dir(pretrained, ENV_PATH, "Audio Flamingo 3")
             self.processor = AutoProcessor.from_pretrained(path)
-            self.model = AudioFlamingo3ForConditionalGeneration.from_pretrained(
-                path, dtype=getattr(torch, dtype), attn_implementation=attn_implementation)
-            self.model_id = "audio-flamingo-3"
+            self.model = pretrained_model(AudioFlamingo3ForConditionalGeneration, path, dtype, attn_implementation)
         # one window per sample keeps input_features aligned with the batch (see module doc)
         self.max_seconds = min(self.max_seconds, float(self.processor.feature_extractor.chunk_length))
         self.tokenizer = self.processor.tokenizer
-        self._set_head_shape()
-        self.eos_id = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        self._finish("audio-flamingo-3-tiny" if tiny else "audio-flamingo-3", eos="<|im_end|>")
 
     def collate(self, audios: Sequence[torch.Tensor], instructions: Sequence[str | None],
                 targets: Sequence[str] | None = None) -> dict[str, torch.Tensor]:

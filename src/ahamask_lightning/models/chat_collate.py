@@ -17,6 +17,20 @@ from torch import nn
 
 from .base import LALMAdapter, causal_lm_loss
 
+TINY_SECONDS = 4.0  # the tiny models' feature window: audio is cut there
+
+
+def tiny_model(model_cls, config, attn_implementation: str) -> nn.Module:
+    """A random model of a transformers class from a tiny config of that class, with the attention kernel set."""
+    config._attn_implementation = attn_implementation
+    return model_cls(config)
+
+
+def pretrained_model(model_cls, path: str, dtype: str, attn_implementation: str, **kwargs) -> nn.Module:
+    """A real checkpoint from a local directory, in ``dtype`` (a torch dtype name) with the attention kernel set."""
+    return model_cls.from_pretrained(path, dtype=getattr(torch, dtype), attn_implementation=attn_implementation,
+                                     **kwargs)
+
 
 def unpad(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
     """The unpadded rows of a padded batch (either padding side)."""
@@ -106,6 +120,15 @@ class ChatLALMAdapter(LALMAdapter):
         text_cfg = self.model.config.get_text_config()
         self.num_heads = text_cfg.num_attention_heads
         self.head_dim = getattr(text_cfg, "head_dim", None) or text_cfg.hidden_size // self.num_heads
+
+    def _finish(self, model_id: str, eos: str) -> None:
+        """What every family sets once ``self.model`` and ``self.tokenizer`` exist: the gated head shape,
+        the model id masks record, the end-of-answer token and the padding id (eos when there is none)."""
+        self._set_head_shape()
+        self.model_id = model_id
+        self.eos_id = self.tokenizer.convert_tokens_to_ids(eos)
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        self.pad_id = pad if pad is not None else self.eos_id
 
     def gated_attentions(self) -> Sequence[nn.Module]:
         # get_decoder() is the LLM backbone only: audio (and vision) encoders are never gated

@@ -8,15 +8,22 @@ gates the adapted attention (peft wraps q_proj/v_proj only; o_proj stays a plain
 """
 from __future__ import annotations
 
-from .base import weights_dir
-
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .chat_collate import ChatLALMAdapter, pack_prompts, published_name, unpad
+from .base import weights_dir
+from .chat_collate import (
+    TINY_SECONDS,
+    ChatLALMAdapter,
+    pack_prompts,
+    pretrained_model,
+    published_name,
+    tiny_model,
+    unpad,
+)
 
 # Granite 3.3 chat format written out, with the system prompt of the granite-speech-3.3
 # model card (its date is fixed here so that prompts are reproducible: a **choice**).
@@ -135,19 +142,17 @@ class GraniteSpeechAdapter(ChatLALMAdapter):
 
         if tiny:
             self.processor = tiny_processor()
-            config = tiny_config(self.processor, tiny_layers, tiny_heads, tiny_kv_heads)
-            config._attn_implementation = attn_implementation
-            self.model = GraniteSpeechForConditionalGeneration(config)
+            self.model = tiny_model(GraniteSpeechForConditionalGeneration,
+                                    tiny_config(self.processor, tiny_layers, tiny_heads, tiny_kv_heads),
+                                    attn_implementation)
             # before any gate is installed, like the released LoRA: the gate sees the adapted model
             self.model.add_adapter(tiny_lora())
-            self.model_id = "granite-speech-tiny"
-            self.max_seconds = 4.0
+            self.max_seconds = TINY_SECONDS
         else:
             path = weights_dir(pretrained, ENV_PATH, "Granite Speech")
             self.processor = AutoProcessor.from_pretrained(path)
             # from_pretrained finds adapter_config.json beside config.json and loads the LoRA
-            self.model = GraniteSpeechForConditionalGeneration.from_pretrained(
-                path, dtype=getattr(torch, dtype), attn_implementation=attn_implementation)
+            self.model = pretrained_model(GraniteSpeechForConditionalGeneration, path, dtype, attn_implementation)
         if self.model.config.has_lora_adapter:
             if not getattr(self.model, "_hf_peft_config_loaded", False):
                 raise RuntimeError("Granite Speech: the config asks for a LoRA adapter but none was loaded "
@@ -155,12 +160,9 @@ class GraniteSpeechAdapter(ChatLALMAdapter):
                                    "directory?)")
             self.model.enable_adapters()
         self.tokenizer = self.processor.tokenizer
-        self._set_head_shape()
-        if not tiny:
-            self.model_id = published_name(FULL_SIZE_CONFIGS, self.model.config.get_text_config(),
-                                           f"granite-speech-{Path(path).name.lower()}")
-        self.eos_id = self.tokenizer.convert_tokens_to_ids("<|end_of_text|>")
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        model_id = "granite-speech-tiny" if tiny else published_name(
+            FULL_SIZE_CONFIGS, self.model.config.get_text_config(), f"granite-speech-{Path(path).name.lower()}")
+        self._finish(model_id, eos="<|end_of_text|>")
 
     def collate(self, audios: Sequence[torch.Tensor], instructions: Sequence[str | None],
                 targets: Sequence[str] | None = None) -> dict[str, torch.Tensor]:

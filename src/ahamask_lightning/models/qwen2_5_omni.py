@@ -10,15 +10,22 @@ not used: it also needs the image/video processors (torchvision), which audio ne
 """
 from __future__ import annotations
 
-from .base import weights_dir
-
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .chat_collate import ChatLALMAdapter, encode_template, pack_prompts, published_name
+from .base import weights_dir
+from .chat_collate import (
+    TINY_SECONDS,
+    ChatLALMAdapter,
+    encode_template,
+    pack_prompts,
+    pretrained_model,
+    published_name,
+    tiny_model,
+)
 
 # Chat template of the Omni family written out: the official system prompt (the one the
 # model card asks for), one user turn holding the audio then the instruction. No instruction
@@ -132,28 +139,23 @@ class Qwen2_5OmniAdapter(ChatLALMAdapter):
         if tiny:
             self.tokenizer = tiny_tokenizer()
             self.feature_extractor = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000,
-                                                             chunk_length=4)
-            config = tiny_config(self.tokenizer, tiny_layers, tiny_heads, tiny_kv_heads)
-            config._attn_implementation = attn_implementation
-            self.model = Qwen2_5OmniThinkerForConditionalGeneration(config)
-            self.model_id = "qwen2.5-omni-tiny"
-            self.max_seconds = 4.0
+                                                             chunk_length=int(TINY_SECONDS))
+            self.model = tiny_model(Qwen2_5OmniThinkerForConditionalGeneration,
+                                    tiny_config(self.tokenizer, tiny_layers, tiny_heads, tiny_kv_heads),
+                                    attn_implementation)
+            self.max_seconds = TINY_SECONDS
+            model_id = "qwen2.5-omni-tiny"
         else:
             path = weights_dir(pretrained, ENV_PATH, "Qwen2.5-Omni")
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.feature_extractor = WhisperFeatureExtractor.from_pretrained(path)
             # The documented loader of the full checkpoint; without audio output the talker and
             # token2wav are never built, so only the thinker's weights are read.
-            full = Qwen2_5OmniForConditionalGeneration.from_pretrained(
-                path, enable_audio_output=False, dtype=getattr(torch, dtype),
-                attn_implementation=attn_implementation)
-            self.model = full.thinker
-        self._set_head_shape()
-        if not tiny:
-            self.model_id = published_name(FULL_SIZE_CONFIGS, self.model.config.get_text_config(),
-                                           f"qwen2.5-omni-{Path(path).name.lower()}")
-        self.eos_id = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+            self.model = pretrained_model(Qwen2_5OmniForConditionalGeneration, path, dtype, attn_implementation,
+                                          enable_audio_output=False).thinker
+            model_id = published_name(FULL_SIZE_CONFIGS, self.model.config.get_text_config(),
+                                      f"qwen2.5-omni-{Path(path).name.lower()}")
+        self._finish(model_id, eos="<|im_end|>")
 
     def prompt_ids(self, instruction: str | None, n_audio: int) -> list[int]:
         return encode_template(self.tokenizer, TEMPLATE, SPECIAL, instruction or "", AUDIO_TOKEN, n_audio)

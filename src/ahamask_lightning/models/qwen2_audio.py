@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .base import LALMAdapter, causal_lm_loss, weights_dir
-from .chat_collate import pack_prompts, unpad
+from .chat_collate import TINY_SECONDS, pack_prompts, pretrained_model, tiny_model, unpad
 
 INSTRUCT_TEMPLATE = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
@@ -90,17 +90,17 @@ class Qwen2AudioAdapter(LALMAdapter):
         self.variant = variant
         self.template = INSTRUCT_TEMPLATE if variant == "instruct" else BASE_TEMPLATE
         if tiny:
-            self.processor = tiny_processor()
-            config = tiny_config(self.processor, tiny_layers, tiny_heads, tiny_kv_heads)
-            config._attn_implementation = attn_implementation
-            self.model = Qwen2AudioForConditionalGeneration(config)
+            self.processor = tiny_processor(int(TINY_SECONDS))
+            self.model = tiny_model(Qwen2AudioForConditionalGeneration,
+                                    tiny_config(self.processor, tiny_layers, tiny_heads, tiny_kv_heads,
+                                                chunk_seconds=int(TINY_SECONDS)),
+                                    attn_implementation)
             self.model_id = f"qwen2-audio-tiny-{variant}"
-            self.max_seconds = 4.0
+            self.max_seconds = TINY_SECONDS
         else:
             path = weights_dir(pretrained, ENV_PATH, "Qwen2-Audio")
             self.processor = AutoProcessor.from_pretrained(path)
-            self.model = Qwen2AudioForConditionalGeneration.from_pretrained(
-                path, dtype=getattr(torch, dtype), attn_implementation=attn_implementation)
+            self.model = pretrained_model(Qwen2AudioForConditionalGeneration, path, dtype, attn_implementation)
             self.model_id = f"qwen2-audio-7b-{variant}"
         text_cfg = self.model.config.text_config
         self.num_heads = text_cfg.num_attention_heads

@@ -13,15 +13,22 @@ tokenizer; the tiny model uses a small BPE tokenizer with the same special token
 """
 from __future__ import annotations
 
-from .base import weights_dir
-
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .chat_collate import ChatLALMAdapter, encode_template, pack_prompts, published_name
+from .base import weights_dir
+from .chat_collate import (
+    TINY_SECONDS,
+    ChatLALMAdapter,
+    encode_template,
+    pack_prompts,
+    pretrained_model,
+    published_name,
+    tiny_model,
+)
 
 # One user turn: audio first, then the instruction (no instruction = empty text), then the
 # answer follows [/INST] and ends with </s>. This is the chat form, not the transcription
@@ -119,27 +126,22 @@ class VoxtralAdapter(ChatLALMAdapter):
         if tiny:
             self.tokenizer = tiny_tokenizer()
             self.feature_extractor = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000,
-                                                             chunk_length=4)
-            config = tiny_config(self.tokenizer, tiny_layers, tiny_heads, tiny_kv_heads)
-            config._attn_implementation = attn_implementation
-            self.model = VoxtralForConditionalGeneration(config)
-            self.model_id = "voxtral-tiny"
-            self.max_seconds = 4.0
+                                                             chunk_length=int(TINY_SECONDS))
+            self.model = tiny_model(VoxtralForConditionalGeneration,
+                                    tiny_config(self.tokenizer, tiny_layers, tiny_heads, tiny_kv_heads),
+                                    attn_implementation)
+            model_id = "voxtral-tiny"
         else:
             path = weights_dir(pretrained, ENV_PATH, "Voxtral")
             self.tokenizer = AutoTokenizer.from_pretrained(path)  # tekken via mistral-common
             self.feature_extractor = WhisperFeatureExtractor.from_pretrained(path)
-            self.model = VoxtralForConditionalGeneration.from_pretrained(
-                path, dtype=getattr(torch, dtype), attn_implementation=attn_implementation)
+            self.model = pretrained_model(VoxtralForConditionalGeneration, path, dtype, attn_implementation)
+            model_id = published_name(FULL_SIZE_CONFIGS, self.model.config.get_text_config(),
+                                      f"voxtral-{Path(path).name.lower()}")
+        # one window per sample keeps input_features aligned with the batch (see module doc)
         self.max_seconds = min(self.max_seconds, float(self.feature_extractor.chunk_length))
-        self._set_head_shape()
-        if not tiny:
-            self.model_id = published_name(FULL_SIZE_CONFIGS, self.model.config.get_text_config(),
-                                           f"voxtral-{Path(path).name.lower()}")
         self.n_audio = tokens_per_window(self.model.config.audio_config)
-        self.eos_id = self.tokenizer.convert_tokens_to_ids("</s>")
-        pad = getattr(self.tokenizer, "pad_token_id", None)
-        self.pad_id = pad if pad is not None else self.eos_id
+        self._finish(model_id, eos="</s>")
 
     def prompt_ids(self, instruction: str | None) -> list[int]:
         return encode_template(self.tokenizer, TEMPLATE, SPECIAL, instruction or "", AUDIO_TOKEN,
