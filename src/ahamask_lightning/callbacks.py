@@ -224,13 +224,18 @@ class FaultCheckpoint(Checkpoint):
 
 
 class RunReport(L.Callback):
-    """At the end of a fit (or when it stops on an error): ``fit_report.json`` in the log dir with
-    steps, skipped non-finite losses and rejected samples by stage and reason, and one summary line
-    on stderr."""
+    """At the end of a fit: ``fit_report.json`` in the log dir with steps, skipped non-finite losses
+    and rejected samples by stage and reason, and one summary line on stderr. When the fit stops on
+    an error after training began, the file is written (status ``stopped``) but no line is printed:
+    the error's own line is the one to read."""
 
     def __init__(self, filename: str = "fit_report.json") -> None:
         self.filename = filename
         self.report: dict[str, Any] | None = None
+        self._training = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._training = True
 
     def _build(self, trainer, pl_module, status: str) -> dict[str, Any]:
         dm = getattr(trainer, "datamodule", None)
@@ -250,7 +255,7 @@ class RunReport(L.Callback):
                 "rejected": rejected, "rejected_total": sum(sum(c.values()) for c in rejected.values()),
                 "rejects_files": files}
 
-    def _write(self, trainer, pl_module, status: str) -> None:
+    def _write(self, trainer, pl_module, status: str, say: bool = True) -> None:
         report = self._build(trainer, pl_module, status)
         self.report = report
         out = Path(trainer.log_dir or trainer.default_root_dir or ".")  # log_dir broadcasts: every rank asks
@@ -258,6 +263,8 @@ class RunReport(L.Callback):
             return
         out.mkdir(parents=True, exist_ok=True)
         (out / self.filename).write_text(json.dumps(report, indent=1) + "\n")
+        if not say:
+            return
         rej = ", ".join(f"{stage}: " + ", ".join(f"{r}={n}" for r, n in counts.items())
                         for stage, counts in report["rejected"].items()) or "none"
         print(f"ahamask: fit {status} at step {report['global_step']}: {report['nonfinite_skipped']} non-finite "
@@ -268,7 +275,9 @@ class RunReport(L.Callback):
         self._write(trainer, pl_module, "finished")
 
     def on_exception(self, trainer, pl_module, exception) -> None:
+        if not self._training:
+            return
         try:
-            self._write(trainer, pl_module, "stopped")
+            self._write(trainer, pl_module, "stopped", say=False)
         except Exception:  # noqa: BLE001 - the report must never hide the error that stopped the fit
             pass

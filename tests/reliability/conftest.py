@@ -31,7 +31,8 @@ def pytest_runtest_logreport(report) -> None:
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         fault = dict(report.user_properties).get("fault")
         if fault:
-            _FAULTS.append((fault[0], fault[1], report.outcome))
+            param = f" [{report.nodeid.rsplit('[', 1)[1]}" if report.nodeid.endswith("]") else ""
+            _FAULTS.append((fault[0] + param, fault[1], report.outcome))
 
 
 @pytest.fixture(autouse=True)
@@ -195,3 +196,22 @@ def ahamask_lines(stderr: str) -> list[str]:
 
 def load_ckpt(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def mask_logits(path: Path) -> torch.Tensor:
+    from ahamask_lightning.masking import load_mask
+
+    return load_mask(path).logits
+
+
+@pytest.fixture(scope="session")
+def reference(good_corpus, tmp_path_factory) -> dict:
+    """The uninterrupted run (15 steps), checkpointing every step: mask-step{N} for each N."""
+    base = tmp_path_factory.mktemp("reference")
+    cfg = write_config(base / "fit.yaml", base / "root", good_corpus, every=1, max_steps=15)
+    run = Run(fit_command(cfg), base / "faults")
+    assert run.wait() == 0, run.stderr()
+    ckdir = base / "root" / "checkpoints"
+    final = next((base / "root").rglob("mask.safetensors"))
+    return {"config": cfg, "ckdir": ckdir, "steps": run.steps(), "last": load_ckpt(ckdir / "last.ckpt"),
+            "final": mask_logits(final), "step": lambda n: mask_logits(ckdir / f"mask-step{n}.safetensors")}

@@ -14,25 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ahamask_lightning.masking import load_mask
-from conftest import Run, ahamask_lines, fit_command, load_ckpt, write_config
-
-
-def _logits(path: Path) -> torch.Tensor:
-    return load_mask(path).logits
-
-
-@pytest.fixture(scope="module")
-def reference(good_corpus, tmp_path_factory) -> dict:
-    """The uninterrupted run, checkpointing every step (mask-step{N} for each N)."""
-    base = tmp_path_factory.mktemp("reference")
-    cfg = write_config(base / "fit.yaml", base / "root", good_corpus, every=1, max_steps=15)
-    run = Run(fit_command(cfg), base / "faults")
-    assert run.wait() == 0, run.stderr()
-    ckdir = base / "root" / "checkpoints"
-    final = next((base / "root").rglob("mask.safetensors"))
-    return {"ckdir": ckdir, "steps": run.steps(), "last": load_ckpt(ckdir / "last.ckpt"), "final": _logits(final),
-            "step": lambda n: _logits(ckdir / f"mask-step{n}.safetensors")}
+from conftest import Run, ahamask_lines, fit_command, load_ckpt, mask_logits, write_config
 
 
 @pytest.mark.fault("SIGKILL in step 7, resume; SIGTERM in step 11, resume (crossing an epoch)",
@@ -83,7 +65,7 @@ def test_sigkill_then_sigterm_resume_equals_uninterrupted(reference, good_corpus
     assert min(run3.steps()) == 11 and min(run2.steps()) == 5
     # the mask file written at the end of fit
     masks = list((tmp_path / "root").rglob("mask.safetensors"))
-    assert len(masks) == 1 and torch.equal(_logits(masks[0]), reference["final"])
+    assert len(masks) == 1 and torch.equal(mask_logits(masks[0]), reference["final"])
 
 
 @pytest.mark.fault("SIGINT (Ctrl-C) in step 3",

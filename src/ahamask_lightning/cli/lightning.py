@@ -67,11 +67,19 @@ class AHAMaskCLI(LightningCLI):
                     raise ValueError("weights_only: false is refused: checkpoints are read with weights_only=True "
                                      "(they hold tensors and plain values only)")
                 cfg["weights_only"] = True
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the checkpoint here (its hyperparameters), before any model exists:
+        # resolve ``last`` and refuse a missing, unreadable or unsafe file first, in one line.
+        sub = self.config.get("subcommand")
+        if sub:
+            cfg = self.config[sub]
             ckpt = cfg.get("ckpt_path")
-            if ckpt == "last" and self.subcommand == "fit":
+            if ckpt == "last" and sub == "fit":
                 ckpt = cfg["ckpt_path"] = _resolve_last(cfg)
             if ckpt and str(ckpt) not in CKPT_KEYWORDS:
                 _check_checkpoint(Path(ckpt))
+        super()._parse_ckpt_path()
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
         if self.subcommand == "fit":
@@ -183,8 +191,7 @@ def _check_checkpoint(path: Path) -> None:
 
 def _unpickling_reason(exc: BaseException) -> str:
     text = str(exc)
-    detail = next((line.strip() for line in text.splitlines() if "Unsupported global" in line
-                   or "Unsupported operand" in line), "")
+    detail = next((line.strip() for line in text.splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
     return ("it holds objects beyond tensors and plain values, which weights_only=True loading refuses"
             + (f" ({detail.rstrip('.')})" if detail else ""))
 
