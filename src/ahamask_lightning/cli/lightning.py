@@ -206,6 +206,18 @@ def _check_writable(path: Path, key: str) -> None:
         raise PermissionError(f"{key}: cannot write to {path} ({exc.strerror or exc})") from None
 
 
+def _union_error_line(text: str) -> str | None:
+    """jsonargparse wraps an adapter's own error (e.g. a missing weight path) in a many-line
+    "Does not validate against any of the Union subtypes" message: keep the adapter's line."""
+    if not text.startswith("Does not validate against any of the Union subtypes"):
+        return None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("- ") and not line[2:].startswith(("Expected a ", "Does not validate")):
+            return line[2:].strip()
+    return None
+
+
 def run_lightning(argv: list[str]) -> int:
     sys.argv = [sys.argv[0]] + list(argv)  # LightningCLI reads sys.argv (args= with argv set only warns)
     try:
@@ -221,6 +233,12 @@ def run_lightning(argv: list[str]) -> int:
     except FitStopped as stop:
         print(f"ahamask: {stop.line}", file=sys.stderr)
         return stop.code
+    except ValueError as exc:
+        line = _union_error_line(str(exc))
+        if line is None:
+            raise
+        print(f"ahamask: error: {line}", file=sys.stderr)
+        return 2
     except pickle.UnpicklingError as exc:  # a checkpoint reached by ckpt_path=last/best
         print(f"ahamask: error: checkpoint refused: {_unpickling_reason(exc)}", file=sys.stderr)
         return 2
