@@ -43,10 +43,15 @@ reproduce-table1: install ## SALMONN-13B Table 1 (needs the released weights; sa
 reproduce-qwen2audio: install ## Qwen2-Audio-7B GR (Instruct) and ASV (Base) rows (needs the weights)
 	$(BIN)/python -m ahamask_lightning.reproduce qwen2audio --out $(RUNS)/qwen2audio
 
-reproduce-ablations: tiny-data ## lambda sweep, 3 seeds + intersection, progressive activation, instruction wording
-	$(BIN)/python -m ahamask_lightning.reproduce ablations --data $(DATA) --checkpoint $(TINY) --out $(RUNS)/ablations
+# Quick look (a few CPU minutes): make reproduce-ablations ABLATION_QUICK=1 (or ABLATION_STEPS=N, ABLATION_ARGS=...)
+ABLATION_QUICK ?=
+ABLATION_STEPS ?=
+ABLATION_ARGS ?=
+reproduce-ablations: tiny-data ## lambda sweep, 3 seeds + intersection, progressive activation, wording (ABLATION_QUICK=1: minutes)
+	$(BIN)/python -m ahamask_lightning.reproduce ablations --data $(DATA) --checkpoint $(TINY) --out $(RUNS)/ablations \
+		$(if $(ABLATION_QUICK),--quick) $(if $(ABLATION_STEPS),--steps $(ABLATION_STEPS)) $(ABLATION_ARGS)
 
-figures: install ## every PNG from the runs' summary files
+figures: install ## every PNG from the runs' summary.json files, into $(RUNS)/figures
 	$(BIN)/python -m ahamask_lightning.reproduce figures --runs $(RUNS) --out $(RUNS)/figures
 
 bench-smoke: install ## every benchmark in its tiny CPU mode

@@ -105,11 +105,117 @@ def test_studies_and_figures_from_their_summaries(tmp_path):
     assert {row["condition"] for row in ood["rows"]} == {"with instruction", "AHAMask"}
     assert ["--data.init_args.test", "[data/voxceleb/manifests/test/gr.jsonl]"] == r.calls[-1][1][-2:]
 
+    moved = ab.transfer(r, "gr", Path(base["mask"]), tmp_path / "transfer", "gr: instruct mask on base")
+    assert moved["metric"] == 100.0 * base["active"] / 48 and r.calls[-1][1][:2] == ["none", "True"]
+    for study in (base, lam, seeds, prog, prompts, ood, moved):  # every summary names the code that made it
+        assert study["git_revision"] and {"python", "torch", "lightning"} <= set(study["versions"])
+
     written = figures.draw_all([tmp_path], tmp_path / "figs")
-    names = {p.name for p in written}
-    assert {"fig5_lambda_gr.png", "fig4_progressive_gr.png", "fig2_prompts.png", "seeds_jaccard_gr.png",
-            "layer_profile_6x8.png"} <= names
+    names = [p.name for p in written]
+    assert sorted(names) == sorted(["conditions_gr.png", "fig5_lambda_gr.png", "layer_profile_lambda_gr.png",
+                                    "seeds_jaccard_gr.png", "fig4_progressive_gr.png", "fig2_prompts.png",
+                                    "ood_gr.png", "transfer.png", "layer_profile_6x8.png"])
     assert all(is_png(p) for p in written)
+    assert figures.draw_all([tmp_path / "prompts"], tmp_path / "few") == [tmp_path / "few" / "fig2_prompts.png"]
+
+
+def test_grouped_bars_and_layer_profile_skip_nothing(tmp_path, monkeypatch):
+    """What the figures draw: one bar per (group, series) with a value, one line per mask, every axis
+    labelled with its unit."""
+    import matplotlib.pyplot as plt
+
+    seen = {}
+    monkeypatch.setattr(plt.Figure, "savefig", lambda fig, path, **kw: seen.setdefault(Path(path).name, fig))
+    figures.grouped_bars({"in-domain": {"with instruction": 90.0, "AHAMask": 95.0},
+                          "out-of-domain": {"with instruction": 70.0, "AHAMask": None}},
+                         str(tmp_path / "bars.png"), figures.metric_label("acc"), "title", "test set")
+    ax = seen["bars.png"].axes[0]
+    heights = sorted(round(b.get_height(), 1) for b in ax.patches)
+    assert heights == [70.0, 90.0, 95.0]  # the missing value is no bar, not a zero bar
+    assert ax.get_ylabel() == "accuracy (%)" and ax.get_xlabel() == "test set"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["with instruction", "AHAMask"]
+    masks = {"a": torch.tensor([[1.0, 1, 0, 0], [1, 1, 1, 1]]), "b": torch.zeros(2, 4)}
+    figures.layer_profile(masks, str(tmp_path / "lp.png"))
+    ax = seen["lp.png"].axes[0]
+    assert [list(line.get_ydata()) for line in ax.get_lines()] == [[50.0, 100.0], [0.0, 0.0]]
+    assert ax.get_ylabel() == "heads active (% of 4)"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a (6/8)", "b (0/8)"]
+    figures.metric_vs_share([{"share": 0.0, "metric": 0.0}, {"share": 1.0, "metric": 80.0}], str(tmp_path / "p.png"),
+                            "wer", {"AHAMask": 10.0}, own_share=0.25)
+    ax = seen["p.png"].axes[0]
+    assert ax.get_ylabel() == "WER (%, lower is better)" and list(ax.get_lines()[0].get_xdata()) == [0.0, 100.0]
+    assert ax.collections[0].get_offsets().tolist() == [[25.0, 10.0]]  # the learned mask's own point
+
+
+def test_report_collects_runs_below_a_directory(tmp_path, capsys):
+    from ahamask_lightning.cli.main import main as ahamask
+    from ahamask_lightning.results import write_results
+
+    runs = {"study/test/with_instruction": {"use_mask": False, "prompt": "task"},
+            "study/test/AHAMask": {"use_mask": True, "prompt": "none", "mask": "m.safetensors", "active_heads": 30},
+            "study/prompts/variant_2": {"use_mask": False, "prompt": "variant:2"}}
+    for i, (d, run) in enumerate(runs.items()):
+        write_results(tmp_path / d, {"test/gr/acc": 50.0 + i}, [], run)
+    assert ahamask(["report", str(tmp_path / "study"), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    by_run = {Path(r["run"]).relative_to(tmp_path).as_posix(): r for r in rows}
+    assert set(by_run) == set(runs)
+    assert by_run["study/test/AHAMask"]["condition"] == "AHAMask" and by_run["study/test/AHAMask"]["active_heads"] == "30"
+    assert by_run["study/prompts/variant_2"]["condition"] == "with instruction (variant:2)"
+    assert by_run["study/test/with_instruction"]["gr/acc"] == "50.0"
+    assert all(r["git"] for r in rows)  # the revision of each result
+    assert ahamask(["report", str(tmp_path / "study" / "test" / "AHAMask")]) == 0
+    assert "| AHAMask | 30 | 51.00 |" in capsys.readouterr().out
+    assert ahamask(["report", str(tmp_path / "nothing_here")]) != 0
+
+
+def test_quick_ablations_and_the_makefile_line(in_repo):
+    args = reproduce.parser().parse_args(["ablations", "--out", "x", "--quick", "--set", "model.init_args.lr", "0.05"])
+    reproduce.apply_quick(args)
+    assert (args.steps, args.test_batches) == (120, 2)
+    assert sorted(map(tuple, args.set)) == [("model.init_args.lr", "0.05"), ("model.init_args.warmup_steps", "10")]
+    full = reproduce.parser().parse_args(["ablations", "--out", "x"])
+    assert full.steps is None and full.set is None  # the YAML's own schedule
+    assert full.fractions[0] == 0.0 and full.fractions[-1] == 1.0 and len(full.fractions) == 11
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    line = subprocess.run(["make", "-n", "reproduce-ablations", "ABLATION_QUICK=1", "ABLATION_STEPS=7",
+                           "ABLATION_ARGS=--only lambda"], capture_output=True, text=True, check=True).stdout
+    cmd = " ".join(line.replace("\\\n", " ").split())
+    assert "-m ahamask_lightning.reproduce ablations" in cmd and "--quick --steps 7 --only lambda" in cmd
+
+
+def test_reproduce_ablations_end_to_end(synth_corpus, tmp_path, in_repo):
+    """Every study through the real CLI on a random TinyLALM, as small as it goes: the wiring of
+    lambda, seeds, intersection, progressive activation, wordings and the figures."""
+    from ahamask_lightning.models.tiny_lalm import random_tiny_lalm
+
+    random_tiny_lalm(["Male Female the quick brown fox"]).save(tmp_path / "ckpt")
+    out = tmp_path / "abl"
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    assert reproduce.main(["ablations", "--data", str(synth_corpus), "--checkpoint", str(tmp_path / "ckpt"),
+                           "--out", str(out), "--quick", "--steps", "2", "--test-batches", "1",
+                           "--lambdas", "0,0.5", "--seeds", "0,1", "--fractions", "0,1", "--variants", "2",
+                           "--set", "data.init_args.batch_size", "4",
+                           "--set", "model.init_args.generation", "{max_new_tokens: 3}"]) == 0
+    summaries = {p.parent.name: json.loads(p.read_text()) for p in out.rglob("summary.json")}
+    assert set(summaries) == {"conditions", "lambda", "seeds", "progressive", "prompts"}
+    lam = summaries["lambda"]["rows"]
+    assert [r["lambda"] for r in lam] == [0.0, 0.5] and lam[0]["mask"] == summaries["conditions"]["mask"]
+    trained = json.loads((out / "lambda/lambda_0.5/fit/fit_record.json").read_text())
+    assert "--model.init_args.sparsity_lambda" in trained["overrides"] and trained["git_revision"]
+    assert float(load_mask(out / "lambda/lambda_0.5/fit/mask.safetensors").metadata["lambda"]) == 0.5
+    cond = summaries["conditions"]
+    assert [r["active"] for r in summaries["progressive"]["rows"]] == [0, cond["total"]]
+    assert len(summaries["prompts"]["rows"]) == 2
+    inter = load_mask(summaries["seeds"]["intersection"]["mask"]).mask
+    assert all(bool((inter <= load_mask(r["mask"]).mask).all()) for r in summaries["seeds"]["rows"])
+    pngs = {p.name for p in (out / "figures").glob("*.png")}
+    assert {"conditions_gr.png", "fig5_lambda_gr.png", "fig4_progressive_gr.png", "seeds_jaccard_gr.png",
+            "fig2_prompts.png", f"layer_profile_{cond['shape'][0]}x{cond['shape'][1]}.png"} <= pngs
 
 
 def test_table_rows():
@@ -191,3 +297,5 @@ def test_reproduce_tiny_end_to_end(synth_corpus, tmp_path, in_repo):
     assert all(0.0 <= float(r["gr/acc"]) <= 100.0 for r in rows)
     assert "| AHAMask |" in (out / "table.md").read_text()
     assert is_png(out / "jaccard.png")
+    record = json.loads((out / "gr/fit/fit_record.json").read_text())  # the fit is stamped too
+    assert record["mask"] == str(out / "gr/fit/mask.safetensors") and record["git_revision"] and record["versions"]

@@ -44,6 +44,9 @@ PAPER_QWEN = {"gr_test-clean/acc": (91.03, None, None, 94.43), "asv/acc": (49.24
 OFFICIAL = {"asr": "asr_librispeech", "gr": "gender_librispeech", "ser": "emotion_iemocap", "asv": "asv_voxceleb1",
             "aac": "aac_audiocaps", "s2tt": "s2tt_covost2", "osr": "osr_libri2mix", "gr_asr": "gender_asr_librispeech",
             "asr_gr": "asr_gender_librispeech", "json": "asr_gender_json_librispeech"}
+# `reproduce ablations --quick`, as the flags it stands for.
+QUICK_ABLATIONS = ("--steps", "120", "--test-batches", "2", "--set", "model.init_args.lr", "0.1",
+                   "--set", "model.init_args.warmup_steps", "10")
 QWEN_ENV = {"instruct": "AHAMASK_QWEN2AUDIO_INSTRUCT", "base": "AHAMASK_QWEN2AUDIO_BASE"}
 
 
@@ -315,13 +318,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--base", help=f"Qwen2-Audio-7B directory (${QWEN_ENV['base']})")
     s.add_argument("--masks", help="directory of <task>_<variant>.safetensors to test instead of training")
     s.add_argument("--no-transfer", dest="transfer", action="store_false")
-    s = add("ablations", (), 300, 4)
+    s = add("ablations", (), None, None)  # steps: the YAML's; test batches: 4 (--quick: 2)
+    s.add_argument("--quick", action="store_true",
+                   help=f"a few-minute CPU check of every study: {' '.join(QUICK_ABLATIONS)} (explicit flags win)")
     s.add_argument("--family", default="tiny", help="tiny | salmonn | qwen2audio_instruct | qwen2audio_base")
     s.add_argument("--task", default="gr")
     s.add_argument("--only", type=_csv(str), default=["lambda", "seeds", "progressive", "prompts", "ood"])
     s.add_argument("--lambdas", type=_csv(float), help="default: 0,1e-3,1e-2,5e-2 (tiny), 0,1e-5,1e-4,1e-3 (paper)")
     s.add_argument("--seeds", type=_csv(int), default=[0, 1, 2])
-    s.add_argument("--fractions", type=_csv(float), default=[0.1 * i for i in range(1, 11)])
+    s.add_argument("--fractions", type=_csv(float), default=[round(0.1 * i, 1) for i in range(11)],
+                   help="shares of heads switched on, by learned logit (default: 0,0.1,...,1)")
     s.add_argument("--variants", type=int, help="instruction wordings to test (default: all)")
     s.add_argument("--data", type=Path, default=Path("data/synth"))
     s.add_argument("--checkpoint", default="checkpoints/tiny_lalm")
@@ -332,8 +338,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def apply_quick(args: argparse.Namespace) -> None:
+    """``ablations --quick``: fewer steps and test batches, and the learning-rate warm-up compressed
+    with them -- under the YAML's schedule (1e-2 after 100 warm-up steps) no logit can fall from its
+    initial 4.0 below 0 in ~100 steps, so every mask would keep every head and no study would show
+    anything. Flags given explicitly (``--steps``, ``--test-batches``, ``--set``) win."""
+    given = {key for key, _ in args.set or []}
+    args.steps = args.steps or int(QUICK_ABLATIONS[1])
+    args.test_batches = args.test_batches or int(QUICK_ABLATIONS[3])
+    sets = [(QUICK_ABLATIONS[i + 1].removeprefix("--"), QUICK_ABLATIONS[i + 2]) for i in (4, 7)]
+    args.set = [(k, v) for k, v in sets if k not in given] + list(args.set or [])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.cmd == "ablations":
+        if args.quick:
+            apply_quick(args)
+        args.test_batches = args.test_batches or 4
     if args.cmd == "ablations" and args.lambdas is None:
         args.lambdas = [0.0, 1e-3, 1e-2, 5e-2] if args.family == "tiny" else [0.0, 1e-5, 1e-4, 1e-3]
     commands = {"tiny": cmd_tiny, "table1": cmd_table1, "qwen2audio": cmd_qwen2audio, "ablations": cmd_ablations,

@@ -47,7 +47,12 @@ class Runner:
     test_extra: list[str] = field(default_factory=list)
 
     def fit(self, out: Path, extra: list[str] = ()) -> Path:
-        return fit_mask(self.config, out, [*self.common, *self.fit_extra, *extra])
+        overrides = [*self.common, *self.fit_extra, *extra]
+        mask = fit_mask(self.config, out, overrides)
+        write_record(Path(mask).parent / "fit_record.json", {"kind": "fit", "config": self.config,
+                                                             "overrides": overrides, "mask": str(mask),
+                                                             "active": load_mask(mask).active()})
+        return mask
 
     def test(self, cond: Condition, out: Path, extra: list[str] = ()) -> dict:
         return test_condition(self.config, cond, out, [*self.common, *self.test_extra, *extra])
@@ -95,10 +100,24 @@ def seed_args(seed: int) -> list[str]:
     return ["--seed_everything", str(seed), "--model.init_args.seed", str(seed), "--data.init_args.seed", str(seed)]
 
 
-def write_summary(out: Path, record: dict) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(record, indent=1))
+def write_record(path: Path, record: dict) -> dict:
+    """A JSON record stamped like every ``test_metrics.json``: git revision, package versions and
+    date, so a number or a figure can be traced to the code that made it."""
+    from datetime import datetime, timezone
+
+    from ..masking.io import git_revision
+    from ..results import package_versions
+
+    record = {**record, "git_revision": git_revision(), "versions": package_versions(),
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1))
     return record
+
+
+def write_summary(out: Path, record: dict) -> dict:
+    """``summary.json`` of one study (``"kind"`` says which), stamped by ``write_record``."""
+    return write_record(out / "summary.json", record)
 
 
 def four_conditions(runner: Runner, task: str, out: Path, mask: Path | None = None, seed: int = 0,

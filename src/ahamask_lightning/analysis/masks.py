@@ -51,6 +51,6 @@ def progressive_masks(logits: torch.Tensor, fractions: list[float]) -> list[torc
     out = []
     for f in fractions:
         flat = torch.zeros(logits.numel())
-        flat[order[: int(round(f * logits.numel()))]] = 1.0
+        flat[order[: round(f * logits.numel())]] = 1.0
         out.append(flat.view(logits.shape))
     return out

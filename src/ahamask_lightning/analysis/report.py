@@ -1,4 +1,9 @@
-"""Tables from test results: one row per run directory, one column per ``test/<task>/<metric>``."""
+"""Tables from test results: one row per test run, one column per ``test/<task>/<metric>``.
+
+A RUN_DIR is a directory holding ``test_metrics.json`` (what ``ahamask test`` writes with
+``--model.init_args.results_dir``), the file itself, or a directory above several of them (e.g. a
+whole ``reproduce ablations`` output): then every ``test_metrics.json`` below it is one row.
+Each row also names the git revision that produced it."""
 from __future__ import annotations
 
 import csv
@@ -11,28 +16,45 @@ from ..results import read_results
 def condition(run: dict) -> str:
     """The paper's row names: with instruction / no instruction / random mask / AHAMask."""
     if not run.get("use_mask", True):
-        return "with instruction" if run.get("prompt") != "none" else "no instruction"
+        prompt = run.get("prompt")
+        if prompt == "none":
+            return "no instruction"
+        return "with instruction" if prompt in (None, "task") else f"with instruction ({prompt})"
     mask = str(run.get("mask") or "")
     if "random" in Path(mask).name:
         return "random mask"
     return "AHAMask" if run.get("prompt") == "none" else f"AHAMask + {run.get('prompt')}"
 
 
-def collect(run_dirs: list[str]) -> tuple[list[str], list[dict]]:
-    rows, columns = [], []
+def result_files(run_dirs: list[str]) -> list[Path]:
+    """The ``test_metrics.json`` files that ``run_dirs`` name or hold (in order, each once)."""
+    found: list[Path] = []
     for d in run_dirs:
         path = Path(d)
-        if not (path / "test_metrics.json").is_file() and not path.is_file():
+        if path.is_file():
+            found.append(path)
+        elif (path / "test_metrics.json").is_file():
+            found.append(path / "test_metrics.json")
+        elif path.is_dir() and (below := sorted(path.rglob("test_metrics.json"))):
+            found += below
+        else:
             raise FileNotFoundError(f"{d}: no test_metrics.json (run `ahamask test` with results_dir there)")
+    return list(dict.fromkeys(found))
+
+
+def collect(run_dirs: list[str]) -> tuple[list[str], list[dict]]:
+    rows, columns = [], []
+    for path in result_files(run_dirs):
         rec = read_results(path)
-        row = {"run": str(d), "condition": condition(rec["run"]), "active_heads": rec["run"].get("active_heads")}
+        row = {"run": str(path.parent), "condition": condition(rec["run"]),
+               "active_heads": rec["run"].get("active_heads"), "git": rec.get("git_revision")}
         for key, value in rec["metrics"].items():
             col = key.removeprefix("test/")
             row[col] = value
             if col not in columns:
                 columns.append(col)
         rows.append(row)
-    return ["run", "condition", "active_heads"] + sorted(columns), rows
+    return ["run", "condition", "active_heads"] + sorted(columns) + ["git"], rows
 
 
 def _fmt(v) -> str:
