@@ -279,5 +279,5 @@ class RunReport(L.Callback):
             return
         try:
             self._write(trainer, pl_module, "stopped", say=False)
-        except Exception:  # noqa: BLE001 - the report must never hide the error that stopped the fit
-            pass
+        except Exception as exc:  # noqa: BLE001 - the report must never hide the error that stopped the fit
+            print(f"ahamask: (fit report not written: {exc})", file=sys.stderr)

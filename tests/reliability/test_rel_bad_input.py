@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import Run, ahamask_lines, fit_command, load_ckpt, mask_logits, write_config, write_wavs
 
 from ahamask_lightning.cli.main import main as ahamask
 from ahamask_lightning.data.manifest import REASONS
-from conftest import Run, ahamask_lines, fit_command, load_ckpt, mask_logits, write_config, write_wavs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from test_data_bad_input import EXPECTED, build  # noqa: E402 - the data layer's own bad cases
+from test_data_bad_input import EXPECTED, build
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_fit_over_bad_input_finishes_and_reports(mixed_manifest, tmp_path):
         counts[e["reason"]] = counts.get(e["reason"], 0) + 1
     assert counts == expected
     # a skipped step leaves the mask as it was; the next finite step moves it again
-    step = lambda n: mask_logits(root / "checkpoints" / f"mask-step{n}.safetensors")  # noqa: E731
+    step = lambda n: mask_logits(root / "checkpoints" / f"mask-step{n}.safetensors")
     assert torch.equal(step(3), step(2)) and torch.equal(step(4), step(3))
     assert not torch.equal(step(5), step(4)) and not torch.equal(step(2), step(1))
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, load_ckpt
 from safetensors import safe_open
 
 from ahamask_lightning.cli.main import main as ahamask
-from conftest import REPO, load_ckpt
 
 
 def _tensors(obj) -> list[torch.Tensor]:

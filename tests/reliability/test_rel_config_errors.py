@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import REPO
 
 from ahamask_lightning.cli.main import main as ahamask
-from conftest import REPO
 
 
 @pytest.fixture

@@ -9,11 +9,9 @@ step 11, crosses the epoch boundary at step 12 and ends at 15.
 from __future__ import annotations
 
 import signal
-from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import Run, ahamask_lines, fit_command, load_ckpt, mask_logits, write_config
 
 
