@@ -63,6 +63,7 @@ def test_primary_metric(name: str, primary: str, higher: bool) -> None:
     ("Male. Definitely not female.", "Male"),  # first clause decides
     ("Female Male", None), ("male or female", None), ("I don't know", None), ("", None),
     ("Malefactor", None), ("females", None),  # whole words only
+    ("Male|the dog runs", None), ('{"ASR": "the dog runs", "GR": "Male"}', None),  # composite answers
 ])
 def test_gr_parse(text: str, expected: str | None) -> None:
     assert get_task("gr").parse(text) == expected

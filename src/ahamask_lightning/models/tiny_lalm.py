@@ -104,7 +104,8 @@ class AudioEncoder(nn.Module):
             n = (n - 1) // 2 + 1
         return n // stack
 
-    def forward(self, feats: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, feats: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-mel [B, T, n_mels] -> encoder states [B, T/4, d] and their lengths (before stacking)."""
         x = self.conv(feats.transpose(1, 2)).transpose(1, 2)  # [B, T/4, d]
         t = x.shape[1]
         x = x + self.pos[:t].to(x.dtype)
@@ -112,10 +113,16 @@ class AudioEncoder(nn.Module):
         for _ in range(2):
             enc_lens = (enc_lens - 1) // 2 + 1
         pad = torch.arange(t, device=x.device)[None] >= enc_lens[:, None]
-        x = self.norm(self.encoder(x, src_key_padding_mask=pad))
-        t2 = t // self.stack
+        return self.norm(self.encoder(x, src_key_padding_mask=pad)), enc_lens
+
+    def project(self, x: torch.Tensor, enc_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder states -> LLM-width audio tokens (frames stacked ``stack`` at a time)."""
+        t2 = x.shape[1] // self.stack
         x = x[:, : t2 * self.stack].reshape(x.shape[0], t2, -1)
         return self.proj(x), enc_lens // self.stack
+
+    def forward(self, feats: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.project(*self.encode(feats, lens))
 
 
 class TinyLALM(LALMAdapter):
@@ -190,12 +197,15 @@ class TinyLALM(LALMAdapter):
                                       tok.bos_token_id, tok.eos_token_id, tok.pad_token_id))
         return batch
 
-    def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        audio, audio_lens = self.audio_encoder(batch["features"], batch["feature_lens"])
+    def _inputs(self, batch: dict[str, torch.Tensor], audio: tuple[torch.Tensor, torch.Tensor] | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        audio, audio_lens = audio or self.audio_encoder(batch["features"], batch["feature_lens"])
         return splice_embeddings(self.llm.get_input_embeddings(), batch, audio, audio_lens)
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        embeds, mask, labels = self._inputs(batch)
+    def loss(self, batch: dict[str, torch.Tensor], audio: tuple[torch.Tensor, torch.Tensor] | None = None,
+             ) -> torch.Tensor:
+        """Cross-entropy on the targets; ``audio`` = precomputed (audio tokens, lengths), e.g. in pretraining."""
+        embeds, mask, labels = self._inputs(batch, audio)
         out = self.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
         return causal_lm_loss(out.logits, labels)
 
