@@ -115,8 +115,8 @@ class TinyLALMPretrain(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         enc = self.adapter.audio_encoder
-        hidden, lens = enc.encode(batch["features"], batch["feature_lens"])
-        loss = self.adapter.loss(batch, audio=enc.project(hidden, lens))
+        hidden, conv, lens = enc.encode(batch["features"], batch["feature_lens"])
+        loss = self.adapter.loss(batch, audio=enc.project(hidden, conv, lens))
         n = len(batch["ids"])
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         if self.ctc_head is not None:

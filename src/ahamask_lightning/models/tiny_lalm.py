@@ -36,6 +36,9 @@ class TinyLALMConfig:
     enc_layers: int = 2
     enc_heads: int = 4
     stack: int = 2
+    # The projector also reads the convolution features (before the transformer): a path for
+    # speaker cues (pitch, timbre) that the encoder's CTC training tends to normalise away.
+    skip: bool = False
     llm: dict = field(default_factory=lambda: dict(
         hidden_size=256, intermediate_size=672, num_hidden_layers=6, num_attention_heads=8,
         num_key_value_heads=8, max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=True,
@@ -87,8 +90,8 @@ class AudioEncoder(nn.Module):
         layer = nn.TransformerEncoderLayer(d, cfg.enc_heads, 4 * d, dropout=0.0, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, cfg.enc_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
-        self.stack = cfg.stack
-        self.proj = nn.Sequential(nn.Linear(d * cfg.stack, llm_hidden), nn.GELU(), nn.Linear(llm_hidden, llm_hidden))
+        self.stack, self.skip = cfg.stack, cfg.skip
+        self.proj = nn.Sequential(nn.Linear(d * cfg.stack * (2 if cfg.skip else 1), llm_hidden), nn.GELU(), nn.Linear(llm_hidden, llm_hidden))
         self.register_buffer("pos", self._sinusoids(4096, d), persistent=False)
 
     @staticmethod
@@ -104,19 +107,21 @@ class AudioEncoder(nn.Module):
             n = (n - 1) // 2 + 1
         return n // stack
 
-    def encode(self, feats: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-mel [B, T, n_mels] -> encoder states [B, T/4, d] and their lengths (before stacking)."""
-        x = self.conv(feats.transpose(1, 2)).transpose(1, 2)  # [B, T/4, d]
-        t = x.shape[1]
-        x = x + self.pos[:t].to(x.dtype)
+    def encode(self, feats: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log-mel [B, T, n_mels] -> (encoder states, convolution features) [B, T/4, d], lengths."""
+        conv = self.conv(feats.transpose(1, 2)).transpose(1, 2)  # [B, T/4, d]
+        t = conv.shape[1]
         enc_lens = lens
         for _ in range(2):
             enc_lens = (enc_lens - 1) // 2 + 1
-        pad = torch.arange(t, device=x.device)[None] >= enc_lens[:, None]
-        return self.norm(self.encoder(x, src_key_padding_mask=pad)), enc_lens
+        pad = torch.arange(t, device=conv.device)[None] >= enc_lens[:, None]
+        x = self.norm(self.encoder(conv + self.pos[:t].to(conv.dtype), src_key_padding_mask=pad))
+        return x, conv, enc_lens
 
-    def project(self, x: torch.Tensor, enc_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoder states -> LLM-width audio tokens (frames stacked ``stack`` at a time)."""
+    def project(self, x: torch.Tensor, conv: torch.Tensor, enc_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder states (+ convolution features) -> LLM-width audio tokens, ``stack`` frames each."""
+        if self.skip:
+            x = torch.cat([x, conv], dim=-1)
         t2 = x.shape[1] // self.stack
         x = x[:, : t2 * self.stack].reshape(x.shape[0], t2, -1)
         return self.proj(x), enc_lens // self.stack
