@@ -299,3 +299,33 @@ def test_reproduce_tiny_end_to_end(synth_corpus, tmp_path, in_repo):
     assert is_png(out / "jaccard.png")
     record = json.loads((out / "gr/fit/fit_record.json").read_text())  # the fit is stamped too
     assert record["mask"] == str(out / "gr/fit/mask.safetensors") and record["git_revision"] and record["versions"]
+
+
+def test_qwen2audio_transfer_runs_each_mask_on_the_other_variant(tmp_path, in_repo, monkeypatch):
+    """Instruct -> Base and Base -> Instruct: each learned mask is tested with the other variant's
+    YAML and weights (the paper: Qwen2-Audio masks do not transfer)."""
+    weights = {v: tmp_path / v for v in ("instruct", "base")}
+    for d in weights.values():
+        d.mkdir()
+    monkeypatch.setattr(reproduce, "manifests_of", lambda config, stages: [])
+    trained, moved = [], []
+
+    def four_conditions(runner, task, out, mask=None):
+        trained.append((runner.config, runner.common[-1], task))
+        return {"task": task, "mask": str(out / "fit/mask.safetensors"), "conditions": {}}
+
+    def transfer(target, task, mask, out, label):
+        moved.append((target.config, target.common[-1], task, mask.parent.parent.name, label))
+        return {"label": label, "metric": 1.0}
+
+    monkeypatch.setattr(reproduce.ab, "four_conditions", four_conditions)
+    monkeypatch.setattr(reproduce.ab, "transfer", transfer)
+    monkeypatch.setattr(reproduce, "write_table", lambda out, summaries, paper=None: "")
+    assert reproduce.main(["qwen2audio", "--out", str(tmp_path / "out"), "--instruct", str(weights["instruct"]),
+                           "--base", str(weights["base"])]) == 0
+    assert trained == [("experiments/gr_qwen2audio_instruct.yaml", str(weights["instruct"]), "gr"),
+                       ("experiments/asv_qwen2audio_base.yaml", str(weights["base"]), "asv")]
+    assert moved == [("experiments/gr_qwen2audio_base.yaml", str(weights["base"]), "gr", "gr_instruct",
+                      "gr: instruct mask on base"),
+                     ("experiments/asv_qwen2audio_instruct.yaml", str(weights["instruct"]), "asv", "asv_base",
+                      "asv: base mask on instruct")]
