@@ -155,3 +155,28 @@ class TinyLALMPretrain(L.LightningModule):
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero:
             self.adapter.save(Path(self.hparams.out_dir))
+
+
+def export_checkpoint(ckpt: str, out_dir: str) -> Path:
+    """Write the TinyLALM checkpoint directory from a pretraining Lightning checkpoint.
+
+    For a run that was stopped before ``on_fit_end`` wrote ``out_dir`` (the tokenizer is rebuilt
+    from the same manifests, deterministically, so the manifests must be present).
+    """
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    hparams = {k: v for k, v in state["hyper_parameters"].items() if not k.startswith("_")}
+    module = TinyLALMPretrain(**hparams)
+    module.load_state_dict(state["state_dict"])
+    module.adapter.save(Path(out_dir))
+    return Path(out_dir)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m ahamask_lightning.pretrain",
+                                     description="export a TinyLALM checkpoint from a pretraining .ckpt")
+    parser.add_argument("ckpt")
+    parser.add_argument("out_dir")
+    a = parser.parse_args()
+    print(export_checkpoint(a.ckpt, a.out_dir))
