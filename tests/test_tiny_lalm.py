@@ -1,16 +1,17 @@
 """TinyLALM: checkpoint round trip, prompt format, batched generation equals one-by-one."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ahamask_lightning.models.splice import render_prompt
 from ahamask_lightning.models.tiny_lalm import PROMPT_TEMPLATE, TinyLALM, random_tiny_lalm
 
 
-def _model() -> TinyLALM:
+def _model(skip: bool = False) -> TinyLALM:
     torch.manual_seed(0)
     m = random_tiny_lalm(["the cat sat on the mat", "a dog ran far away", "male female"], layers=2, heads=4,
-                         hidden=32)
+                         hidden=32, skip=skip)
     for p in m.llm.parameters():  # larger weights so outputs depend on the inputs
         p.data.normal_(0, 0.3)
     return m.freeze()
@@ -21,8 +22,9 @@ def test_prompt_keeps_salmonn_spacing_without_instruction():
     assert render_prompt(PROMPT_TEMPLATE, "Transcribe.")[1] == "</Speech> Transcribe.\nASSISTANT:"
 
 
-def test_checkpoint_round_trip(tmp_path):
-    m = _model()
+@pytest.mark.parametrize("skip", [False, True])
+def test_checkpoint_round_trip(tmp_path, skip):
+    m = _model(skip)
     m.save(tmp_path / "ck")
     loaded = TinyLALM(str(tmp_path / "ck")).freeze()
     audio = [torch.randn(12000) * 0.1]
@@ -63,3 +65,39 @@ def test_loss_only_on_target_tokens():
         assert int((labels[i] != -100).sum()) == n_target
         assert labels[i][labels[i] != -100].tolist() == batch["target_ids"][i, :n_target].tolist()
         assert int(mask[i].sum()) > n_target
+
+
+def test_skip_path_feeds_the_convolution_features_to_the_projector():
+    m = _model(skip=True)
+    assert m.audio_encoder.proj[0].in_features == 2 * 32 * m.config.stack
+    feats = torch.randn(1, 40, m.config.n_mels)
+    lens = torch.tensor([40])
+    x, conv, enc_lens = m.audio_encoder.encode(feats, lens)
+    with torch.no_grad():
+        a, _ = m.audio_encoder.project(x, conv, enc_lens)
+        b, _ = m.audio_encoder.project(x, conv + 1.0, enc_lens)
+    assert not torch.allclose(a, b)  # the projector reads the convolution features directly
+
+
+def test_pretraining_ctc_targets_cover_every_speech_task(tmp_path):
+    import json
+
+    from ahamask_lightning.pretrain import PretrainCollate, TinyLALMPretrain
+
+    lines = [{"id": f"{t}-u1", "audio": "a.wav", "task": t, "text": y, "meta": {"utt": "u1"}}
+             for t, y in [("asr", "the cat sat"), ("gr", "Male"), ("src", "slow")]]
+    manifest = tmp_path / "asr.jsonl"
+    manifest.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    module = TinyLALMPretrain([str(manifest)], vocab_size=120, ctc_weight=0.5, config=dict(
+        enc_dim=32, enc_layers=1, enc_heads=2, skip=True, llm=dict(hidden_size=32, intermediate_size=64,
+        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)))
+    assert module.transcripts == {"u1": "the cat sat"}
+    collate = PretrainCollate(module.adapter, "random", 0)
+    samples = [{**x, "audio": torch.randn(16000) * 0.1} for x in lines]
+    batch = collate(samples)
+    assert batch["utts"] == ["u1", "u1", "u1"]
+    enc = module.adapter.audio_encoder
+    hidden, _, lens = enc.encode(batch["features"], batch["feature_lens"])
+    ctc = module.ctc_loss(hidden, lens, batch["utts"])
+    assert ctc is not None and torch.isfinite(ctc) and ctc > 0
+    assert module.ctc_loss(hidden, lens, [None, ["u1", "u1"], None]) is None  # ASV pairs carry no transcript

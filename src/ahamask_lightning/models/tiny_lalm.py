@@ -227,10 +227,10 @@ class TinyLALM(LALMAdapter):
 
 
 def random_tiny_lalm(texts: Sequence[str] = ("hello world",), layers: int = 2, heads: int = 4,
-                     hidden: int = 32, attn_implementation: str = "sdpa") -> TinyLALM:
+                     hidden: int = 32, attn_implementation: str = "sdpa", skip: bool = False) -> TinyLALM:
     """A small random TinyLALM for tests (no checkpoint)."""
     tok = build_tokenizer(list(texts) + [PROMPT_TEMPLATE], vocab_size=200)
-    cfg = TinyLALMConfig(enc_dim=32, enc_layers=1, enc_heads=2, llm=dict(
+    cfg = TinyLALMConfig(enc_dim=32, enc_layers=1, enc_heads=2, skip=skip, llm=dict(
         hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=heads,
         num_key_value_heads=heads, max_position_embeddings=512, tie_word_embeddings=True))
     return TinyLALM(checkpoint=None, config=cfg, tokenizer=tok, attn_implementation=attn_implementation)
