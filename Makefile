@@ -24,7 +24,7 @@ test: install ## run the test suite
 	$(BIN)/python -m pytest tests -p no:cacheprovider --timeout 900
 
 $(DATA)/summary.json:
-	$(BIN)/ahamask data synth --out $(DATA) --n 3000 --seed 0
+	$(BIN)/ahamask data synth --out $(DATA) --n 6000 --seed 0
 
 tiny-data: install $(DATA)/summary.json ## synthesise the SynthSpeech corpus (espeak-ng + sox)
 

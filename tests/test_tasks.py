@@ -63,10 +63,26 @@ def test_primary_metric(name: str, primary: str, higher: bool) -> None:
     ("Male. Definitely not female.", "Male"),  # first clause decides
     ("Female Male", None), ("male or female", None), ("I don't know", None), ("", None),
     ("Malefactor", None), ("females", None),  # whole words only
-    ("Male|the dog runs", None), ('{"ASR": "the dog runs", "GR": "Male"}', None),  # composite answers
+    ("Male|the dog runs", "Male"),  # a GR|ASR-style answer: lenient parsing reads its first clause
 ])
 def test_gr_parse(text: str, expected: str | None) -> None:
     assert get_task("gr").parse(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Male", "Male"), (" female. ", "Female"), ("Male|the dog runs", None), ("The speaker is female", None),
+    ("Male Female", None), ('{"ASR": "a dog", "GR": "Male"}', None),
+])
+def test_gr_parse_strict(text: str, expected: str | None) -> None:
+    from ahamask_lightning.tasks.parsing import parse_label
+
+    assert parse_label(text, get_task("gr").vocab, strict=True) == expected
+
+
+def test_label_metric_reports_lenient_and_exact() -> None:
+    metric = get_task("gr").metric()
+    metric.update(["Male", "Female|a dog runs", "The speaker is male", "Male"], ["Male", "Female", "Male", "Female"])
+    assert metric.compute() == {"acc": 75.0, "acc_exact": 25.0}
 
 
 def test_other_label_parses() -> None:

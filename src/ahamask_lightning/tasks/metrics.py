@@ -177,7 +177,8 @@ class WordErrorRate(Metric):
 class LabelAccuracy(Metric):
     """Accuracy in percent; outputs go through ``parse_label`` and unparseable ones count wrong.
 
-    Targets must parse to a label (``ValueError`` otherwise: that is a data bug).
+    ``acc`` parses leniently (the label as the first clause or the only label named); ``acc_exact``
+    counts only bare-label answers (``parse_label(strict=True)``). Targets must parse to a label (``ValueError`` otherwise: that is a data bug).
     """
 
     full_state_update = False
@@ -187,6 +188,7 @@ class LabelAccuracy(Metric):
         super().__init__(**kwargs)
         self.vocab = dict(vocab)
         self.add_state("correct", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("exact", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, preds: Sequence[str], targets: Sequence[str]) -> None:
@@ -196,10 +198,11 @@ class LabelAccuracy(Metric):
             if gold is None:
                 raise ValueError(f"target {target!r} is not one of the labels {sorted(set(self.vocab.values()))}")
             self.correct += int(parse_label(pred, self.vocab) == gold)
+            self.exact += int(parse_label(pred, self.vocab, strict=True) == gold)
             self.total += 1
 
     def compute(self) -> dict[str, float]:
-        return {"acc": _pct(self.correct, self.total)}
+        return {"acc": _pct(self.correct, self.total), "acc_exact": _pct(self.exact, self.total)}
 
 
 class TranslationMetrics(TextStateMetric):

@@ -11,10 +11,11 @@ rules here are this project's documented choice (DESIGN.md section 3):
   (``"yes and no"``) is ambiguous and parses to ``None``, i.e. counts wrong.
   Negations are not understood (``"not male"`` parses as ``Male``); this
   matters only for free-form answers, never for masked models that emit the
-  bare label. An output in a composite format (it holds ``|``, or is a JSON
-  object) answers a composite task, not the label task, and parses to
-  ``None``: ``"Male|the dog runs"`` is a GR|ASR answer, so it does not count
-  as gender recognition (as a transcript does not, for SALMONN in the paper).
+  bare label. ``strict=True`` accepts only a bare label (one word, stray
+  punctuation allowed, no ``|``): ``"Male|the dog runs"`` (a GR|ASR-style
+  answer) parses to ``Male`` leniently and to ``None`` strictly. Label metrics
+  report both (``acc`` and ``acc_exact``), so an answer that carries the right
+  label in another task's format is visible as such.
 * ``|`` composites (:func:`split_bar`): exactly two non-empty parts after
   stripping whitespace, else ``None`` (the output did not follow the format).
 * JSON composite (:func:`parse_json_answer`): a JSON object (surrounding
@@ -51,10 +52,13 @@ def build_vocab(labels: Sequence[str], aliases: Mapping[str, str] | None = None)
     return vocab
 
 
-def parse_label(output: str, vocab: Mapping[str, str]) -> str | None:
+def parse_label(output: str, vocab: Mapping[str, str], strict: bool = False) -> str | None:
     """Canonical label for ``output`` under the rules in the module docstring, or ``None``."""
-    if not isinstance(output, str) or BAR in output or output.strip().startswith("{"):
+    if not isinstance(output, str):
         return None
+    if strict:
+        ws = words(output)
+        return vocab[ws[0]] if len(ws) == 1 and ws[0] in vocab and BAR not in output else None
     first_clause = words(_CLAUSE_END.split(output.strip(), maxsplit=1)[0])
     if len(first_clause) == 1 and first_clause[0] in vocab:
         return vocab[first_clause[0]]
