@@ -1,0 +1,55 @@
+"""The project's scientific regression test: a GR mask on the committed TinyLALM, without instruction.
+
+It runs the same commands as the measurement recorded in ``checkpoints/tiny_lalm/reference.json``
+(and in the model card): synthesise a small SynthSpeech corpus, train an AHAMask for gender
+recognition on instruction-free audio for a few CPU minutes, test it, and compare with the
+recorded accuracy within the recorded margin. A change that breaks the mask, the gate, the
+estimator, the schedules, the data or the checkpoint moves this number.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ahamask_lightning.experiment import Condition, fit_mask, test_condition
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = json.loads((REPO / "checkpoints" / "tiny_lalm" / "reference.json").read_text())["ci_gr_mask"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    if not (shutil.which("espeak-ng") and shutil.which("sox")):
+        pytest.skip("espeak-ng and sox are needed to synthesise speech")
+    from data_modules.synth import synthesize
+
+    out = tmp_path_factory.mktemp("synth_gr")
+    synthesize(out, n=REFERENCE["synth_n"], seed=REFERENCE["synth_seed"])
+    return out
+
+
+def test_gr_mask_without_instruction_matches_the_model_card(corpus: Path, tmp_path: Path, in_repo) -> None:
+    m = corpus / "manifests"
+    data = ["--data.init_args.train", f"[{m}/train/gr.jsonl]", "--data.init_args.val", f"[{m}/val/gr.jsonl]",
+            "--data.init_args.test", f"[{m}/test/gr.jsonl]", "--trainer.limit_val_batches", "1"]
+    mask = fit_mask("experiments/gr_tiny.yaml", tmp_path / "fit",
+                    data + ["--trainer.max_steps", str(REFERENCE["steps"])])
+    masked = test_condition("experiments/gr_tiny.yaml", Condition("AHAMask", "none", True, str(mask)),
+                            tmp_path / "masked", data)
+    bare = test_condition("experiments/gr_tiny.yaml", Condition("no instruction", "none", False),
+                          tmp_path / "bare", data)
+    acc, bare_acc = masked["metrics"]["test/gr/acc"], bare["metrics"]["test/gr/acc"]
+    exact = masked["metrics"]["test/gr/acc_exact"]
+    heads = masked["run"]["active_heads"]
+    print(f"GR without instruction: AHAMask {acc:.2f} % (bare label {exact:.2f} %, {heads} heads), "
+          f"no mask {bare_acc:.2f} %; reference {REFERENCE['acc']:.2f} / {REFERENCE['acc_exact']:.2f} "
+          f"+- {REFERENCE['margin']}")
+    assert abs(acc - REFERENCE["acc"]) <= REFERENCE["margin"]
+    assert abs(exact - REFERENCE["acc_exact"]) <= REFERENCE["margin"]
+    assert abs(bare_acc - REFERENCE["no_mask_acc"]) <= REFERENCE["margin"]
+    assert heads < 48  # the mask switched heads off
