@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ahamask_lightning.experiment import Condition, fit_mask, test_condition
+from ahamask_lightning import experiment
+from ahamask_lightning.experiment import Condition, fit_mask
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = json.loads((REPO / "checkpoints" / "tiny_lalm" / "reference.json").read_text())["ci_gr_mask"]
@@ -39,9 +40,9 @@ def test_gr_mask_without_instruction_matches_the_model_card(corpus: Path, tmp_pa
             "--data.init_args.test", f"[{m}/test/gr.jsonl]", "--trainer.limit_val_batches", "1"]
     mask = fit_mask("experiments/gr_tiny.yaml", tmp_path / "fit",
                     data + ["--trainer.max_steps", str(REFERENCE["steps"])])
-    masked = test_condition("experiments/gr_tiny.yaml", Condition("AHAMask", "none", True, str(mask)),
+    masked = experiment.test_condition("experiments/gr_tiny.yaml", Condition("AHAMask", "none", True, str(mask)),
                             tmp_path / "masked", data)
-    bare = test_condition("experiments/gr_tiny.yaml", Condition("no instruction", "none", False),
+    bare = experiment.test_condition("experiments/gr_tiny.yaml", Condition("no instruction", "none", False),
                           tmp_path / "bare", data)
     acc, bare_acc = masked["metrics"]["test/gr/acc"], bare["metrics"]["test/gr/acc"]
     exact = masked["metrics"]["test/gr/acc_exact"]
