@@ -52,12 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         res = test_condition(CONFIG, cond, out / "test" / cond.name.replace(" ", "_"),
                              common + ["--trainer.limit_test_batches", str(args.test_batches)])
         m = res["metrics"]
-        rows.append((cond.name, m.get("test/gr/acc"), m.get("test/gr_test_ood/acc"), res["run"].get("active_heads")))
-    print("\nGender recognition on TinyLALM (accuracy %, in-domain test / held-out voices):")
-    print(f"{'condition':<18} {'GR':>7} {'GR-OOD':>7} {'heads on':>9}")
-    for name, acc, ood, heads in rows:
+        rows.append((cond.name, m.get("test/gr/acc"), m.get("test/gr/acc_exact"), m.get("test/gr_test_ood/acc"),
+                     res["run"].get("active_heads")))
+    print("\nGender recognition on TinyLALM (accuracy %, in-domain test / held-out voices;")
+    print("'bare' counts only answers that are the label alone, not e.g. 'Male|<transcript>'):")
+    print(f"{'condition':<18} {'GR':>7} {'bare':>7} {'GR-OOD':>7} {'heads on':>9}")
+    for name, acc, exact, ood, heads in rows:
         f = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-        print(f"{name:<18} {f(acc):>7} {f(ood):>7} {('all' if heads is None else heads):>9}")
+        print(f"{name:<18} {f(acc):>7} {f(exact):>7} {f(ood):>7} {('all' if heads is None else heads):>9}")
     print(f"\n[demo] done in {time.time() - start:.0f} s; runs in {out}")
     return 0
 
