@@ -22,7 +22,7 @@ from ahamask_lightning.models.salmonn.beats import (
 )
 from ahamask_lightning.models.salmonn.qformer import WINDOW, num_windows, split_windows
 
-REF = Path("/work/shared/reference")
+REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference"  # shared/ beside the checkout
 SR = 16000
 
 

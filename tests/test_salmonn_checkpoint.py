@@ -18,7 +18,7 @@ from ahamask_lightning.models.salmonn.checkpoint import (
     released_key,
 )
 
-REF = Path("/work/shared/reference/salmonn")
+REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "salmonn"  # shared/ beside the checkout
 
 
 def _ref_keys(variant: str) -> dict[str, tuple[list[int], str]]:
