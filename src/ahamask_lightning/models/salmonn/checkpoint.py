@@ -1,6 +1,6 @@
 """The released ``salmonn_v1.pth``: key map onto this code's modules, strict load and validation.
 
-``torch.load(path)["model"]`` holds the trained parts only: Q-Former, query token, projection,
+``torch.load(path, weights_only=True)["model"]`` holds the trained parts only: Q-Former, query token, projection,
 both LayerNorms and the LoRA A/B matrices, plus a few saved-by-accident tensors. Every released
 key is either mapped onto a parameter here or ignored with a stated reason; every parameter of
 the trained parts must be filled. Whisper, BEATs and Vicuna come from their own files.
