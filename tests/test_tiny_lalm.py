@@ -101,3 +101,67 @@ def test_pretraining_ctc_targets_cover_every_speech_task(tmp_path):
     ctc = module.ctc_loss(hidden, lens, batch["utts"])
     assert ctc is not None and torch.isfinite(ctc) and ctc > 0
     assert module.ctc_loss(hidden, lens, [None, ["u1", "u1"], None]) is None  # ASV pairs carry no transcript
+
+
+_TINY_PRETRAIN = dict(enc_dim=32, enc_layers=1, enc_heads=2, skip=True, llm=dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+    max_position_embeddings=256))
+
+
+def _speaker_manifest(tmp_path):
+    import json
+
+    lines = [{"id": f"asr-{u}", "audio": "a.wav", "task": "asr", "text": t, "meta": {"utt": u, "speaker": s}}
+             for u, t, s in [("u1", "the cat sat", "en+m1@p50"), ("u2", "a dog ran", "en+f2@p55")]]
+    lines.append({"id": "asv-0", "audio": ["a.wav", "b.wav"], "task": "asv", "text": "No",
+                  "meta": {"utt": ["u1", "u2"], "speaker": ["en+m1@p50", "en+f2@p55"], "durations": [1.0, 0.8]}})
+    manifest = tmp_path / "asr.jsonl"
+    manifest.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return manifest, lines
+
+
+def test_pretraining_speaker_and_pair_losses_pool_the_right_frames(tmp_path):
+    from ahamask_lightning.pretrain import PretrainCollate, TinyLALMPretrain
+
+    manifest, lines = _speaker_manifest(tmp_path)
+    module = TinyLALMPretrain([str(manifest)], vocab_size=120, speaker_weight=0.5, pair_weight=0.5,
+                              config=_TINY_PRETRAIN)
+    assert module.speakers == {"en+f2@p55": 0, "en+m1@p50": 1}
+    collate = PretrainCollate(module.adapter, "random", 0)
+    audio = [torch.randn(16000) * 0.1, torch.randn(12000) * 0.1, torch.randn(16000 + 1600 + 12800) * 0.1]
+    batch = collate([{**x, "audio": a} for x, a in zip(lines, audio)])
+    assert batch["segments"][0] == [("en+m1@p50", 0.0, float("inf"))]
+    assert batch["segments"][2] == [("en+m1@p50", 0.0, 1.0), ("en+f2@p55", 1.1, float("inf"))]  # 0.1 s gap
+    hidden, _, lens = module.adapter.audio_encoder.encode(batch["features"], batch["feature_lens"])
+    loss = module.speaker_loss(hidden, lens, batch["segments"])
+    assert loss is not None and torch.isfinite(loss) and loss > 0
+    loss.backward()  # the gradient reaches the encoder, which is the point of the loss
+    assert module.adapter.audio_encoder.encoder.layers[0].linear1.weight.grad.abs().sum() > 0
+    assert module.speaker_loss(hidden, lens, [[], [], [("unseen", 0.0, float("inf"))]]) is None
+    pair = module.pair_loss(hidden.detach(), lens, batch["segments"])  # only the pair clip counts
+    logits = module.pair_head(hidden[2, : int(lens[2])].detach().mean(0)).float()
+    assert torch.allclose(pair, torch.nn.functional.cross_entropy(logits[None], torch.tensor([0])))  # No
+    assert module.pair_loss(hidden, lens, batch["segments"][:2]) is None
+
+
+def test_stage_two_starts_from_stage_one_and_exports_a_loadable_checkpoint(tmp_path):
+    from ahamask_lightning.pretrain import TinyLALMPretrain, export_checkpoint
+
+    manifest, _ = _speaker_manifest(tmp_path)
+    stage1 = TinyLALMPretrain([str(manifest)], vocab_size=120, ctc_weight=0.3, config=_TINY_PRETRAIN, seed=1)
+    ckpt = tmp_path / "last.ckpt"  # the two keys of a Lightning checkpoint that stage 2 and export read
+    torch.save({"state_dict": stage1.state_dict(), "hyper_parameters": dict(stage1.hparams)}, ckpt)
+    stage2 = TinyLALMPretrain([str(manifest)], vocab_size=120, ctc_weight=0.3, speaker_weight=0.3,
+                              config=_TINY_PRETRAIN, seed=2, init_from=str(ckpt))
+    for (name, a), b in zip(stage1.state_dict().items(), stage2.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert stage2.speaker_head is not None  # new in stage 2, so it starts random
+    torch.save({"state_dict": stage2.state_dict(), "hyper_parameters": dict(stage2.hparams)}, ckpt)
+    loaded = TinyLALM(checkpoint=str(export_checkpoint(str(ckpt), str(tmp_path / "out"))))
+    for name, p in stage2.adapter.llm.state_dict().items():
+        assert torch.allclose(loaded.llm.state_dict()[name].float(), p.half().float()), name  # fp16 on disk
+
+    other = TinyLALMPretrain([str(manifest)], vocab_size=120, config={**_TINY_PRETRAIN, "enc_dim": 16})
+    torch.save({"state_dict": other.state_dict(), "hyper_parameters": dict(other.hparams)}, ckpt)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        TinyLALMPretrain([str(manifest)], vocab_size=120, config=_TINY_PRETRAIN, init_from=str(ckpt))

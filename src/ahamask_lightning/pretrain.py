@@ -8,6 +8,14 @@ An auxiliary CTC loss on the audio encoder (``ctc_weight``) teaches the encoder 
 every speech clip, whatever task the clip is prompted with, so the LLM gets aligned, word-bearing
 audio tokens early; without it 3000 CPU steps did not learn to transcribe (WER ~100 %). The CTC
 head is a training aid only and is not part of the saved checkpoint.
+
+An auxiliary speaker loss (``speaker_weight``) classifies the speaker of every utterance from the
+mean of its encoder states (both halves of a verification pair, split at the known boundary).
+CTC alone pushes the encoder toward speaker-independent states, and speaker verification was
+never learned without it (ASV at chance after 4000 steps). A pair loss (``pair_weight``) asks the
+encoder, from the mean of all its states over a verification pair, whether the two halves share a
+speaker, so the comparison is present in the audio tokens the LLM reads. These heads are not saved.
+A second stage can start from a first stage's Lightning checkpoint (``init_from``).
 """
 from __future__ import annotations
 
@@ -17,6 +25,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from .data.audio import PAIR_GAP_SECONDS
 from .evaluation import TaskEvaluator, loader_suffix
 from .models.tiny_lalm import PROMPT_TEMPLATE, TinyLALM, TinyLALMConfig, build_tokenizer
 from .module import SampleCollate, warmup_cosine
@@ -39,18 +48,35 @@ def corpus_texts(manifests: list[str]) -> list[str]:
     return texts
 
 
-def utterance_transcripts(manifests: list[str]) -> dict[str, str]:
-    """``meta.utt`` -> transcript, from the ASR lines of the manifests (the CTC targets)."""
-    out = {}
+def utterance_labels(manifests: list[str]) -> tuple[dict[str, str], dict[str, int]]:
+    """From the ASR lines: ``meta.utt`` -> transcript (CTC targets), ``meta.speaker`` -> class index."""
+    transcripts, speakers = {}, set()
     for path in manifests:
         with open(path) as f:
             for line in f:
                 if line.strip():
                     obj = json.loads(line)
-                    utt = (obj.get("meta") or {}).get("utt")
-                    if obj.get("task") == "asr" and isinstance(utt, str):
-                        out[utt] = obj["text"]
-    return out
+                    meta = obj.get("meta") or {}
+                    if obj.get("task") != "asr":
+                        continue
+                    if isinstance(meta.get("utt"), str):
+                        transcripts[meta["utt"]] = obj["text"]
+                    if isinstance(meta.get("speaker"), str):
+                        speakers.add(meta["speaker"])
+    return transcripts, {spk: i for i, spk in enumerate(sorted(speakers))}
+
+
+def speaker_segments(meta: dict | None) -> list[tuple[str, float, float]]:
+    """(speaker, start s, end s) of each utterance in a clip: one, or the two halves of a pair."""
+    meta = meta or {}
+    spk = meta.get("speaker")
+    if isinstance(spk, str):
+        return [(spk, 0.0, float("inf"))]
+    durs = meta.get("durations")
+    if isinstance(spk, list) and len(spk) == 2 and isinstance(durs, list) and len(durs) == 2:
+        start_b = float(durs[0]) + PAIR_GAP_SECONDS
+        return [(spk[0], 0.0, float(durs[0])), (spk[1], start_b, float("inf"))]
+    return []
 
 
 class PretrainCollate(SampleCollate):
@@ -59,6 +85,7 @@ class PretrainCollate(SampleCollate):
     def __call__(self, samples: list[dict]) -> dict:
         batch = super().__call__(samples)
         batch["utts"] = [(s.get("meta") or {}).get("utt") for s in samples]
+        batch["segments"] = [speaker_segments(s.get("meta")) for s in samples]
         return batch
 
 
@@ -71,13 +98,18 @@ class TinyLALMPretrain(L.LightningModule):
         config: overrides of ``TinyLALMConfig`` fields.
         instruction_free: task -> probability of dropping the instruction (experiment; default none).
         ctc_weight: weight of the encoder's auxiliary CTC loss on the clip's transcript (0: off).
+        speaker_weight: weight of the encoder's auxiliary speaker-classification loss (0: off).
+        pair_weight: weight of the encoder's auxiliary same-speaker loss on verification pairs (0: off).
+        init_from: a pretraining Lightning checkpoint whose weights this run starts from (the
+            optimizer and schedule start afresh; heads it lacks start random).
     """
 
     def __init__(self, tokenizer_manifests: list[str], out_dir: str = "checkpoints/tiny_lalm",
                  vocab_size: int = 1000, config: dict | None = None, lr: float = 2e-3, warmup_steps: int = 300,
                  final_lr: float = 2e-5, weight_decay: float = 0.01, total_steps: int | None = None,
                  instruction_free: dict[str, float] | None = None, max_new_tokens: int = 40, seed: int = 0,
-                 ctc_weight: float = 0.0) -> None:
+                 ctc_weight: float = 0.0, speaker_weight: float = 0.0, pair_weight: float = 0.0,
+                 init_from: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         torch.manual_seed(seed)
@@ -86,9 +118,27 @@ class TinyLALMPretrain(L.LightningModule):
         cfg.vocab_size = len(tokenizer)
         self.adapter = TinyLALM(checkpoint=None, config=cfg, tokenizer=tokenizer)
         self.evaluator = TaskEvaluator()
-        self.transcripts = utterance_transcripts(tokenizer_manifests) if ctc_weight > 0 else {}
+        self.transcripts, self.speakers = utterance_labels(tokenizer_manifests)
         # blank = the pad token, which is never a target
         self.ctc_head = torch.nn.Linear(cfg.enc_dim, len(tokenizer)) if ctc_weight > 0 else None
+        self.speaker_head = (torch.nn.Linear(cfg.enc_dim, len(self.speakers))
+                             if speaker_weight > 0 and self.speakers else None)
+        self.pair_head = torch.nn.Linear(cfg.enc_dim, 2) if pair_weight > 0 else None
+        # encoder frames per second: the two stride-2 convolutions after the log-mel hop
+        self.enc_fps = 1000.0 / (cfg.hop_ms * 4)
+        if init_from:
+            self._load_weights(init_from)
+
+    def _load_weights(self, path: str) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        mine = self.state_dict()
+        unknown = sorted(k for k in state if k not in mine)
+        if unknown:
+            raise ValueError(f"{path}: keys this TinyLALMPretrain does not have, e.g. {unknown[:3]}")
+        bad = [k for k in state if state[k].shape != mine[k].shape]
+        if bad:
+            raise ValueError(f"{path}: shape mismatch for {bad[:3]} (was the config or tokenizer changed?)")
+        self.load_state_dict(state, strict=False)
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
@@ -113,6 +163,32 @@ class TinyLALMPretrain(L.LightningModule):
             log_probs, flat, lens[rows], torch.tensor([len(t) for t in targets], device=hidden.device),
             blank=tok.pad_token_id, zero_infinity=True)
 
+    def speaker_loss(self, hidden: torch.Tensor, lens: torch.Tensor,
+                     segments: list[list[tuple[str, float, float]]]) -> torch.Tensor | None:
+        """Cross-entropy of each utterance's speaker from its mean encoder state."""
+        pooled, labels = [], []
+        for i, segs in enumerate(segments):
+            for spk, start, end in segs:
+                lo = int(start * self.enc_fps)
+                hi = int(lens[i]) if end == float("inf") else min(int(lens[i]), int(end * self.enc_fps))
+                if spk in self.speakers and hi > lo:
+                    pooled.append(hidden[i, lo:hi].mean(0))
+                    labels.append(self.speakers[spk])
+        if not pooled:
+            return None
+        logits = self.speaker_head(torch.stack(pooled)).float()
+        return torch.nn.functional.cross_entropy(logits, torch.tensor(labels, device=hidden.device))
+
+    def pair_loss(self, hidden: torch.Tensor, lens: torch.Tensor,
+                  segments: list[list[tuple[str, float, float]]]) -> torch.Tensor | None:
+        """Cross-entropy of same/different speaker from the mean encoder state of each pair clip."""
+        rows = [i for i, segs in enumerate(segments) if len(segs) == 2]
+        if not rows:
+            return None
+        pooled = torch.stack([hidden[i, : int(lens[i])].mean(0) for i in rows])
+        same = torch.tensor([int(segments[i][0][0] == segments[i][1][0]) for i in rows], device=hidden.device)
+        return torch.nn.functional.cross_entropy(self.pair_head(pooled).float(), same)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         enc = self.adapter.audio_encoder
         hidden, conv, lens = enc.encode(batch["features"], batch["feature_lens"])
@@ -124,6 +200,16 @@ class TinyLALMPretrain(L.LightningModule):
             if ctc is not None:
                 self.log("train/ctc", ctc, prog_bar=True, batch_size=n)
                 loss = loss + self.hparams.ctc_weight * ctc
+        if self.speaker_head is not None:
+            spk = self.speaker_loss(hidden, lens, batch.get("segments") or [])
+            if spk is not None:
+                self.log("train/speaker", spk, prog_bar=True, batch_size=n)
+                loss = loss + self.hparams.speaker_weight * spk
+        if self.pair_head is not None:
+            pair = self.pair_loss(hidden, lens, batch.get("segments") or [])
+            if pair is not None:
+                self.log("train/pair", pair, prog_bar=True, batch_size=n)
+                loss = loss + self.hparams.pair_weight * pair
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -141,8 +227,11 @@ class TinyLALMPretrain(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        named = list(self.adapter.named_parameters()) + list(
-            self.ctc_head.named_parameters(prefix="ctc_head") if self.ctc_head is not None else [])
+        named = list(self.adapter.named_parameters())
+        for prefix in ("ctc_head", "speaker_head", "pair_head"):
+            head = getattr(self, prefix)
+            if head is not None:
+                named += list(head.named_parameters(prefix=prefix))
         decay = [p for n, p in named if p.dim() >= 2 and "embed" not in n]
         rest = [p for n, p in named if not (p.dim() >= 2 and "embed" not in n)]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
@@ -165,6 +254,7 @@ def export_checkpoint(ckpt: str, out_dir: str) -> Path:
     """
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     hparams = {k: v for k, v in state["hyper_parameters"].items() if not k.startswith("_")}
+    hparams["init_from"] = None  # the weights come from ``ckpt`` itself
     module = TinyLALMPretrain(**hparams)
     module.load_state_dict(state["state_dict"])
     module.adapter.save(Path(out_dir))

@@ -185,8 +185,9 @@ class TinyLALM(LALMAdapter):
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
         self.tokenizer.backend_tokenizer.save(str(directory / "tokenizer.json"))
+        tied = {"llm.lm_head.weight"} if self.config.llm.get("tie_word_embeddings") else set()
         state = {k: v.detach().to(torch.float16).contiguous() for k, v in self.state_dict().items()
-                 if not k.startswith("frontend.") and k != "llm.lm_head.weight"}
+                 if not k.startswith("frontend.") and k not in tied}
         save_file(state, str(directory / "model.safetensors"), metadata={"model_id": self.model_id})
 
     # --- adapter interface ------------------------------------------------------------
