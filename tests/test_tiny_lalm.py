@@ -79,6 +79,12 @@ def test_skip_path_feeds_the_convolution_features_to_the_projector():
     assert not torch.allclose(a, b)  # the projector reads the convolution features directly
 
 
+# a pretraining TinyLALM small enough to build in a test
+_TINY_PRETRAIN = dict(enc_dim=32, enc_layers=1, enc_heads=2, skip=True, llm=dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+    max_position_embeddings=256))
+
+
 def test_pretraining_ctc_targets_cover_every_speech_task(tmp_path):
     import json
 
@@ -88,9 +94,7 @@ def test_pretraining_ctc_targets_cover_every_speech_task(tmp_path):
              for t, y in [("asr", "the cat sat"), ("gr", "Male"), ("src", "slow")]]
     manifest = tmp_path / "asr.jsonl"
     manifest.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    module = TinyLALMPretrain([str(manifest)], vocab_size=120, ctc_weight=0.5, config=dict(
-        enc_dim=32, enc_layers=1, enc_heads=2, skip=True, llm=dict(hidden_size=32, intermediate_size=64,
-        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)))
+    module = TinyLALMPretrain([str(manifest)], vocab_size=120, ctc_weight=0.5, config=_TINY_PRETRAIN)
     assert module.transcripts == {"u1": "the cat sat"}
     collate = PretrainCollate(module.adapter, "random", 0)
     samples = [{**x, "audio": torch.randn(16000) * 0.1} for x in lines]
@@ -101,11 +105,6 @@ def test_pretraining_ctc_targets_cover_every_speech_task(tmp_path):
     ctc = module.ctc_loss(hidden, lens, batch["utts"])
     assert ctc is not None and torch.isfinite(ctc) and ctc > 0
     assert module.ctc_loss(hidden, lens, [None, ["u1", "u1"], None]) is None  # ASV pairs carry no transcript
-
-
-_TINY_PRETRAIN = dict(enc_dim=32, enc_layers=1, enc_heads=2, skip=True, llm=dict(
-    hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-    max_position_embeddings=256))
 
 
 def _speaker_manifest(tmp_path):
@@ -153,8 +152,9 @@ def test_stage_two_starts_from_stage_one_and_exports_a_loadable_checkpoint(tmp_p
     torch.save({"state_dict": stage1.state_dict(), "hyper_parameters": dict(stage1.hparams)}, ckpt)
     stage2 = TinyLALMPretrain([str(manifest)], vocab_size=120, ctc_weight=0.3, speaker_weight=0.3,
                               config=_TINY_PRETRAIN, seed=2, init_from=str(ckpt))
-    for (name, a), b in zip(stage1.state_dict().items(), stage2.state_dict().values()):
-        assert torch.equal(a, b), name
+    started = stage2.state_dict()
+    for name, a in stage1.state_dict().items():
+        assert torch.equal(a, started[name]), name
     assert stage2.speaker_head is not None  # new in stage 2, so it starts random
     torch.save({"state_dict": stage2.state_dict(), "hyper_parameters": dict(stage2.hparams)}, ckpt)
     loaded = TinyLALM(checkpoint=str(export_checkpoint(str(ckpt), str(tmp_path / "out"))))
