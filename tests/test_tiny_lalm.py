@@ -80,9 +80,9 @@ def test_skip_path_feeds_the_convolution_features_to_the_projector():
 
 
 # a pretraining TinyLALM small enough to build in a test
-_TINY_PRETRAIN = dict(enc_dim=32, enc_layers=1, enc_heads=2, skip=True, llm=dict(
-    hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-    max_position_embeddings=256))
+_TINY_PRETRAIN = {"enc_dim": 32, "enc_layers": 1, "enc_heads": 2, "skip": True, "llm": {
+    "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+    "num_key_value_heads": 2, "max_position_embeddings": 256}}
 
 
 def test_pretraining_ctc_targets_cover_every_speech_task(tmp_path):
