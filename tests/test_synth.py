@@ -159,6 +159,42 @@ def test_asv_pairs(corpus: tuple[Path, dict]) -> None:
         assert abs(d["duration"] - sum(d["meta"]["durations"])) < 1e-3
 
 
+
+def test_dense_asv_pairs(corpus: tuple[Path, dict]) -> None:
+    out, summary = corpus
+    lines = _read(out, "train", "asv_dense")
+    n_train = len(_read(out, "train", "asr"))
+    assert len(lines) == 4 * n_train == summary["counts"]["train"]["asv_dense"]
+    assert len({d["id"] for d in lines}) == len(lines)
+    assert not {d["id"] for d in lines} & {d["id"] for d in _read(out, "train", "asv")}
+    labels = Counter(d["text"] for d in lines)
+    assert labels["Yes"] == labels["No"]
+    negatives = [d for d in lines if d["text"] == "No"]
+    same_gender = sum(d["meta"]["gender"][0] == d["meta"]["gender"][1] for d in negatives)
+    # hard_share 0.75, plus the random draws that land on the same gender by chance
+    assert same_gender / len(negatives) > 0.75
+    for d in lines:
+        assert (d["meta"]["speaker"][0] == d["meta"]["speaker"][1]) == (d["text"] == "Yes")
+    for split in ("val", "test", "test_ood"):  # a training aid only
+        assert not (out / "manifests" / split / "asv_dense.jsonl").exists()
+
+
+def test_asv_pairs_hard_share_keeps_default_draws() -> None:
+    import random
+
+    from data_modules.synth.corpus import asv_pairs
+
+    utts = [{"id": f"u{i}", "path": f"{i}.wav", "speaker": f"s{i % 6}", "gender": "male" if i % 6 < 3 else "female",
+             "voice": "en", "variant": "v", "rate_class": "normal", "rate": 160, "pitch": 50, "text": "a b",
+             "duration": 1.0} for i in range(48)]
+    default = asv_pairs(utts, random.Random(0), "train")
+    assert default == asv_pairs(utts, random.Random(0), "train", hard_share=None)
+    assert len(default) == 2 * (48 // 4)
+    hard = asv_pairs(utts, random.Random(0), "train", n_each=50, hard_share=1.0)
+    assert len(hard) == 100
+    assert all(d["meta"]["gender"][0] == d["meta"]["gender"][1] for d in hard if d["text"] == "No")
+
+
 def test_composite_targets(corpus: tuple[Path, dict]) -> None:
     out, _ = corpus
     asr = {d["audio"]: d["text"] for d in _read(out, "val", "asr")}

@@ -94,27 +94,50 @@ def _speech_lines(u: dict) -> dict[str, dict]:
                 "duration": u["duration"], "meta": _speech_meta(u)} for t, y in targets.items()}
 
 
-def asv_pairs(utts: list[dict], rng: random.Random, split: str) -> list[dict]:
-    """Balanced same/different-speaker pairs (about one pair per two utterances)."""
+def asv_pairs(
+    utts: list[dict], rng: random.Random, split: str, n_each: int | None = None,
+    hard_share: float | None = None, tag: str = "",
+) -> list[dict]:
+    """Balanced same/different-speaker pairs.
+
+    ``n_each`` pairs of each kind (default: a quarter of the utterances, so about one pair per
+    two utterances). ``hard_share``: the share of different-speaker pairs drawn from speakers of
+    the same gender (default: drawn from everyone, so about half are same-gender). Gender alone
+    then answers fewer pairs, which is where a model that only hears gender fails.
+    """
     by_spk: dict[str, list[dict]] = defaultdict(list)
     for u in utts:
         by_spk[u["speaker"]].append(u)
     multi = [u for u in utts if len(by_spk[u["speaker"]]) >= 2]
-    n_each = len(utts) // 4 if multi and len(by_spk) >= 2 else 0
+    if n_each is None:
+        n_each = len(utts) // 4
+    if not multi or len(by_spk) < 2:
+        n_each = 0
+    others: dict[tuple[str, str | None], list[dict]] = {}  # same order as a scan of utts
+
+    def other_speaker(a: dict, gender: str | None) -> dict:
+        key = (a["speaker"], gender)
+        if key not in others:
+            others[key] = [v for v in utts if v["speaker"] != a["speaker"]
+                           and (gender is None or v["gender"] == gender)]
+        if not others[key]:  # no other speaker of this gender: any other speaker
+            return other_speaker(a, None)
+        return rng.choice(others[key])
+
     pairs: list[tuple[dict, dict, bool]] = []
     for _ in range(n_each):
         a = rng.choice(multi)
         b = rng.choice([v for v in by_spk[a["speaker"]] if v is not a])
         pairs.append((a, b, True))
         a = rng.choice(utts)
-        b = rng.choice([v for v in utts if v["speaker"] != a["speaker"]])
-        pairs.append((a, b, False))
+        hard = hard_share is not None and rng.random() < hard_share
+        pairs.append((a, other_speaker(a, a["gender"] if hard else None), False))
     rng.shuffle(pairs)
     lines = []
     for k, (a, b, same) in enumerate(pairs):
         ma, mb = _speech_meta(a), _speech_meta(b)
         meta = {key: [ma[key], mb[key]] for key in ma}
-        lines.append({"id": f"asv-{split}-{k:05d}", "audio": [a["path"], b["path"]], "task": "asv",
+        lines.append({"id": f"asv-{split}{tag}-{k:05d}", "audio": [a["path"], b["path"]], "task": "asv",
                       "text": "Yes" if same else "No", "duration": round(a["duration"] + b["duration"], 4),
                       "meta": {**meta, "durations": [a["duration"], b["duration"]]}})
     return lines
@@ -173,6 +196,11 @@ def synthesize(
             for t, line in _speech_lines(u).items():
                 lines[t].append(line)
         lines["asv"] = asv_pairs(speech_splits[split], _rng(seed, f"asv/{split}"), split)
+        if split == "train":
+            # a denser, harder pair set for pretraining (TinyLALM stage 4); asv.jsonl is unchanged
+            lines["asv_dense"] = asv_pairs(speech_splits[split], _rng(seed, "asv_dense/train"), split,
+                                           n_each=2 * len(speech_splits[split]), hard_share=0.75,
+                                           tag="-dense")
         if split != "test_ood":
             lines["aac"] = [{"id": f"aac-{s['id']}", "audio": s["path"], "task": "aac", "text": s["caption"],
                              "duration": s["duration"],
@@ -181,7 +209,7 @@ def synthesize(
         mdir = out / "manifests" / split
         mdir.mkdir(parents=True, exist_ok=True)
         counts[split] = {}
-        for t in TASKS:
+        for t in (*TASKS, "asv_dense"):
             if t not in lines:
                 continue
             with open(mdir / f"{t}.jsonl", "w", encoding="utf-8") as f:
