@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -146,6 +147,10 @@ def fault_env(fault_dir: Path, **faults: str) -> dict[str, str]:
     return env
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Run:
     """One ``ahamask fit`` subprocess; stdout/stderr go to files in its fault dir."""
 
@@ -154,8 +159,10 @@ class Run:
         self.dir = fault_dir
         self.out = open(fault_dir / "stdout.txt", "w")  # noqa: SIM115 - closed in wait()
         self.err = open(fault_dir / "stderr.txt", "w")  # noqa: SIM115
+        # SIGINT back to its default in the child: a suite started in the background (`cmd &`) inherits
+        # SIGINT ignored, and Python then installs no KeyboardInterrupt handler, so Ctrl-C tests would hang
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=fault_env(fault_dir, **faults), stdout=self.out,
-                                     stderr=self.err)
+                                     stderr=self.err, preexec_fn=_default_sigint)
 
     def wait_for_pause(self, step: int, timeout: float = 120) -> None:
         marker = self.dir / f"paused-{step}"
