@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import random
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -16,6 +17,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 from data_modules.synth import SPLITS, add_arguments, grammar, run, synthesize, voices
+from data_modules.synth.corpus import asv_pairs
 
 VOICES = ["m1", "m3", "m7", "f1", "f2", "f4"]
 KEYS = {"id", "audio", "task", "text", "duration", "meta"}
@@ -159,7 +161,6 @@ def test_asv_pairs(corpus: tuple[Path, dict]) -> None:
         assert abs(d["duration"] - sum(d["meta"]["durations"])) < 1e-3
 
 
-
 def test_dense_asv_pairs(corpus: tuple[Path, dict]) -> None:
     out, summary = corpus
     lines = _read(out, "train", "asv_dense")
@@ -180,10 +181,6 @@ def test_dense_asv_pairs(corpus: tuple[Path, dict]) -> None:
 
 
 def test_asv_pairs_hard_share_keeps_default_draws() -> None:
-    import random
-
-    from data_modules.synth.corpus import asv_pairs
-
     utts = [{"id": f"u{i}", "path": f"{i}.wav", "speaker": f"s{i % 6}", "gender": "male" if i % 6 < 3 else "female",
              "voice": "en", "variant": "v", "rate_class": "normal", "rate": 160, "pitch": 50, "text": "a b",
              "duration": 1.0} for i in range(48)]

@@ -197,7 +197,7 @@ def synthesize(
                 lines[t].append(line)
         lines["asv"] = asv_pairs(speech_splits[split], _rng(seed, f"asv/{split}"), split)
         if split == "train":
-            # a denser, harder pair set for pretraining (TinyLALM stage 4); asv.jsonl is unchanged
+            # a denser, harder pair set for pretraining (TinyLALM stages 4-5); asv.jsonl is unchanged
             lines["asv_dense"] = asv_pairs(speech_splits[split], _rng(seed, "asv_dense/train"), split,
                                            n_each=2 * len(speech_splits[split]), hard_share=0.75,
                                            tag="-dense")

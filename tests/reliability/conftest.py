@@ -162,7 +162,7 @@ class Run:
         # SIGINT back to its default in the child: a suite started in the background (`cmd &`) inherits
         # SIGINT ignored, and Python then installs no KeyboardInterrupt handler, so Ctrl-C tests would hang
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=fault_env(fault_dir, **faults), stdout=self.out,
-                                     stderr=self.err, preexec_fn=_default_sigint)
+                                     stderr=self.err, preexec_fn=_default_sigint)  # noqa: PLW1509 - spawned from one thread
 
     def wait_for_pause(self, step: int, timeout: float = 120) -> None:
         marker = self.dir / f"paused-{step}"
