@@ -24,19 +24,20 @@ test: install ## run the test suite
 	$(BIN)/python -m pytest tests -p no:cacheprovider --timeout 900
 
 $(DATA)/summary.json:
-	$(BIN)/ahamask data synth --out $(DATA) --n 6000 --seed 0
+	$(BIN)/ahamask data synth --out $(DATA) --n 6000 --seed 0 --asr-extra 24000
 
 tiny-data: install $(DATA)/summary.json ## synthesise the SynthSpeech corpus (espeak-ng + sox)
 
 demo: install ## the main job: synth data, train a GR mask on TinyLALM, compare with/without instruction
 	$(BIN)/python -m ahamask_lightning.demo --data $(DATA) --checkpoint $(TINY) --out $(RUNS)/demo
 
-tiny-lalm: tiny-data ## pretrain the TinyLALM testbed from instructions, five stages (writes $(TINY))
+tiny-lalm: tiny-data ## pretrain the TinyLALM testbed from instructions, six stages (writes $(TINY))
 	$(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm.yaml
 	$(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm_stage2.yaml
 	$(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm_stage3.yaml
 	$(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm_stage4.yaml
 	$(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm_stage5.yaml
+	$(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm_stage6.yaml
 
 reproduce-tiny: tiny-data ## the AHAMask table on TinyLALM (4 conditions x tasks), Markdown + CSV + Jaccard map
 	$(BIN)/python -m ahamask_lightning.reproduce tiny --data $(DATA) --checkpoint $(TINY) --out $(RUNS)/reproduce_tiny

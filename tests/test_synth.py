@@ -227,3 +227,32 @@ def test_cli_run_and_resume(corpus: tuple[Path, dict], tmp_path: Path, capsys: p
     assert _tree_hash(target) == _tree_hash(out)
     with pytest.raises(ValueError):
         synthesize(tmp_path / "bad", n=4, voices=["m1", "nosuchvoice"])
+
+
+def test_asr_extra_adds_training_sentences_and_changes_nothing_else(corpus: tuple[Path, dict],
+                                                                     tmp_path: Path) -> None:
+    out, _ = corpus
+    summary = synthesize(tmp_path / "x", n=40, seed=3, voices=VOICES, n_scenes=10, workers=2, asr_extra=30)
+    extra = _read(tmp_path / "x", "train", "asr_extra")
+    assert len(extra) == summary["counts"]["train"]["asr_extra"] == 30  # no collision expected at this size
+    for split in SPLITS:
+        for manifest in sorted((out / "manifests" / split).glob("*.jsonl")):
+            assert manifest.read_bytes() == (tmp_path / "x" / "manifests" / split / manifest.name).read_bytes()
+    train_speakers = {d["meta"]["speaker"] for d in _read(out, "train", "asr")}
+    assert {d["meta"]["speaker"] for d in extra} <= train_speakers
+    assert all(d["task"] == "asr" and (tmp_path / "x" / d["audio"]).is_file() for d in extra)
+    assert len({d["id"] for d in extra}) == 30
+    for split in ("val", "test", "test_ood"):
+        assert not (tmp_path / "x" / "manifests" / split / "asr_extra.jsonl").exists()
+
+
+def test_asr_extra_leaves_out_held_out_sentences(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    words = sorted(grammar.vocabulary())[:60]
+    calls = iter(range(10**6))  # sentence k of every plan is the k-th of 50, so the extra plan repeats the first
+    monkeypatch.setattr(grammar, "sentence", lambda rng, lo=3, hi=8: f"the {words[next(calls) % 50]} runs")
+    synthesize(tmp_path, n=40, seed=3, voices=VOICES, n_scenes=2, workers=2, asr_extra=40)
+    held = {d["text"] for s in ("val", "test", "test_ood") for d in _read(tmp_path, s, "asr")}
+    extra = [d["text"] for d in _read(tmp_path, "train", "asr_extra")]
+    planned = [f"the {words[k % 50]} runs" for k in range(44, 84)]  # after 40 in-domain + 4 OOD sentences
+    assert held & set(planned)  # the patched grammar does collide
+    assert extra == [t for t in planned if t not in held]

@@ -165,3 +165,34 @@ def test_stage_two_starts_from_stage_one_and_exports_a_loadable_checkpoint(tmp_p
     torch.save({"state_dict": other.state_dict(), "hyper_parameters": dict(other.hparams)}, ckpt)
     with pytest.raises(ValueError, match="shape mismatch"):
         TinyLALMPretrain([str(manifest)], vocab_size=120, config=_TINY_PRETRAIN, init_from=str(ckpt))
+
+
+def test_a_later_stage_drops_switched_off_heads_or_starts_from_an_exported_checkpoint(tmp_path):
+    import json
+
+    from ahamask_lightning.pretrain import TinyLALMPretrain
+
+    manifest, lines = _speaker_manifest(tmp_path)
+    trained = TinyLALMPretrain([str(manifest)], vocab_size=120, ctc_weight=0.3, pair_weight=0.3,
+                               config=_TINY_PRETRAIN, seed=1)
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": trained.state_dict(), "hyper_parameters": dict(trained.hparams)}, ckpt)
+    lm_only = TinyLALMPretrain([str(manifest)], vocab_size=120, config=_TINY_PRETRAIN, seed=2, init_from=str(ckpt))
+    assert lm_only.ctc_head is None and lm_only.pair_head is None
+    for name, p in trained.adapter.state_dict().items():
+        assert torch.equal(p, lm_only.adapter.state_dict()[name]), name
+
+    trained.adapter.save(tmp_path / "exported")
+    from_dir = TinyLALMPretrain([str(manifest)], vocab_size=120, ctc_weight=0.3, config=_TINY_PRETRAIN, seed=3,
+                                init_from=str(tmp_path / "exported"))
+    for name, p in trained.adapter.llm.state_dict().items():
+        assert torch.equal(from_dir.adapter.llm.state_dict()[name], p.half().float()), name  # fp16 on disk
+    assert from_dir.ctc_head is not None  # not in an exported checkpoint: starts random
+
+    other = tmp_path / "other.jsonl"  # another corpus builds another tokenizer
+    other.write_text(json.dumps({**lines[0], "text": "zebras quietly vanish"}) + "\n")
+    with pytest.raises(ValueError, match="tokenizer.json: differs"):
+        TinyLALMPretrain([str(other)], vocab_size=120, config=_TINY_PRETRAIN, init_from=str(tmp_path / "exported"))
+    with pytest.raises(ValueError, match="config.json: differs"):
+        TinyLALMPretrain([str(manifest)], vocab_size=120, config={**_TINY_PRETRAIN, "enc_layers": 2},
+                         init_from=str(tmp_path / "exported"))

@@ -159,8 +159,14 @@ def synthesize(
     voices: list[str] | None = None,
     n_scenes: int | None = None,
     workers: int = 2,
+    asr_extra: int = 0,
 ) -> dict:
-    """Generate the corpus into ``out`` and return the summary (counts per split/task)."""
+    """Generate the corpus into ``out`` and return the summary (counts per split/task).
+
+    ``asr_extra`` more in-domain training utterances go to ``train/asr_extra.jsonl`` only (ASR
+    pretraining data; no sentence of val, test or test_ood among them). They come from their own
+    random stream, so every other manifest is the same with or without them.
+    """
     out = Path(out)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     genders = voicelib.variant_genders()
@@ -179,14 +185,16 @@ def synthesize(
     utts = plan_utterances(n, spk_in, _rng(seed, "utts"), "u")
     utts_ood = plan_utterances(n_ood, spk_ood, _rng(seed, "utts_ood"), "o")
     scns = plan_scenes(n_scenes, _rng(seed, "scenes"))
-
-    durs = _render_all(utts + utts_ood + scns, out, workers)
-    for item in utts + utts_ood + scns:
-        item["duration"] = round(durs[item["id"]], 4)
-
     split_rng = _rng(seed, "splits")
     speech_splits = _assign(utts, split_rng)
     speech_splits["test_ood"] = utts_ood
+    held_out = {u["text"] for split in ("val", "test", "test_ood") for u in speech_splits[split]}
+    extra = [u for u in plan_utterances(asr_extra, spk_in, _rng(seed, "utts_extra"), "x")
+             if u["text"] not in held_out]
+
+    durs = _render_all(utts + utts_ood + scns + extra, out, workers)
+    for item in utts + utts_ood + scns + extra:
+        item["duration"] = round(durs[item["id"]], 4)
     scene_splits = _assign(scns, split_rng)
 
     counts: dict[str, dict[str, int]] = {}
@@ -201,6 +209,8 @@ def synthesize(
             lines["asv_dense"] = asv_pairs(speech_splits[split], _rng(seed, "asv_dense/train"), split,
                                            n_each=2 * len(speech_splits[split]), hard_share=0.75,
                                            tag="-dense")
+            if extra:
+                lines["asr_extra"] = [_speech_lines(u)["asr"] for u in extra]
         if split != "test_ood":
             lines["aac"] = [{"id": f"aac-{s['id']}", "audio": s["path"], "task": "aac", "text": s["caption"],
                              "duration": s["duration"],
@@ -209,7 +219,7 @@ def synthesize(
         mdir = out / "manifests" / split
         mdir.mkdir(parents=True, exist_ok=True)
         counts[split] = {}
-        for t in (*TASKS, "asv_dense"):
+        for t in (*TASKS, "asv_dense", "asr_extra"):
             if t not in lines:
                 continue
             with open(mdir / f"{t}.jsonl", "w", encoding="utf-8") as f:
@@ -226,7 +236,7 @@ def synthesize(
     summary = {
         "seed": seed, "n": n, "n_ood": n_ood, "n_scenes": n_scenes, "sample_rate": SAMPLE_RATE,
         "espeak_ng": voicelib.espeak_version(), "vocabulary_size": len(grammar.vocabulary()),
-        "hours": round(sum(i["duration"] for i in utts + utts_ood + scns) / 3600, 4),
+        "hours": round(sum(i["duration"] for i in utts + utts_ood + scns + extra) / 3600, 4),
         "counts": counts, "voices": {"in_domain": {v: genders[v] for v in ind_vars},
                                      "ood": {v: genders[v] for v in ood_vars}},
     }
@@ -252,13 +262,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--voices", nargs="+", default=None, help="restrict espeak variants, e.g. m1 f2")
     parser.add_argument("--scenes", type=int, default=None, help="sound scenes (default n/10)")
     parser.add_argument("--workers", type=int, default=2, help="parallel synthesis jobs")
+    parser.add_argument("--asr-extra", type=int, default=0,
+                        help="more in-domain training utterances for ASR only (train/asr_extra.jsonl)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Synthesize and print one summary line per split/task."""
     t0 = time.time()
     summary = synthesize(args.out, n=args.n, seed=args.seed, voices=args.voices,
-                         n_scenes=args.scenes, workers=args.workers)
+                         n_scenes=args.scenes, workers=args.workers, asr_extra=args.asr_extra)
     for split, tasks in summary["counts"].items():
         for task, c in tasks.items():
             print(f"{split:9s} {task:7s} {c}")

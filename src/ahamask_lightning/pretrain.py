@@ -20,6 +20,7 @@ A second stage can start from a first stage's Lightning checkpoint (``init_from`
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -79,6 +80,9 @@ def speaker_segments(meta: dict | None) -> list[tuple[str, float, float]]:
     return []
 
 
+AUX_HEADS = ("ctc_head.", "speaker_head.", "pair_head.")
+
+
 class PretrainCollate(SampleCollate):
     """SampleCollate plus each clip's utterance id (for the CTC transcript of any speech task)."""
 
@@ -101,7 +105,9 @@ class TinyLALMPretrain(L.LightningModule):
         speaker_weight: weight of the encoder's auxiliary speaker-classification loss (0: off).
         pair_weight: weight of the encoder's auxiliary same-speaker loss on verification pairs (0: off).
         init_from: a pretraining Lightning checkpoint whose weights this run starts from (the
-            optimizer and schedule start afresh; heads it lacks start random).
+            optimizer and schedule start afresh; heads it lacks start random, heads this run
+            does not use are dropped), or an exported TinyLALM checkpoint directory (the model
+            only: its tokenizer and config must be this run's).
     """
 
     def __init__(self, tokenizer_manifests: list[str], out_dir: str = "checkpoints/tiny_lalm",
@@ -130,8 +136,13 @@ class TinyLALMPretrain(L.LightningModule):
             self._load_weights(init_from)
 
     def _load_weights(self, path: str) -> None:
+        if Path(path).is_dir():  # an exported TinyLALM checkpoint: the model only, no training heads
+            self._load_exported(Path(path))
+            return
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
         mine = self.state_dict()
+        # a later stage may switch an auxiliary loss off: its trained head is then left behind
+        state = {k: v for k, v in state.items() if k in mine or not k.startswith(AUX_HEADS)}
         unknown = sorted(k for k in state if k not in mine)
         if unknown:
             raise ValueError(f"{path}: keys this TinyLALMPretrain does not have, e.g. {unknown[:3]}")
@@ -139,6 +150,15 @@ class TinyLALMPretrain(L.LightningModule):
         if bad:
             raise ValueError(f"{path}: shape mismatch for {bad[:3]} (was the config or tokenizer changed?)")
         self.load_state_dict(state, strict=False)
+
+    def _load_exported(self, path: Path) -> None:
+        exported = TinyLALM(checkpoint=str(path))
+        if exported.tokenizer.get_vocab() != self.adapter.tokenizer.get_vocab():
+            raise ValueError(f"{path}/tokenizer.json: differs from the tokenizer built from tokenizer_manifests "
+                             "(was the corpus synthesised with another seed or size?)")
+        if asdict(exported.config) != asdict(self.adapter.config):
+            raise ValueError(f"{path}/config.json: differs from this run's config")
+        self.adapter.load_state_dict(exported.state_dict())
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
