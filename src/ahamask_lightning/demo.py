@@ -24,7 +24,8 @@ def data_overrides(data: Path, task: str = "gr") -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ahamask_lightning.demo", description=__doc__)
-    p.add_argument("--data", default="data/synth")
+    # not data/synth: make tiny-data would take this small corpus for the full one and skip it
+    p.add_argument("--data", default="data/synth_demo")
     p.add_argument("--checkpoint", default="checkpoints/tiny_lalm")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--n", type=int, default=1500, help="utterances to synthesise if --data is empty")
