@@ -3,8 +3,6 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= data/synth
-# the demo's small corpus, kept apart so that DATA stays the full one
-DEMO_DATA ?= data/synth_demo
 TINY ?= checkpoints/tiny_lalm
 RUNS ?= runs
 
@@ -31,7 +29,7 @@ $(DATA)/summary.json:
 tiny-data: install $(DATA)/summary.json ## synthesise the SynthSpeech corpus (espeak-ng + sox)
 
 demo: install ## the main job: synth data, train a GR mask on TinyLALM, compare with/without instruction
-	$(BIN)/python -m ahamask_lightning.demo --data $(DEMO_DATA) --checkpoint $(TINY) --out $(RUNS)/demo
+	$(BIN)/python -m ahamask_lightning.demo --checkpoint $(TINY) --out $(RUNS)/demo $(if $(DEMO_DATA),--data $(DEMO_DATA))
 
 tiny-lalm: tiny-data ## pretrain the TinyLALM testbed from instructions, six stages (writes $(TINY))
 	$(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm.yaml
