@@ -159,7 +159,7 @@ def _class(path: str):
 def tiny_parts(cfg, tmp_path: Path, checkpoint: Path) -> list[str]:
     """The heavy parts of a parsed config swapped for tiny ones, chosen by the classes it names: an
     adapter with a ``tiny`` switch gets it, TinyLALM gets a random checkpoint, the TinyLALM
-    pretraining gets a small tokenizer corpus, a scratch output directory and no stage-1 weights. A new adapter class
+    pretraining gets a small tokenizer corpus, a scratch output directory and no earlier weights. A new adapter class
     without any of these fails here until this function learns it."""
     if cfg.model.class_path == "ahamask_lightning.pretrain.TinyLALMPretrain":
         corpus = tmp_path / "tokenizer.jsonl"
@@ -167,7 +167,8 @@ def tiny_parts(cfg, tmp_path: Path, checkpoint: Path) -> list[str]:
                                   for i, t in enumerate(["the quick brown fox", "male female yes no"])))
         return ["--model.init_args.tokenizer_manifests", f"[{corpus}]",
                 "--model.init_args.out_dir", str(tmp_path / "pretrained"),
-                "--model.init_args.init_from", "null"]  # stage 2's stage-1 checkpoint is not built here
+                # stage 2's stage-1 checkpoint is not built here; a grown model's smaller one has another tokenizer
+                "--model.init_args.init_from", "null", "--model.init_args.grow_from", "null"]
     adapter = cfg.model.init_args.model.class_path
     params = inspect.signature(_class(adapter)).parameters
     key = "--model.init_args.model.init_args."

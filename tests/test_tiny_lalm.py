@@ -196,3 +196,33 @@ def test_a_later_stage_drops_switched_off_heads_or_starts_from_an_exported_check
     with pytest.raises(ValueError, match="config.json: differs"):
         TinyLALMPretrain([str(manifest)], vocab_size=120, config={**_TINY_PRETRAIN, "enc_layers": 2},
                          init_from=str(tmp_path / "exported"))
+
+
+def test_grow_from_a_smaller_llm_copies_what_fits_and_adds_identity_layers(tmp_path):
+    from ahamask_lightning.pretrain import TinyLALMPretrain
+
+    manifest, _ = _speaker_manifest(tmp_path)
+    small = TinyLALMPretrain([str(manifest)], vocab_size=120, config=_TINY_PRETRAIN, seed=1)
+    for p in small.adapter.llm.parameters():  # larger weights so the outputs depend on every layer
+        p.data.normal_(0, 0.3)
+    small.adapter.save(tmp_path / "small")
+    small = TinyLALM(str(tmp_path / "small"))
+    deeper = {**_TINY_PRETRAIN, "llm": {**_TINY_PRETRAIN["llm"], "num_hidden_layers": 2}}
+    grown = TinyLALMPretrain([str(manifest)], vocab_size=120, config=deeper, seed=2, grow_from=str(tmp_path / "small"))
+    # more layers of the same heads: the added layer is an identity, so the model computes the same
+    batch = small.collate([torch.randn(16000) * 0.1], [None], ["the cat"])
+    small.eval(), grown.adapter.eval()
+    assert torch.allclose(grown.adapter.loss(batch), small.loss(batch), atol=1e-5)
+    assert grown.grown["new"] > 0 and not grown.adapter.llm.model.layers[1].mlp.down_proj.weight.any()
+
+    wider = {**deeper, "llm": {**deeper["llm"], "num_attention_heads": 4, "num_key_value_heads": 4}}
+    frozen = TinyLALMPretrain([str(manifest)], vocab_size=120, config=wider, grow_from=str(tmp_path / "small"),
+                              freeze_encoder=True)
+    layer0 = frozen.adapter.llm.model.layers[0].self_attn.q_proj.weight  # 2 heads of 16 read as 4 of 8
+    assert torch.equal(layer0, small.llm.model.layers[0].self_attn.q_proj.weight)
+    enc = frozen.adapter.audio_encoder
+    assert not any(p.requires_grad for p in enc.encoder.parameters()) and all(p.requires_grad for p in enc.proj.parameters())
+
+    narrow = {**deeper, "llm": {**deeper["llm"], "hidden_size": 16, "intermediate_size": 32}}
+    with pytest.raises(ValueError, match="small/config.json: grow_from needs the same encoder and LLM hidden size"):
+        TinyLALMPretrain([str(manifest)], vocab_size=120, config=narrow, grow_from=str(tmp_path / "small"))

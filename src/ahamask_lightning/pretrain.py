@@ -108,6 +108,13 @@ class TinyLALMPretrain(L.LightningModule):
             optimizer and schedule start afresh; heads it lacks start random, heads this run
             does not use are dropped), or an exported TinyLALM checkpoint directory (the model
             only: its tokenizer and config must be this run's).
+        grow_from: an exported TinyLALM checkpoint directory of a SMALLER LLM (fewer layers or
+            heads, same hidden size, encoder and tokenizer) to start from: every tensor whose name
+            and shape match is copied (with more heads of the same width, a layer's old head reads
+            as several narrower ones), and the added layers start as identities (zero output
+            projections), so training re-learns attention rather than everything.
+        freeze_encoder: keep the audio encoder (convolutions and transformer, not the projector)
+            fixed, e.g. when it comes trained from ``grow_from``.
     """
 
     def __init__(self, tokenizer_manifests: list[str], out_dir: str = "checkpoints/tiny_lalm",
@@ -115,7 +122,8 @@ class TinyLALMPretrain(L.LightningModule):
                  final_lr: float = 2e-5, weight_decay: float = 0.01, total_steps: int | None = None,
                  instruction_free: dict[str, float] | None = None, max_new_tokens: int = 40, seed: int = 0,
                  ctc_weight: float = 0.0, speaker_weight: float = 0.0, pair_weight: float = 0.0,
-                 init_from: str | None = None) -> None:
+                 init_from: str | None = None, grow_from: str | None = None,
+                 freeze_encoder: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         torch.manual_seed(seed)
@@ -132,8 +140,16 @@ class TinyLALMPretrain(L.LightningModule):
         self.pair_head = torch.nn.Linear(cfg.enc_dim, 2) if pair_weight > 0 else None
         # encoder frames per second: the two stride-2 convolutions after the log-mel hop
         self.enc_fps = 1000.0 / (cfg.hop_ms * 4)
+        if init_from and grow_from:
+            raise ValueError("init_from and grow_from: give one starting point, not both")
         if init_from:
             self._load_weights(init_from)
+        if grow_from:
+            self._grow(Path(grow_from))
+        if freeze_encoder:
+            enc = self.adapter.audio_encoder
+            for part in (enc.conv, enc.encoder, enc.norm):
+                part.requires_grad_(False)
 
     def _load_weights(self, path: str) -> None:
         if Path(path).is_dir():  # an exported TinyLALM checkpoint: the model only, no training heads
@@ -159,6 +175,26 @@ class TinyLALMPretrain(L.LightningModule):
         if asdict(exported.config) != asdict(self.adapter.config):
             raise ValueError(f"{path}/config.json: differs from this run's config")
         self.adapter.load_state_dict(exported.state_dict())
+
+    def _grow(self, path: Path) -> None:
+        small = TinyLALM(checkpoint=str(path))
+        if small.tokenizer.get_vocab() != self.adapter.tokenizer.get_vocab():
+            raise ValueError(f"{path}/tokenizer.json: differs from the tokenizer built from tokenizer_manifests")
+        mine = self.adapter.state_dict()
+        theirs = small.state_dict()
+        # the parts that must carry over whole: without them this is training from scratch
+        needed = [k for k in mine if k.startswith(("audio_encoder.", "llm.model.embed_tokens."))]
+        bad = [k for k in needed if k not in theirs or theirs[k].shape != mine[k].shape]
+        if bad:
+            raise ValueError(f"{path}/config.json: grow_from needs the same encoder and LLM hidden size; "
+                             f"{bad[0]} differs")
+        copied = {k: v for k, v in theirs.items() if k in mine and v.shape == mine[k].shape}
+        self.adapter.load_state_dict(copied, strict=False)
+        old_layers = small.config.llm["num_hidden_layers"]
+        for layer in self.adapter.llm.model.layers[old_layers:]:
+            torch.nn.init.zeros_(layer.self_attn.o_proj.weight)
+            torch.nn.init.zeros_(layer.mlp.down_proj.weight)
+        self.grown = {"copied": len(copied), "new": len([k for k in mine if k not in copied])}
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
@@ -247,7 +283,7 @@ class TinyLALMPretrain(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        named = list(self.adapter.named_parameters())
+        named = [(n, p) for n, p in self.adapter.named_parameters() if p.requires_grad]
         for prefix in ("ctc_head", "speaker_head", "pair_head"):
             head = getattr(self, prefix)
             if head is not None:
@@ -274,7 +310,7 @@ def export_checkpoint(ckpt: str, out_dir: str) -> Path:
     """
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     hparams = {k: v for k, v in state["hyper_parameters"].items() if not k.startswith("_")}
-    hparams["init_from"] = None  # the weights come from ``ckpt`` itself
+    hparams["init_from"] = hparams["grow_from"] = None  # the weights come from ``ckpt`` itself
     module = TinyLALMPretrain(**hparams)
     module.load_state_dict(state["state_dict"])
     module.adapter.save(Path(out_dir))
