@@ -6,7 +6,7 @@ DATA ?= data/synth
 TINY ?= checkpoints/tiny_lalm
 RUNS ?= runs
 
-.PHONY: help install demo test tiny-data tiny-lalm reproduce-tiny reproduce-table1 reproduce-qwen2audio \
+.PHONY: help install demo test tiny-data tiny-lalm tiny-lalm-8x16g reproduce-tiny reproduce-table1 reproduce-qwen2audio \
         reproduce-ablations figures bench-smoke clean
 
 help:
@@ -38,6 +38,9 @@ tiny-lalm: tiny-data ## pretrain the TinyLALM testbed from instructions, six sta
 	$(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm_stage4.yaml
 	$(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm_stage5.yaml
 	$(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm_stage6.yaml
+
+tiny-lalm-8x16g: tiny-data ## the enlarged 8 x 16-head testbed grown from $(TINY) on the CPU (writes checkpoints/tiny_lalm_8x16g)
+	$(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm_8x16_grown.yaml --model.init_args.grow_from $(TINY)
 
 reproduce-tiny: tiny-data ## the AHAMask table on TinyLALM (4 conditions x tasks), Markdown + CSV + Jaccard map
 	$(BIN)/python -m ahamask_lightning.reproduce tiny --data $(DATA) --checkpoint $(TINY) --out $(RUNS)/reproduce_tiny

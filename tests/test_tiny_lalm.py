@@ -226,3 +226,22 @@ def test_grow_from_a_smaller_llm_copies_what_fits_and_adds_identity_layers(tmp_p
     narrow = {**deeper, "llm": {**deeper["llm"], "hidden_size": 16, "intermediate_size": 32}}
     with pytest.raises(ValueError, match="small/config.json: grow_from needs the same encoder and LLM hidden size"):
         TinyLALMPretrain([str(manifest)], vocab_size=120, config=narrow, grow_from=str(tmp_path / "small"))
+
+
+def test_the_committed_enlarged_testbed_is_the_grown_recipe():
+    """checkpoints/tiny_lalm_8x16g is what experiments/pretrain_tiny_lalm_8x16_grown.yaml writes."""
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    recipe = yaml.safe_load((repo / "experiments" / "pretrain_tiny_lalm_8x16_grown.yaml").read_text())
+    grown = TinyLALM(str(repo / "checkpoints" / "tiny_lalm_8x16g"))
+    small = TinyLALM(str(repo / "checkpoints" / "tiny_lalm"))
+    assert grown.config.llm == recipe["model"]["init_args"]["config"]["llm"]
+    assert len(grown.gated_attentions()) * grown.num_heads == 128
+    assert grown.tokenizer.get_vocab() == small.tokenizer.get_vocab()
+    # the encoder was frozen while the LLM grew: it is stage 6's, to the fp16 bit
+    for name, p in small.audio_encoder.state_dict().items():
+        if not name.startswith("proj."):
+            assert torch.equal(p, grown.audio_encoder.state_dict()[name]), name
