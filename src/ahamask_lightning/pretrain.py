@@ -167,19 +167,21 @@ class TinyLALMPretrain(L.LightningModule):
             raise ValueError(f"{path}: shape mismatch for {bad[:3]} (was the config or tokenizer changed?)")
         self.load_state_dict(state, strict=False)
 
-    def _load_exported(self, path: Path) -> None:
+    def _exported_with_my_tokenizer(self, path: Path) -> TinyLALM:
         exported = TinyLALM(checkpoint=str(path))
         if exported.tokenizer.get_vocab() != self.adapter.tokenizer.get_vocab():
             raise ValueError(f"{path}/tokenizer.json: differs from the tokenizer built from tokenizer_manifests "
                              "(was the corpus synthesised with another seed or size?)")
+        return exported
+
+    def _load_exported(self, path: Path) -> None:
+        exported = self._exported_with_my_tokenizer(path)
         if asdict(exported.config) != asdict(self.adapter.config):
             raise ValueError(f"{path}/config.json: differs from this run's config")
         self.adapter.load_state_dict(exported.state_dict())
 
     def _grow(self, path: Path) -> None:
-        small = TinyLALM(checkpoint=str(path))
-        if small.tokenizer.get_vocab() != self.adapter.tokenizer.get_vocab():
-            raise ValueError(f"{path}/tokenizer.json: differs from the tokenizer built from tokenizer_manifests")
+        small = self._exported_with_my_tokenizer(path)
         mine = self.adapter.state_dict()
         theirs = small.state_dict()
         # the parts that must carry over whole: without them this is training from scratch
