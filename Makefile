@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= data/synth
 TINY ?= checkpoints/tiny_lalm
+DEMO_TINY ?= checkpoints/tiny_lalm_8x16g
 RUNS ?= runs
 
 .PHONY: help install demo test tiny-data tiny-lalm tiny-lalm-8x16g reproduce-tiny reproduce-table1 reproduce-qwen2audio \
@@ -29,7 +30,7 @@ $(DATA)/summary.json:
 tiny-data: install $(DATA)/summary.json ## synthesise the SynthSpeech corpus (espeak-ng + sox)
 
 demo: install ## the main job: synth data, train a GR mask on TinyLALM, compare with/without instruction
-	$(BIN)/python -m ahamask_lightning.demo --checkpoint $(TINY) --out $(RUNS)/demo $(if $(DEMO_DATA),--data $(DEMO_DATA))
+	$(BIN)/python -m ahamask_lightning.demo --checkpoint $(DEMO_TINY) --out $(RUNS)/demo $(if $(DEMO_DATA),--data $(DEMO_DATA))
 
 tiny-lalm: tiny-data ## pretrain the TinyLALM testbed from instructions, six stages (writes $(TINY))
 	$(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm.yaml

@@ -1,7 +1,8 @@
 """The README's main job on a laptop CPU (``make demo``).
 
-Synthesises SynthSpeech (if absent), trains a gender-recognition AHAMask on the committed
-TinyLALM without any instruction, tests it against the with-instruction, no-instruction and
+Synthesises SynthSpeech (if absent), trains a gender-recognition AHAMask on a committed
+TinyLALM (by default the 8 x 16-head grown testbed, where the mask reaches the instruction row)
+without any instruction, tests it against the with-instruction, no-instruction and
 random-mask conditions, and prints the comparison.
 """
 from __future__ import annotations
@@ -26,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ahamask_lightning.demo", description=__doc__)
     # not data/synth: make tiny-data would take this small corpus for the full one and skip it
     p.add_argument("--data", default="data/synth_demo")
-    p.add_argument("--checkpoint", default="checkpoints/tiny_lalm")
+    p.add_argument("--checkpoint", default="checkpoints/tiny_lalm_8x16g",
+                   help="checkpoints/tiny_lalm for the 6 x 8-head model, where it falls short")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--n", type=int, default=1500, help="utterances to synthesise if --data is empty")
     p.add_argument("--steps", type=int, default=600, help="mask training steps")
