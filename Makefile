@@ -4,7 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= data/synth
 TINY ?= checkpoints/tiny_lalm
-DEMO_TINY ?= checkpoints/tiny_lalm_8x16g
+# the testbed the demo and the reproduce targets use: the 8 x 16 grown model (TESTBED=$(TINY): the 6 x 8 one)
+TESTBED ?= checkpoints/tiny_lalm_8x16g
 RUNS ?= runs
 
 .PHONY: help install demo test tiny-data tiny-lalm tiny-lalm-8x16g reproduce-tiny reproduce-table1 reproduce-qwen2audio \
@@ -30,7 +31,7 @@ $(DATA)/summary.json:
 tiny-data: install $(DATA)/summary.json ## synthesise the SynthSpeech corpus (espeak-ng + sox)
 
 demo: install ## the main job: synth data, train a GR mask on TinyLALM, compare with/without instruction
-	$(BIN)/python -m ahamask_lightning.demo --checkpoint $(DEMO_TINY) --out $(RUNS)/demo $(if $(DEMO_DATA),--data $(DEMO_DATA))
+	$(BIN)/python -m ahamask_lightning.demo --checkpoint $(TESTBED) --out $(RUNS)/demo $(if $(DEMO_DATA),--data $(DEMO_DATA))
 
 tiny-lalm: tiny-data ## pretrain the TinyLALM testbed from instructions, six stages (writes $(TINY))
 	$(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm.yaml
@@ -44,7 +45,7 @@ tiny-lalm-8x16g: tiny-data ## the enlarged 8 x 16-head testbed grown from $(TINY
 	$(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm_8x16_grown.yaml --model.init_args.grow_from $(TINY)
 
 reproduce-tiny: tiny-data ## the AHAMask table on TinyLALM (4 conditions x tasks), Markdown + CSV + Jaccard map
-	$(BIN)/python -m ahamask_lightning.reproduce tiny --data $(DATA) --checkpoint $(TINY) --out $(RUNS)/reproduce_tiny
+	$(BIN)/python -m ahamask_lightning.reproduce tiny --data $(DATA) --checkpoint $(TESTBED) --out $(RUNS)/reproduce_tiny
 
 reproduce-table1: install ## SALMONN-13B Table 1 (needs the released weights; says which paths are missing)
 	$(BIN)/python -m ahamask_lightning.reproduce table1 --out $(RUNS)/table1
@@ -57,7 +58,7 @@ ABLATION_QUICK ?=
 ABLATION_STEPS ?=
 ABLATION_ARGS ?=
 reproduce-ablations: tiny-data ## lambda sweep, 3 seeds + intersection, progressive activation, wording (ABLATION_QUICK=1: minutes)
-	$(BIN)/python -m ahamask_lightning.reproduce ablations --data $(DATA) --checkpoint $(TINY) --out $(RUNS)/ablations \
+	$(BIN)/python -m ahamask_lightning.reproduce ablations --data $(DATA) --checkpoint $(TESTBED) --out $(RUNS)/ablations \
 		$(if $(ABLATION_QUICK),--quick) $(if $(ABLATION_STEPS),--steps $(ABLATION_STEPS)) $(ABLATION_ARGS)
 
 figures: install ## every PNG from the runs' summary.json files, into $(RUNS)/figures

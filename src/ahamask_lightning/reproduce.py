@@ -309,7 +309,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = add("tiny", TINY_TASKS, 600, 10)
     s.add_argument("--data", type=Path, default=Path("data/synth"))
-    s.add_argument("--checkpoint", default="checkpoints/tiny_lalm")
+    s.add_argument("--checkpoint", default="checkpoints/tiny_lalm_8x16g")
     s = add("table1", PAPER_TASKS, None, None)
     s.add_argument("--official", help="directory of the released masks (<task>_<corpus>.pth): test those")
     s.add_argument("--masks", help="directory of <task>.safetensors to test instead of training")
@@ -331,7 +331,7 @@ def parser() -> argparse.ArgumentParser:
                    help="shares of heads switched on, by learned logit (default: 0,0.1,...,1)")
     s.add_argument("--variants", type=int, help="instruction wordings to test (default: all)")
     s.add_argument("--data", type=Path, default=Path("data/synth"))
-    s.add_argument("--checkpoint", default="checkpoints/tiny_lalm")
+    s.add_argument("--checkpoint", default="checkpoints/tiny_lalm_8x16g")
     s.add_argument("--pretrained", help="Qwen2-Audio directory for the qwen2audio families")
     s = sub.add_parser("figures")
     s.add_argument("--runs", type=Path, nargs="+", default=[Path("runs")])
