@@ -81,8 +81,9 @@ def test_gr_parse_strict(text: str, expected: str | None) -> None:
 
 def test_label_metric_reports_lenient_and_exact() -> None:
     metric = get_task("gr").metric()
-    metric.update(["Male", "Female|a dog runs", "The speaker is male", "Male"], ["Male", "Female", "Male", "Female"])
-    assert metric.compute() == {"acc": 75.0, "acc_exact": 25.0}
+    metric.update(["Male", "Female|a dog runs", "The speaker is male", "Male", "a dog runs"],
+                  ["Male", "Female", "Male", "Female", "Male"])
+    assert metric.compute() == {"acc": 60.0, "acc_exact": 20.0, "answered": 80.0}
 
 
 def test_other_label_parses() -> None:

@@ -25,8 +25,8 @@ from .experiment import CONDITIONS
 
 TINY_TASKS = ("gr", "src", "asv", "asr", "aac", "gr_asr", "json")
 PAPER_TASKS = ("asr", "gr", "ser", "asv", "aac", "s2tt", "osr", "gr_asr", "asr_gr", "json")
-TABLE_METRICS = {"asr": ("wer",), "gr": ("acc", "acc_exact"), "ser": ("acc",), "src": ("acc", "acc_exact"),
-                 "asv": ("acc", "acc_exact"),
+TABLE_METRICS = {"asr": ("wer",), "gr": ("acc", "acc_exact", "answered"), "ser": ("acc",),
+                 "src": ("acc", "acc_exact", "answered"), "asv": ("acc", "acc_exact", "answered"),
                  "aac": ("meteor", "rouge_l"), "s2tt": ("bleu",), "osr": ("wer",), "gr_asr": ("ifr", "acc", "wer"),
                  "asr_gr": ("ifr", "acc", "wer"), "json": ("ifr", "wer", "acc")}
 # Paper Table 1 (SALMONN-13B) per column, in CONDITIONS order; None: not reported.

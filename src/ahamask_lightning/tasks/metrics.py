@@ -178,7 +178,9 @@ class LabelAccuracy(Metric):
     """Accuracy in percent; outputs go through ``parse_label`` and unparseable ones count wrong.
 
     ``acc`` parses leniently (the label as the first clause or the only label named); ``acc_exact``
-    counts only bare-label answers (``parse_label(strict=True)``). Targets must parse to a label (``ValueError`` otherwise: that is a data bug).
+    counts only bare-label answers (``parse_label(strict=True)``); ``answered`` is the share of
+    outputs that name a label at all (leniently), right or wrong: the classification analogue of
+    IFR, which separates "does the task" from "does it well" when no instruction names the task. Targets must parse to a label (``ValueError`` otherwise: that is a data bug).
     """
 
     full_state_update = False
@@ -189,6 +191,7 @@ class LabelAccuracy(Metric):
         self.vocab = dict(vocab)
         self.add_state("correct", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("exact", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("answered", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, preds: Sequence[str], targets: Sequence[str]) -> None:
@@ -197,12 +200,15 @@ class LabelAccuracy(Metric):
             gold = parse_label(target, self.vocab)
             if gold is None:
                 raise ValueError(f"target {target!r} is not one of the labels {sorted(set(self.vocab.values()))}")
-            self.correct += int(parse_label(pred, self.vocab) == gold)
+            label = parse_label(pred, self.vocab)
+            self.correct += int(label == gold)
+            self.answered += int(label is not None)
             self.exact += int(parse_label(pred, self.vocab, strict=True) == gold)
             self.total += 1
 
     def compute(self) -> dict[str, float]:
-        return {"acc": _pct(self.correct, self.total), "acc_exact": _pct(self.exact, self.total)}
+        return {"acc": _pct(self.correct, self.total), "acc_exact": _pct(self.exact, self.total),
+                "answered": _pct(self.answered, self.total)}
 
 
 class TranslationMetrics(TextStateMetric):
