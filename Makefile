@@ -8,7 +8,7 @@ TINY ?= checkpoints/tiny_lalm
 TESTBED ?= checkpoints/tiny_lalm_8x16g
 RUNS ?= runs
 
-.PHONY: help install demo test tiny-data tiny-lalm tiny-lalm-8x16g tiny-lalm-8x32g reproduce-tiny reproduce-table1 reproduce-qwen2audio \
+.PHONY: help install demo test tiny-data tiny-lalm tiny-lalm-8x16g tiny-lalm-8x32g tiny-lalm-12x32g reproduce-tiny reproduce-table1 reproduce-qwen2audio \
         reproduce-ablations figures bench-smoke clean
 
 help:
@@ -50,6 +50,14 @@ tiny-lalm-8x32g: tiny-data ## the 8 x 32-head testbed grown from checkpoints/tin
 	$(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm_8x16_grown.yaml --model.init_args.config.llm '$(LLM_8X32)' \
 	  --model.init_args.grow_from checkpoints/tiny_lalm_8x16g --model.init_args.out_dir checkpoints/tiny_lalm_8x32g \
 	  --trainer.max_steps 5000 --trainer.max_time 00:00:42:00 --trainer.default_root_dir $(RUNS)/pretrain_tiny_lalm_8x32g
+
+# 12 x 32 heads, grown from the 8 x 32 model: four more layers that start as identities (45 min here)
+LLM_12X32 := {"hidden_size":192,"intermediate_size":512,"num_hidden_layers":12,"num_attention_heads":32,"num_key_value_heads":32,"max_position_embeddings":512,"rms_norm_eps":1.0e-05,"tie_word_embeddings":true}
+tiny-lalm-12x32g: tiny-data ## the 12 x 32-head testbed grown from checkpoints/tiny_lalm_8x32g (writes checkpoints/tiny_lalm_12x32g)
+	$(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm_8x16_grown.yaml --model.init_args.config.llm '$(LLM_12X32)' \
+	  --model.init_args.grow_from checkpoints/tiny_lalm_8x32g --model.init_args.out_dir checkpoints/tiny_lalm_12x32g \
+	  --model.init_args.lr 0.0003 --trainer.max_steps 5000 --trainer.max_time 00:00:45:00 \
+	  --trainer.default_root_dir $(RUNS)/pretrain_tiny_lalm_12x32g
 
 reproduce-tiny: tiny-data ## the AHAMask table on TinyLALM (4 conditions x tasks), Markdown + CSV + Jaccard map
 	$(BIN)/python -m ahamask_lightning.reproduce tiny --data $(DATA) --checkpoint $(TESTBED) --out $(RUNS)/reproduce_tiny

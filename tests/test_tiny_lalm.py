@@ -245,3 +245,26 @@ def test_the_committed_enlarged_testbed_is_the_grown_recipe():
     for name, p in small.audio_encoder.state_dict().items():
         if not name.startswith("proj."):
             assert torch.equal(p, grown.audio_encoder.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("name,llm_var,parent", [("tiny_lalm_8x32g", "LLM_8X32", "tiny_lalm_8x16g"),
+                                                  ("tiny_lalm_12x32g", "LLM_12X32", "tiny_lalm_8x32g")])
+def test_the_committed_further_growths_are_their_make_targets(name: str, llm_var: str, parent: str):
+    """The 8 x 32 and 12 x 32 checkpoints carry the LLM shape their Makefile target passes, and the
+    encoder of the model they were grown from (it is frozen while the LLM grows)."""
+    import json
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    makefile = (repo / "Makefile").read_text()
+    llm = json.loads(re.search(rf"^{llm_var} := (.+)$", makefile, re.M).group(1))
+    assert f"--model.init_args.grow_from checkpoints/{parent} --model.init_args.out_dir checkpoints/{name}" in makefile
+    grown = TinyLALM(str(repo / "checkpoints" / name))
+    base = TinyLALM(str(repo / "checkpoints" / parent))
+    assert grown.config.llm == llm
+    assert len(grown.gated_attentions()) * grown.num_heads == llm["num_hidden_layers"] * llm["num_attention_heads"]
+    assert grown.tokenizer.get_vocab() == base.tokenizer.get_vocab()
+    for key, p in base.audio_encoder.state_dict().items():
+        if not key.startswith("proj."):
+            assert torch.equal(p, grown.audio_encoder.state_dict()[key]), key
