@@ -72,7 +72,12 @@ def test_gender_accuracy_with_messy_outputs() -> None:
     m = get_task("gr").metric()
     m.update([" male.", "The speaker is female", "Female Male"], ["Male", "Female", "Male"])
     m.update(["MALE!!", "unknown", ""], ["Female", "Male", "Female"])
-    assert m.compute() == {"acc": pytest.approx(100 * 2 / 6), "acc_exact": pytest.approx(100 * 1 / 6)}
+    # answered: " male.", "...female" and "MALE!!" name one label; "Female Male" names two, the rest none
+    assert m.compute() == {
+        "acc": pytest.approx(100 * 2 / 6),
+        "acc_exact": pytest.approx(100 * 1 / 6),
+        "answered": pytest.approx(100 * 3 / 6),
+    }
 
 
 def test_asv_ambiguous_answer_is_wrong() -> None:
