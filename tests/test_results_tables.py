@@ -14,9 +14,9 @@ CONDITIONS = ("with instruction", "no instruction", "random mask", "AHAMask")
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
-def _csv_rows(checkpoint: Path) -> dict[str, list[str]]:
+def _csv_rows(checkpoint: Path) -> dict[str, dict[str, str]]:
     with open(checkpoint / "ahamask_table.csv", newline="") as f:
-        return {row["condition"]: [v for k, v in row.items() if k != "condition"] for row in csv.DictReader(f)}
+        return {row.pop("condition"): row for row in csv.DictReader(f)}
 
 
 def _rounded(values: list[str]) -> set[str]:
@@ -77,9 +77,9 @@ def test_hand_written_table_matches_the_csv(where: str, section: str, checkpoint
         label = cells[0]
         condition = next((c for c in CONDITIONS if label.startswith(c)), None)
         if label.startswith("heads on"):
-            allowed = _rounded([v for k, v in zip(_header(checkpoint), rows["AHAMask"]) if k.endswith("/heads")])
+            allowed = _rounded([v for k, v in rows["AHAMask"].items() if k.endswith("/heads")])
         elif condition is not None:
-            allowed = _rounded(rows[condition])
+            allowed = _rounded(list(rows[condition].values()))
         else:
             continue
         for figure in (m for cell in cells[1:] for m in NUMBER.findall(cell)):
@@ -88,7 +88,3 @@ def test_hand_written_table_matches_the_csv(where: str, section: str, checkpoint
             checked += 1
     assert checked >= 10, f"{where}: found only {checked} figures to check"
 
-
-def _header(checkpoint: Path) -> list[str]:
-    with open(checkpoint / "ahamask_table.csv", newline="") as f:
-        return next(csv.reader(f))[1:]
