@@ -54,6 +54,23 @@ def test_head_mask_init_train_and_eval():
         HeadMask(2, 2, estimator="gumbel")
 
 
+def test_sigmoid_gate_is_continuous_and_deterministic():
+    hm = HeadMask(2, 3, estimator="sigmoid", init_mean=0.0, init_std=0.0)
+    with torch.no_grad():
+        hm.logits[0, 0] = 2.0
+        hm.logits[1, 2] = -3.0
+    hm.train()
+    gate = hm()
+    assert torch.equal(gate, hm())  # no noise
+    assert gate[0, 0].item() == pytest.approx(1 / (1 + math.exp(-2.0)))
+    assert gate[0, 1].item() == pytest.approx(0.5)
+    gate.sum().backward()  # gradient of sigmoid itself, not of a thresholded gate
+    assert hm.logits.grad[0, 1].item() == pytest.approx(0.25)
+    hm.eval()
+    assert torch.allclose(hm(), torch.sigmoid(hm.logits.detach()))
+    assert hm.hard().tolist() == [[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]] and hm.active_heads() == 5
+
+
 @needs_official
 def test_import_official_reproduces_released_active_counts(tmp_path):
     expected = {"asr_librispeech.pth": 1525}

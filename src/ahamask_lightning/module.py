@@ -83,7 +83,8 @@ class AHAMaskModule(L.LightningModule):
 
     Args:
         model: the frozen LALM adapter (any ``LALMAdapter``: TinyLALM, Qwen2-Audio, SALMONN...).
-        estimator: ``logistic`` (Gumbel-Sigmoid), ``official`` (released code) or ``hard_concrete``.
+        estimator: ``logistic`` (Gumbel-Sigmoid), ``official`` (released code), ``hard_concrete``, or
+            ``sigmoid``, the continuous gate sigmoid(M) at training and test (a diagnostic bound).
         sparsity_lambda: weight of sum(mask) in the loss (``SparsityPenalty`` may schedule it).
         lr, warmup_lr, warmup_steps, final_lr, total_steps: AdamW on the logits only, no weight
             decay; linear warm-up then cosine (total_steps defaults to the trainer's).
@@ -195,7 +196,7 @@ class AHAMaskModule(L.LightningModule):
 
     # --- evaluation -------------------------------------------------------------------
     def eval_mask(self) -> torch.Tensor | None:
-        return self.head_mask.hard() if self.use_mask else None
+        return self.head_mask.eval_gate() if self.use_mask else None
 
     def _generate(self, batch: dict) -> list[str]:
         with self.gate.apply(self.eval_mask()):

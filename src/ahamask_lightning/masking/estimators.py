@@ -3,6 +3,10 @@
 Every estimator maps logits M to a soft sample S in (0, 1); training uses the hard
 gate 1[S >= 0.5] with the straight-through gradient of S. At evaluation the gate is
 deterministic: a head is on iff its logit >= 0.
+
+``sigmoid`` is not a binary mask but a diagnostic: the continuous gate sigmoid(M), with no
+noise and no threshold, in training and at evaluation. What it cannot fit, no head subset
+found by gradient descent is likely to fit, so it bounds what head gating can do on a model.
 """
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ import math
 
 import torch
 
-ESTIMATORS = ("logistic", "official", "hard_concrete")
+ESTIMATORS = ("logistic", "official", "hard_concrete", "sigmoid")
+CONTINUOUS = ("sigmoid",)
 
 
 def _uniform(like: torch.Tensor, eps: float = 1e-6, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -31,6 +36,7 @@ def soft_sample(
     * ``official``: the released code's single left-tailed Gumbel, log(Exp(1)) noise:
       P(on) = exp(-exp(-M)), 0.37 at M = 0.
     * ``hard_concrete``: Louizos et al. L0 gate, stretched to (-0.1, 1.1) and clipped.
+    * ``sigmoid``: sigmoid(M), deterministic and without temperature (the continuous diagnostic).
     """
     if estimator == "logistic":
         u = _uniform(logits, generator=generator)
@@ -45,6 +51,8 @@ def soft_sample(
         u = _uniform(logits, generator=generator)
         s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + logits) / temperature)
         return (s * 1.2 - 0.1).clamp(0.0, 1.0)
+    if estimator == "sigmoid":
+        return torch.sigmoid(logits)
     raise ValueError(f"estimator: expected one of {ESTIMATORS}, got {estimator!r}")
 
 

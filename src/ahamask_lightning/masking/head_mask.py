@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .estimators import ESTIMATORS, deterministic_mask, soft_sample, straight_through
+from .estimators import CONTINUOUS, ESTIMATORS, deterministic_mask, soft_sample, straight_through
 
 
 class HeadMask(nn.Module):
@@ -13,7 +13,8 @@ class HeadMask(nn.Module):
     In training mode ``forward`` returns a straight-through hard sample (0/1 values,
     gradients of the relaxed sample); in eval mode the deterministic mask (logit >= 0).
     ``temperature`` is a buffer so that it travels with checkpoints and is annealed by
-    the ``TemperatureAnnealing`` callback.
+    the ``TemperatureAnnealing`` callback. A continuous estimator (``sigmoid``) returns
+    sigmoid(M) in both modes: a diagnostic gate, not a binary mask.
     """
 
     def __init__(
@@ -39,9 +40,17 @@ class HeadMask(nn.Module):
     def forward(self, batch_size: int | None = None) -> torch.Tensor:
         """A gate ``[layers, heads]``, or ``[batch_size, layers, heads]`` with one sample each."""
         if not self.training:
-            return deterministic_mask(self.logits.detach())
+            return self.eval_gate()
         logits = self.logits if batch_size is None else self.logits.expand(batch_size, *self.logits.shape)
+        if self.estimator in CONTINUOUS:
+            return soft_sample(logits, float(self.temperature), self.estimator)
         return straight_through(soft_sample(logits, float(self.temperature), self.estimator))
+
+    def eval_gate(self) -> torch.Tensor:
+        """The evaluation gate: the binary mask, or sigmoid(M) for a continuous estimator."""
+        if self.estimator in CONTINUOUS:
+            return soft_sample(self.logits.detach(), float(self.temperature), self.estimator)
+        return deterministic_mask(self.logits.detach())
 
     def hard(self) -> torch.Tensor:
         return deterministic_mask(self.logits.detach())
