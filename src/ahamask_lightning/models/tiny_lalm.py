@@ -215,6 +215,15 @@ class TinyLALM(LALMAdapter):
         out = self.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
         return causal_lm_loss(out.logits, labels)
 
+    @torch.no_grad()
+    def hidden_states(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The LLM's hidden states over the prompt (left-padded: position -1 predicts the answer)."""
+        embeds, mask, _ = self._inputs({k: v for k, v in batch.items() if not k.startswith("target_")})
+        positions = (mask.long().cumsum(-1) - 1).clamp_min(0)  # as generate() numbers left-padded prompts
+        out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False,
+                       output_hidden_states=True)
+        return out.hidden_states
+
     default_generation = {"max_new_tokens": 48, "num_beams": 1, "do_sample": False}
 
     @torch.no_grad()

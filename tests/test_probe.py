@@ -1,0 +1,52 @@
+"""Answer-position probes: the states are those generation predicts from; the probe reads what is there."""
+from __future__ import annotations
+
+import torch
+
+from ahamask_lightning.analysis.probe import main as probe_main
+from ahamask_lightning.analysis.probe import probe_accuracy
+from ahamask_lightning.models.tiny_lalm import random_tiny_lalm
+
+
+def _model():
+    torch.manual_seed(0)
+    m = random_tiny_lalm(["the cat sat on the mat", "male female"], layers=2, heads=4, hidden=32)
+    for p in m.llm.parameters():
+        p.data.normal_(0, 0.3)
+    return m.freeze()
+
+
+def test_last_position_states_predict_the_first_answer_token_in_left_padded_batches():
+    m = _model()
+    audios = [torch.randn(9000) * 0.1, torch.randn(20000) * 0.1]
+    instructions = [None, "is it a male or a female"]
+    together = m.hidden_states(m.collate(audios, instructions))
+    for i, (a, ins) in enumerate(zip(audios, instructions)):
+        alone = m.hidden_states(m.collate([a], [ins]))
+        for h_all, h_one in zip(together, alone):
+            assert torch.allclose(h_all[i, -1], h_one[0, -1], atol=2e-3)
+    # the last state, through the head, is the greedy first token of generate()
+    batch = m.collate(audios, instructions)
+    logits = m.llm.lm_head(together[-1][:, -1])  # transformers' last hidden state is already normed
+    out = m.llm.generate(inputs_embeds=m._inputs(batch)[0], attention_mask=m._inputs(batch)[1], max_new_tokens=1,
+                         do_sample=False, pad_token_id=m.tokenizer.pad_token_id)
+    assert logits.argmax(-1).tolist() == out[:, -1].tolist()
+
+
+def test_probe_reads_a_linear_label_and_not_noise():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 16, generator=gen)
+    y = ["a" if v > 0 else "b" for v in x[:, 3].tolist()]
+    assert probe_accuracy(x[:300], y[:300], x[300:], y[300:]) >= 90
+    noise = ["a" if v > 0 else "b" for v in torch.randn(400, generator=gen).tolist()]
+    assert probe_accuracy(x[:300], noise[:300], x[300:], noise[300:]) <= 70
+
+
+def test_probe_cli_writes_one_row_per_hidden_state(synth_corpus, tmp_path, capsys):
+    m = random_tiny_lalm(["the cat sat on the mat", "male female"], layers=2, heads=4, hidden=32)
+    m.save(tmp_path / "ck")
+    assert probe_main(["--checkpoint", str(tmp_path / "ck"), "--data", str(synth_corpus), "--task", "gr",
+                       "--train-samples", "16", "--test-samples", "8", "--out", str(tmp_path / "probe")]) == 0
+    rows = (tmp_path / "probe" / "probe.csv").read_text().strip().splitlines()
+    assert rows[0] == "hidden_state,instruction,none" and len(rows) == 1 + 3  # embeddings + 2 layers
+    assert all(0 <= float(v) <= 100 for r in rows[1:] for v in r.split(",")[1:])
