@@ -1,6 +1,8 @@
 """Answer-position probes: the states are those generation predicts from; the probe reads what is there."""
 from __future__ import annotations
 
+import json
+
 import torch
 
 from ahamask_lightning.analysis.probe import main as probe_main
@@ -50,3 +52,17 @@ def test_probe_cli_writes_one_row_per_hidden_state(synth_corpus, tmp_path, capsy
     rows = (tmp_path / "probe" / "probe.csv").read_text().strip().splitlines()
     assert rows[0] == "hidden_state,instruction,none" and len(rows) == 1 + 3  # embeddings + 2 layers
     assert all(0 <= float(v) <= 100 for r in rows[1:] for v in r.split(",")[1:])
+
+
+def test_answer_modes_name_the_task_a_prediction_belongs_to(tmp_path, capsys):
+    from ahamask_lightning.analysis.modes import answer_mode, main as modes_main
+
+    assert [answer_mode(p) for p in ("fast", " Female", "Yes.", "", '{"ASR": "a"}', "Male|the cat",
+                                     "a quiet low plucked note", "please read the hat")] == [
+        "src", "gr", "asv", "empty", "json", "composite", "caption", "text"]
+    preds = tmp_path / "predictions.jsonl"
+    preds.write_text("\n".join(json.dumps({"prediction": p, "reference": r}) for p, r in
+                               [("fast", "fast"), ("Female", "slow"), ("a long beep", "slow")]) + "\n")
+    assert modes_main([str(preds)]) == 0
+    out = capsys.readouterr().out
+    assert "| slow | 1 | 1 | 0 | 2 |" in out and "| all | 1 | 1 | 1 | 3 |" in out
