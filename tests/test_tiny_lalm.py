@@ -228,6 +228,29 @@ def test_grow_from_a_smaller_llm_copies_what_fits_and_adds_identity_layers(tmp_p
         TinyLALMPretrain([str(manifest)], vocab_size=120, config=narrow, grow_from=str(tmp_path / "small"))
 
 
+def test_stacked_growth_copies_every_new_layer_from_a_trained_one(tmp_path):
+    from ahamask_lightning.pretrain import TinyLALMPretrain, stacked_layers
+
+    assert stacked_layers(8, 12) == [0, 1, 2, 3, 4, 5, 2, 3, 4, 5, 6, 7]  # SOLAR-style overlap in the middle
+    assert stacked_layers(1, 2) == [0, 0] and stacked_layers(3, 3) == [0, 1, 2]
+    with pytest.raises(ValueError, match="at most 6"):
+        stacked_layers(3, 7)
+    manifest, _ = _speaker_manifest(tmp_path)
+    small = TinyLALMPretrain([str(manifest)], vocab_size=120, config=_TINY_PRETRAIN, seed=1)
+    small.adapter.save(tmp_path / "small")
+    small = TinyLALM(str(tmp_path / "small"))
+    deeper = {**_TINY_PRETRAIN, "llm": {**_TINY_PRETRAIN["llm"], "num_hidden_layers": 2}}
+    grown = TinyLALMPretrain([str(manifest)], vocab_size=120, config=deeper, seed=2, grow_from=str(tmp_path / "small"),
+                             grow_layers="stack")
+    old = small.llm.model.layers[0].state_dict()
+    for layer in grown.adapter.llm.model.layers:  # both copies of layer 0, output projections included
+        assert all(torch.equal(v, old[k]) for k, v in layer.state_dict().items())
+    a, b = (grown.adapter.llm.model.layers[i].self_attn.o_proj.weight for i in (0, 1))
+    assert a.data_ptr() != b.data_ptr()  # copies, not one tensor trained twice
+    with pytest.raises(ValueError, match="grow_layers"):
+        TinyLALMPretrain([str(manifest)], vocab_size=120, config=deeper, grow_layers="mirror")
+
+
 def test_the_committed_enlarged_testbed_is_the_grown_recipe():
     """checkpoints/tiny_lalm_8x16g is what experiments/pretrain_tiny_lalm_8x16_grown.yaml writes."""
     from pathlib import Path

@@ -20,6 +20,7 @@ A second stage can start from a first stage's Lightning checkpoint (``init_from`
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -93,6 +94,31 @@ class PretrainCollate(SampleCollate):
         return batch
 
 
+GROW_LAYERS = ("identity", "stack")
+_LAYER_KEY = re.compile(r"^llm\.model\.layers\.(\d+)\.")
+
+
+def stacked_layers(old: int, new: int) -> list[int]:
+    """Depth up-scaling: for each of ``new`` layers, the old layer it copies (first half from the
+    bottom, second half from the top, so the two copies overlap in the middle)."""
+    if new < old:
+        raise ValueError(f"grow_layers=stack: {new} layers cannot come from {old}")
+    first = (new + 1) // 2
+    if first > old:
+        raise ValueError(f"grow_layers=stack: {new} layers need at most {2 * old} (two copies of {old})")
+    return list(range(first)) + list(range(old - (new - first), old))
+
+
+def restack(state: dict[str, torch.Tensor], sources: list[int]) -> dict[str, torch.Tensor]:
+    """The small model's state with its decoder layers copied to the new positions ``sources``."""
+    out = {k: v for k, v in state.items() if not _LAYER_KEY.match(k)}
+    for new, old in enumerate(sources):
+        prefix = f"llm.model.layers.{old}."
+        out.update({f"llm.model.layers.{new}." + k[len(prefix):]: v.clone()
+                    for k, v in state.items() if k.startswith(prefix)})
+    return out
+
+
 class TinyLALMPretrain(L.LightningModule):
     """Train a TinyLALM from scratch on instruction + audio -> target pairs.
 
@@ -113,6 +139,12 @@ class TinyLALMPretrain(L.LightningModule):
             and shape match is copied (with more heads of the same width, a layer's old head reads
             as several narrower ones), and the added layers start as identities (zero output
             projections), so training re-learns attention rather than everything.
+        grow_layers: how ``grow_from`` fills a deeper LLM: ``identity`` (added layers on top with
+            zero output projections: the model computes what the small one did, but nothing
+            forces the new layers to do anything, and they stay nearly inert) or ``stack``
+            (depth up-scaling: the first half of the new layers copies the small model's first
+            layers, the second half its last ones, e.g. 8 -> 12 is 0-5 then 2-7; every layer
+            works from the start, at the cost of a changed function that training repairs).
         freeze_encoder: keep the audio encoder (convolutions and transformer, not the projector)
             fixed, e.g. when it comes trained from ``grow_from``.
     """
@@ -123,7 +155,7 @@ class TinyLALMPretrain(L.LightningModule):
                  instruction_free: dict[str, float] | None = None, max_new_tokens: int = 40, seed: int = 0,
                  ctc_weight: float = 0.0, speaker_weight: float = 0.0, pair_weight: float = 0.0,
                  init_from: str | None = None, grow_from: str | None = None,
-                 freeze_encoder: bool = False) -> None:
+                 grow_layers: str = "identity", freeze_encoder: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         torch.manual_seed(seed)
@@ -144,8 +176,10 @@ class TinyLALMPretrain(L.LightningModule):
             raise ValueError("init_from and grow_from: give one starting point, not both")
         if init_from:
             self._load_weights(init_from)
+        if grow_layers not in GROW_LAYERS:
+            raise ValueError(f"grow_layers: expected one of {GROW_LAYERS}, got {grow_layers!r}")
         if grow_from:
-            self._grow(Path(grow_from))
+            self._grow(Path(grow_from), grow_layers)
         if freeze_encoder:
             enc = self.adapter.audio_encoder
             for part in (enc.conv, enc.encoder, enc.norm):
@@ -180,7 +214,7 @@ class TinyLALMPretrain(L.LightningModule):
             raise ValueError(f"{path}/config.json: differs from this run's config")
         self.adapter.load_state_dict(exported.state_dict())
 
-    def _grow(self, path: Path) -> None:
+    def _grow(self, path: Path, layers: str = "identity") -> None:
         small = self._exported_with_my_tokenizer(path)
         mine = self.adapter.state_dict()
         theirs = small.state_dict()
@@ -190,12 +224,15 @@ class TinyLALMPretrain(L.LightningModule):
         if bad:
             raise ValueError(f"{path}/config.json: grow_from needs the same encoder and LLM hidden size; "
                              f"{bad[0]} differs")
+        old_layers = small.config.llm["num_hidden_layers"]
+        if layers == "stack":
+            theirs = restack(theirs, stacked_layers(old_layers, len(self.adapter.llm.model.layers)))
         copied = {k: v for k, v in theirs.items() if k in mine and v.shape == mine[k].shape}
         self.adapter.load_state_dict(copied, strict=False)
-        old_layers = small.config.llm["num_hidden_layers"]
-        for layer in self.adapter.llm.model.layers[old_layers:]:
-            torch.nn.init.zeros_(layer.self_attn.o_proj.weight)
-            torch.nn.init.zeros_(layer.mlp.down_proj.weight)
+        if layers == "identity":
+            for layer in self.adapter.llm.model.layers[old_layers:]:
+                torch.nn.init.zeros_(layer.self_attn.o_proj.weight)
+                torch.nn.init.zeros_(layer.mlp.down_proj.weight)
         self.grown = {"copied": len(copied), "new": len([k for k in mine if k not in copied])}
 
     def setup(self, stage: str) -> None:
