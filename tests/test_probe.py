@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from ahamask_lightning.analysis.probe import main as probe_main
@@ -50,8 +51,9 @@ def test_probe_cli_writes_one_row_per_hidden_state(synth_corpus, tmp_path, capsy
     assert probe_main(["--checkpoint", str(tmp_path / "ck"), "--data", str(synth_corpus), "--task", "gr",
                        "--train-samples", "16", "--test-samples", "8", "--out", str(tmp_path / "probe")]) == 0
     rows = (tmp_path / "probe" / "probe.csv").read_text().strip().splitlines()
-    assert rows[0] == "hidden_state,instruction,none" and len(rows) == 1 + 3  # embeddings + 2 layers
-    assert all(0 <= float(v) <= 100 for r in rows[1:] for v in r.split(",")[1:])
+    assert rows[0] == "hidden_state,instruction,update_instruction,none,update_none" and len(rows) == 1 + 3
+    assert all(0 <= float(r.split(",")[i]) <= 100 for r in rows[1:] for i in (1, 3))
+    assert all(float(r.split(",")[i]) >= 0 for r in rows[1:-1] for i in (2, 4)) and rows[-1].endswith("nan")
 
 
 def test_answer_modes_name_the_task_a_prediction_belongs_to(tmp_path, capsys):
@@ -66,3 +68,11 @@ def test_answer_modes_name_the_task_a_prediction_belongs_to(tmp_path, capsys):
     assert modes_main([str(preds)]) == 0
     out = capsys.readouterr().out
     assert "| slow | 1 | 1 | 0 | 2 |" in out and "| all | 1 | 1 | 1 | 3 |" in out
+
+
+def test_layer_updates_find_an_inert_layer():
+    from ahamask_lightning.analysis.probe import layer_updates
+
+    h0 = torch.ones(4, 8)
+    states = torch.stack([h0, h0 * 2, h0 * 2], dim=1)  # layer 1 doubles the state, layer 2 does nothing
+    assert layer_updates(states) == pytest.approx([1.0, 0.0])

@@ -66,9 +66,17 @@ def probe_accuracy(train_x: torch.Tensor, train_y: list[str], test_x: torch.Tens
     return 100.0 * (pred == yte).float().mean().item()
 
 
+def layer_updates(states: torch.Tensor) -> list[float]:
+    """Mean relative change ||h[l+1] - h[l]|| / ||h[l]|| that each decoder layer makes at the answer
+    position: a layer near 0 is inert there (the last entry includes the final norm)."""
+    delta = (states[:, 1:] - states[:, :-1]).norm(dim=-1) / states[:, :-1].norm(dim=-1).clamp_min(1e-6)
+    return delta.mean(0).tolist()
+
+
 def probe_layers(adapter, task: str, manifests: Path, mask_path: str | None, train_samples: int = 640,
                  test_samples: int = 192, batch_size: int = 16) -> dict[str, list[float]]:
-    """Probe accuracy per hidden state for each condition (instruction / none / mask)."""
+    """Probe accuracy per hidden state for each condition (instruction / none / mask), and as
+    ``update_<condition>`` the relative change each layer makes there (row k: layer k+1)."""
     gate = HeadGate(adapter.gated_attentions(), adapter.num_heads, adapter.head_dim)
     conditions = {"instruction": ("task", None), "none": ("none", None)}
     if mask_path:
@@ -83,6 +91,7 @@ def probe_layers(adapter, task: str, manifests: Path, mask_path: str | None, tra
         xtr, ytr = answer_position_states(adapter, gate, dm.train_dataloader(), prompt, mask, train_samples)
         xte, yte = answer_position_states(adapter, gate, dm.test_dataloader()[0], prompt, mask, test_samples)
         results[name] = [probe_accuracy(xtr[:, k], ytr, xte[:, k], yte) for k in range(xtr.shape[1])]
+        results[f"update_{name}"] = layer_updates(xte) + [float("nan")]  # one per layer: none for the last state
     gate.remove()
     return results
 
@@ -90,7 +99,8 @@ def probe_layers(adapter, task: str, manifests: Path, mask_path: str | None, tra
 def write_probe_table(results: dict[str, list[float]], out: Path, task: str) -> str:
     out.mkdir(parents=True, exist_ok=True)
     names = list(results)
-    rows = [[str(k)] + [f"{results[n][k]:.2f}" for n in names] for k in range(len(results[names[0]]))]
+    rows = [[str(k)] + [f"{results[n][k]:.3f}" if n.startswith("update_") else f"{results[n][k]:.2f}"
+                        for n in names] for k in range(len(results[names[0]]))]
     with open(out / "probe.csv", "w", newline="") as f:
         csv.writer(f).writerows([["hidden_state", *names], *rows])
     header = f"| {task}: hidden state | " + " | ".join(names) + " |"
