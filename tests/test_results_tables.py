@@ -88,3 +88,25 @@ def test_hand_written_table_matches_the_csv(where: str, section: str, checkpoint
             checked += 1
     assert checked >= 10, f"{where}: found only {checked} figures to check"
 
+
+
+PROBE_CARDS = sorted(p.parent for p in ROOT.glob("checkpoints/*/probe.csv"))
+
+
+@pytest.mark.parametrize("checkpoint", PROBE_CARDS, ids=[p.name for p in PROBE_CARDS])
+def test_probe_table_in_the_card_matches_probe_csv(checkpoint: Path) -> None:
+    """The card's probe table (rows: hidden state; cells: TASK instruction / none / mask) quotes probe.csv."""
+    with open(checkpoint / "probe.csv", newline="") as f:
+        csv_rows = {row["hidden_state"]: row for row in csv.DictReader(f)}
+    text = (checkpoint / "MODEL_CARD.md").read_text()
+    table = _first_table(text[text.index("| hidden state |"):])
+    tasks = [re.match(r"(\w+):", cell).group(1).lower() for cell in table[0][1:]]
+    checked = 0
+    for cells in table[2:]:
+        state = NUMBER.match(cells[0]).group(0)
+        for task, cell in zip(tasks, cells[1:]):
+            quoted = [f"{float(v):.2f}" for v in cell.split("/")]
+            expected = [csv_rows[state][f"{task}_{c}"] for c in ("instruction", "none", "mask")]
+            assert quoted == expected, f"{checkpoint.name}/MODEL_CARD.md: hidden state {state}, {task}: {quoted} != {expected}"
+            checked += 1
+    assert checked >= 6
