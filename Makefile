@@ -61,8 +61,8 @@ tiny-lalm-12x32g: tiny-data ## the 12 x 32-head testbed grown from checkpoints/t
 
 tiny-lalm-12x32s: tiny-data ## 12 x 32 heads by depth up-scaling of checkpoints/tiny_lalm_8x32g (layers 0-5 + 2-7; writes checkpoints/tiny_lalm_12x32s)
 	$(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm_8x16_grown.yaml --model.init_args.config.llm '$(LLM_12X32)' \
-	  --model.init_args.grow_from checkpoints/tiny_lalm_8x32g --model.init_args.grow_layers stack \
-	  --model.init_args.out_dir checkpoints/tiny_lalm_12x32s --model.init_args.lr 0.0005 \
+	  --model.init_args.grow_from checkpoints/tiny_lalm_8x32g --model.init_args.out_dir checkpoints/tiny_lalm_12x32s \
+	  --model.init_args.grow_layers stack --model.init_args.lr 0.0005 \
 	  --trainer.max_steps 5000 --trainer.max_time 00:00:50:00 --trainer.default_root_dir $(RUNS)/pretrain_tiny_lalm_12x32s
 
 reproduce-tiny: tiny-data ## the AHAMask table on TinyLALM (4 conditions x tasks), Markdown + CSV + Jaccard map
