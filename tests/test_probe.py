@@ -31,8 +31,9 @@ def test_last_position_states_predict_the_first_answer_token_in_left_padded_batc
     # the last state, through the head, is the greedy first token of generate()
     batch = m.collate(audios, instructions)
     logits = m.llm.lm_head(together[-1][:, -1])  # transformers' last hidden state is already normed
-    out = m.llm.generate(inputs_embeds=m._inputs(batch)[0], attention_mask=m._inputs(batch)[1], max_new_tokens=1,
-                         do_sample=False, pad_token_id=m.tokenizer.pad_token_id)
+    embeds, mask, _ = m._inputs(batch)
+    out = m.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=1, do_sample=False,
+                         pad_token_id=m.tokenizer.pad_token_id)
     assert logits.argmax(-1).tolist() == out[:, -1].tolist()
 
 

@@ -95,7 +95,7 @@ class PretrainCollate(SampleCollate):
 
 
 GROW_LAYERS = ("identity", "stack")
-_LAYER_KEY = re.compile(r"^llm\.model\.layers\.(\d+)\.")
+_LAYER_KEY = re.compile(r"^llm\.model\.layers\.\d+\.")
 
 
 def stacked_layers(old: int, new: int) -> list[int]:
@@ -174,10 +174,10 @@ class TinyLALMPretrain(L.LightningModule):
         self.enc_fps = 1000.0 / (cfg.hop_ms * 4)
         if init_from and grow_from:
             raise ValueError("init_from and grow_from: give one starting point, not both")
+        if grow_layers not in GROW_LAYERS:  # checked before any weights are read
+            raise ValueError(f"grow_layers: expected one of {GROW_LAYERS}, got {grow_layers!r}")
         if init_from:
             self._load_weights(init_from)
-        if grow_layers not in GROW_LAYERS:
-            raise ValueError(f"grow_layers: expected one of {GROW_LAYERS}, got {grow_layers!r}")
         if grow_from:
             self._grow(Path(grow_from), grow_layers)
         if freeze_encoder:
