@@ -8,7 +8,7 @@ TINY ?= checkpoints/tiny_lalm
 TESTBED ?= checkpoints/tiny_lalm_8x16g
 RUNS ?= runs
 
-.PHONY: help install demo test tiny-data tiny-lalm tiny-lalm-8x16g tiny-lalm-8x32g tiny-lalm-12x32g tiny-lalm-12x32s reproduce-tiny reproduce-table1 reproduce-qwen2audio \
+.PHONY: help install demo test tiny-data tiny-lalm tiny-lalm-8x16g tiny-lalm-8x32g tiny-lalm-12x32g tiny-lalm-12x32s tiny-lalm-16x32s reproduce-tiny reproduce-table1 reproduce-qwen2audio \
         reproduce-ablations figures bench-smoke clean
 
 help:
@@ -64,6 +64,14 @@ tiny-lalm-12x32s: tiny-data ## 12 x 32 heads by depth up-scaling of checkpoints/
 	  --model.init_args.grow_from checkpoints/tiny_lalm_8x32g --model.init_args.out_dir checkpoints/tiny_lalm_12x32s \
 	  --model.init_args.grow_layers stack --model.init_args.lr 0.0005 \
 	  --trainer.max_steps 5000 --trainer.max_time 00:00:50:00 --trainer.default_root_dir $(RUNS)/pretrain_tiny_lalm_12x32s
+
+# 16 x 32 heads by stacking the 12 x 32 one again (layers 0-7 + 4-11)
+LLM_16X32 := {"hidden_size":192,"intermediate_size":512,"num_hidden_layers":16,"num_attention_heads":32,"num_key_value_heads":32,"max_position_embeddings":512,"rms_norm_eps":1.0e-05,"tie_word_embeddings":true}
+tiny-lalm-16x32s: tiny-data ## 16 x 32 heads by depth up-scaling of checkpoints/tiny_lalm_12x32s (layers 0-7 + 4-11; writes checkpoints/tiny_lalm_16x32s)
+	$(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm_8x16_grown.yaml --model.init_args.config.llm '$(LLM_16X32)' \
+	  --model.init_args.grow_from checkpoints/tiny_lalm_12x32s --model.init_args.out_dir checkpoints/tiny_lalm_16x32s \
+	  --model.init_args.grow_layers stack --model.init_args.lr 0.0005 \
+	  --trainer.max_steps 5000 --trainer.max_time 00:00:45:00 --trainer.default_root_dir $(RUNS)/pretrain_tiny_lalm_16x32s
 
 reproduce-tiny: tiny-data ## the AHAMask table on TinyLALM (4 conditions x tasks), Markdown + CSV + Jaccard map
 	$(BIN)/python -m ahamask_lightning.reproduce tiny --data $(DATA) --checkpoint $(TESTBED) --out $(RUNS)/reproduce_tiny
