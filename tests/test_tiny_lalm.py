@@ -272,9 +272,10 @@ def test_the_committed_enlarged_testbed_is_the_grown_recipe():
 
 @pytest.mark.parametrize("name,llm_var,parent", [("tiny_lalm_8x32g", "LLM_8X32", "tiny_lalm_8x16g"),
                                                   ("tiny_lalm_12x32g", "LLM_12X32", "tiny_lalm_8x32g"),
-                                                  ("tiny_lalm_12x32s", "LLM_12X32", "tiny_lalm_8x32g")])
+                                                  ("tiny_lalm_12x32s", "LLM_12X32", "tiny_lalm_8x32g"),
+                                                  ("tiny_lalm_16x32s", "LLM_16X32", "tiny_lalm_12x32s")])
 def test_the_committed_further_growths_are_their_make_targets(name: str, llm_var: str, parent: str):
-    """The 8 x 32 and 12 x 32 checkpoints carry the LLM shape their Makefile target passes, and the
+    """The 8 x 32, 12 x 32 and 16 x 32 checkpoints carry the LLM shape their Makefile target passes, and the
     encoder of the model they were grown from (it is frozen while the LLM grows)."""
     import json
     import re
