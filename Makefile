@@ -8,7 +8,7 @@ TINY ?= checkpoints/tiny_lalm
 TESTBED ?= checkpoints/tiny_lalm_8x16g
 RUNS ?= runs
 
-.PHONY: help install demo test tiny-data tiny-lalm tiny-lalm-8x16g tiny-lalm-8x32g tiny-lalm-12x32g tiny-lalm-12x32s tiny-lalm-16x32s reproduce-tiny reproduce-table1 reproduce-qwen2audio \
+.PHONY: help install demo test tiny-data tiny-lalm tiny-lalm-8x16g tiny-lalm-8x32g tiny-lalm-12x32g tiny-lalm-12x32s tiny-lalm-16x32s tiny-lalm-12x32s-if reproduce-tiny reproduce-table1 reproduce-qwen2audio \
         reproduce-ablations figures bench-smoke clean
 
 help:
@@ -72,6 +72,14 @@ tiny-lalm-16x32s: tiny-data ## 16 x 32 heads by depth up-scaling of checkpoints/
 	  --model.init_args.grow_from checkpoints/tiny_lalm_12x32s --model.init_args.out_dir checkpoints/tiny_lalm_16x32s \
 	  --model.init_args.grow_layers stack --model.init_args.lr 0.0005 \
 	  --trainer.max_steps 5000 --trainer.max_time 00:00:45:00 --trainer.default_root_dir $(RUNS)/pretrain_tiny_lalm_16x32s
+
+# Issue 3's instruction-free experiment: 12x32s trained on with 40 % of its ASR examples (about a fifth
+# of all examples) given without an instruction, as real LALMs see ASR in their first stage
+tiny-lalm-12x32s-if: tiny-data ## 12x32s trained on with instruction-free ASR examples (40 % of ASR; writes checkpoints/tiny_lalm_12x32s_if)
+	$(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm_8x16_grown.yaml --model.init_args.config.llm '$(LLM_12X32)' \
+	  --model.init_args.grow_from null --model.init_args.init_from checkpoints/tiny_lalm_12x32s --model.init_args.out_dir checkpoints/tiny_lalm_12x32s_if \
+	  --model.init_args.instruction_free '{asr: 0.4}' --model.init_args.lr 0.0003 --model.init_args.warmup_steps 100 \
+	  --trainer.max_steps 1800 --trainer.max_time 00:00:30:00 --trainer.val_check_interval 600 --trainer.default_root_dir $(RUNS)/pretrain_tiny_lalm_12x32s_if
 
 reproduce-tiny: tiny-data ## the AHAMask table on TinyLALM (4 conditions x tasks), Markdown + CSV + Jaccard map
 	$(BIN)/python -m ahamask_lightning.reproduce tiny --data $(DATA) --checkpoint $(TESTBED) --out $(RUNS)/reproduce_tiny

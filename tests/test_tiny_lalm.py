@@ -273,10 +273,12 @@ def test_the_committed_enlarged_testbed_is_the_grown_recipe():
 @pytest.mark.parametrize("name,llm_var,parent", [("tiny_lalm_8x32g", "LLM_8X32", "tiny_lalm_8x16g"),
                                                   ("tiny_lalm_12x32g", "LLM_12X32", "tiny_lalm_8x32g"),
                                                   ("tiny_lalm_12x32s", "LLM_12X32", "tiny_lalm_8x32g"),
-                                                  ("tiny_lalm_16x32s", "LLM_16X32", "tiny_lalm_12x32s")])
+                                                  ("tiny_lalm_16x32s", "LLM_16X32", "tiny_lalm_12x32s"),
+                                                  ("tiny_lalm_12x32s_if", "LLM_12X32", "tiny_lalm_12x32s")])
 def test_the_committed_further_growths_are_their_make_targets(name: str, llm_var: str, parent: str):
     """The 8 x 32, 12 x 32 and 16 x 32 checkpoints carry the LLM shape their Makefile target passes, and the
-    encoder of the model they were grown from (it is frozen while the LLM grows)."""
+    encoder of the model they were grown (or, for the instruction-free experiment, trained on) from: it
+    is frozen while the LLM trains."""
     import json
     import re
     from pathlib import Path
@@ -284,7 +286,8 @@ def test_the_committed_further_growths_are_their_make_targets(name: str, llm_var
     repo = Path(__file__).resolve().parents[1]
     makefile = (repo / "Makefile").read_text()
     llm = json.loads(re.search(rf"^{llm_var} := (.+)$", makefile, re.M).group(1))
-    assert f"--model.init_args.grow_from checkpoints/{parent} --model.init_args.out_dir checkpoints/{name}" in makefile
+    assert re.search(rf"--model\.init_args\.(grow|init)_from checkpoints/{parent} --model\.init_args\.out_dir "
+                     rf"checkpoints/{name} ", makefile)
     grown = TinyLALM(str(repo / "checkpoints" / name))
     base = TinyLALM(str(repo / "checkpoints" / parent))
     assert grown.config.llm == llm
