@@ -42,6 +42,20 @@ def test_missing_checkpoint_names_the_files(tmp_path):
         TinyLALM(str(tmp_path))
 
 
+def test_the_front_end_stays_on_the_cpu_when_the_model_moves():
+    """Dataloader workers call collate on the CPU: moving the model (to a GPU; here to the meta
+    device, which fails the same way for any tensor left in the module tree) must not move the
+    log-mel filterbank, or every GPU run fails in its first batch."""
+    model = random_tiny_lalm()
+    wav = torch.randn(16000)
+    before = model.collate([wav], ["hello"], ["world"])["features"]
+    model.to("meta")
+    assert next(model.llm.parameters()).device.type == "meta"
+    after = model.collate([wav], ["hello"], ["world"])["features"]
+    assert after.device.type == "cpu" and after.dtype == torch.float32
+    assert torch.equal(before, after)
+
+
 def test_batched_left_padded_generation_equals_one_by_one():
     m = _model()
     audios = [torch.randn(9000) * 0.1, torch.randn(20000) * 0.1, torch.randn(14000) * 0.1]

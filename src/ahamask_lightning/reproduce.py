@@ -162,7 +162,7 @@ def cmd_tiny(args: argparse.Namespace) -> int:
     jobs = []
     for task in args.tasks:
         common = tiny_data_args(args.data, task) + ["--model.init_args.model.init_args.checkpoint", str(ckpt)]
-        jobs.append((task, task, ab.Runner(config_path(task, "tiny"), common, fit, test), None))
+        jobs.append((task, task, ab.Runner(config_path(task, args.schedule), common, fit, test), None))
     summaries = run_table(jobs, args.out, None)
     png = jaccard_png(summaries, args.out / "jaccard.png")
     print(f"[reproduce] wrote {args.out / 'table.md'}, {args.out / 'table.csv'}" + (f", {png}" if png else ""))
@@ -310,6 +310,9 @@ def parser() -> argparse.ArgumentParser:
     s = add("tiny", TINY_TASKS, 600, 10)
     s.add_argument("--data", type=Path, default=Path("data/synth"))
     s.add_argument("--checkpoint", default="checkpoints/tiny_lalm_8x16g")
+    s.add_argument("--schedule", choices=("tiny", "tiny_long"), default="tiny",
+                   help="mask YAMLs: <task>_tiny.yaml (lr 0.1, tau over 600 steps) or <task>_tiny_long.yaml "
+                        "(the mechanism probe's: lr 1e-2 after 500 warm-up steps, tau over 3000)")
     s = add("table1", PAPER_TASKS, None, None)
     s.add_argument("--official", help="directory of the released masks (<task>_<corpus>.pth): test those")
     s.add_argument("--masks", help="directory of <task>.safetensors to test instead of training")

@@ -61,11 +61,14 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 1000, special_tokens
                                    unk_token="<unk>", additional_special_tokens=list(special_tokens) or None)
 
 
-class LogMel(nn.Module):
-    """Log-mel features computed in the collate step (no weights)."""
+class LogMel:
+    """Log-mel features, computed on the CPU in the collate step (no weights).
+
+    Deliberately not an ``nn.Module``: moving the model to a GPU must leave the front end on the
+    CPU, where the dataloader workers call it (a CUDA filterbank there fails in forked workers).
+    """
 
     def __init__(self, n_mels: int, hop_ms: float, sample_rate: int = 16000) -> None:
-        super().__init__()
         hop = int(sample_rate * hop_ms / 1000)
         self.hop = hop
         self.mel = torchaudio.transforms.MelSpectrogram(
@@ -73,8 +76,8 @@ class LogMel(nn.Module):
         )
 
     @torch.no_grad()
-    def forward(self, wav: torch.Tensor) -> torch.Tensor:  # [T] -> [frames, n_mels]
-        return (self.mel(wav) + 1e-6).log().clamp(min=-12.0).transpose(0, 1)
+    def __call__(self, wav: torch.Tensor) -> torch.Tensor:  # [T] -> [frames, n_mels]
+        return (self.mel(wav.detach().cpu().float()) + 1e-6).log().clamp(min=-12.0).transpose(0, 1)
 
 
 class AudioEncoder(nn.Module):
@@ -172,7 +175,7 @@ class TinyLALM(LALMAdapter):
             state = load_file(str(Path(checkpoint) / "model.safetensors"))
             result = self.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
             tied = {"llm.lm_head.weight"} if config.llm.get("tie_word_embeddings") else set()
-            bad = [k for k in result.missing_keys if not k.startswith("frontend.") and k not in tied]
+            bad = [k for k in result.missing_keys if k not in tied]
             bad += list(result.unexpected_keys)
             if bad:
                 raise ValueError(f"{checkpoint}/model.safetensors: keys do not match TinyLALM: {bad[:5]}")
@@ -187,7 +190,7 @@ class TinyLALM(LALMAdapter):
         self.tokenizer.backend_tokenizer.save(str(directory / "tokenizer.json"))
         tied = {"llm.lm_head.weight"} if self.config.llm.get("tie_word_embeddings") else set()
         state = {k: v.detach().to(torch.float16).contiguous() for k, v in self.state_dict().items()
-                 if not k.startswith("frontend.") and k not in tied}
+                 if k not in tied}
         save_file(state, str(directory / "model.safetensors"), metadata={"model_id": self.model_id})
 
     # --- adapter interface ------------------------------------------------------------
