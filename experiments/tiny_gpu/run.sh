@@ -41,6 +41,11 @@ log "synthesising $DATA (n $N, asr-extra $EXTRA, $WORKERS workers)"
 $PY -m ahamask_lightning.cli.main data synth --out "$DATA" --n "$N" --seed 0 --workers "$WORKERS" \
   --asr-extra "$EXTRA" > "$R/synth.log" 2>&1 || { log "synthesis failed"; tail -5 "$R/synth.log"; }
 log "corpus ready"
+if command -v nvidia-smi > /dev/null; then  # GPU load through the run, for BENCHMARKS.md
+  # started from a subshell so that `wait` below does not wait for it
+  ( nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 20 > "$R/gpu.csv" 2>&1 &
+    echo $! > "$R/smi.pid" )
+fi
 
 NICE=0  # B-D run at a lower CPU priority than A, whose table must finish inside the call
 job() {  # job NAME CMD...: run under the deadline, log to $R/NAME.log
@@ -84,6 +89,7 @@ NICE=0
 ) &
 
 wait
+[ -f "$R/smi.pid" ] && kill "$(cat "$R/smi.pid")" 2>/dev/null
 log "all jobs ended; packing"
 tar --exclude='*.ckpt' --exclude='*.wav' -czf "$R.tar.gz" "$R"
 split -b 15M -d "$R.tar.gz" "$OUT/results.tar.gz.part-"
