@@ -310,3 +310,25 @@ def test_the_committed_further_growths_are_their_make_targets(name: str, llm_var
     for key, p in base.audio_encoder.state_dict().items():
         if not key.startswith("proj."):
             assert torch.equal(p, grown.audio_encoder.state_dict()[key]), key
+
+
+def test_the_committed_from_scratch_gpu_testbed_is_its_recipe():
+    """checkpoints/tiny_lalm_16x32_gpu has the whole model config of
+    experiments/pretrain_tiny_lalm_16x32_gpu.yaml (it was trained from scratch, not grown: its encoder
+    is its own, unlike the grown 16 x 32 one of the same LLM shape), and the corpus tokenizer."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    recipe = yaml.safe_load((repo / "experiments" / "pretrain_tiny_lalm_16x32_gpu.yaml").read_text())
+    config = recipe["model"]["init_args"]["config"]
+    model = TinyLALM(str(repo / "checkpoints" / "tiny_lalm_16x32_gpu"))
+    assert {k: v for k, v in asdict(model.config).items() if k in config} == config
+    assert len(model.gated_attentions()) * model.num_heads == 512
+    grown = TinyLALM(str(repo / "checkpoints" / "tiny_lalm_16x32s"))
+    assert model.config.llm == grown.config.llm
+    assert model.tokenizer.get_vocab() == grown.tokenizer.get_vocab()
+    conv = "conv.0.weight"
+    assert not torch.equal(model.audio_encoder.state_dict()[conv], grown.audio_encoder.state_dict()[conv])
