@@ -301,6 +301,29 @@ def test_reproduce_tiny_end_to_end(synth_corpus, tmp_path, in_repo):
     assert record["mask"] == str(out / "gr/fit/mask.safetensors") and record["git_revision"] and record["versions"]
 
 
+def test_reproduce_tiny_schedule_picks_the_long_yamls(tmp_path, in_repo, monkeypatch):
+    """``--schedule tiny_long`` trains each task with ``<task>_tiny_long.yaml``, the default with
+    ``<task>_tiny.yaml``; a schedule without YAMLs is refused by the parser."""
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors").write_bytes(b"")
+    data = tmp_path / "data"
+    for split in ("train", "val", "test"):
+        (data / "manifests" / split).mkdir(parents=True)
+        for task in ("src", "asv"):
+            (data / "manifests" / split / f"{task}.jsonl").write_text("")
+    used = []
+    monkeypatch.setattr(reproduce, "run_table", lambda jobs, out, paper: used.extend(j[2].config for j in jobs) or [])
+    monkeypatch.setattr(reproduce, "jaccard_png", lambda summaries, path: None)
+    base = ["tiny", "--data", str(data), "--checkpoint", str(ckpt), "--tasks", "src,asv", "--out", str(tmp_path / "o")]
+    assert reproduce.main(base + ["--schedule", "tiny_long"]) == 0
+    assert reproduce.main(base) == 0
+    assert used == ["experiments/src_tiny_long.yaml", "experiments/asv_tiny_long.yaml",
+                    "experiments/src_tiny.yaml", "experiments/asv_tiny.yaml"]
+    with pytest.raises(SystemExit):
+        reproduce.main(base + ["--schedule", "tiny_short"])
+
+
 def test_qwen2audio_transfer_runs_each_mask_on_the_other_variant(tmp_path, in_repo, monkeypatch):
     """Instruct -> Base and Base -> Instruct: each learned mask is tested with the other variant's
     YAML and weights (the paper: Qwen2-Audio masks do not transfer)."""
