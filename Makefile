@@ -8,7 +8,7 @@ TINY ?= checkpoints/tiny_lalm
 TESTBED ?= checkpoints/tiny_lalm_8x16g
 RUNS ?= runs
 
-.PHONY: help install demo test tiny-data tiny-lalm tiny-lalm-8x16g tiny-lalm-8x32g tiny-lalm-12x32g tiny-lalm-12x32s tiny-lalm-16x32s tiny-lalm-12x32s-if tiny-lalm-16x32-gpu tiny-gpu reproduce-tiny reproduce-table1 reproduce-qwen2audio \
+.PHONY: help install demo test tiny-data tiny-lalm tiny-lalm-8x16g tiny-lalm-8x32g tiny-lalm-12x32g tiny-lalm-12x32s tiny-lalm-16x32s tiny-lalm-12x32s-if tiny-lalm-16x32-gpu tiny-lalm-16x32-gpu-cpu tiny-gpu reproduce-tiny reproduce-table1 reproduce-qwen2audio \
         reproduce-ablations figures bench-smoke clean
 
 help:
@@ -85,6 +85,14 @@ tiny-lalm-12x32s-if: tiny-data ## 12x32s trained on with instruction-free ASR ex
 # jobs; the committed checkpoint has 672 more, see its card). On a CPU add --trainer.precision 32-true.
 tiny-lalm-16x32-gpu: tiny-data ## 16 x 32 heads from scratch, for a GPU (writes checkpoints/tiny_lalm_16x32_gpu)
 	$(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm_16x32_gpu.yaml
+
+# More training for the under-trained from-scratch model, on the CPU (1200 steps of 24 in 22 min here)
+tiny-lalm-16x32-gpu-cpu: tiny-data ## continue checkpoints/tiny_lalm_16x32_gpu on the CPU (writes checkpoints/tiny_lalm_16x32_gpu_cpu)
+	$(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm_16x32_gpu.yaml \
+	  --model.init_args.init_from checkpoints/tiny_lalm_16x32_gpu --model.init_args.out_dir checkpoints/tiny_lalm_16x32_gpu_cpu \
+	  --model.init_args.lr 0.0005 --model.init_args.warmup_steps 50 --trainer.precision 32-true \
+	  --trainer.max_steps 1200 --trainer.max_time 00:00:38:00 --trainer.limit_val_batches 0 \
+	  --trainer.default_root_dir $(RUNS)/pretrain_16x32_gpu_cpu --data.init_args.batch_size 24 --data.init_args.num_workers 1
 
 tiny-gpu: install ## issue 3's GPU experiments in one ~9-min run (from-scratch 16x32, 12x32s_if table, seeds, long masks)
 	OUT=$(RUNS)/tiny_gpu_out RUNS=$(RUNS)/tiny_gpu PY=$(BIN)/python bash experiments/tiny_gpu/run.sh

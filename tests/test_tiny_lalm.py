@@ -332,3 +332,20 @@ def test_the_committed_from_scratch_gpu_testbed_is_its_recipe():
     assert model.tokenizer.get_vocab() == grown.tokenizer.get_vocab()
     conv = "conv.0.weight"
     assert not torch.equal(model.audio_encoder.state_dict()[conv], grown.audio_encoder.state_dict()[conv])
+
+
+def test_the_cpu_continuation_of_the_gpu_testbed_is_its_make_target():
+    """checkpoints/tiny_lalm_16x32_gpu_cpu is the from-scratch model trained on (same config and
+    tokenizer, other weights), by the Makefile target that names both directories."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    assert ("--model.init_args.init_from checkpoints/tiny_lalm_16x32_gpu --model.init_args.out_dir "
+            "checkpoints/tiny_lalm_16x32_gpu_cpu") in (repo / "Makefile").read_text()
+    parent = TinyLALM(str(repo / "checkpoints" / "tiny_lalm_16x32_gpu"))
+    child = TinyLALM(str(repo / "checkpoints" / "tiny_lalm_16x32_gpu_cpu"))
+    assert asdict(child.config) == asdict(parent.config)
+    assert child.tokenizer.get_vocab() == parent.tokenizer.get_vocab()
+    key = "llm.model.layers.0.self_attn.o_proj.weight"
+    assert not torch.equal(child.state_dict()[key], parent.state_dict()[key])
