@@ -13,6 +13,11 @@
 # $OUT/results.tar.gz.part-* whatever finished. Run from the repository root:
 #   OUT=/tmp/out DEADLINE=560 bash experiments/tiny_gpu/run.sh
 # Quick plumbing check on a CPU (minutes): QUICK=1 OUT=/tmp/out bash experiments/tiny_gpu/run.sh
+#
+# On a bare GPU machine without espeak-ng/sox, put them in .devkit/ (ignored by git): bin/ holds
+# wrappers that run real/espeak-ng and real/sox with LD_LIBRARY_PATH=lib/ (the libraries `ldd`
+# lists, glibc's own excepted) and ESPEAK_DATA_PATH=share/ (espeak-ng-data with phon*, intonations,
+# lang/, voices/, en_dict). How it ran on 2026-12-04: BENCHMARKS.md, "Issue 3 on one H200".
 set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-runs/tiny_gpu_out}
