@@ -121,6 +121,25 @@ def test_pretraining_ctc_targets_cover_every_speech_task(tmp_path):
     assert module.ctc_loss(hidden, lens, [None, ["u1", "u1"], None]) is None  # ASV pairs carry no transcript
 
 
+def test_instruction_free_examples_can_be_trained_to_stay_silent(tmp_path):
+    """With instruction_free_target "", a dropped instruction trains EOS alone, whatever the task;
+    without it the example keeps its own target (that task becomes the instruction-free default)."""
+    from ahamask_lightning.pretrain import PretrainCollate, TinyLALMPretrain
+
+    manifest, lines = _speaker_manifest(tmp_path)
+    module = TinyLALMPretrain([str(manifest)], vocab_size=120, config=_TINY_PRETRAIN)
+    samples = [{**x, "audio": torch.randn(16000) * 0.1} for x in lines[:2]] + [
+        {"id": "gr-0", "audio": torch.randn(16000) * 0.1, "task": "gr", "text": "Male", "meta": {}}]
+    eos, pad = module.adapter.tokenizer.eos_token_id, module.adapter.tokenizer.pad_token_id
+    silent = PretrainCollate(module.adapter, "random", 0, {"asr": 1.0, "gr": 1.0}, "")(samples)
+    assert silent["instructions"] == [None, None, None] and silent["texts"] == ["", "", ""]
+    assert silent["target_lens"].tolist() == [1, 1, 1] and (silent["target_ids"][:, 0] == eos).all()
+    default = PretrainCollate(module.adapter, "random", 0, {"asr": 1.0})(samples)
+    assert default["instructions"][:2] == [None, None] and default["instructions"][2] is not None
+    assert default["texts"] == ["the cat sat", "a dog ran", "Male"]
+    assert (default["target_lens"] > 1).all() and pad not in default["target_ids"][0, :2].tolist()
+
+
 def _speaker_manifest(tmp_path):
     import json
 

@@ -31,11 +31,15 @@ class SampleCollate:
     """Turns dataset samples into model tensors plus the text fields metrics need."""
 
     def __init__(self, adapter: LALMAdapter, prompt: str, seed: int = 0,
-                 instruction_free: dict[str, float] | None = None) -> None:
+                 instruction_free: dict[str, float] | None = None,
+                 instruction_free_target: str | None = None) -> None:
         self.adapter, self.prompt, self.seed = adapter, prompt, seed
         self.rng, self._worker = random.Random(seed), None
-        # task -> probability of dropping the instruction (pretraining experiment only)
+        # task -> probability of dropping the instruction (pretraining experiment only); with
+        # instruction_free_target set, such examples are trained to answer that text instead
+        # (e.g. "" = stay silent when not asked) rather than to do their task
         self.instruction_free = dict(instruction_free or {})
+        self.instruction_free_target = instruction_free_target
 
     def _reseed_per_worker(self) -> None:
         # Workers receive copies of this object: give each its own random stream.
@@ -53,9 +57,11 @@ class SampleCollate:
     def __call__(self, samples: list[dict]) -> dict:
         self._reseed_per_worker()
         instructions = [self._instruction(s) for s in samples]
-        batch = self.adapter.collate([s["audio"] for s in samples], instructions, [s["text"] for s in samples])
+        texts = [s["text"] if ins is not None or self.instruction_free_target is None
+                 else self.instruction_free_target for s, ins in zip(samples, instructions)]
+        batch = self.adapter.collate([s["audio"] for s in samples], instructions, texts)
         batch.update(ids=[s["id"] for s in samples], tasks=[s["task"] for s in samples],
-                     texts=[s["text"] for s in samples], instructions=instructions)
+                     texts=texts, instructions=instructions)
         return batch
 
 

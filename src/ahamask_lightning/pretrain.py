@@ -127,6 +127,9 @@ class TinyLALMPretrain(L.LightningModule):
         out_dir: where the checkpoint directory (config, fp16 safetensors, tokenizer) is written.
         config: overrides of ``TinyLALMConfig`` fields.
         instruction_free: task -> probability of dropping the instruction (experiment; default none).
+        instruction_free_target: what the examples without instruction are trained to answer:
+            None (default) = their own task's target, so that task becomes the instruction-free
+            default; a text such as "" = that text for every task (silence: no task by default).
         ctc_weight: weight of the encoder's auxiliary CTC loss on the clip's transcript (0: off).
         speaker_weight: weight of the encoder's auxiliary speaker-classification loss (0: off).
         pair_weight: weight of the encoder's auxiliary same-speaker loss on verification pairs (0: off).
@@ -152,7 +155,8 @@ class TinyLALMPretrain(L.LightningModule):
     def __init__(self, tokenizer_manifests: list[str], out_dir: str = "checkpoints/tiny_lalm",
                  vocab_size: int = 1000, config: dict | None = None, lr: float = 2e-3, warmup_steps: int = 300,
                  final_lr: float = 2e-5, weight_decay: float = 0.01, total_steps: int | None = None,
-                 instruction_free: dict[str, float] | None = None, max_new_tokens: int = 40, seed: int = 0,
+                 instruction_free: dict[str, float] | None = None, instruction_free_target: str | None = None,
+                 max_new_tokens: int = 40, seed: int = 0,
                  ctc_weight: float = 0.0, speaker_weight: float = 0.0, pair_weight: float = 0.0,
                  init_from: str | None = None, grow_from: str | None = None,
                  grow_layers: str = "identity", freeze_encoder: bool = False) -> None:
@@ -238,7 +242,8 @@ class TinyLALMPretrain(L.LightningModule):
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
         if dm is not None and hasattr(dm, "collate_fn"):
-            dm.collate_fn = PretrainCollate(self.adapter, "random", self.hparams.seed, self.hparams.instruction_free)
+            dm.collate_fn = PretrainCollate(self.adapter, "random", self.hparams.seed, self.hparams.instruction_free,
+                                            self.hparams.instruction_free_target)
 
     def train(self, mode: bool = True):  # the adapter pins itself to eval mode; pretraining needs train mode
         super().train(mode)
