@@ -353,18 +353,38 @@ def test_the_committed_from_scratch_gpu_testbed_is_its_recipe():
     assert not torch.equal(model.audio_encoder.state_dict()[conv], grown.audio_encoder.state_dict()[conv])
 
 
-def test_the_cpu_continuation_of_the_gpu_testbed_is_its_make_target():
-    """checkpoints/tiny_lalm_16x32_gpu_cpu is the from-scratch model trained on (same config and
-    tokenizer, other weights), by the Makefile target that names both directories."""
+@pytest.mark.parametrize("name", ["tiny_lalm_16x32_gpu_cpu", "tiny_lalm_16x32_silent"])
+def test_the_cpu_continuations_of_the_gpu_testbed_are_their_make_targets(name: str):
+    """Each CPU continuation is the from-scratch model trained on (same config and tokenizer,
+    other weights), by the Makefile target that names both directories."""
     from dataclasses import asdict
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
     assert ("--model.init_args.init_from checkpoints/tiny_lalm_16x32_gpu --model.init_args.out_dir "
-            "checkpoints/tiny_lalm_16x32_gpu_cpu") in (repo / "Makefile").read_text()
+            f"checkpoints/{name}") in (repo / "Makefile").read_text()
     parent = TinyLALM(str(repo / "checkpoints" / "tiny_lalm_16x32_gpu"))
-    child = TinyLALM(str(repo / "checkpoints" / "tiny_lalm_16x32_gpu_cpu"))
+    child = TinyLALM(str(repo / "checkpoints" / name))
     assert asdict(child.config) == asdict(parent.config)
     assert child.tokenizer.get_vocab() == parent.tokenizer.get_vocab()
     key = "llm.model.layers.0.self_attn.o_proj.weight"
     assert not torch.equal(child.state_dict()[key], parent.state_dict()[key])
+
+
+def test_the_silent_testbed_answers_nothing_without_an_instruction(synth_corpus):
+    """checkpoints/tiny_lalm_16x32_silent was trained to give the empty answer when no instruction
+    comes (its card): on fresh SynthSpeech clips it does so, and with the instruction it answers."""
+    import json
+    from pathlib import Path
+
+    from ahamask_lightning.data.audio import load_mono
+    from ahamask_lightning.prompts import choose_instruction
+
+    repo = Path(__file__).resolve().parents[1]
+    model = TinyLALM(str(repo / "checkpoints" / "tiny_lalm_16x32_silent"))
+    rows = [json.loads(line) for line in (synth_corpus / "manifests/test/gr.jsonl").read_text().splitlines()][:6]
+    audio = [load_mono(str(synth_corpus / r["audio"]), 16000) for r in rows]
+    bare = model.generate(model.collate(audio, [None] * len(rows)))
+    asked = model.generate(model.collate(audio, [choose_instruction(r, "task", None) for r in rows]))
+    assert bare == [""] * len(rows)
+    assert set(asked) <= {"Male", "Female"}, asked
