@@ -211,11 +211,25 @@ def test_reproduce_ablations_end_to_end(synth_corpus, tmp_path, in_repo):
     cond = summaries["conditions"]
     assert [r["active"] for r in summaries["progressive"]["rows"]] == [0, cond["total"]]
     assert len(summaries["prompts"]["rows"]) == 2
+    seeds = summaries["seeds"]["rows"]  # seed 0 is the conditions run's fit; seed 1 is fitted anew
+    assert seeds[0]["mask"] == cond["mask"] != seeds[1]["mask"]
     inter = load_mask(summaries["seeds"]["intersection"]["mask"]).mask
     assert all(bool((inter <= load_mask(r["mask"]).mask).all()) for r in summaries["seeds"]["rows"])
     pngs = {p.name for p in (out / "figures").glob("*.png")}
     assert {"conditions_gr.png", "fig5_lambda_gr.png", "fig4_progressive_gr.png", "seeds_jaccard_gr.png",
             "fig2_prompts.png", f"layer_profile_{cond['shape'][0]}x{cond['shape'][1]}.png"} <= pngs
+
+
+def test_the_base_mask_is_reused_only_for_the_seed_it_was_fitted_with(tmp_path):
+    """`reproduce ablations --seeds 1,2` must fit seeds 1 and 2; the conditions run's mask (fitted
+    with the YAML's seed_everything 0) counts only for seed 0."""
+    mask = tmp_path / "fit" / "mask.safetensors"
+    mask.parent.mkdir()
+    (mask.parent / "config.yaml").write_text("seed_everything: 0\ntrainer: {max_steps: 5}\n")
+    assert ab.reusable_for_seeds(mask, [0, 1, 2]) == {0: mask}
+    assert ab.reusable_for_seeds(mask, [1, 2]) == {}
+    (mask.parent / "config.yaml").unlink()
+    assert ab.reusable_for_seeds(mask, [0, 1]) == {}  # unknown seed: fit every seed afresh
 
 
 def test_table_rows():

@@ -258,7 +258,7 @@ def cmd_ablations(args: argparse.Namespace) -> int:
     if "lambda" in only:
         ab.lambda_sweep(runner, task, args.lambdas, out / "lambda", done={0.0: mask})
     if "seeds" in only:
-        ab.seed_study(runner, task, args.seeds, out / "seeds", done={args.seeds[0]: mask})
+        ab.seed_study(runner, task, args.seeds, out / "seeds", done=ab.reusable_for_seeds(mask, args.seeds))
     if "progressive" in only:
         ab.progressive(runner, task, mask, args.fractions, out / "progressive",
                        {"AHAMask": aha, "with instruction": instr})

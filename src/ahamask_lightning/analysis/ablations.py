@@ -150,6 +150,16 @@ def lambda_sweep(runner: Runner, task: str, lambdas: list[float], out: Path,
     return write_summary(out, {"kind": "lambda", "task": task, "metric": get_task(task).primary, "rows": rows})
 
 
+def reusable_for_seeds(mask: Path, seeds: list[int]) -> dict[int, Path]:
+    """{seed: mask} when the fit that wrote ``mask`` ran with one of ``seeds`` (its saved
+    ``config.yaml`` says which), else {}: a mask is never relabelled as another seed's."""
+    import yaml
+
+    config = Path(mask).parent / "config.yaml"
+    seed = yaml.safe_load(config.read_text()).get("seed_everything") if config.exists() else None
+    return {seed: Path(mask)} if seed in seeds else {}
+
+
 def seed_study(runner: Runner, task: str, seeds: list[int], out: Path, done: dict[int, Path] | None = None) -> dict:
     """Masks from several seeds, their pairwise Jaccard, and the intersection (heads all agree on)."""
     masks, rows = [], []
