@@ -87,23 +87,21 @@ tiny-lalm-16x32-gpu: tiny-data ## 16 x 32 heads from scratch, for a GPU (writes 
 	$(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm_16x32_gpu.yaml
 
 # More training for the under-trained from-scratch model, on the CPU (1200 steps of 24 in 22 min here)
-tiny-lalm-16x32-gpu-cpu: tiny-data ## continue checkpoints/tiny_lalm_16x32_gpu on the CPU (writes checkpoints/tiny_lalm_16x32_gpu_cpu)
-	$(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm_16x32_gpu.yaml \
-	  --model.init_args.init_from checkpoints/tiny_lalm_16x32_gpu --model.init_args.out_dir checkpoints/tiny_lalm_16x32_gpu_cpu \
+CONTINUE_16X32 := $(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm_16x32_gpu.yaml \
 	  --model.init_args.lr 0.0005 --model.init_args.warmup_steps 50 --trainer.precision 32-true \
 	  --trainer.max_steps 1200 --trainer.max_time 00:00:38:00 --trainer.limit_val_batches 0 \
-	  --trainer.default_root_dir $(RUNS)/pretrain_16x32_gpu_cpu --data.init_args.batch_size 24 --data.init_args.num_workers 1
+	  --data.init_args.batch_size 24 --data.init_args.num_workers 1
+tiny-lalm-16x32-gpu-cpu: tiny-data ## continue checkpoints/tiny_lalm_16x32_gpu on the CPU (writes checkpoints/tiny_lalm_16x32_gpu_cpu)
+	$(CONTINUE_16X32) --trainer.default_root_dir $(RUNS)/pretrain_16x32_gpu_cpu \
+	  --model.init_args.init_from checkpoints/tiny_lalm_16x32_gpu --model.init_args.out_dir checkpoints/tiny_lalm_16x32_gpu_cpu
 
 # The same continuation, but 10 % of every task's examples come without instruction and are trained
 # to answer nothing (EOS alone): a silent instruction-free default instead of an emergent transcript
 SILENT_IF := '{asr: 0.1, gr: 0.1, src: 0.1, asv: 0.1, aac: 0.1, gr_asr: 0.1, json: 0.1}'
 tiny-lalm-16x32-silent: tiny-data ## continue checkpoints/tiny_lalm_16x32_gpu with silent instruction-free examples (writes checkpoints/tiny_lalm_16x32_silent)
-	$(BIN)/ahamask fit --config experiments/pretrain_tiny_lalm_16x32_gpu.yaml \
+	$(CONTINUE_16X32) --trainer.default_root_dir $(RUNS)/pretrain_16x32_silent \
 	  --model.init_args.init_from checkpoints/tiny_lalm_16x32_gpu --model.init_args.out_dir checkpoints/tiny_lalm_16x32_silent \
-	  --model.init_args.instruction_free $(SILENT_IF) --model.init_args.instruction_free_target '' \
-	  --model.init_args.lr 0.0005 --model.init_args.warmup_steps 50 --trainer.precision 32-true \
-	  --trainer.max_steps 1200 --trainer.max_time 00:00:38:00 --trainer.limit_val_batches 0 \
-	  --trainer.default_root_dir $(RUNS)/pretrain_16x32_silent --data.init_args.batch_size 24 --data.init_args.num_workers 1
+	  --model.init_args.instruction_free $(SILENT_IF) --model.init_args.instruction_free_target ''
 
 tiny-gpu: install ## issue 3's GPU experiments in one ~9-min run (from-scratch 16x32, 12x32s_if table, seeds, long masks)
 	OUT=$(RUNS)/tiny_gpu_out RUNS=$(RUNS)/tiny_gpu PY=$(BIN)/python bash experiments/tiny_gpu/run.sh

@@ -1,11 +1,15 @@
 """TinyLALM: checkpoint round trip, prompt format, batched generation equals one-by-one."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from ahamask_lightning.models.splice import render_prompt
 from ahamask_lightning.models.tiny_lalm import PROMPT_TEMPLATE, TinyLALM, random_tiny_lalm
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _model(skip: bool = False) -> TinyLALM:
@@ -286,14 +290,12 @@ def test_stacked_growth_copies_every_new_layer_from_a_trained_one(tmp_path):
 
 def test_the_committed_enlarged_testbed_is_the_grown_recipe():
     """checkpoints/tiny_lalm_8x16g is what experiments/pretrain_tiny_lalm_8x16_grown.yaml writes."""
-    from pathlib import Path
 
     import yaml
 
-    repo = Path(__file__).resolve().parents[1]
-    recipe = yaml.safe_load((repo / "experiments" / "pretrain_tiny_lalm_8x16_grown.yaml").read_text())
-    grown = TinyLALM(str(repo / "checkpoints" / "tiny_lalm_8x16g"))
-    small = TinyLALM(str(repo / "checkpoints" / "tiny_lalm"))
+    recipe = yaml.safe_load((REPO / "experiments" / "pretrain_tiny_lalm_8x16_grown.yaml").read_text())
+    grown = TinyLALM(str(REPO / "checkpoints" / "tiny_lalm_8x16g"))
+    small = TinyLALM(str(REPO / "checkpoints" / "tiny_lalm"))
     assert grown.config.llm == recipe["model"]["init_args"]["config"]["llm"]
     assert len(grown.gated_attentions()) * grown.num_heads == 128
     assert grown.tokenizer.get_vocab() == small.tokenizer.get_vocab()
@@ -314,15 +316,13 @@ def test_the_committed_further_growths_are_their_make_targets(name: str, llm_var
     is frozen while the LLM trains."""
     import json
     import re
-    from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
-    makefile = (repo / "Makefile").read_text()
+    makefile = (REPO / "Makefile").read_text()
     llm = json.loads(re.search(rf"^{llm_var} := (.+)$", makefile, re.M).group(1))
     assert re.search(rf"--model\.init_args\.(grow|init)_from checkpoints/{parent} --model\.init_args\.out_dir "
                      rf"checkpoints/{name} ", makefile)
-    grown = TinyLALM(str(repo / "checkpoints" / name))
-    base = TinyLALM(str(repo / "checkpoints" / parent))
+    grown = TinyLALM(str(REPO / "checkpoints" / name))
+    base = TinyLALM(str(REPO / "checkpoints" / parent))
     assert grown.config.llm == llm
     assert len(grown.gated_attentions()) * grown.num_heads == llm["num_hidden_layers"] * llm["num_attention_heads"]
     assert grown.tokenizer.get_vocab() == base.tokenizer.get_vocab()
@@ -336,17 +336,15 @@ def test_the_committed_from_scratch_gpu_testbed_is_its_recipe():
     experiments/pretrain_tiny_lalm_16x32_gpu.yaml (it was trained from scratch, not grown: its encoder
     is its own, unlike the grown 16 x 32 one of the same LLM shape), and the corpus tokenizer."""
     from dataclasses import asdict
-    from pathlib import Path
 
     import yaml
 
-    repo = Path(__file__).resolve().parents[1]
-    recipe = yaml.safe_load((repo / "experiments" / "pretrain_tiny_lalm_16x32_gpu.yaml").read_text())
+    recipe = yaml.safe_load((REPO / "experiments" / "pretrain_tiny_lalm_16x32_gpu.yaml").read_text())
     config = recipe["model"]["init_args"]["config"]
-    model = TinyLALM(str(repo / "checkpoints" / "tiny_lalm_16x32_gpu"))
+    model = TinyLALM(str(REPO / "checkpoints" / "tiny_lalm_16x32_gpu"))
     assert {k: v for k, v in asdict(model.config).items() if k in config} == config
     assert len(model.gated_attentions()) * model.num_heads == 512
-    grown = TinyLALM(str(repo / "checkpoints" / "tiny_lalm_16x32s"))
+    grown = TinyLALM(str(REPO / "checkpoints" / "tiny_lalm_16x32s"))
     assert model.config.llm == grown.config.llm
     assert model.tokenizer.get_vocab() == grown.tokenizer.get_vocab()
     conv = "conv.0.weight"
@@ -358,13 +356,11 @@ def test_the_cpu_continuations_of_the_gpu_testbed_are_their_make_targets(name: s
     """Each CPU continuation is the from-scratch model trained on (same config and tokenizer,
     other weights), by the Makefile target that names both directories."""
     from dataclasses import asdict
-    from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
     assert ("--model.init_args.init_from checkpoints/tiny_lalm_16x32_gpu --model.init_args.out_dir "
-            f"checkpoints/{name}") in (repo / "Makefile").read_text()
-    parent = TinyLALM(str(repo / "checkpoints" / "tiny_lalm_16x32_gpu"))
-    child = TinyLALM(str(repo / "checkpoints" / name))
+            f"checkpoints/{name}") in (REPO / "Makefile").read_text()
+    parent = TinyLALM(str(REPO / "checkpoints" / "tiny_lalm_16x32_gpu"))
+    child = TinyLALM(str(REPO / "checkpoints" / name))
     assert asdict(child.config) == asdict(parent.config)
     assert child.tokenizer.get_vocab() == parent.tokenizer.get_vocab()
     key = "llm.model.layers.0.self_attn.o_proj.weight"
@@ -375,13 +371,11 @@ def test_the_silent_testbed_answers_nothing_without_an_instruction(synth_corpus)
     """checkpoints/tiny_lalm_16x32_silent was trained to give the empty answer when no instruction
     comes (its card): on fresh SynthSpeech clips it does so, and with the instruction it answers."""
     import json
-    from pathlib import Path
 
     from ahamask_lightning.data.audio import load_mono
     from ahamask_lightning.prompts import choose_instruction
 
-    repo = Path(__file__).resolve().parents[1]
-    model = TinyLALM(str(repo / "checkpoints" / "tiny_lalm_16x32_silent"))
+    model = TinyLALM(str(REPO / "checkpoints" / "tiny_lalm_16x32_silent"))
     rows = [json.loads(line) for line in (synth_corpus / "manifests/test/gr.jsonl").read_text().splitlines()][:6]
     audio = [load_mono(str(synth_corpus / r["audio"]), 16000) for r in rows]
     bare = model.generate(model.collate(audio, [None] * len(rows)))
