@@ -48,8 +48,7 @@ def make_pool(root: Path, clips: int, pool: int, seconds: float, rates: list[int
 
 def run(manifest: str, root: str, workers: int, batch_size: int) -> dict[str, float]:
     dm = ManifestDataModule(train=manifest, audio_root=root, batch_size=batch_size, num_workers=workers,
-                            shuffle_buffer=1, known_tasks={"asr"})
-    dm.collate_fn = collate_audio
+                            shuffle_buffer=1, known_tasks={"asr"}, collate_fn=collate_audio)
     start = time.perf_counter()
     n, seconds = 0, 0.0
     for batch in dm.train_dataloader():

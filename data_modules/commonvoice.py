@@ -35,6 +35,7 @@ def prepare_corpus(root: Path, writer: ManifestWriter, *, lang: str = "en", clip
     clips = Path(clips_dir) if clips_dir else root / "clips"
     if not clips.is_dir():
         raise layout_error("commonvoice", root, LAYOUT, f"no clips directory {clips}")
+    writer.add_audio_root(clips)  # --clips-dir may be outside root
     mp3 = False
     for split in tables:
         for row in read_tsv(root / f"{split}.tsv"):

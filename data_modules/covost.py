@@ -48,6 +48,7 @@ def prepare_corpus(root: Path, writer: ManifestWriter, *, clips_dir: str | None 
     clips = find_clips(root, clips_dir)
     if clips is None:
         raise layout_error("covost", root, LAYOUT, f"no clips directory ({clips_dir or 'clips/ or en/clips/'})")
+    writer.add_audio_root(clips)  # --clips-dir may be outside root
 
     def rows() -> Iterator[tuple[str, dict[str, str]]]:
         if any(p.is_file() for p in per_split.values()):

@@ -2,9 +2,12 @@
 
 ``ahamask data prepare CORPUS --root DIR --out DIR`` writes
 ``OUT/manifests/{split}/{task}.jsonl`` (one sample per line, instruction-free),
-``OUT/summary.json`` (counts per split/task, skipped items with reasons, notes)
-and ``OUT/skipped.jsonl`` (every skipped item). Audio is never copied: manifests
-hold absolute paths into the corpus, which therefore has to stay where it is.
+``OUT/summary.json`` (counts per split/task, skipped items with reasons, notes),
+``OUT/skipped.jsonl`` (every skipped item) and ``OUT/corpus.json`` (the audio roots
+read from). Audio is never copied: manifests hold absolute paths into the corpus,
+which therefore has to stay where it is. The data layer confines absolute audio
+paths to a manifest's folder; ``corpus.json`` adds the raw corpus to that, so the
+prepared manifests pass by default and a path outside the corpus is still rejected.
 
 >>> summary = prepare("librispeech", "/corpora/LibriSpeech", "data/librispeech")  # doctest: +SKIP
 >>> summary["counts"]["test-clean"]["gr"]  # doctest: +SKIP
@@ -26,6 +29,7 @@ from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
+from ahamask_lightning.data.manifest import CORPUS_FILE, read_corpus_file
 from ahamask_lightning.tasks import get_task
 
 MAX_SKIPPED_IN_SUMMARY = 200  # the full list goes to skipped.jsonl; keep summary.json readable
@@ -39,8 +43,11 @@ class ManifestWriter:
     """
 
     def __init__(self, out: str | os.PathLike, splits: Collection[str] | None = None,
-                 durations: bool = True) -> None:
+                 durations: bool = True, audio_roots: Iterable[str | os.PathLike] = ()) -> None:
         self.out = Path(out)
+        self.audio_roots: list[str] = []  # every audio path written must lie inside one of them
+        for root in audio_roots:
+            self.add_audio_root(root)
         self.splits = set(splits) if splits else None
         self.durations = durations
         self.counts: dict[str, Counter] = {}
@@ -49,6 +56,12 @@ class ManifestWriter:
         self._files: dict[tuple[str, str], Any] = {}
         self._ids: dict[tuple[str, str], set[str]] = {}  # per file: ids are only unique within one
         self._skip_file = None
+
+    def add_audio_root(self, root: str | os.PathLike) -> None:
+        """Declare a folder audio is read from besides the corpus root (e.g. ``--clips-dir``)."""
+        root = os.path.abspath(root)
+        if root not in self.audio_roots:
+            self.audio_roots.append(root)
 
     def wanted(self, split: str) -> bool:
         """Whether ``split`` is to be written (``--splits`` filter); corpora skip work early."""
@@ -71,6 +84,13 @@ class ManifestWriter:
             return False
         ids.add(id)
         paths = [os.path.abspath(p) for p in audio] if isinstance(audio, (list, tuple)) else os.path.abspath(audio)
+        outside = [p for p in (paths if isinstance(paths, list) else [paths])
+                   if not any(os.path.commonpath([p, root]) == root for root in self.audio_roots)]
+        if outside:
+            # the data layer would reject it as path_outside_root (e.g. a table row naming ../x.wav)
+            self.skip(split, id, "outside_audio_roots", task=task)
+            self.note(f"audio outside {', '.join(self.audio_roots)} is skipped, e.g. {outside[0]}")
+            return False
         line: dict[str, Any] = {"id": id, "audio": paths, "task": task, "text": text}
         if duration is not None and duration > 0:
             line["duration"] = round(float(duration), 3)
@@ -192,7 +212,8 @@ def prepare(corpus: str, root: str | os.PathLike, out: str | os.PathLike,
     if unknown:
         raise ValueError(f"{entry.module_name} does not take option(s) {', '.join(unknown)}; "
                          f"its options: {', '.join(entry.options()) or 'none'}")
-    writer = ManifestWriter(out, splits=list(splits) if splits else None, durations=durations)
+    writer = ManifestWriter(out, splits=list(splits) if splits else None, durations=durations,
+                            audio_roots=[root_path])
     try:
         entry(root_path, writer, **options)
     finally:
@@ -208,7 +229,21 @@ def prepare(corpus: str, root: str | os.PathLike, out: str | os.PathLike,
     Path(out).mkdir(parents=True, exist_ok=True)
     with open(Path(out) / "summary.json", "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2, ensure_ascii=False)
+    write_corpus_file(out, writer.audio_roots)
     return summary
+
+
+def write_corpus_file(out: str | os.PathLike, roots: Iterable[str]) -> Path:
+    """Record ``roots`` in ``OUT/corpus.json``, keeping roots an earlier run into ``out`` recorded.
+
+    Earlier roots stay because their manifests may still be in ``out`` (another corpus, other splits).
+    """
+    path = Path(out) / CORPUS_FILE
+    kept = read_corpus_file(str(path)) if path.is_file() else []
+    merged = list(dict.fromkeys([*kept, *(os.path.abspath(r) for r in roots)]))
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"audio_roots": merged}, f, indent=2, ensure_ascii=False)
+    return path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -37,9 +37,18 @@ def test_sparsity_warmup():
 
 
 def test_learning_rate_warmup_then_cosine():
-    f = lambda s: warmup_cosine(s, 3000, 30000, 1e-6, 1e-2, 1e-4)  # noqa: E731
-    assert f(0) == pytest.approx(1e-6)
-    assert f(1500) == pytest.approx((1e-6 + 1e-2) / 2)
-    assert f(3000) == pytest.approx(1e-2)
-    assert f(16500) == pytest.approx((1e-2 + 1e-4) / 2)
-    assert f(30000) == pytest.approx(1e-4)
+    import torch
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-2)
+    sched = warmup_cosine(opt, 3000, 30000, 1e-6, 1e-2, 1e-4)
+    lrs = []
+    for _ in range(30101):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-6)
+    assert lrs[1500] == pytest.approx((1e-6 + 1e-2) / 2)
+    assert lrs[3000] == pytest.approx(1e-2)
+    assert lrs[16500] == pytest.approx((1e-2 + 1e-4) / 2)
+    assert lrs[30000] == pytest.approx(1e-4)
+    assert lrs[30100] == pytest.approx(1e-4)  # held at the end, not a restarted cosine

@@ -7,6 +7,10 @@ then EVERY experiment YAML, and every fragment on top of an experiment, is insta
 ones -- the adapter's tiny variant of the same class, a random TinyLALM checkpoint, a CPU device --
 so a broken config fails here, not after hours of weight loading. The last tests break YAMLs on
 purpose and check that this same procedure rejects them.
+
+Experiments are composed, not copied: each starts with ``config: base/<x>.yaml`` (jsonargparse reads the
+named file first, relative to the including one) and overrides single keys after it; the shared
+fragments under experiments/base/ are checked here through the experiments that include them.
 """
 from __future__ import annotations
 
@@ -29,7 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
 FRAGMENT_DIRS = ("accelerators", "strategies")
 FRAGMENTS = sorted(p for d in FRAGMENT_DIRS for p in (EXPERIMENTS / d).glob("*.yaml"))
-EXPERIMENT_FILES = sorted(p for p in EXPERIMENTS.rglob("*.yaml") if p.parent.name not in FRAGMENT_DIRS)
+BASES = sorted((EXPERIMENTS / "base").glob("*.yaml"))  # included by experiments, never run alone
+EXPERIMENT_FILES = sorted(p for p in EXPERIMENTS.rglob("*.yaml") if p.parent.name not in (*FRAGMENT_DIRS, "base"))
 PAPER_TASKS = ("asr", "gr", "ser", "asv", "aac", "s2tt", "osr", "gr_asr", "asr_gr", "json")
 REAL_FAMILIES = ("salmonn", "qwen2audio_instruct", "qwen2audio_base")
 MANIFEST = re.compile(r"^data/(?P<corpus>[a-z0-9]+)/manifests/(?P<split>[a-z0-9_-]+)/(?P<task>[a-z0-9_]+)\.jsonl$")
@@ -106,6 +111,7 @@ def test_paper_hyperparameters(parser, path):
     assert t.precision == ("16-mixed" if family == "salmonn" else "bf16-mixed")
     callbacks = {c.class_path.rsplit(".", 1)[-1]: c.init_args for c in t.callbacks}
     assert callbacks["TemperatureAnnealing"].preset == "paper" and "MaskMonitor" in callbacks
+    assert callbacks["LearningRateMonitor"].logging_interval == "step"
     # lambda is one override (--model.init_args.sparsity_lambda): no callback may overwrite it.
     assert "SparsityPenalty" not in callbacks
     adapter = m.model.init_args
@@ -239,16 +245,20 @@ def test_every_experiment_instantiates_with_tiny_parts(parser, path, tiny_lalm_c
     assert type(cli.trainer.strategy).__name__ == "SingleDeviceStrategy"
 
 
-# One experiment per adapter class (and the pretraining): every fragment must combine with each.
-ONE_PER_FAMILY = sorted({_class_path: p for p in EXPERIMENT_FILES
-                         for _class_path in [yaml.safe_load(p.read_text())["model"]["init_args"].get("model", {})
-                                             .get("class_path", "pretrain")]}.values())
+@pytest.fixture(scope="module")
+def one_per_family(parser) -> list[Path]:
+    """One experiment per adapter class (and the pretraining), read with its includes resolved."""
+    by_class = {}
+    for p in EXPERIMENT_FILES:
+        model = parser.parse_args(["--config", str(p)]).model.init_args
+        by_class[model.model.class_path if "model" in model else "pretrain"] = p
+    return sorted(by_class.values())
 
 
 @pytest.mark.parametrize("fragment", FRAGMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_every_fragment_parses_with_every_model_family(parser, fragment):
-    assert len(ONE_PER_FAMILY) >= 8  # TinyLALM, SALMONN, Qwen2-Audio, four more adapters, pretraining
-    for base in ONE_PER_FAMILY:
+def test_every_fragment_parses_with_every_model_family(parser, fragment, one_per_family):
+    assert len(one_per_family) >= 8  # TinyLALM, SALMONN, Qwen2-Audio, four more adapters, pretraining
+    for base in one_per_family:
         alone = parser.parse_args(["--config", str(base)])
         cfg = parser.parse_args(["--config", str(base), "--config", str(fragment)])
         assert cfg.model == alone.model and cfg.data == alone.data, f"{fragment.name} changed {base.name}"
@@ -282,27 +292,29 @@ def test_every_fragment_instantiates_on_an_experiment(parser, fragment, tiny_lal
 
 
 def _broken(tmp_path: Path, source: str, edit) -> Path:
-    data = yaml.safe_load((EXPERIMENTS / source).read_text())
-    edit(data)
+    """``source`` broken by ``edit``: a dict of keys written after ``config: <source>`` (the way an
+    experiment overrides its base), or a function that edits a fragment's own YAML."""
+    if isinstance(edit, dict):
+        data = {"config": str(EXPERIMENTS / source), **edit}
+    else:
+        data = yaml.safe_load((EXPERIMENTS / source).read_text())
+        edit(data)
     out = tmp_path / "broken" / Path(source).name
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(data))
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
     return out
 
 
-def _rename(d: dict, old: str, new: str) -> None:
-    d[new] = d.pop(old)
-
-
 BREAKAGES = {
-    "misspelled module key": ("gr_salmonn.yaml", lambda d: _rename(d["model"]["init_args"], "sparsity_lambda",
-                                                                   "sparsity_lamda")),
-    "unknown adapter class": ("asr_qwen2audio_base.yaml", lambda d: d["model"]["init_args"]["model"].update(
-        class_path="ahamask_lightning.models.Qwen2AudioAdaptor")),
-    "wrong type": ("gr_tiny.yaml", lambda d: d["data"]["init_args"].update(batch_size="eight")),
-    "bad callback value": ("json_qwen2audio_instruct.yaml",
-                           lambda d: d["trainer"]["callbacks"][0]["init_args"].update(preset="papr")),
-    "unknown estimator": ("gr_voxtral.yaml", lambda d: d["model"]["init_args"].update(estimator="gumbel")),
+    "misspelled module key": ("gr_salmonn.yaml", {"model.init_args.sparsity_lamda": 0.0}),
+    "unknown adapter class": ("asr_qwen2audio_base.yaml", {"model.init_args.model": {
+        "class_path": "ahamask_lightning.models.Qwen2AudioAdaptor", "init_args": {"variant": "base"}}}),
+    "wrong type": ("gr_tiny.yaml", {"data.init_args.batch_size": "eight"}),
+    "bad callback value": ("json_qwen2audio_instruct.yaml", {"trainer.callbacks": [
+        {"class_path": "ahamask_lightning.callbacks.TemperatureAnnealing", "init_args": {"preset": "papr"}},
+        {"class_path": "ahamask_lightning.callbacks.MaskMonitor"}]}),
+    "unknown estimator": ("gr_voxtral.yaml", {"model.init_args.estimator": "gumbel"}),
+    "missing base": ("gr_tiny.yaml", {"config": str(EXPERIMENTS / "base" / "tiny_lalm_missing.yaml")}),
     "bad fsdp layer class": ("strategies/fsdp.yaml", lambda d: d["trainer"]["strategy"]["init_args"].update(
         layer_classes=["transformers.models.llama.modeling_llama.LlamaDecoderLayerX"])),
 }
@@ -322,3 +334,56 @@ def test_a_broken_config_fails_these_checks(name, parser, tiny_lalm_checkpoint, 
                                           else [source])]
     check_built(instantiate(parser, original, tmp_path, tiny_lalm_checkpoint, extra),
                 parser.parse_args([a for c in original for a in ("--config", str(c))]))
+
+
+def _includes(path: Path) -> Path | None:
+    """The file ``path`` names in its ``config:`` key (relative to ``path``), if any."""
+    name = (yaml.safe_load(path.read_text()) or {}).get("config")
+    return (path.parent / name).resolve() if name else None
+
+
+# experiments/tiny_gpu/run.sh copies this one elsewhere (data paths rewritten): no relative include.
+SELF_CONTAINED = {"pretrain_tiny_lalm_16x32_gpu.yaml"}
+
+
+def test_every_base_is_included_and_no_experiment_is_copied():
+    used = set()
+    for p in EXPERIMENT_FILES:
+        base = _includes(p)
+        if p.name in SELF_CONTAINED:
+            assert base is None, f"{p.name} must stay self-contained"
+            continue
+        assert base is not None and base.parent == EXPERIMENTS / "base", f"{p.name}: no config: base/<x>.yaml"
+        while base is not None:
+            assert base.is_file(), f"{p.name}: includes missing {base}"
+            used.add(base)
+            base = _includes(base)
+    assert sorted(used) == [b.resolve() for b in BASES], "a base/*.yaml no experiment includes"
+
+
+def test_an_experiment_overrides_its_base_key_by_key(parser):
+    """gr_tiny_long.yaml -> base/tiny_lalm_long.yaml -> base/tiny_lalm.yaml: each later file wins on the
+    keys it names and keeps every other key of the files below it."""
+    base = yaml.safe_load((EXPERIMENTS / "base" / "tiny_lalm.yaml").read_text())
+    long = parser.parse_args(["--config", str(EXPERIMENTS / "gr_tiny_long.yaml")])
+    short = parser.parse_args(["--config", str(EXPERIMENTS / "gr_tiny.yaml")])
+    assert short.model.init_args.lr == base["model"]["init_args"]["lr"] == 0.1
+    assert long.model.init_args.lr == 0.01 and long.trainer.max_steps == 5000  # tiny_lalm_long.yaml's
+    assert long.trainer.default_root_dir == "runs/tiny/gr_long"  # the experiment's own
+    assert long.model.init_args.estimator == short.model.init_args.estimator == "logistic"  # kept from the base
+    assert long.data.init_args.batch_size == short.data.init_args.batch_size == 16
+    assert long.model.init_args.model.init_args.checkpoint == "checkpoints/tiny_lalm"
+    assert short.model.init_args.model.init_args.checkpoint == "checkpoints/tiny_lalm_8x16g"
+
+
+@pytest.mark.parametrize("path", EXPERIMENT_FILES, ids=lambda p: str(p.relative_to(EXPERIMENTS)))
+def test_training_runs_log_their_learning_rate(parser, path):
+    """Every experiment logs the scheduler's rate each step, except the few-step adapter smoke runs
+    (base/adapter_smoke.yaml), which tests fit with ``--trainer.logger false`` -- and Lightning refuses
+    a LearningRateMonitor without a logger."""
+    callbacks = {c.class_path.rsplit(".", 1)[-1]: c.init_args
+                 for c in parser.parse_args(["--config", str(path)]).trainer.callbacks or []}
+    if _includes(path) == (EXPERIMENTS / "base" / "adapter_smoke.yaml").resolve():
+        assert "LearningRateMonitor" not in callbacks
+        return
+    assert callbacks["LearningRateMonitor"].logging_interval == "step", path.name

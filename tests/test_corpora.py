@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ahamask_lightning.data.manifest import PathResolver, SampleRecord, parse_line
+from ahamask_lightning.data.datamodule import ManifestDataModule
+from ahamask_lightning.data.manifest import PathResolver, Reject, SampleRecord, parse_line
 from ahamask_lightning.tasks import TASKS, composite_target, get_task
 from data_modules.prepare import CORPORA, add_arguments, prepare, run
 
@@ -32,7 +33,9 @@ def _text(path: Path, text: str) -> Path:
 def _read(out: Path, split: str, task: str) -> list[dict]:
     path = out / "manifests" / split / f"{task}.jsonl"
     lines = path.read_text(encoding="utf-8").splitlines()
-    for n, line in enumerate(lines, start=1):  # every line must be a valid sample for the data layer
+    # every line must be a valid sample for the data layer with its default confinement: the
+    # absolute paths into the raw corpus pass through the root prepare recorded in OUT/corpus.json
+    for n, line in enumerate(lines, start=1):
         record = parse_line(line, str(path), n, PathResolver(str(path)), TASKS)
         assert isinstance(record, SampleRecord), record
         assert all(Path(a).is_file() for a in record.audio)
@@ -289,3 +292,56 @@ def test_errors(tmp_path):
         assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(ValueError, match="does not take option"):
         prepare("iemocap", tmp_path, tmp_path / "out", lang="en")
+
+
+def test_recorded_root_confines_prepared_manifests(tmp_path):
+    """corpus.json lets the prepared manifests through; a path outside the recorded root stays rejected."""
+    corpus = _librispeech(tmp_path / "LibriSpeech")
+    out = tmp_path / "out"
+    prepare("librispeech", corpus, out, splits=["dev-clean"])
+    assert json.loads((out / "corpus.json").read_text()) == {"audio_roots": [str(corpus)]}
+    manifest = out / "manifests" / "dev-clean" / "asr.jsonl"
+    row = json.loads(manifest.read_text().splitlines()[0])
+    sibling = _audio(tmp_path / "LibriSpeech2" / "x.flac", fmt="FLAC")  # shares the prefix, not the folder
+    for outside in (str(sibling), str(corpus / ".." / "LibriSpeech2" / "x.flac")):
+        record = parse_line(json.dumps({**row, "audio": outside}), str(manifest), 1, PathResolver(str(manifest)), TASKS)
+        assert isinstance(record, Reject) and record.reason == "path_outside_root", record
+        assert str(corpus) in record.detail
+    # without corpus.json the raw corpus is outside the manifest's folder again
+    (out / "corpus.json").unlink()
+    record = parse_line(json.dumps(row), str(manifest), 1, PathResolver(str(manifest)), TASKS)
+    assert isinstance(record, Reject) and record.reason == "path_outside_root"
+
+
+def test_prepared_corpus_streams_through_the_datamodule(tmp_path):
+    corpus = _librispeech(tmp_path / "LibriSpeech")
+    out = tmp_path / "out"
+    prepare("librispeech", corpus, out, splits=["dev-clean"])
+    dm = ManifestDataModule(val=str(out / "manifests" / "dev-clean" / "gr.jsonl"), batch_size=8, min_seconds=0.1)
+    dm.setup("validate")
+    batches = list(dm.val_dataloader()[0])
+    assert sum(len(b) for b in batches) == 3 and dm.reject_summary() == {}
+    (out / "corpus.json").write_text('{"audio_root": "/corpora"}')  # wrong key: one clear line at setup
+    with pytest.raises(ValueError, match=r"corpus\.json: 'audio_roots' is missing"):
+        ManifestDataModule(val=str(out / "manifests" / "dev-clean" / "gr.jsonl")).setup("validate")
+
+
+def test_clips_dir_outside_root_is_recorded(tmp_path):
+    root = tmp_path / "cv-corpus" / "en"
+    header = "client_id\tpath\tsentence\tup_votes\tdown_votes\tage\tgender\taccents\n"
+    _text(root / "test.tsv", header + "c1\tcv_a.mp3\tHello.\t2\t0\t\tmale\t\nc2\t../escape.mp3\tBye.\t2\t0\t\tmale\t\n")
+    clips = tmp_path / "elsewhere" / "clips"
+    _text(clips / "cv_a.mp3", "not really mp3")
+    _text(clips.parent / "escape.mp3", "not really mp3")  # exists, but a table row must not leave clips/
+    out = tmp_path / "out"
+    summary = prepare("commonvoice", root, out, clips_dir=str(clips))
+    assert summary["counts"] == {"test": {"asr": 1, "gr": 1}}
+    assert summary["skipped"] == {"outside_audio_roots": 2}
+    assert json.loads((out / "corpus.json").read_text()) == {"audio_roots": [str(root), str(clips)]}
+    assert _read(out, "test", "asr")[0]["audio"] == str(clips / "cv_a.mp3")
+    # a second corpus prepared into the same folder keeps the first one's roots
+    _librispeech(tmp_path / "LibriSpeech")
+    prepare("librispeech", tmp_path / "LibriSpeech", out, splits=["dev-clean"])
+    assert json.loads((out / "corpus.json").read_text())["audio_roots"] == [
+        str(root), str(clips), str(tmp_path / "LibriSpeech")]
+    assert _read(out, "test", "gr")[0]["text"] == "Male"

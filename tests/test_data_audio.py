@@ -1,6 +1,7 @@
 """Audio rules of the data layer: first channel, resampling, padding, pairs, length limit."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +87,46 @@ def test_config_is_validated() -> None:
         AudioConfig(min_seconds=5.0, max_seconds=1.0)
     assert AudioConfig(max_seconds=10, on_too_long="cut").effective_seconds(12.0) == 10.0
     assert AudioConfig().effective_seconds(0.2) == 1.0
+
+
+def _cut_wav(tmp_path: Path, keep: float) -> tuple[str, str]:
+    """A whole 1 s PCM WAV and a copy whose body is cut to ``keep`` of it (header unchanged)."""
+    whole = write(tmp_path / "whole.wav", np.full(16000, 0.25), 16000, "PCM_16")
+    data = Path(whole).read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[: 44 + int((len(data) - 44) * keep)])
+    return whole, str(cut)
+
+
+def test_a_file_shorter_than_its_header_is_rejected_not_padded(tmp_path: Path) -> None:
+    whole, cut = _cut_wav(tmp_path, 0.5)
+    assert load_audio([whole], AudioConfig()).numel() == 16000
+    for read in (lambda: load_audio([cut], AudioConfig()), lambda: probe_seconds(cut),
+                 lambda: load_audio([cut], AudioConfig(on_too_long="cut"))):
+        with pytest.raises(AudioError) as err:
+            read()
+        assert err.value.reason == "truncated_audio" and "promises 16000 frames" in str(err.value)
+
+
+def test_a_wav_of_unknown_length_is_not_called_truncated(tmp_path: Path) -> None:
+    # Writers streaming to a pipe leave the data size at 0xFFFFFFFF: "unknown", read to the end.
+    path = tmp_path / "pipe.wav"
+    data = bytearray(Path(write(path, np.full(16000, 0.25), 16000, "PCM_16")).read_bytes())
+    at = data.index(b"data") + 4
+    data[at:at + 4] = b"\xff\xff\xff\xff"
+    path.write_bytes(bytes(data))
+    assert load_audio([str(path)], AudioConfig()).numel() == 16000
+
+
+def test_a_symlink_loop_has_its_own_reason(tmp_path: Path) -> None:
+    os.symlink("loop.wav", tmp_path / "loop.wav")
+    os.symlink("nowhere.wav", tmp_path / "dangling.wav")
+    cases = {"loop.wav": "symlink_loop", "dangling.wav": "missing_file", "nowhere.wav": "missing_file"}
+    for name, reason in cases.items():
+        path = str(tmp_path / name)
+        with pytest.raises(AudioError) as err:
+            load_audio([path], AudioConfig())
+        assert err.value.reason == reason, name
+        with pytest.raises(AudioError) as err:
+            probe_seconds(path)
+        assert err.value.reason == reason, name

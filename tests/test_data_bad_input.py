@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,15 @@ EXPECTED = {
     "notext": "empty_target",
     "blank": "empty_target",
     "task": "unknown_task",
+    "latin": "bad_encoding",  # a Latin-1 byte in the line: not trained on with U+FFFD
+    "surrogate": "bad_encoding",  # a JSON escape that makes a lone surrogate
+    "essay": "target_too_long",  # 20,000 characters: far beyond any model's context
+    "escape": "path_outside_root",  # ../ climbing out of the corpus to a real file
+    "absolute": "path_outside_root",  # an absolute path to that same file
+    "cut": "truncated_audio",  # the header promises twice the frames the file holds
+    "loop": "symlink_loop",  # a link to itself
+    "segtext": "bad_segment",  # meta.start is a string
+    "segnull": "bad_segment",  # meta.start is null
 }
 
 
@@ -54,6 +64,19 @@ def build(root: Path) -> str:
     }
     (audio / "corrupt.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk" * 3)
     files["corrupt"] = "audio/corrupt.wav"
+    # a good file outside the corpus (beside its root), reached by ../ and by absolute path
+    sf.write(root.parent / f"outside-{root.name}.wav", noise.astype("float32"), 16000)
+    files["escape"] = f"../../../outside-{root.name}.wav"
+    files["absolute"] = str(root.parent / f"outside-{root.name}.wav")
+    whole = audio / "whole.wav"
+    sf.write(whole, noise.astype("float32"), 16000, subtype="PCM_16")
+    data = whole.read_bytes()
+    (audio / "cut.wav").write_bytes(data[: 44 + (len(data) - 44) // 2])  # a download cut in half
+    files["cut"] = "audio/cut.wav"
+    os.symlink("loop.wav", audio / "loop.wav")
+    files["loop"] = "audio/loop.wav"
+    for sid in ("latin", "surrogate", "essay", "segtext", "segnull"):
+        files[sid] = "audio/good.wav"
     man = root / "manifests" / "test" / "mixed.jsonl"
     man.parent.mkdir(parents=True)
     lines = []
@@ -65,10 +88,19 @@ def build(root: Path) -> str:
             row["text"] = "   "
         if sid == "task":
             row["task"] = "karaoke"
-        lines.append(json.dumps(row))
-    lines.insert(3, '{"id": "broken", "audio": "audio/good.wav", "task": ')  # malformed JSON: line 4
-    lines.insert(5, "")  # a blank line is layout, not a sample
-    man.write_text("\n".join(lines) + "\n")
+        if sid == "essay":
+            row["text"] = "word " * 4000
+        if sid in ("segtext", "segnull"):
+            row["meta"] = {"start": "abc" if sid == "segtext" else None, "end": 0.4}
+        text = json.dumps(row).encode()
+        if sid == "latin":
+            text = text.replace(b'"Male"', b'"M\xe9le"')  # Latin-1 bytes, not UTF-8
+        if sid == "surrogate":
+            text = text.replace(b'"Male"', b'"Ma\\ud800le"')
+        lines.append(text)
+    lines.insert(3, b'{"id": "broken", "audio": "audio/good.wav", "task": ')  # malformed JSON: line 4
+    lines.insert(5, b"")  # a blank line is layout, not a sample
+    man.write_bytes(b"\n".join(lines) + b"\n")
     return str(man)
 
 
@@ -95,8 +127,10 @@ def test_each_bad_case_gets_its_reason(tmp_path: Path, workers: int, caplog: pyt
     assert all(e["manifest"] == man and e["stage"] == "val" for e in entries)
 
     summary = dm.reject_summary()
-    assert summary == {"empty_audio": 1, "empty_target": 2, "malformed_json": 1, "missing_file": 1,
-                       "nan_or_inf": 2, "too_long": 1, "unknown_task": 1, "unreadable_audio": 1}
+    assert summary == {"bad_encoding": 2, "bad_segment": 2, "empty_audio": 1, "empty_target": 2, "malformed_json": 1,
+                       "missing_file": 1, "nan_or_inf": 2, "path_outside_root": 2, "symlink_loop": 1,
+                       "target_too_long": 1, "too_long": 1, "truncated_audio": 1, "unknown_task": 1,
+                       "unreadable_audio": 1}
     if workers == 0:  # worker processes log in their own process, beyond caplog's reach
         assert any(f"{man}:4:" in r.getMessage() and "malformed_json" in r.getMessage() for r in caplog.records)
 
@@ -109,7 +143,7 @@ def test_counts_reach_the_main_process_without_a_rejects_file(tmp_path: Path) ->
     man = build(tmp_path / "data")
     dm = ManifestDataModule(train=man, batch_size=2, num_workers=2, max_seconds=2.0, known_tasks={"gr"})
     assert len([s for b in dm.train_dataloader() for s in b]) == 3
-    assert sum(dm.reject_summary().values()) == 10
+    assert sum(dm.reject_summary().values()) == 19
 
 
 def test_all_bad_manifest_stops_with_a_clear_error(tmp_path: Path) -> None:
@@ -142,3 +176,76 @@ def test_unknown_task_uses_the_registry_by_default(tmp_path: Path) -> None:
     assert "gr" in dm.known_tasks and "karaoke" not in dm.known_tasks
     list(dm.val_dataloader()[0])
     assert dm.reject_summary()["unknown_task"] == 1
+
+
+def _parse(tmp_path: Path, line: str | bytes, number: int = 2, **kwargs) -> object:
+    from ahamask_lightning.data.manifest import PathResolver, parse_line
+
+    man = str(tmp_path / "corpus" / "m.jsonl")
+    resolver = PathResolver(man, kwargs.pop("audio_root", None), kwargs.pop("allow_outside_root", False))
+    return parse_line(line, man, number, resolver, {"gr"}, **kwargs)
+
+
+def _row(**fields) -> str:
+    return json.dumps({"id": "x", "audio": "a.wav", "task": "gr", "text": "Male", **fields}, ensure_ascii=False)
+
+
+@pytest.mark.parametrize("meta", [{"start": "abc", "end": 2}, {"start": None, "end": 2}, {"start": 1},
+                                  {"end": 2}, {"start": 2, "end": 1}, {"start": -1, "end": 1},
+                                  {"start": True, "end": 2}, {"start": 0, "end": float("inf")},
+                                  {"start": float("nan"), "end": 2}, {"start": [0], "end": 2}])
+def test_a_bad_segment_is_rejected_when_parsed(tmp_path: Path, meta: dict) -> None:
+    rec = _parse(tmp_path, _row(meta=meta))
+    assert rec.reason == "bad_segment" and "meta.start" in rec.detail
+
+
+def test_a_good_segment_is_kept(tmp_path: Path) -> None:
+    assert _parse(tmp_path, _row(meta={"start": 1, "end": 2.5, "talk": "t"})).segment == (1.0, 2.5)
+    assert _parse(tmp_path, _row(meta={"talk": "t"})).segment is None
+    assert _parse(tmp_path, _row(audio=["a.wav", "b.wav"], meta={"start": 1, "end": 2})).reason == "bad_segment"
+
+
+def test_encoding_is_checked_per_line(tmp_path: Path) -> None:
+    assert _parse(tmp_path, _row(text="Mâle").encode("latin-1")).reason == "bad_encoding"
+    assert _parse(tmp_path, _row(text="Mâle").encode("latin-1")).id == "x"  # named in the rejects file
+    assert _parse(tmp_path, _row().replace("Male", "Ma\\udc80le")).reason == "bad_encoding"
+    assert _parse(tmp_path, _row(text="Mâle").encode()).text == "Mâle"
+    assert _parse(tmp_path, b"\xef\xbb\xbf" + _row().encode(), number=1).text == "Male"  # a BOM on line 1
+
+
+def test_json_that_breaks_the_parser_is_malformed_not_fatal(tmp_path: Path) -> None:
+    assert _parse(tmp_path, "[" * 100_000 + "]" * 100_000).reason == "malformed_json"
+    assert _parse(tmp_path, _row(duration=0).replace("0}", "9" * 5000 + "}")).reason == "malformed_json"
+
+
+def test_target_length_limit(tmp_path: Path) -> None:
+    assert _parse(tmp_path, _row(text="a" * 30), max_target_chars=30).text == "a" * 30
+    rec = _parse(tmp_path, _row(text="a" * 31), max_target_chars=30)
+    assert rec.reason == "target_too_long" and "31 characters" in rec.detail
+    assert _parse(tmp_path, _row(text="a" * 20_000), max_target_chars=None).text == "a" * 20_000
+    with pytest.raises(ValueError, match="max_target_chars"):
+        ManifestDataModule(train="x.jsonl", max_target_chars=0)
+
+
+def test_audio_paths_stay_inside_the_corpus(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    assert _parse(tmp_path, _row(audio="sub/../a.wav")).audio == [str(corpus / "sub/../a.wav")]
+    assert _parse(tmp_path, _row(audio=str(corpus / "audio" / "a.wav"))).audio == [str(corpus / "audio" / "a.wav")]
+    for path in ("../a.wav", "sub/../../a.wav", str(tmp_path / "a.wav"), "/etc/passwd", ["a.wav", "../b.wav"]):
+        rec = _parse(tmp_path, _row(audio=path))
+        assert rec.reason == "path_outside_root", path
+        assert _parse(tmp_path, _row(audio=path), allow_outside_root=True).task == "gr"
+    # with a documented root, absolute paths must lie inside it, and relative ones resolve in it
+    root = str(tmp_path / "raw")
+    assert _parse(tmp_path, _row(audio=f"{root}/x/a.wav"), audio_root=root).audio == [f"{root}/x/a.wav"]
+    assert _parse(tmp_path, _row(audio="x/a.wav"), audio_root=root).audio == [f"{root}/x/a.wav"]
+    assert _parse(tmp_path, _row(audio=f"{root}2/a.wav"), audio_root=root).reason == "path_outside_root"
+    assert _parse(tmp_path, _row(audio=str(corpus / "a.wav")), audio_root=root).reason == "path_outside_root"
+
+
+def test_a_corpus_read_from_outside_names_the_option(tmp_path: Path) -> None:
+    man = tmp_path / "corpus" / "m.jsonl"
+    man.parent.mkdir()
+    man.write_text(_row(audio="../a.wav") + "\n")
+    with pytest.raises(RuntimeError, match="path_outside_root=1.*allow_outside_root"):
+        list(ManifestDataModule(train=str(man), known_tasks={"gr"}).train_dataloader())

@@ -171,3 +171,60 @@ def test_save_mask_into_missing_directory_leaves_nothing(tmp_path):
     with pytest.raises(MaskFileError, match="does not exist"):
         save_mask(tmp_path / "nope" / "m.safetensors", torch.randn(2, 2))
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_logits_are_refused_on_save_and_load(tmp_path, bad):
+    from safetensors.torch import save_file
+
+    logits = torch.randn(3, 4)
+    logits[1, 2] = bad
+    with pytest.raises(MaskFileError) as err:
+        save_mask(tmp_path / "m.safetensors", logits)
+    assert "\n" not in str(err.value) and str(err.value).startswith(str(tmp_path / "m.safetensors"))
+    assert "must be finite" in str(err.value) and "layer 1, head 2" in str(err.value)
+    assert os.listdir(tmp_path) == []
+    # a file written by another tool is checked when read
+    save_file({"logits": logits}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(MaskFileError, match=r"other.safetensors: mask logits must be finite, found 1 NaN/inf"):
+        load_mask(tmp_path / "other.safetensors")
+    official = torch.zeros(3 * 5)
+    official[7] = bad
+    torch.save({"model": {"tensor": official}}, tmp_path / "official.pth")
+    with pytest.raises(MaskFileError, match=r"official.pth: mask logits must be finite"):
+        import_official(tmp_path / "official.pth", 3, 4)
+
+
+def test_mask_op_on_a_nan_mask_file_fails_in_one_line(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    save_file({"logits": torch.tensor([[float("nan"), 1.0]])}, str(tmp_path / "nan.safetensors"))
+    assert ahamask(["mask", "info", str(tmp_path / "nan.safetensors")]) == 2
+    assert "nan.safetensors: mask logits must be finite" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_mask_files_get_the_mode_of_any_new_file(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        save_mask(tmp_path / "m.safetensors", torch.randn(2, 2))
+        (tmp_path / "plain.txt").write_text("x")  # how Lightning's checkpoint files are created
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "m.safetensors").stat().st_mode & 0o777
+    assert mode == 0o666 & ~umask == (tmp_path / "plain.txt").stat().st_mode & 0o777
+    assert sorted(os.listdir(tmp_path)) == ["m.safetensors", "plain.txt"]  # no temporary file left
+
+
+def test_refused_pickle_message_gives_no_unsafe_advice(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    torch.save({"model": {"tensor": Evil()}}, tmp_path / "evil.pth")
+    with pytest.raises(MaskFileError) as err:
+        import_official(tmp_path / "evil.pth", 2, 2)
+    message = str(err.value)
+    assert "\n" not in message and "weights_only" not in message
+    assert message.startswith(f"{tmp_path / 'evil.pth'}: not a readable torch checkpoint (refused unsafe pickle")
+    assert "system" in message  # names what it refused to build

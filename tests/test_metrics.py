@@ -15,23 +15,29 @@ from ahamask_lightning.tasks.metrics import read_texts
 
 
 def sync_as_ranks(metrics: list[Metric]) -> Metric:
-    """Run torchmetrics' real DDP reduction on ``metrics[0]`` as if each metric were one rank.
+    """Make ``metrics[0]`` reduce its states with the others' as if each metric were one DDP rank.
 
-    ``_sync_dist`` is the code a real all-gather feeds; here the gather returns the
-    tensors every "rank" prepared for the same state (recorded in the same order).
+    Only torchmetrics' public sync path runs: each other "rank" syncs once through a recording
+    ``dist_sync_fn`` (keeping the tensors it would send, in call order) and unsyncs; ``metrics[0]``
+    then gets a ``dist_sync_fn`` that returns, per call, its own tensor and those recorded, and is
+    told it is distributed -- so its ``compute()`` (or ``sync_context()``) does the real reduction.
     """
     recorded: list[list] = []
     for other in metrics[1:]:
         calls: list = []
-        other._sync_dist(dist_sync_fn=lambda t, group=None, calls=calls: calls.append(t) or [t])
+        other.sync(dist_sync_fn=lambda t, group=None, calls=calls: calls.append(t) or [t],
+                   distributed_available=lambda: True)
+        other.unsync()
         recorded.append(calls)
     position = iter(range(1_000_000))
 
     def gather(tensor, group=None):
-        i = next(position)
+        i = next(position) % len(recorded[0])  # every sync makes the same calls in the same order
+        assert all(calls[i].dtype == tensor.dtype for calls in recorded), "ranks disagree on a state's dtype"
         return [tensor] + [calls[i] for calls in recorded]
 
-    metrics[0]._sync_dist(dist_sync_fn=gather)
+    metrics[0].dist_sync_fn = gather
+    metrics[0].distributed_available_fn = lambda: True
     return metrics[0]
 
 
@@ -167,8 +173,10 @@ def test_counts_and_texts_reduce_across_ranks() -> None:
     st[0].update(ZH_PREDS[:1], ZH_REFS[:1])
     st[2].update(ZH_PREDS[1:], ZH_REFS[1:])  # rank 1 saw no data at all
     synced = sync_as_ranks(st)
-    assert read_texts(synced, "preds") == [p.strip() for p in ZH_PREDS]
-    assert read_texts(synced, "targets") == ZH_REFS
+    with synced.sync_context(dist_sync_fn=synced.dist_sync_fn, distributed_available=lambda: True):
+        assert read_texts(synced, "preds") == [p.strip() for p in ZH_PREDS]
+        assert read_texts(synced, "targets") == ZH_REFS
+    assert read_texts(synced, "preds") == [ZH_PREDS[0].strip()]  # unsynced again: rank 0's own
     out = synced.compute()
     assert out["bleu"] == pytest.approx(sacrebleu.corpus_bleu(ZH_PREDS, [ZH_REFS], tokenize="zh").score)
     assert out["cer"] == pytest.approx(10.0)

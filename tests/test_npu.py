@@ -143,6 +143,14 @@ from ahamask_lightning.cli.lightning import AHAMaskCLI
 out = {}
 out["parse"] = [str(d) for d in NPUAccelerator.get_parallel_devices(NPUAccelerator.parse_devices("0,1"))]
 out["single"] = str(NPUSingleDeviceStrategy().root_device)
+from ahamask_lightning.accelerators import check_devices
+check_devices({"accelerator": "npu", "devices": "0,1"})  # both stand-in NPUs: fine
+out["refused"] = []
+for devices in (4, [0, 5]):
+    try:
+        check_devices({"accelerator": "npu", "devices": devices})
+    except ValueError as exc:
+        out["refused"].append(str(exc))
 t = L.Trainer(accelerator="npu", strategy="ddp_npu", devices=-1, precision="16-mixed", logger=False,
               default_root_dir=sys.argv[1])
 cm = t.precision_plugin.autocast_context_manager()
@@ -175,6 +183,8 @@ def test_wiring_with_a_renamed_privateuse1_backend(tmp_path):
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     out = json.loads(lines[-1].removeprefix("RESULT "))
     assert out["parse"] == ["npu:0", "npu:1"] and out["single"] == "npu:0"
+    assert out["refused"] == ["trainer.devices: 4 asks for 4 npu devices, 2 visible",
+                              "trainer.devices: index 5 does not exist: 2 npu devices visible (0 to 1)"]
     assert out["ddp"] == {"root": "npu:0", "devices": ["npu:0", "npu:1"], "backend": "hccl",
                           "precision": "NPUMixedPrecision", "autocast": ["npu", "torch.float16"],
                           "scaler": "GradScaler"}

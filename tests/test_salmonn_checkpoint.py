@@ -145,7 +145,8 @@ def test_real_loading_path_with_tiny_files(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(salmonn_model, "full_spec", lambda v: full_spec(v).__class__(
         **{**full_spec(v).__dict__, "qformer": qformer_dims}))
     loaded = SalmonnAdapter(variant="13b", whisper_path=str(tmp_path / "whisper"), beats_path=str(tmp_path / "beats.pt"),
-                            llm_path=str(tmp_path / "llm"), ckpt_path=str(tmp_path / "salmonn.pth"), dtype="float32")
+                            llm_path=str(tmp_path / "llm"), ckpt_path=str(tmp_path / "salmonn.pth"), dtype="float32",
+                            tokenizer="transformers")  # the tiny tokenizer saved above is tokenizers-backed
     assert loaded.tokenizer.pad_token == "[PAD]" and loaded.llm.get_input_embeddings().num_embeddings == len(
         loaded.tokenizer)
     wavs = [0.1 * torch.randn(24000), 0.1 * torch.randn(40000)]

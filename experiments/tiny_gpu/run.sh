@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 3 on one GPU, in one call of at most ~10 minutes: the experiments a 2-core CPU cannot afford.
+# The testbed's GPU experiments, in one call of at most ~10 minutes: what a 2-core CPU cannot afford.
 #
 #   A  the 16 x 32 testbed trained FROM SCRATCH (pretrain_tiny_lalm_16x32_gpu.yaml), then its AHAMask
 #      table for gr, src, asv, asr (the 1000-step schedule of every other testbed's table)
@@ -17,7 +17,7 @@
 # On a bare GPU machine without espeak-ng/sox, put them in .devkit/ (ignored by git): bin/ holds
 # wrappers that run real/espeak-ng and real/sox with LD_LIBRARY_PATH=lib/ (the libraries `ldd`
 # lists, glibc's own excepted) and ESPEAK_DATA_PATH=share/ (espeak-ng-data with phon*, intonations,
-# lang/, voices/, en_dict). How it ran on 2026-12-04: BENCHMARKS.md, "Issue 3 on one H200".
+# lang/, voices/, en_dict). How it ran on 2026-12-04: BENCHMARKS.md, the section on this script.
 set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-runs/tiny_gpu_out}

@@ -4,12 +4,14 @@ and the reliability callbacks ``ahamask fit`` adds by itself (see ``cli/lightnin
 * :class:`RNGStateCheckpoint` carries the torch / numpy / Python RNG states in checkpoints, so a
   resumed fit draws the same Gumbel noise as an uninterrupted one.
 * :class:`FaultCheckpoint` saves ``interrupted.ckpt`` when a fit stops on SIGTERM, SIGINT, too
-  many non-finite losses or any other error after training has begun.
+  many non-finite losses or any other error after training has begun; not on a full disk, where
+  a second write would fail too.
 * :class:`RunReport` writes ``fit_report.json`` (steps, skipped non-finite losses, rejected
-  samples by reason, the rejects files) and prints its one-line summary.
+  samples by reason, the rejects files; atomically) and prints its one-line summary.
 """
 from __future__ import annotations
 
+import errno
 import json
 import random
 import sys
@@ -22,6 +24,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 
 from .masking import save_mask
+from .masking.io import atomic_write
 
 PRESETS = {
     # AHAMask paper: tau linear 4.0 -> 0.5, held after ~3k steps.
@@ -203,6 +206,7 @@ class FaultCheckpoint(Checkpoint):
         self.dirpath = str(dirpath)
         self._training = False
         self.saved: tuple[str, int, BaseException] | None = None
+        self.failed: BaseException | None = None
 
     @property
     def ckpt_path(self) -> str:
@@ -212,10 +216,14 @@ class FaultCheckpoint(Checkpoint):
         self._training = True
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if not self._training:
+        if not self._training or is_disk_full(exception):  # a second write would fail the same way
             return
-        Path(self.dirpath).mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(self.ckpt_path)
+        try:
+            Path(self.dirpath).mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(self.ckpt_path)
+        except Exception as exc:  # noqa: BLE001 - never hide the error that stopped the fit behind this one
+            self.failed = exc
+            return
         self.saved = (self.ckpt_path, trainer.global_step, exception)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:  # called on a normal end only
@@ -262,7 +270,8 @@ class RunReport(L.Callback):
         if not trainer.is_global_zero:
             return
         out.mkdir(parents=True, exist_ok=True)
-        (out / self.filename).write_text(json.dumps(report, indent=1) + "\n")
+        text = json.dumps(report, indent=1) + "\n"
+        atomic_write(out / self.filename, lambda tmp: Path(tmp).write_text(text))  # a full disk keeps the old file
         if not say:
             return
         rej = ", ".join(f"{stage}: " + ", ".join(f"{r}={n}" for r, n in counts.items())
@@ -280,4 +289,18 @@ class RunReport(L.Callback):
         try:
             self._write(trainer, pl_module, "stopped", say=False)
         except Exception as exc:  # noqa: BLE001 - the report must never hide the error that stopped the fit
-            print(f"ahamask: (fit report not written: {exc})", file=sys.stderr)
+            if not is_disk_full(exception):  # the disk-full line already says why nothing more was written
+                print(f"ahamask: (fit report not written: {exc})", file=sys.stderr)
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """ENOSPC / EDQUOT, also when a library wraps it (safetensors: ``IoError(... StorageFull ...)``)."""
+    for _ in range(8):
+        if exc is None:
+            return False
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(exc) for text in ("No space left on device", "StorageFull", "Disk quota exceeded")):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

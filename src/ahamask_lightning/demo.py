@@ -3,7 +3,7 @@
 Synthesises SynthSpeech (if absent), trains a gender-recognition AHAMask on a committed
 TinyLALM (by default the 8 x 16-head grown testbed, where the mask reaches the instruction row)
 without any instruction, tests it against the with-instruction, no-instruction and
-random-mask conditions, and prints the comparison.
+random-mask conditions, and prints the comparison, then where the mask and the logs are.
 """
 from __future__ import annotations
 
@@ -21,6 +21,20 @@ def data_overrides(data: Path, task: str = "gr") -> list[str]:
     m = data / "manifests"
     return ["--data.init_args.train", f"[{m}/train/{task}.jsonl]", "--data.init_args.val", f"[{m}/val/{task}.jsonl]",
             "--data.init_args.test", f"[{m}/test/{task}.jsonl, {m}/test_ood/{task}.jsonl]"]
+
+
+def results_table(rows: list[tuple[str, float | None, float | None, float | None, int | None]]) -> str:
+    """The comparison as printed: one line per condition, accuracies in %, heads on ('all': no mask)."""
+    lines = ["Gender recognition on TinyLALM (accuracy %, in-domain test / held-out voices;",
+             "'bare' counts only answers that are the label alone, not e.g. 'Male|<transcript>'):",
+             f"{'condition':<18} {'GR':>7} {'bare':>7} {'GR-OOD':>7} {'heads on':>9}"]
+
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    for name, acc, exact, ood, heads in rows:
+        lines.append(f"{name:<18} {f(acc):>7} {f(exact):>7} {f(ood):>7} {('all' if heads is None else heads):>9}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[demo] synthesising {args.n} utterances into {data} ...", flush=True)
         synthesize(data, n=args.n, seed=0)
     if not (Path(args.checkpoint) / "model.safetensors").is_file():
-        print(f"[demo] {args.checkpoint}: TinyLALM checkpoint missing (make tiny-lalm trains one)", file=sys.stderr)
+        print(f"[demo] {args.checkpoint}: TinyLALM checkpoint missing (make testbed RECIPE=8x16g regrows it)",
+              file=sys.stderr)
         return 2
     common = data_overrides(data) + ["--model.init_args.model.init_args.checkpoint", args.checkpoint]
     print(f"[demo] training a GR mask for {args.steps} steps without instruction ...", flush=True)
@@ -57,13 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         m = res["metrics"]
         rows.append((cond.name, m.get("test/gr/acc"), m.get("test/gr/acc_exact"), m.get("test/gr_test_ood/acc"),
                      res["run"].get("active_heads")))
-    print("\nGender recognition on TinyLALM (accuracy %, in-domain test / held-out voices;")
-    print("'bare' counts only answers that are the label alone, not e.g. 'Male|<transcript>'):")
-    print(f"{'condition':<18} {'GR':>7} {'bare':>7} {'GR-OOD':>7} {'heads on':>9}")
-    for name, acc, exact, ood, heads in rows:
-        f = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-        print(f"{name:<18} {f(acc):>7} {f(exact):>7} {f(ood):>7} {('all' if heads is None else heads):>9}")
-    print(f"\n[demo] done in {time.time() - start:.0f} s; runs in {out}")
+    table = results_table(rows)
+    (out / "results.txt").write_text(table + "\n")
+    print("\n" + table)
+    # where everything is, last, so it stays on screen
+    print(f"\n[demo] done in {time.time() - start:.0f} s")
+    print(f"  mask:   {mask}   (ahamask mask info {mask})")
+    print(f"  logs:   {mask.parent}   (TensorBoard: tensorboard --logdir {mask.parent})")
+    print(f"  tests:  {out / 'test'}/<condition>/   (metrics and predictions of each row)")
+    print(f"  table:  {out / 'results.txt'}")
     return 0
 
 

@@ -14,55 +14,19 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from pathlib import Path
 
 import lightning as L
 import torch
 
+from .data.collate import SampleCollate
 from .evaluation import TaskEvaluator, loader_suffix
 from .masking import HeadGate, HeadMask, load_mask
+from .masking.estimators import CONTINUOUS
+from .masking.prune import PrunedEval
 from .models.base import LALMAdapter
-from .prompts import check_prompt_mode, choose_instruction
+from .prompts import check_prompt_mode
 from .results import write_results
-
-
-class SampleCollate:
-    """Turns dataset samples into model tensors plus the text fields metrics need."""
-
-    def __init__(self, adapter: LALMAdapter, prompt: str, seed: int = 0,
-                 instruction_free: dict[str, float] | None = None,
-                 instruction_free_target: str | None = None) -> None:
-        self.adapter, self.prompt, self.seed = adapter, prompt, seed
-        self.rng, self._worker = random.Random(seed), None
-        # task -> probability of dropping the instruction (pretraining experiment only); with
-        # instruction_free_target set, such examples are trained to answer that text instead
-        # (e.g. "" = stay silent when not asked) rather than to do their task
-        self.instruction_free = dict(instruction_free or {})
-        self.instruction_free_target = instruction_free_target
-
-    def _reseed_per_worker(self) -> None:
-        # Workers receive copies of this object: give each its own random stream.
-        info = torch.utils.data.get_worker_info()
-        worker = info.id if info is not None else None
-        if worker != self._worker:
-            self._worker = worker
-            self.rng = random.Random(self.seed * 1009 + (worker or 0) + 1)
-
-    def _instruction(self, sample: dict) -> str | None:
-        if self.rng.random() < self.instruction_free.get(sample["task"], 0.0):
-            return None
-        return choose_instruction(sample, self.prompt, self.rng)
-
-    def __call__(self, samples: list[dict]) -> dict:
-        self._reseed_per_worker()
-        instructions = [self._instruction(s) for s in samples]
-        texts = [s["text"] if ins is not None or self.instruction_free_target is None
-                 else self.instruction_free_target for s, ins in zip(samples, instructions)]
-        batch = self.adapter.collate([s["audio"] for s in samples], instructions, texts)
-        batch.update(ids=[s["id"] for s in samples], tasks=[s["task"] for s in samples],
-                     texts=texts, instructions=instructions)
-        return batch
 
 
 class NonFiniteLossError(RuntimeError):
@@ -73,15 +37,27 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint that does not belong to this model, or holds more than the mask (one line)."""
 
 
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int | None, start: float, peak: float,
-                  end: float) -> float:
-    """Learning rate: linear start -> peak over warm-up, then cosine peak -> end until total_steps."""
-    if step < warmup_steps:
-        return start + (peak - start) * step / max(1, warmup_steps)
-    if not total_steps or total_steps <= warmup_steps:
-        return peak
-    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
-    return end + 0.5 * (peak - end) * (1 + math.cos(math.pi * progress))
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int | None, start: float,
+                  peak: float, end: float) -> torch.optim.lr_scheduler.LRScheduler:
+    """torch's schedulers in sequence, stepped once per optimizer step: linear ``start -> peak`` over
+    ``warmup_steps`` (LinearLR), cosine ``peak -> end`` until ``total_steps`` (CosineAnnealingLR), then
+    ``end`` held (ConstantLR; a cosine restarted past its end would climb again). Without a
+    ``total_steps`` beyond the warm-up the rate stays at ``peak``. The optimizer's lr must be ``peak``."""
+    from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, SequentialLR
+
+    phases: list[torch.optim.lr_scheduler.LRScheduler] = []
+    milestones: list[int] = []
+    if warmup_steps > 0:  # LinearLR refuses a zero start factor: a start of 0 becomes 1e-12 of the peak
+        phases.append(LinearLR(optimizer, start_factor=max(start / peak, 1e-12), end_factor=1.0,
+                               total_iters=warmup_steps))
+    if total_steps and total_steps > warmup_steps:
+        milestones += [warmup_steps] if phases else []
+        phases.append(CosineAnnealingLR(optimizer, T_max=total_steps - warmup_steps, eta_min=end))
+        milestones.append(total_steps)
+        phases.append(ConstantLR(optimizer, factor=end / peak, total_iters=2**62))
+    if not phases:
+        return ConstantLR(optimizer, factor=1.0, total_iters=0)
+    return phases[0] if len(phases) == 1 else SequentialLR(optimizer, phases, milestones)
 
 
 class AHAMaskModule(L.LightningModule):
@@ -102,6 +78,9 @@ class AHAMaskModule(L.LightningModule):
         results_dir: where test metrics and predictions are written (default: the logger's dir).
         max_nonfinite_in_a_row: a NaN/inf loss skips its step; this many in a row stop the fit
             (0: never stop).
+        prune: decode validate/test/predict with the physically pruned model (the off heads' weights
+            removed, ``masking.prune``), built once per evaluation mask; same text as the gate.
+            Training is unaffected.
     """
 
     def __init__(
@@ -125,6 +104,7 @@ class AHAMaskModule(L.LightningModule):
         results_dir: str | None = None,
         seed: int = 0,
         max_nonfinite_in_a_row: int = 10,
+        prune: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
@@ -143,23 +123,21 @@ class AHAMaskModule(L.LightningModule):
             raise ValueError(f"max_nonfinite_in_a_row: expected an integer >= 0, got {max_nonfinite_in_a_row}")
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
+        if prune and estimator in CONTINUOUS:
+            raise ValueError(f"prune: needs a binary mask; estimator {estimator!r} gives a continuous gate")
+        self.prune = prune
+        self.pruned_eval = PrunedEval(self.adapter)
 
     # --- data plumbing ----------------------------------------------------------------
     def collate(self) -> SampleCollate:
+        """The batch builder the datamodule runs in its workers (its ``collate_fn``; the CLI links it)."""
         return SampleCollate(self.adapter, self.prompt, self.hparams.seed)
-
-    def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "collate_fn"):
-            dm.collate_fn = self.collate()
-        if dm is not None and getattr(dm, "rejects_path", "unset") is None and self.trainer.log_dir:
-            # bad samples are listed beside the logs unless the config says where
-            dm.rejects_path = str(Path(self.trainer.log_dir) / "rejects.jsonl")
 
     # --- training -----------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         b = len(batch["ids"])
         mask = self.head_mask(b if self.hparams.per_sample_mask else None)
+        self._step_mask = mask  # for backward (activation checkpointing recomputes gated layers there)
         with self.gate.apply(mask):
             ce = self.adapter.loss(batch)
         active = mask.sum() / (b if mask.dim() == 3 else 1)
@@ -178,6 +156,13 @@ class AHAMaskModule(L.LightningModule):
         self.log("train/active", float(self.head_mask.active_heads()), prog_bar=True, batch_size=b)
         return loss
 
+    def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+        # An adapter with activation checkpointing recomputes its LLM layers during backward: the
+        # gate must apply the step's mask then too, or the recomputed graph would be ungated.
+        with self.gate.apply(getattr(self, "_step_mask", None)):
+            super().backward(loss, *args, **kwargs)
+        self._step_mask = None
+
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # Checked after the callbacks' batch-end hooks (periodic checkpoints included), so the
         # state a FaultCheckpoint saves on this error is that of a finished step.
@@ -195,9 +180,7 @@ class AHAMaskModule(L.LightningModule):
         if total is None and self._trainer is not None:
             est = self.trainer.estimated_stepping_batches
             total = int(est) if est is not None and math.isfinite(est) else None
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, hp.warmup_steps, total, hp.warmup_lr, hp.lr, hp.final_lr) / hp.lr
-        )
+        sched = warmup_cosine(opt, hp.warmup_steps, total, hp.warmup_lr, hp.lr, hp.final_lr)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # --- evaluation -------------------------------------------------------------------
@@ -205,7 +188,11 @@ class AHAMaskModule(L.LightningModule):
         return self.head_mask.eval_gate() if self.use_mask else None
 
     def _generate(self, batch: dict) -> list[str]:
-        with self.gate.apply(self.eval_mask()):
+        mask = self.eval_mask()
+        if self.prune and mask is not None:
+            with self.gate.apply(None), self.pruned_eval.use(mask):
+                return self.adapter.generate(batch, **self.generation)
+        with self.gate.apply(mask):
             return self.adapter.generate(batch, **self.generation)
 
     def _eval_step(self, batch: dict, stage: str, dataloader_idx: int) -> None:
@@ -250,7 +237,7 @@ class AHAMaskModule(L.LightningModule):
         return {**self.adapter.describe(), "prompt": self.prompt, "use_mask": self.use_mask,
                 "active_heads": self.head_mask.active_heads() if self.use_mask else None,
                 "estimator": hp["estimator"], "sparsity_lambda": float(self.sparsity_lambda),
-                "mask": hp.get("mask")}
+                "mask": hp.get("mask"), **({"pruned": True} if self.prune else {})}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("head_mask.")}

@@ -28,9 +28,10 @@ import lightning as L
 import torch
 
 from .data.audio import PAIR_GAP_SECONDS
+from .data.collate import SampleCollate
 from .evaluation import TaskEvaluator, loader_suffix
 from .models.tiny_lalm import PROMPT_TEMPLATE, TinyLALM, TinyLALMConfig, build_tokenizer
-from .module import SampleCollate, warmup_cosine
+from .module import warmup_cosine
 
 
 def corpus_texts(manifests: list[str]) -> list[str]:
@@ -239,11 +240,10 @@ class TinyLALMPretrain(L.LightningModule):
                 torch.nn.init.zeros_(layer.mlp.down_proj.weight)
         self.grown = {"copied": len(copied), "new": len([k for k in mine if k not in copied])}
 
-    def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule
-        if dm is not None and hasattr(dm, "collate_fn"):
-            dm.collate_fn = PretrainCollate(self.adapter, "random", self.hparams.seed, self.hparams.instruction_free,
-                                            self.hparams.instruction_free_target)
+    def collate(self) -> PretrainCollate:
+        """The batch builder the datamodule runs in its workers (its ``collate_fn``; the CLI links it)."""
+        return PretrainCollate(self.adapter, "random", self.hparams.seed, self.hparams.instruction_free,
+                               self.hparams.instruction_free_target)
 
     def train(self, mode: bool = True):  # the adapter pins itself to eval mode; pretraining needs train mode
         super().train(mode)
@@ -337,8 +337,7 @@ class TinyLALMPretrain(L.LightningModule):
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
                                  {"params": rest, "weight_decay": 0.0}], lr=hp.lr, betas=(0.9, 0.98))
         total = hp.total_steps or (int(self.trainer.max_steps) if self.trainer.max_steps > 0 else None)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, hp.warmup_steps, total, 0.0, hp.lr, hp.final_lr) / hp.lr)
+        sched = warmup_cosine(opt, hp.warmup_steps, total, 0.0, hp.lr, hp.final_lr)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_fit_end(self) -> None:

@@ -18,8 +18,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
 from .analysis import ablations as ab
 from .experiment import CONDITIONS
 
@@ -74,8 +72,32 @@ def quick_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return fit, test
 
 
+def experiment_config(config: str) -> dict:
+    """The experiment as ``ahamask fit --config CONFIG`` reads it: the ``config:`` bases it includes
+    read first, its own keys applied on top. Parsed by the CLI's own parser; nothing is built."""
+    import warnings
+
+    import lightning as L
+
+    from .cli.lightning import AHAMaskCLI
+
+    class ParseOnly(AHAMaskCLI):
+        def before_instantiate_classes(self) -> None:
+            pass
+
+        def instantiate_classes(self) -> None:
+            pass
+
+    with warnings.catch_warnings():  # LightningCLI warns when args= meets a non-empty sys.argv
+        warnings.simplefilter("ignore")
+        cli = ParseOnly(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                        auto_configure_optimizers=False, run=False, seed_everything_default=False,
+                        args=["--config", str(config), "--seed_everything", "false"])
+    return cli.config.as_dict()
+
+
 def manifests_of(config: str, stages: Sequence[str]) -> list[str]:
-    init = (yaml.safe_load(Path(config).read_text()).get("data") or {}).get("init_args") or {}
+    init = (experiment_config(config).get("data") or {}).get("init_args") or {}
     out = []
     for stage in stages:
         value = init.get(stage) or []
@@ -95,7 +117,7 @@ def salmonn_missing(config: str) -> list[str]:
     """Every SALMONN weight path of the YAML (null: its AHAMASK_SALMONN_* variable) that is absent."""
     from .models.salmonn import missing_paths
 
-    weights = yaml.safe_load(Path(config).read_text())["model"]["init_args"]["model"]["init_args"]
+    weights = experiment_config(config)["model"]["init_args"]["model"]["init_args"]
     return missing_paths(**{k: weights.get(k) for k in ("whisper_path", "beats_path", "llm_path", "ckpt_path")})
 
 
@@ -153,7 +175,7 @@ def run_table(jobs: list[tuple[str, str, ab.Runner, Path | None]], out: Path, pa
 
 def cmd_tiny(args: argparse.Namespace) -> int:
     ckpt = Path(args.checkpoint)
-    missing = [] if (ckpt / "model.safetensors").is_file() else [f"{ckpt}/model.safetensors (make tiny-lalm)"]
+    missing = [] if (ckpt / "model.safetensors").is_file() else [f"{ckpt}/model.safetensors (make testbed RECIPE=6x8)"]
     missing += [str(p) for t in args.tasks for p in (args.data / "manifests" / s / f"{t}.jsonl"
                                                      for s in ("train", "val", "test")) if not p.is_file()]
     if stop_if_missing("tiny", missing):
@@ -233,7 +255,7 @@ def cmd_ablations(args: argparse.Namespace) -> int:
     if family == "tiny":
         common = tiny_data_args(args.data, task) + ["--model.init_args.model.init_args.checkpoint", str(args.checkpoint)]
         if not (Path(args.checkpoint) / "model.safetensors").is_file():
-            missing.append(f"{args.checkpoint}/model.safetensors (make tiny-lalm)")
+            missing.append(f"{args.checkpoint}/model.safetensors (make testbed RECIPE=6x8)")
         manifests = [str(args.data / "manifests" / s / f"{task}.jsonl") for s in ("train", "val", "test")]
     else:
         manifests = manifests_of(config, ("train", "val", "test"))

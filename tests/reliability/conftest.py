@@ -141,7 +141,8 @@ def fault_env(fault_dir: Path, **faults: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(HERE), str(REPO)]),
                AHAMASK_FAULT_DIR=str(fault_dir), PYTHONUNBUFFERED="1")
-    for key in ("AHAMASK_FAULT_PAUSE_AT", "AHAMASK_FAULT_NAN_AT"):
+    for key in ("AHAMASK_FAULT_PAUSE_AT", "AHAMASK_FAULT_NAN_AT", "AHAMASK_FAULT_FILL_DISK_AT",
+                "AHAMASK_FAULT_FILL_DISK_PATH"):
         env.pop(key, None)
     env.update({f"AHAMASK_FAULT_{k.upper()}": v for k, v in faults.items()})
     return env

@@ -23,7 +23,8 @@ def mixed_manifest(tmp_path_factory) -> tuple[Path, dict[str, int]]:
     20 good samples, shuffled in; returns it with the expected reject counts."""
     root = tmp_path_factory.mktemp("mixed")
     bad = Path(build(root))
-    bad_lines = [line for line in bad.read_text().splitlines() if line.strip()]
+    # surrogateescape: the bad-encoding line keeps its exact bytes through this rewrite
+    bad_lines = [line for line in bad.read_text(errors="surrogateescape").splitlines() if line.strip()]
     bad_lines.append(json.dumps({"id": "noaudio", "task": "gr", "text": "Male"}))  # missing_field
     good = [json.dumps(r) for r in write_wavs(root, 20, seed=1)]
     good_ids = {"good", "rate8k", "sixch"}  # the unusual-but-good cases of build()
@@ -36,7 +37,7 @@ def mixed_manifest(tmp_path_factory) -> tuple[Path, dict[str, int]]:
             break
     lines += bad_lines[b:]
     man = root / "mixed.jsonl"
-    man.write_text("\n".join(lines) + "\n")
+    man.write_text("\n".join(lines) + "\n", errors="surrogateescape")
     expected: dict[str, int] = {"malformed_json": 1, "missing_field": 1}
     for sid, reason in EXPECTED.items():
         if reason is not None and sid not in good_ids:

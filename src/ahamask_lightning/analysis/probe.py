@@ -6,7 +6,7 @@ linearly decodable at the position that predicts the answer (the last prompt tok
 can read it out there. The probe compares three conditions on the same audio: the task's
 instruction without a mask, no instruction without a mask, and no instruction with a mask.
 
-    python -m ahamask_lightning.analysis.probe --checkpoint checkpoints/tiny_lalm_12x32g \\
+    python -m ahamask_lightning.analysis.probe --checkpoint checkpoints/tiny_lalm_8x16g \\
         --task src --mask runs/.../mask.safetensors --out runs/probe_src
 
 Probes are multinomial logistic regressions (standardised features, L2), trained on the
@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from ..data import ManifestDataModule
+from ..data.collate import SampleCollate
 from ..masking import HeadGate, load_mask
-from ..module import SampleCollate
 
 
 @torch.no_grad()

@@ -1,16 +1,22 @@
-"""LightningCLI for ``ahamask fit|validate|test|predict``.
+"""LightningCLI for ``ahamask fit|validate|test|predict``, through LightningCLI's public hooks only.
 
-The config is parsed and checked (unknown keys, wrong types, unknown classes, unwritable
-output directory, missing manifests, a missing or unsafe ``--ckpt_path``) before any model is
-built, and such errors come out as one line.
+Before any model is built (``parse_arguments`` and ``before_instantiate_classes``) the config is
+checked and such errors come out as one line naming the key: unknown keys, wrong types, unknown
+classes, an unwritable output directory, missing manifests, a missing, truncated or unsafe
+``--ckpt_path``, an accelerator this machine lacks, a ``devices`` value Lightning would refuse.
 
-Reliability (``fit``): every ``ModelCheckpoint`` without a ``dirpath`` writes to
-``<default_root_dir>/checkpoints`` (not the logger's per-run version folder), so that
-``--ckpt_path last`` finds the previous run's checkpoints; without any ``ModelCheckpoint`` one is
-added (every 100 steps, ``last.ckpt``). ``FaultCheckpoint`` (``interrupted.ckpt`` on SIGTERM,
-SIGINT or an error), ``RNGStateCheckpoint`` and ``RunReport`` are added. Checkpoints are always
-read with ``weights_only=True``. A fit stopped by SIGTERM / SIGINT exits with 143 / 130 and one
-line naming the checkpoint to resume from.
+Reliability (``fit``, see ``run_files.py``): one fit at a time per ``default_root_dir`` (a lock;
+a second one stops in one line); checkpoints are written atomically (``AtomicCheckpointIO``);
+every ``ModelCheckpoint`` without a ``dirpath`` writes to ``<default_root_dir>/checkpoints`` (not the
+logger's per-run version folder), so that ``--ckpt_path last`` finds the previous run's
+checkpoints (the newest one that loads); without any ``ModelCheckpoint`` one is added (every 100
+steps, ``last.ckpt``). ``FaultCheckpoint`` (``interrupted.ckpt`` on SIGTERM, SIGINT or an error),
+``RNGStateCheckpoint`` and ``RunReport`` are added. Checkpoints are always read with
+``weights_only=True``. A fit stopped by SIGTERM / SIGINT exits with 143 / 130 and one line naming
+the checkpoint to resume from; a full disk stops it with one line naming the newest checkpoint.
+
+Console (``progress.py``): the model summary without unmeasured FLOPs; a progress bar in a terminal
+and one progress line every few steps otherwise.
 """
 from __future__ import annotations
 
@@ -18,28 +24,54 @@ import os
 import pickle
 import sys
 import tempfile
+import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning as L
-import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
-from ..accelerators import check_trainer_config  # registers --trainer.accelerator npu
-from ..callbacks import FaultCheckpoint, RNGStateCheckpoint, RunReport
+from ..accelerators import check_devices, check_trainer_config  # registers --trainer.accelerator npu
+from ..callbacks import FaultCheckpoint, RNGStateCheckpoint, RunReport, is_disk_full
 from ..module import NonFiniteLossError
+from ..progress import EVAL_MODE_WARNING, LineProgress, MaskModelSummary
+from .errors import ONE_LINE_ERRORS, error_line
+from .run_files import (
+    AtomicCheckpointIO,
+    FitLock,
+    check_checkpoint,
+    newest_loadable,
+    resolve_last,
+    unpickling_reason,
+)
 
 DEFAULT_EVERY_N_STEPS = 100
 CKPT_KEYWORDS = ("last", "best", "hpc")
 
 
-class FitStopped(Exception):
-    """A fit that stopped on a signal or a fault: one line for stderr and the exit status."""
+class FitSession:
+    """What ``run_lightning`` needs once LightningCLI has returned or raised: the trainer (for the
+    fault callback's saved checkpoint), the folder lock, and the checkpoint folders."""
 
-    def __init__(self, line: str, code: int) -> None:
-        super().__init__(line)
-        self.line, self.code = line, code
+    def __init__(self) -> None:
+        self.trainer: L.Trainer | None = None
+        self.lock: FitLock | None = None
+        self.checkpoint_dirs: list[Path] = []
+
+    def fault(self) -> tuple[str, int, BaseException] | None:
+        for cb in self.trainer.callbacks if self.trainer is not None else []:
+            if isinstance(cb, FaultCheckpoint) and cb.saved is not None:
+                return cb.saved
+        return None
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
 
 class OneLineErrorParser(LightningArgumentParser):
@@ -52,77 +84,96 @@ class OneLineErrorParser(LightningArgumentParser):
 
 
 class AHAMaskCLI(LightningCLI):
+    def __init__(self, *args: Any, session: FitSession | None = None, **kwargs: Any) -> None:
+        self.session = session if session is not None else FitSession()
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The model hands the datamodule its batch builder once both exist (ahamask_lightning.data.collate).
+        parser.link_arguments("model", "data.init_args.collate_fn", compute_fn=lambda model: model.collate(),
+                              apply_on="instantiate")
+
+    def _subcommand_config(self):
+        sub = self.config.get("subcommand")
+        return sub, (self.config[sub] if sub else self.config)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # LightningCLI reads --ckpt_path (its hyperparameters) right after parsing, before any model
+        # exists: resolve ``last`` and refuse a missing, unreadable or unsafe file first, in one line.
+        sub, cfg = self._subcommand_config()
+        if not sub:
+            return
+        ckpt = cfg.get("ckpt_path")
+        if ckpt == "last" and sub == "fit":
+            ckpt = cfg["ckpt_path"] = resolve_last(checkpoint_dirs(cfg))
+        if ckpt and str(ckpt) not in CKPT_KEYWORDS:
+            check_checkpoint(Path(ckpt))
+
     def before_instantiate_classes(self) -> None:
-        cfg = self.config.get(self.config.subcommand) if self.subcommand else self.config
-        root = cfg.get("trainer", {}).get("default_root_dir") or "."
+        sub, cfg = self._subcommand_config()
+        trainer = cfg.get("trainer") or {}
+        root = trainer.get("default_root_dir") or "."
         _check_writable(Path(root), "trainer.default_root_dir")
         model_args = (cfg.get("model") or {}).get("init_args") or {}
         if model_args.get("results_dir"):
             _check_writable(Path(model_args["results_dir"]), "model.init_args.results_dir")
-        check_trainer_config(cfg.get("trainer"))  # NPU without torch_npu: one line, before any weights load
-        if self.subcommand:  # a command about to run (not a parse-only or run=False use of the class)
-            _check_manifests((cfg.get("data") or {}).get("init_args") or {})
-            if "weights_only" in cfg:
-                if cfg.get("weights_only") is False:
-                    raise ValueError("weights_only: false is refused: checkpoints are read with weights_only=True "
-                                     "(they hold tensors and plain values only)")
-                cfg["weights_only"] = True
+        check_trainer_config(trainer)  # NPU without torch_npu: one line, before any weights load
+        check_devices(trainer)  # accelerator this machine lacks, devices Lightning would refuse
+        if not sub:  # a parse-only or run=False use of the class: nothing runs
+            return
+        _check_manifests((cfg.get("data") or {}).get("init_args") or {})
+        if "weights_only" in cfg:
+            if cfg.get("weights_only") is False:
+                raise ValueError("weights_only: false is refused: checkpoints are read with weights_only=True "
+                                 "(they hold tensors and plain values only)")
+            cfg["weights_only"] = True
+        if sub == "fit":
+            self.session.checkpoint_dirs = checkpoint_dirs(cfg)
+            folders = [("trainer.default_root_dir", Path(root))]
+            folders += [("ModelCheckpoint.dirpath", d) for d in self.session.checkpoint_dirs[1:]]
+            self.session.lock = FitLock(folders)
+            self.session.lock.acquire()
 
-    def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads the checkpoint here (its hyperparameters), before any model exists:
-        # resolve ``last`` and refuse a missing, unreadable or unsafe file first, in one line.
-        sub = self.config.get("subcommand")
-        if sub:
-            cfg = self.config[sub]
-            ckpt = cfg.get("ckpt_path")
-            if ckpt == "last" and sub == "fit":
-                ckpt = cfg["ckpt_path"] = _resolve_last(cfg)
-            if ckpt and str(ckpt) not in CKPT_KEYWORDS:
-                _check_checkpoint(Path(ckpt))
-        super()._parse_ckpt_path()
-
-    def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
-        if self.subcommand == "fit":
-            config = dict(config)
-            config["callbacks"] = _reliability_callbacks(config)
-        return super()._instantiate_trainer(config, callbacks)
-
-    def _run_subcommand(self, subcommand: str) -> None:
-        try:
-            super()._run_subcommand(subcommand)
-        except (SystemExit, KeyboardInterrupt) as exc:
-            fault = self._fault()
-            cause = fault[2] if fault is not None else exc
-            if not isinstance(cause, (SIGTERMException, KeyboardInterrupt)):
-                raise
-            name, code = ("SIGTERM", 143) if isinstance(cause, SIGTERMException) else ("SIGINT", 130)
-            where = (f"at step {fault[1]}; checkpoint saved: {fault[0]} (resume with --ckpt_path last)"
-                     if fault is not None else "before training began; no checkpoint written")
-            raise FitStopped(f"fit stopped by {name} {where}", code) from exc
-        except NonFiniteLossError as exc:
-            fault = self._fault()
-            saved = (f"; checkpoint saved: {fault[0]} (resume with --ckpt_path last)" if fault is not None
-                     else "; no checkpoint written")
-            raise FitStopped(f"error: {exc}{saved}", 2) from exc
-        except Exception:
-            fault = self._fault()
-            if fault is not None:  # an unexpected error keeps its traceback; say where the state went
-                print(f"ahamask: checkpoint saved: {fault[0]} at step {fault[1]} (resume with --ckpt_path last)",
-                      file=sys.stderr)
-            raise
-
-    def _fault(self):
-        trainer = getattr(self, "trainer", None)
-        for cb in getattr(trainer, "callbacks", []) if trainer is not None else []:
-            if isinstance(cb, FaultCheckpoint) and cb.saved is not None:
-                return cb.saved
-        return None
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer_config = {**(config.get("trainer") or {}), **kwargs}
+        kwargs.update(_trainer_additions(trainer_config, fit=self.subcommand == "fit"))
+        trainer = super().instantiate_trainer(**kwargs)
+        self.session.trainer = trainer
+        return trainer
 
 
-def _reliability_callbacks(config: dict) -> list:
-    """The fit's callbacks plus what exact resume and fault reports need (see module docstring)."""
-    given = config.get("callbacks") or []
-    callbacks = list(given) if isinstance(given, list) else [given]
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _trainer_additions(config: dict, fit: bool) -> dict[str, Any]:
+    """Trainer arguments added to the config's: callbacks (see module docstring) and the atomic
+    checkpoint writer, unless the config brings its own ``CheckpointIO``."""
+    callbacks = _as_list(config.get("callbacks"))
+    extra: list = []
+    out: dict[str, Any] = {}
+    if config.get("enable_model_summary") is not False and not any(
+            isinstance(c, LightningModelSummary) for c in callbacks):
+        extra.append(MaskModelSummary())
+        out["enable_model_summary"] = False  # Lightning's default summary off: ours runs instead, unannounced
+    if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks) \
+            and not sys.stdout.isatty():
+        extra.append(LineProgress())  # a terminal keeps Lightning's progress bar
+    if fit:
+        extra += _reliability_callbacks(config, callbacks)
+    out["callbacks"] = callbacks + extra
+    plugins = _as_list(config.get("plugins"))
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        out["plugins"] = plugins + [AtomicCheckpointIO()]
+    return out
+
+
+def _reliability_callbacks(config: dict, callbacks: list) -> list:
+    """What exact resume and fault reports need (see module docstring)."""
     extra: list = []
     if not any(isinstance(c, RNGStateCheckpoint) for c in callbacks):
         extra.append(RNGStateCheckpoint())
@@ -139,27 +190,19 @@ def _reliability_callbacks(config: dict) -> list:
         if not any(isinstance(c, FaultCheckpoint) for c in callbacks):
             first = models[0].dirpath if models else ckpt_dir
             extra.append(FaultCheckpoint(first))  # after the ModelCheckpoints: trainer.checkpoint_callback stays theirs
-    return callbacks + extra
+    return extra
 
 
-def _resolve_last(cfg) -> str | None:
-    """``--ckpt_path last`` for fit: the newest ``last*.ckpt`` / ``interrupted.ckpt`` in the
-    checkpoint folders (``<default_root_dir>/checkpoints`` and any ModelCheckpoint ``dirpath``);
-    None, with one warning line, when there is none yet (a first run: start from scratch)."""
+def checkpoint_dirs(cfg) -> list[Path]:
+    """``<default_root_dir>/checkpoints`` and every ModelCheckpoint ``dirpath`` of a parsed fit config."""
     trainer = cfg.get("trainer") or {}
     dirs = [Path(trainer.get("default_root_dir") or ".") / "checkpoints"]
-    for cb in trainer.get("callbacks") or []:
+    for cb in _as_list(trainer.get("callbacks")):
         class_path = str(cb.get("class_path", "")) if hasattr(cb, "get") else ""
         init = (cb.get("init_args") or {}) if hasattr(cb, "get") else {}
         if class_path.endswith("ModelCheckpoint") and init.get("dirpath"):
             dirs.append(Path(init["dirpath"]))
-    found = [p for d in dirs if d.is_dir() for p in d.glob("*.ckpt")
-             if p.stem == "last" or p.stem.startswith("last-v") or p.name == FaultCheckpoint.FILENAME]
-    if not found:
-        print(f"ahamask: ckpt_path=last: no checkpoint yet in {', '.join(map(str, dirs))}; starting from scratch",
-              file=sys.stderr)
-        return None
-    return str(max(found, key=lambda p: p.stat().st_mtime_ns))
+    return dirs
 
 
 def _check_manifests(data_args: dict) -> None:
@@ -175,25 +218,6 @@ def _check_manifests(data_args: dict) -> None:
                 check_manifest_file(path)
             except (FileNotFoundError, ValueError) as exc:
                 raise type(exc)(f"data.init_args.{key}: {exc}") from None
-
-
-def _check_checkpoint(path: Path) -> None:
-    """``--ckpt_path`` must be a readable checkpoint of tensors and plain values (weights_only)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path: {path}: checkpoint file not found")
-    try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as exc:
-        raise ValueError(f"ckpt_path: {path}: refused: {_unpickling_reason(exc)}") from None
-    except Exception as exc:  # noqa: BLE001 - truncated or non-zip files
-        raise ValueError(f"ckpt_path: {path}: not a readable checkpoint ({type(exc).__name__})") from None
-
-
-def _unpickling_reason(exc: BaseException) -> str:
-    text = str(exc)
-    detail = next((line.strip() for line in text.splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
-    return ("it holds objects beyond tensors and plain values, which weights_only=True loading refuses"
-            + (f" ({detail.rstrip('.')})" if detail else ""))
 
 
 def _check_writable(path: Path, key: str) -> None:
@@ -218,8 +242,34 @@ def _union_error_line(text: str) -> str | None:
     return None
 
 
-def run_lightning(argv: list[str]) -> int:
+def _stopped_line(session: FitSession, exc: BaseException) -> tuple[str, int] | None:
+    """The one line and exit status of a fit that stopped on SIGTERM / SIGINT, else None."""
+    fault = session.fault()
+    cause = fault[2] if fault is not None else exc
+    if not isinstance(cause, (SIGTERMException, KeyboardInterrupt)):
+        return None
+    name, code = ("SIGTERM", 143) if isinstance(cause, SIGTERMException) else ("SIGINT", 130)
+    where = (f"at step {fault[1]}; checkpoint saved: {fault[0]} (resume with --ckpt_path last)"
+             if fault is not None else "before training began; no checkpoint written")
+    return f"fit stopped by {name} {where}", code
+
+
+def _disk_full_line(session: FitSession, exc: BaseException) -> str:
+    step = f" at step {session.trainer.global_step}" if session.trainer is not None else ""
+    try:
+        newest, _ = newest_loadable(session.checkpoint_dirs)
+    except ValueError:
+        newest = None
+    kept = (f"newest checkpoint that loads: {newest} (free some space, then resume with --ckpt_path last)"
+            if newest is not None else "no checkpoint written yet")
+    return f"disk full{step}: {error_line(exc).removeprefix('disk full: ')}; {kept}"
+
+
+def run_lightning(argv: list[str], parser_kwargs: dict[str, Any] | None = None) -> int:
     sys.argv = [sys.argv[0]] + list(argv)  # LightningCLI reads sys.argv (args= with argv set only warns)
+    # The frozen LALM is in eval mode on purpose (LALMAdapter.train); the summary says so once.
+    warnings.filterwarnings("ignore", message=EVAL_MODE_WARNING, category=PossibleUserWarning)
+    session = FitSession()
     try:
         AHAMaskCLI(
             L.LightningModule,
@@ -229,17 +279,39 @@ def run_lightning(argv: list[str]) -> int:
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
             parser_class=OneLineErrorParser,
+            parser_kwargs=parser_kwargs,
+            session=session,
         )
-    except FitStopped as stop:
-        print(f"ahamask: {stop.line}", file=sys.stderr)
-        return stop.code
-    except ValueError as exc:
-        line = _union_error_line(str(exc))
-        if line is None:
+    except (SystemExit, KeyboardInterrupt) as exc:
+        stopped = _stopped_line(session, exc)
+        if stopped is None:
             raise
-        print(f"ahamask: error: {line}", file=sys.stderr)
+        print(f"ahamask: {stopped[0]}", file=sys.stderr)
+        return stopped[1]
+    except NonFiniteLossError as exc:
+        fault = session.fault()
+        saved = (f"; checkpoint saved: {fault[0]} (resume with --ckpt_path last)" if fault is not None
+                 else "; no checkpoint written")
+        print(f"ahamask: error: {exc}{saved}", file=sys.stderr)
         return 2
     except pickle.UnpicklingError as exc:  # a checkpoint reached by ckpt_path=last/best
-        print(f"ahamask: error: checkpoint refused: {_unpickling_reason(exc)}", file=sys.stderr)
+        print(f"ahamask: error: checkpoint refused: {unpickling_reason(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if is_disk_full(exc):
+            print(f"ahamask: error: {_disk_full_line(session, exc)}", file=sys.stderr)
+            return 2
+        line = _union_error_line(str(exc)) if isinstance(exc, ValueError) else None
+        if line is None and not isinstance(exc, ONE_LINE_ERRORS):
+            fault = session.fault()
+            if fault is not None:  # an unexpected error keeps its traceback; say where the state went
+                print(f"ahamask: checkpoint saved: {fault[0]} at step {fault[1]} (resume with --ckpt_path last)",
+                      file=sys.stderr)
+            raise
+        fault = session.fault()
+        saved = f"; checkpoint saved: {fault[0]} at step {fault[1]} (resume with --ckpt_path last)" if fault else ""
+        print(f"ahamask: error: {line or error_line(exc)}{saved}", file=sys.stderr)
+        return 2
+    finally:
+        session.close()
     return 0

@@ -1,27 +1,95 @@
-"""The ``ahamask`` console script: LightningCLI subcommands plus mask, data, model and report tools.
+"""The ``ahamask`` console script: one registry (:data:`COMMANDS`) both dispatches the subcommands
+and writes ``ahamask --help``; every subcommand's own ``--help`` ends with its example.
 
-    ahamask fit|validate|test|predict --config CFG [...]
-    ahamask mask info|jaccard|combine|random|import-official ...
-    ahamask data synth|prepare ...
-    ahamask model check-checkpoint --model NAME --ckpt FILE
-    ahamask report RUN_DIR... [--format md|csv]
-    ahamask prune --model NAME --mask MASK [--summary]
+``fit``, ``validate``, ``test`` and ``predict`` run LightningCLI (``cli/lightning.py``); the tools
+are modules with ``add_arguments(parser)`` and ``run(args) -> int``, imported only when used.
+Errors of input, configuration, files and devices come out as one line (``cli/errors.py``).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+from dataclasses import dataclass
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-# command -> module with add_arguments(parser) and run(args) -> int
-TOOLS = {
-    "mask": "ahamask_lightning.cli.mask",
-    "data": "ahamask_lightning.cli.data",
-    "model": "ahamask_lightning.cli.model",
-    "report": "ahamask_lightning.cli.report",
-    "prune": "ahamask_lightning.cli.prune",
-}
+from jsonargparse import DefaultHelpFormatter
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    description: str  # one line, shown by ``ahamask --help``
+    example: str  # the last line of ``ahamask NAME --help``
+    module: str | None = None  # a tool module; None: a LightningCLI subcommand
+
+
+TINY = "experiments/gr_tiny.yaml"
+TINY_MASK = "runs/tiny/gr/lightning_logs/version_0/mask.safetensors"
+COMMANDS: tuple[Command, ...] = (
+    Command("fit", "train a head mask on a frozen audio LLM from an experiment YAML",
+            f"ahamask fit --config {TINY}"),
+    Command("validate", "score a model or mask on the validation manifests",
+            f"ahamask validate --config {TINY} --model.init_args.mask {TINY_MASK}"),
+    Command("test", "score a mask on the test manifests (test_metrics.json, predictions.jsonl)",
+            f"ahamask test --config {TINY} --model.init_args.mask {TINY_MASK}"),
+    Command("predict", "write the model's outputs for the predict manifests",
+            f"ahamask predict --config {TINY} --model.init_args.mask {TINY_MASK}"),
+    Command("infer", "apply one or more masks to audio files and print each clip's output",
+            "ahamask infer --model tiny --mask gr.safetensors --mask all-on --audio a.wav b.wav",
+            "ahamask_lightning.cli.infer"),
+    Command("mask", "inspect, compare, combine, randomise or import mask files",
+            f"ahamask mask info {TINY_MASK}", "ahamask_lightning.cli.mask"),
+    Command("data", "synthesise the SynthSpeech corpus or write manifests for a published corpus",
+            "ahamask data prepare librispeech --root /data/LibriSpeech --out data/librispeech",
+            "ahamask_lightning.cli.data"),
+    Command("model", "gated heads of a full-size model, or check a released checkpoint",
+            "ahamask model heads --model salmonn-13b", "ahamask_lightning.cli.model"),
+    Command("report", "test results of run folders as a Markdown or CSV table",
+            "ahamask report runs/tiny/gr/test --format csv", "ahamask_lightning.cli.report"),
+    Command("prune", "what physical pruning by a mask removes from a full-size model",
+            "ahamask prune --model salmonn-13b --mask masks/salmonn-13b/aac_audiocaps.safetensors --summary",
+            "ahamask_lightning.cli.prune"),
+)
+REGISTRY = {c.name: c for c in COMMANDS}
+LIGHTNING_COMMANDS = tuple(c.name for c in COMMANDS if c.module is None)
+
+
+class ExampleHelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help formatter that keeps the epilog's example on its own line, unwrapped."""
+
+
+def epilog(command: Command) -> str:
+    return f"example:\n  {command.example}"
+
+
+def top_level_help() -> str:
+    width = max(len(c.name) for c in COMMANDS) + 2
+    lines = ["usage: ahamask COMMAND [options]       (ahamask COMMAND --help: its options and an example)", "",
+             "AHAMask: learned binary masks over the attention heads of a frozen audio LLM.", "",
+             "training and evaluation (LightningCLI: --config YAML, --trainer.*, --model.*, --data.*):"]
+    lines += [f"  {c.name:<{width}}{c.description}" for c in COMMANDS if c.module is None]
+    lines += ["", "tools:"]
+    lines += [f"  {c.name:<{width}}{c.description}" for c in COMMANDS if c.module is not None]
+    lines += ["", "examples:"] + [f"  {c.example}" for c in COMMANDS if c.name in ("fit", "test", "infer", "mask")]
+    return "\n".join(lines)
+
+
+def lightning_parser_kwargs() -> dict:
+    """LightningCLI's ``parser_kwargs``: per subcommand our description and example; the formatter
+    also for the main parser, whose formatter jsonargparse passes on to the subcommands' help."""
+    kwargs: dict = {"formatter_class": ExampleHelpFormatter}
+    kwargs.update({c.name: {"description": c.description, "epilog": epilog(c), "formatter_class": ExampleHelpFormatter}
+                   for c in COMMANDS if c.module is None})
+    return kwargs
+
+
+def tool_parser(command: Command) -> argparse.ArgumentParser:
+    """The tool's parser, its options added by its module (which may set a longer description)."""
+    module = importlib.import_module(command.module)
+    parser = argparse.ArgumentParser(prog=f"ahamask {command.name}", description=command.description,
+                                     epilog=epilog(command), formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(parser)
+    return parser
 
 
 def _fail(message: str) -> int:
@@ -32,23 +100,29 @@ def _fail(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
+        print(top_level_help())
         return 0
-    command = argv[0]
-    try:
-        if command in LIGHTNING_COMMANDS:
-            from .lightning import run_lightning
+    name = argv[0]
+    command = REGISTRY.get(name)
+    if command is None:
+        return _fail(f"unknown command {name!r}: expected one of {', '.join(REGISTRY)} (ahamask --help)")
+    if command.module is None:
+        from .lightning import run_lightning
 
-            return run_lightning(argv)
-        if command not in TOOLS:
-            return _fail(f"unknown command {command!r}: expected one of {', '.join(LIGHTNING_COMMANDS + tuple(TOOLS))}")
-        module = importlib.import_module(TOOLS[command])
-        parser = argparse.ArgumentParser(prog=f"ahamask {command}")
-        module.add_arguments(parser)
+        return run_lightning(argv, parser_kwargs=lightning_parser_kwargs())
+    from .errors import ONE_LINE_ERRORS, error_line
+
+    try:
+        parser = tool_parser(command)
+    except ModuleNotFoundError as exc:
+        if exc.name and command.module.startswith(exc.name):
+            return _fail(f"{name}: not available in this installation (module {command.module} is missing)")
+        raise
+    try:
+        module = importlib.import_module(command.module)
         return module.run(parser.parse_args(argv[1:]))
-    except (ValueError, FileNotFoundError, KeyError, PermissionError, RuntimeError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return _fail(msg)
+    except ONE_LINE_ERRORS as exc:
+        return _fail(error_line(exc))
 
 
 if __name__ == "__main__":

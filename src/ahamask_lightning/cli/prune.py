@@ -1,9 +1,15 @@
-"""``ahamask prune --model NAME --mask MASK``: what physical pruning removes from a full-size model.
+"""``ahamask prune``: what physical pruning removes, or a pruned model written to disk.
 
-The model is built on the meta device (no weights, no memory), pruned with
-``masking.prune.prune_heads`` and the report printed: per layer the query heads and KV groups
-removed, the KV groups a grouped-query model keeps because some of their heads are on, and the
-attention parameters saved. To prune real weights, call ``prune_adapter(adapter, mask)``.
+    ahamask prune --model voxtral-mini-3b --mask MASK [--summary]          # full-size, meta device
+    ahamask prune --model tiny [--weights DIR] --mask MASK --out DIR        # real weights, saved
+    ahamask prune --config EXPERIMENT.yaml --mask MASK --out DIR
+
+A full-size model name builds the structure on the meta device (no weights, no memory) and
+prints the report: per layer the query heads and KV groups removed, the KV groups a
+grouped-query model keeps because some of their heads are on, the attention parameters saved.
+``--model tiny`` or ``--config`` builds the adapter with its weights; ``--out DIR`` then writes
+the pruned model (see ``ahamask_lightning.pruned_model`` for the format and why it is not
+``save_pretrained``), which ``load_pruned(DIR)`` reads back.
 """
 from __future__ import annotations
 
@@ -11,23 +17,47 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="a full-size model name (see `ahamask model heads`)")
+    parser.add_argument("--model", help="a full-size model name (see `ahamask model heads`), or 'tiny' (TinyLALM)")
+    parser.add_argument("--weights", help="with --model tiny or --config: the checkpoint directory to load")
+    parser.add_argument("--config", help="experiment YAML: build the adapter its model.init_args.model describes")
     parser.add_argument("--mask", required=True, help="mask file (.safetensors) of that model")
+    parser.add_argument("--out", help="write the pruned model to this directory (not with a full-size meta model)")
     parser.add_argument("--summary", action="store_true", help="print the totals only, not every layer")
+
+
+def _print(title: str, lines: list[str], n_layers: int, summary: bool) -> None:
+    print(title)
+    for line in lines[n_layers:] if summary else lines:
+        print("  " + line)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..masking import load_mask
-    from ..masking.prune import prune_heads
     from ..models.full_size import FULL_SIZE
 
-    if args.model not in FULL_SIZE:
-        raise ValueError(f"--model: unknown model {args.model!r}, expected one of {', '.join(FULL_SIZE)}")
-    _, attentions, cfg = FULL_SIZE[args.model]()
-    mask = load_mask(args.mask, shape=(len(attentions), cfg.num_attention_heads)).mask
-    lines = prune_heads(attentions, mask).lines()
-    n_layers = len(attentions)
-    print(f"{args.model} pruned by {args.mask}:")
-    for line in lines[n_layers:] if args.summary else lines:
-        print("  " + line)
+    if args.config is None and args.model in FULL_SIZE:
+        if args.out or args.weights:
+            raise ValueError(f"--out/--weights: {args.model} is built on the meta device (no weights); "
+                             "use --config EXPERIMENT.yaml to prune and save real weights")
+        from ..masking.prune import prune_heads
+
+        _, attentions, cfg = FULL_SIZE[args.model]()
+        mask = load_mask(args.mask, shape=(len(attentions), cfg.num_attention_heads)).mask
+        _print(f"{args.model} pruned by {args.mask}:", prune_heads(attentions, mask).lines(), len(attentions),
+               args.summary)
+        return 0
+    if args.config is None and args.model != "tiny":
+        raise ValueError(f"--model: unknown model {args.model!r}, expected 'tiny' or one of {', '.join(FULL_SIZE)} "
+                         "(or --config EXPERIMENT.yaml)")
+    from ..masking.prune import prune_adapter
+    from ..pruned_model import save_pruned
+    from ..serving import build_adapter, model_spec
+
+    spec = model_spec(args.model, args.weights, args.config)
+    adapter = build_adapter(spec)
+    mask = load_mask(args.mask, shape=(adapter.num_layers, adapter.num_heads)).mask
+    report = save_pruned(adapter, spec, mask, args.out) if args.out else prune_adapter(adapter, mask)
+    _print(f"{adapter.model_id} pruned by {args.mask}:", report.lines(), adapter.num_layers, args.summary)
+    if args.out:
+        print(f"wrote {args.out} (load with ahamask_lightning.pruned_model.load_pruned)")
     return 0

@@ -5,13 +5,17 @@ Rules (DESIGN.md section 2): 16 kHz, first channel, zero-padded at the end to at
 default, so a long clip never silently loses its target's content) or cut (``"cut"``). A pair
 (speaker verification) becomes A + 0.1 s of zeros + B; padding and the length limit apply to
 the joined waveform. Another sample rate is resampled and many channels keep the first: neither
-is a bad sample. Missing, unreadable, empty or non-finite audio raises :class:`AudioError`.
+is a bad sample. Missing, unreadable, empty or non-finite audio raises :class:`AudioError`, and
+so does a file that holds fewer frames than its header promises (``truncated_audio``: a cut
+download would otherwise be trained on, zero-padded) or a symbolic link loop (``symlink_loop``).
 """
 from __future__ import annotations
 
+import errno
 import functools
 import math
 import os
+import struct
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,7 +24,15 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from .manifest import EMPTY_AUDIO, MISSING_FILE, NAN_OR_INF, TOO_LONG, UNREADABLE_AUDIO
+from .manifest import (
+    EMPTY_AUDIO,
+    MISSING_FILE,
+    NAN_OR_INF,
+    SYMLINK_LOOP,
+    TOO_LONG,
+    TRUNCATED_AUDIO,
+    UNREADABLE_AUDIO,
+)
 
 PAIR_GAP_SECONDS = 0.1
 _DECODE_ERRORS = (sf.SoundFileError, RuntimeError, OSError, ValueError, TypeError)
@@ -69,10 +81,63 @@ def resample(wave: torch.Tensor, orig: int, new: int) -> torch.Tensor:
         return _resampler(orig, new)(wave)
 
 
+def check_file(path: str) -> None:
+    """Raises AudioError when ``path`` cannot be opened as a file: missing, a link loop, or no access."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise AudioError(SYMLINK_LOOP, path) from None
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise AudioError(MISSING_FILE, path) from None
+        raise AudioError(UNREADABLE_AUDIO, f"{path}: {err.strerror}") from None
+    except ValueError:  # a path holding a NUL byte or a lone surrogate: nothing on disk has that name
+        raise AudioError(MISSING_FILE, repr(path)) from None
+
+
+def wav_promised_frames(path: str) -> tuple[int, int] | None:
+    """(frames the RIFF ``data`` chunk promises, frames the file holds) for a WAV file, else None.
+
+    Written by hand: libsndfile (soundfile) corrects a ``data`` size larger than the file to
+    what is there, so its frame count cannot tell a cut file from a whole one, and the standard
+    library's ``wave`` reads integer PCM only. A size of 0 or 0xFFFFFFFF means "unknown" (files
+    written to a pipe) and is not checked.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        size = os.fstat(fh.fileno()).st_size
+        block = 0
+        while True:
+            chunk = fh.read(8)
+            if len(chunk) < 8:
+                return None
+            cid, length = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if cid == b"fmt " and length >= 14:
+                block = struct.unpack("<H", fh.read(14)[12:14])[0]
+                fh.seek(length - 14 + (length & 1), os.SEEK_CUR)
+            elif cid == b"data":
+                if block <= 0 or length in (0, 0xFFFFFFFF):
+                    return None
+                return length // block, (size - fh.tell()) // block
+            else:
+                fh.seek(length + (length & 1), os.SEEK_CUR)
+
+
+def check_not_truncated(path: str) -> None:
+    try:
+        found = wav_promised_frames(path)
+    except (OSError, struct.error):
+        return  # an unreadable header is soundfile's to report
+    if found is not None and found[1] < found[0]:
+        raise AudioError(TRUNCATED_AUDIO, f"{path}: header promises {found[0]} frames, file holds {found[1]}")
+
+
 def probe_seconds(path: str) -> float:
     """Duration from the header only (no decoding); raises AudioError like :func:`load_mono`."""
-    if not os.path.exists(path):
-        raise AudioError(MISSING_FILE, path)
+    check_file(path)
+    check_not_truncated(path)
     try:
         info = sf.info(path)
     except _DECODE_ERRORS as err:  # soundfile raises several types for corrupt headers
@@ -88,24 +153,32 @@ def load_mono(path: str, sample_rate: int, max_frames_out: int | None = None,
 
     ``max_frames_out`` bounds the decoding (for cutting) so a very long file is not read whole;
     ``segment`` (start, end) in seconds reads only that part (TED-LIUM talks: one file, many segments).
+    Fewer frames decoded than the header says are there raises ``truncated_audio``.
     """
-    if not os.path.exists(path):
-        raise AudioError(MISSING_FILE, path)
+    check_file(path)
+    check_not_truncated(path)
     try:
         with sf.SoundFile(path) as fh:
             rate = fh.samplerate
             frames = -1
+            start = 0
             if segment is not None:
-                fh.seek(min(fh.frames, int(segment[0] * rate)))
+                start = min(fh.frames, int(segment[0] * rate))
+                fh.seek(start)
                 frames = max(0, int((segment[1] - segment[0]) * rate))
             if max_frames_out is not None:
                 bound = math.ceil(max_frames_out * rate / sample_rate) + 1
                 frames = bound if frames < 0 else min(frames, bound)
+            expected = fh.frames - start if frames < 0 else min(frames, fh.frames - start)
+            if fh.format == "MP3":
+                expected = 0  # an MP3's frame count may be an estimate (no Xing header): not a promise
             data = fh.read(frames=frames, dtype="float32", always_2d=True)
     except _DECODE_ERRORS as err:
         raise AudioError(UNREADABLE_AUDIO, f"{path}: {err}") from None
     if data.shape[0] == 0 or data.shape[1] == 0:
         raise AudioError(EMPTY_AUDIO, path)
+    if data.shape[0] < expected:
+        raise AudioError(TRUNCATED_AUDIO, f"{path}: header promises {expected} frames, decoded {data.shape[0]}")
     first = np.ascontiguousarray(data[:, 0])  # many channels: the model takes the first one
     if not np.isfinite(first).all():
         raise AudioError(NAN_OR_INF, path)

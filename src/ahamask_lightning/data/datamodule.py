@@ -6,9 +6,13 @@
 * ``val`` / ``test`` / ``predict``: no shuffling, deterministic order, **one dataloader per
   manifest, in the order given** (a list even for one manifest), so per-task metrics can be
   keyed by ``dataloader_idx``; :attr:`eval_names` gives each index's manifest stem.
-* ``collate_fn`` is a public attribute (identity by default). The LightningModule replaces it in
-  its ``setup()``; each ``*_dataloader()`` call reads it then and runs it inside the workers.
-* Bad samples are skipped, logged and counted; see :meth:`reject_summary`.
+* ``collate_fn`` (constructor argument; identity when not given) turns a list of samples into a
+  batch inside the workers. The model supplies it (``AHAMaskModule.collate()``; in the CLI through
+  ``link_arguments``); the batch schema is documented in :mod:`.collate`. Nothing outside this
+  class assigns its attributes.
+* Bad samples are skipped, logged and counted; see :meth:`reject_summary`. Each is logged and
+  written to the rejects file once per run (a file that already lists it, e.g. when a resumed
+  run writes to the same place, is not written again).
 * DDP: lines are split over (rank x worker) streams; under an initialised process group the
   training ranks end each epoch together when the first runs dry (see :mod:`.loader`).
   ``persistent_workers`` is not used: workers must see each epoch's seed and resume position.
@@ -26,7 +30,13 @@ import torch.distributed as dist
 
 from .audio import AudioConfig
 from .loader import StreamLoader
-from .manifest import as_list, check_manifest_file, default_known_tasks
+from .manifest import (
+    DEFAULT_MAX_TARGET_CHARS,
+    as_list,
+    check_manifest_file,
+    default_known_tasks,
+    recorded_roots,
+)
 from .rejects import count_reasons, read_reject_files
 from .streaming import ManifestStream, Sample, identity_collate
 
@@ -40,7 +50,19 @@ class ManifestDataModule(pl.LightningDataModule):
     base name for rejected samples (one file per stage x rank x worker is written beside it);
     ``on_too_long`` rejects (default) or cuts audio longer than ``max_seconds``; ``known_tasks``
     overrides the task registry (None: ``ahamask_lightning.tasks.TASKS`` when importable);
-    ``rank`` / ``world_size`` override the trainer's (for tests and tools).
+    ``max_target_chars`` rejects longer targets (None: no limit; the default's reasoning is at
+    ``manifest.DEFAULT_MAX_TARGET_CHARS``); ``allow_outside_root`` accepts audio paths outside the
+    corpus root (``../`` climbs, absolute paths outside the allowed roots);
+    ``rank`` / ``world_size`` override the trainer's (for tests and tools); ``collate_fn`` builds
+    batches (see the module docstring; None: the list of samples). ``rejects_path`` None: under a
+    trainer with a ``log_dir``, ``<log_dir>/rejects.jsonl`` (set in :meth:`setup`).
+
+    Corpus root (where an absolute audio path must lie, else the sample is rejected as
+    ``path_outside_root``): ``audio_root`` when it is set; otherwise the manifest's folder plus
+    the roots recorded in ``corpus.json`` in the nearest ancestor folder of the manifest that holds
+    one. ``ahamask data prepare CORPUS --root R --out O`` writes ``O/corpus.json`` naming ``R``, so
+    its manifests (absolute paths into the raw corpus) pass by default while a path elsewhere is
+    still rejected.
     """
 
     def __init__(self, train: list[str] | str | None = None, val: list[str] | str | None = None,
@@ -51,9 +73,12 @@ class ManifestDataModule(pl.LightningDataModule):
                  rejects_path: str | None = None, limit: int | None = None,
                  on_too_long: Literal["reject", "cut"] = "reject",
                  known_tasks: Collection[str] | None = None,
-                 rank: int | None = None, world_size: int | None = None) -> None:
+                 rank: int | None = None, world_size: int | None = None,
+                 max_target_chars: int | None = DEFAULT_MAX_TARGET_CHARS, allow_outside_root: bool = False,
+                 collate_fn: Callable[[list[Sample]], Any] | None = None) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["known_tasks"])
+        # collate_fn holds the model's adapter: never into checkpoints or hparams files
+        self.save_hyperparameters(ignore=["known_tasks", "collate_fn"])
         self.paths = {"train": as_list(train), "val": as_list(val), "test": as_list(test),
                       "predict": as_list(predict)}
         self.audio = AudioConfig(sample_rate, min_seconds, max_seconds, on_too_long)
@@ -65,18 +90,31 @@ class ManifestDataModule(pl.LightningDataModule):
         self.seed = seed
         self.rejects_path = rejects_path
         self.limit = limit
+        if max_target_chars is not None and max_target_chars < 1:
+            raise ValueError(f"max_target_chars must be >= 1 or null, not {max_target_chars}")
+        self.max_target_chars = max_target_chars
+        self.allow_outside_root = allow_outside_root
         self.known_tasks = frozenset(known_tasks) if known_tasks is not None else default_known_tasks()
         self.rank_override = rank
         self.world_size_override = world_size
-        self.collate_fn: Callable[[list[Sample]], Any] = identity_collate
+        self.collate_fn: Callable[[list[Sample]], Any] = collate_fn if collate_fn is not None else identity_collate
         self._loaders: dict[str, list[StreamLoader]] = {}
+        # per stage, every (manifest, line) rejected in this run: shared by that stage's loaders, so
+        # a validation loader made anew each epoch still knows what was logged already
+        self._rejected: dict[str, dict[tuple[str, int], str]] = {}
         self._train_state: dict[str, Any] | None = None
 
     # --- Lightning hooks ------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
+        trainer = self.trainer
+        if self.rejects_path is None and trainer is not None and trainer.log_dir:
+            # bad samples are listed beside the logs unless the config says where
+            self.rejects_path = os.path.join(trainer.log_dir, "rejects.jsonl")
         for paths in self.paths.values():
             for path in paths:
                 check_manifest_file(path)  # fail in the main process, before workers start
+                if self.audio_root is None and not self.allow_outside_root:
+                    recorded_roots(path)  # likewise for a malformed corpus.json
 
     def train_dataloader(self) -> StreamLoader:
         if not self.paths["train"]:
@@ -118,10 +156,9 @@ class ManifestDataModule(pl.LightningDataModule):
     def reject_summary(self, stage: str | None = None) -> dict[str, int]:
         """reason -> number of distinct bad samples seen so far (files and in-process counts merged)."""
         found: dict[tuple[str, int], str] = {}
-        stages = [stage] if stage else list(self._loaders)
+        stages = [stage] if stage else list(self._rejected)
         for name in stages:
-            for loader in self._loaders.get(name, []):
-                found.update(loader.rejected)
+            found.update(self._rejected.get(name, {}))
         if self.rejects_path:
             found.update(read_reject_files(self.rejects_path, stage))
         return count_reasons(found.values())
@@ -136,6 +173,12 @@ class ManifestDataModule(pl.LightningDataModule):
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
 
+    def _stage_rejects(self, stage: str) -> dict[tuple[str, int], str]:
+        if stage not in self._rejected:
+            # the rejects files may already list samples (a run resumed into the same folder)
+            self._rejected[stage] = read_reject_files(self.rejects_path, stage) if self.rejects_path else {}
+        return self._rejected[stage]
+
     def _eval_loaders(self, stage: str) -> list[StreamLoader]:
         if not self.paths[stage]:
             raise ValueError(f"ManifestDataModule: no {stage} manifests given")
@@ -149,8 +192,10 @@ class ManifestDataModule(pl.LightningDataModule):
             paths, self.audio, stage=stage, shuffle=shuffle, shuffle_buffer=self.shuffle_buffer, seed=self.seed,
             batch_size=self.batch_size, max_batch_seconds=self.max_batch_seconds, audio_root=self.audio_root,
             known_tasks=self.known_tasks, rank=rank, world_size=world, rejects_path=self.rejects_path,
-            limit=self.limit, collate=self.collate_fn)
+            limit=self.limit, collate=self.collate_fn, max_target_chars=self.max_target_chars,
+            allow_outside_root=self.allow_outside_root)
         loader = StreamLoader(dataset, num_workers=self.num_workers)
+        loader.rejected = self._stage_rejects(stage)
         trainer = self.trainer
         if trainer is not None and stage == "train":
             loader.epoch_fn = lambda: trainer.current_epoch

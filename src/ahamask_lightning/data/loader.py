@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from .manifest import PATH_OUTSIDE_ROOT
 from .rejects import count_reasons, format_reasons
 from .streaming import ManifestStream, StreamItem
 
@@ -84,6 +85,7 @@ class StreamLoader(DataLoader):
         epoch = self.current_epoch()
         ds.set_epoch(epoch)
         ds.skip = self._take_resume(epoch)
+        ds.known_rejects = frozenset(self.rejected)  # logged and recorded already: once per run
         self._batches = dict(ds.skip)
         self._history.clear()
         self._history.append(dict(self._batches))
@@ -121,8 +123,10 @@ class StreamLoader(DataLoader):
             for manifest in ds.manifests:
                 if not good.get(manifest) and rejected.get(manifest):
                     counts = rejected[manifest]
+                    hint = ("; audio paths must stay inside the corpus root unless the data option "
+                            "allow_outside_root is true" if PATH_OUTSIDE_ROOT in counts else "")
                     raise RuntimeError(f"{manifest}: no valid samples: {sum(counts.values())} rejected "
-                                       f"({format_reasons(counts)})")
+                                       f"({format_reasons(counts)}){hint}")
 
     def reject_counts(self) -> dict[str, int]:
         return count_reasons(self.rejected.values())

@@ -10,6 +10,22 @@ against the first of (manifest directory, its parent, its grandparent) in which 
 this matches the generator's layout ``OUT/manifests/<split>/<task>.jsonl`` with paths relative
 to ``OUT`` while still accepting manifests that sit next to their audio.
 
+Audio paths are confined to the corpus (reason ``path_outside_root`` otherwise): a relative path
+may not climb above the root it resolves against (``../x.wav``), and an absolute path must lie
+inside ``audio_root`` when it is given, else inside the manifest's directory or a root recorded
+in a ``corpus.json`` (:data:`CORPUS_FILE`) in the nearest ancestor folder of the manifest that
+holds one. ``ahamask data prepare`` writes that file (``{"audio_roots": ["/corpora/LibriSpeech"]}``)
+because its manifests name the raw corpus by absolute path, outside the output folder; relative
+entries resolve against the file's folder. The check is on the normalised path, so symbolic links
+inside the corpus are still followed. ``allow_outside_root`` lifts it.
+
+Lines are decoded as strict UTF-8, one at a time: a line that is not UTF-8 (or whose JSON escapes
+make a lone surrogate) is rejected as ``bad_encoding`` instead of being trained on with U+FFFD
+characters, and the rest of the file still streams. A target longer than ``max_target_chars``
+is rejected as ``target_too_long`` (see :data:`DEFAULT_MAX_TARGET_CHARS`). ``meta.start`` /
+``meta.end`` (a segment of a long file, in seconds) must be finite numbers with
+``0 <= start < end``, else ``bad_segment``.
+
 Bad lines are not exceptions the caller has to catch: :func:`parse_line` returns a
 :class:`Reject` naming the reason, so a stream can count it and carry on.
 """
@@ -17,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
@@ -34,8 +51,22 @@ UNREADABLE_AUDIO = "unreadable_audio"
 EMPTY_AUDIO = "empty_audio"
 NAN_OR_INF = "nan_or_inf"
 TOO_LONG = "too_long"
+BAD_ENCODING = "bad_encoding"
+TARGET_TOO_LONG = "target_too_long"
+PATH_OUTSIDE_ROOT = "path_outside_root"
+BAD_SEGMENT = "bad_segment"
+TRUNCATED_AUDIO = "truncated_audio"
+SYMLINK_LOOP = "symlink_loop"
 REASONS = (MALFORMED_JSON, MISSING_FIELD, UNKNOWN_TASK, EMPTY_TARGET, MISSING_FILE,
-           UNREADABLE_AUDIO, EMPTY_AUDIO, NAN_OR_INF, TOO_LONG)
+           UNREADABLE_AUDIO, EMPTY_AUDIO, NAN_OR_INF, TOO_LONG, BAD_ENCODING, TARGET_TOO_LONG,
+           PATH_OUTSIDE_ROOT, BAD_SEGMENT, TRUNCATED_AUDIO, SYMLINK_LOOP)
+
+# Longest target kept by default. The smallest model of the project has 512 positions; at about
+# four characters per BPE token, 2,000 characters already fill that whole context, so a longer
+# target can never be learned whole. The longest targets of the supported corpora (LibriSpeech
+# transcripts, composite JSON targets) stay well under 1,000 characters. The exact limit is in
+# tokens and needs the model's tokenizer, which the data workers do not have.
+DEFAULT_MAX_TARGET_CHARS = 2000
 
 
 @dataclass
@@ -51,6 +82,7 @@ class SampleRecord:
     instruction: str | None = None
     duration: float | None = None  # seconds of the (joined) input, if the manifest knows it
     meta: dict[str, Any] = field(default_factory=dict)
+    segment: tuple[float, float] | None = None  # (start, end) seconds of one long file (meta.start/end)
 
 
 @dataclass
@@ -76,46 +108,163 @@ def default_known_tasks() -> frozenset[str] | None:
     return frozenset(TASKS)
 
 
-class PathResolver:
-    """Resolves a manifest's relative audio paths (see the module docstring for the rule)."""
+class OutsideRootError(ValueError):
+    """An audio path that leaves the corpus root (see the module docstring)."""
 
-    def __init__(self, manifest: str, audio_root: str | None = None) -> None:
+
+CORPUS_FILE = "corpus.json"  # written by ``ahamask data prepare`` into its output folder
+
+
+def read_corpus_file(path: str) -> list[str]:
+    """The absolute audio roots listed in a ``corpus.json``; ValueError naming the file when malformed."""
+    expected = 'expected a JSON object {"audio_roots": ["/path/to/corpus", ...]}'
+    try:
+        with open(path, encoding="utf-8") as fh:
+            obj = json.load(fh)
+    except (OSError, ValueError, RecursionError) as err:
+        raise ValueError(f"{path}: cannot read ({err}); {expected}") from None
+    roots = obj.get("audio_roots") if isinstance(obj, dict) else None
+    if not isinstance(roots, list) or not roots or not all(isinstance(r, str) and r for r in roots):
+        raise ValueError(f"{path}: 'audio_roots' is missing or not a list of paths; {expected}")
+    here = os.path.dirname(os.path.abspath(path))
+    return [os.path.normpath(os.path.join(here, os.path.expanduser(r))) for r in roots]
+
+
+def recorded_roots(manifest: str) -> list[str]:
+    """Audio roots recorded for ``manifest``: the nearest ancestor folder's ``corpus.json``, or none."""
+    folder = os.path.dirname(os.path.abspath(manifest))
+    while True:
+        path = os.path.join(folder, CORPUS_FILE)
+        if os.path.isfile(path):
+            return read_corpus_file(path)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return []
+        folder = parent
+
+
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
+
+
+class PathResolver:
+    """Resolves a manifest's relative audio paths and confines them (see the module docstring)."""
+
+    def __init__(self, manifest: str, audio_root: str | None = None, allow_outside_root: bool = False) -> None:
         self.audio_root = audio_root
+        self.allow_outside_root = allow_outside_root
         here = os.path.dirname(os.path.abspath(manifest))
         parent = os.path.dirname(here)
         self.candidates = [here, parent, os.path.dirname(parent)]
+        # Where absolute paths must lie: the documented root if given, else the manifest's folder
+        # and the roots ``prepare`` recorded (not read when nothing is checked).
+        if audio_root is not None:
+            self.roots = [os.path.abspath(os.path.expanduser(audio_root))]
+        else:
+            self.roots = [here] + ([] if allow_outside_root else recorded_roots(manifest))
         self._hit: str | None = None  # the candidate that worked last: one stat per line in the usual case
 
     def __call__(self, path: str) -> str:
+        """The path to open; raises :class:`OutsideRootError` for a path that leaves the corpus."""
         path = os.path.expanduser(path)
+        if not self.allow_outside_root:
+            self._confine(path)
         if os.path.isabs(path):
             return path
         if self.audio_root is not None:
             return os.path.join(self.audio_root, path)
         if self._hit is not None:
             full = os.path.join(self._hit, path)
-            if os.path.exists(full):
+            if os.path.lexists(full):
                 return full
         for root in self.candidates:
             full = os.path.join(root, path)
-            if os.path.exists(full):
+            # lexists: a broken link or a link loop is found too, and reported as what it is
+            if os.path.lexists(full):
                 self._hit = root
                 return full
         # Not found anywhere: report it against the most likely root so the message is useful.
         return os.path.join(self._hit or self.candidates[0], path)
 
+    def _confine(self, path: str) -> None:
+        if os.path.isabs(path):
+            normal = os.path.normpath(path)
+            if not any(_inside(normal, root) for root in self.roots):
+                raise OutsideRootError(f"{path} is outside {' and '.join(self.roots)}")
+            return
+        first = os.path.normpath(path).split(os.sep, 1)[0]
+        if first == os.pardir:
+            raise OutsideRootError(f"{path} climbs above the corpus root")
 
-def parse_line(text: str, manifest: str, line: int, resolve: PathResolver,
-               known_tasks: Collection[str] | None) -> SampleRecord | Reject:
-    """Parses and validates one manifest line (no audio access except path resolution)."""
+
+def _utf8(value: object) -> bool:
+    """Whether every string in ``value`` can be written as UTF-8 (JSON escapes can make lone surrogates)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_utf8(k) and _utf8(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_utf8(v) for v in value)
+    return True
+
+
+def _id_of_bad_line(raw: bytes) -> str | None:
+    # Only to name the line in the rejects file; the sample itself is never used.
+    try:
+        obj = json.loads(raw.decode("utf-8", errors="replace"))
+    except (ValueError, RecursionError):
+        return None
+    sid = obj.get("id") if isinstance(obj, dict) else None
+    return str(sid).encode("utf-8", errors="replace").decode("utf-8") if sid is not None else None
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def parse_segment(meta: dict[str, Any]) -> tuple[float, float] | None | str:
+    """(start, end) from ``meta.start``/``meta.end``; None when neither is given; a message when bad."""
+    if "start" not in meta and "end" not in meta:
+        return None
+    start, end = _number(meta.get("start")), _number(meta.get("end"))
+    if start is None or end is None or not 0 <= start < end:
+        return (f"meta.start={meta.get('start')!r}, meta.end={meta.get('end')!r}: expected numbers of "
+                f"seconds with 0 <= start < end")
+    return start, end
+
+
+def parse_line(text: str | bytes, manifest: str, line: int, resolve: PathResolver,
+               known_tasks: Collection[str] | None, max_target_chars: int | None = None) -> SampleRecord | Reject:
+    """Parses and validates one manifest line (no audio access except path resolution).
+
+    ``text`` may be the raw bytes of the line; they are decoded as strict UTF-8.
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as err:
+            return Reject(manifest, line, BAD_ENCODING, _id_of_bad_line(text), detail=f"not UTF-8: {err.reason} "
+                          f"at byte {err.start}")
+        if line == 1:
+            text = text.removeprefix("\ufeff")  # a UTF-8 byte order mark is not part of the JSON
     try:
         obj = json.loads(text)
-    except json.JSONDecodeError as err:
-        return Reject(manifest, line, MALFORMED_JSON, detail=str(err))
+    except (ValueError, RecursionError) as err:  # also too-long integers and deep nesting
+        return Reject(manifest, line, MALFORMED_JSON, detail=str(err) or type(err).__name__)
     if not isinstance(obj, dict):
         return Reject(manifest, line, MALFORMED_JSON, detail="line is not a JSON object")
     sid = obj.get("id")
     sid = str(sid) if sid is not None else None
+    if not _utf8(obj):
+        safe = sid.encode("utf-8", errors="replace").decode("utf-8") if sid is not None else None
+        return Reject(manifest, line, BAD_ENCODING, safe, detail="a string holds a lone surrogate (\\ud800-\\udfff)")
     for key in ("id", "audio", "task"):
         if obj.get(key) in (None, "", []):
             return Reject(manifest, line, MISSING_FIELD, sid, detail=f"no {key!r}")
@@ -125,25 +274,42 @@ def parse_line(text: str, manifest: str, line: int, resolve: PathResolver,
     target = obj.get("text")
     if not isinstance(target, str) or not target.strip():
         return Reject(manifest, line, EMPTY_TARGET, sid)
+    if max_target_chars is not None and len(target) > max_target_chars:
+        return Reject(manifest, line, TARGET_TOO_LONG, sid,
+                      detail=f"{len(target)} characters > max_target_chars={max_target_chars}")
     audio = obj["audio"]
     paths = [audio] if isinstance(audio, str) else audio
     if not isinstance(paths, list) or not 1 <= len(paths) <= 2 or not all(isinstance(p, str) and p for p in paths):
         return Reject(manifest, line, MISSING_FIELD, sid, detail="'audio' must be a path or a list of two paths")
+    meta = obj.get("meta") or {}
+    meta = meta if isinstance(meta, dict) else {"meta": meta}
+    segment = parse_segment(meta)
+    if isinstance(segment, str):
+        return Reject(manifest, line, BAD_SEGMENT, sid, detail=segment)
+    if segment is not None and len(paths) != 1:
+        return Reject(manifest, line, BAD_SEGMENT, sid, detail="a segment (meta.start/end) needs one audio file")
+    try:
+        resolved = [resolve(p) for p in paths]
+    except OutsideRootError as err:
+        return Reject(manifest, line, PATH_OUTSIDE_ROOT, sid, detail=str(err))
     duration = obj.get("duration")
     instruction = obj.get("instruction")
-    meta = obj.get("meta") or {}
     return SampleRecord(
-        id=sid or "", audio=[resolve(p) for p in paths], task=task, text=target, manifest=manifest, line=line,
+        id=sid or "", audio=resolved, task=task, text=target, manifest=manifest, line=line,
         instruction=str(instruction) if instruction not in (None, "") else None,
         duration=float(duration) if isinstance(duration, (int, float)) and duration > 0 else None,
-        meta=meta if isinstance(meta, dict) else {"meta": meta},
+        meta=meta, segment=segment,
     )
 
 
-def iter_lines(manifest: str, limit: int | None = None) -> Iterator[tuple[int, str]]:
-    """Yields (1-based line number, text) for each non-blank line, at most ``limit`` of them."""
+def iter_lines(manifest: str, limit: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """Yields (1-based line number, raw bytes) for each non-blank line, at most ``limit`` of them.
+
+    Bytes, not text: each line is decoded on its own by :func:`parse_line`, so one line that is
+    not UTF-8 is rejected alone instead of failing (or silently altering) the whole file.
+    """
     count = 0
-    with open(manifest, encoding="utf-8", errors="replace") as fh:
+    with open(manifest, "rb") as fh:
         for number, text in enumerate(fh, start=1):
             if not text.strip():
                 continue  # blank lines are layout, not samples

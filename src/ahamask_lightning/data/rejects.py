@@ -3,8 +3,9 @@
 Dataloader workers are separate processes, so counts cannot live in a shared object. Each stream
 (rank x worker) appends its rejects to its own JSONL file beside ``rejects_path``
 (``<stem>.<stage>.r<rank>w<worker>.jsonl``: no two processes write one file) and also sends
-them to the main process along with its batches. :func:`read_reject_files` merges the files; a
-sample rejected again in a later epoch counts once, since the key is (manifest, line).
+them to the main process along with its batches. :func:`read_reject_files` merges the files.
+A sample is logged and written once per run: workers are new processes every epoch, so the sink
+is given the keys (manifest, line) the main process has already seen (``known``) and skips them.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import IO
 
 from .manifest import Reject
@@ -29,15 +30,17 @@ def stream_reject_path(rejects_path: str, stage: str, stream: str) -> str:
 class RejectSink:
     """Logs each reject once per process and appends it to this stream's rejects file."""
 
-    def __init__(self, rejects_path: str | None, stage: str, stream: str) -> None:
+    def __init__(self, rejects_path: str | None, stage: str, stream: str,
+                 known: Collection[tuple[str, int]] = ()) -> None:
         self.path = stream_reject_path(rejects_path, stage, stream) if rejects_path else None
         self.stage = stage
         self._fh: IO[str] | None = None
+        self._known = known  # seen by the main process in an earlier epoch (or an earlier part of the run)
         self._seen: set[tuple[str, int]] = set()
 
     def __call__(self, reject: Reject, epoch: int) -> None:
         key = (reject.manifest, reject.line)
-        if key in self._seen:
+        if key in self._seen or key in self._known:
             return
         self._seen.add(key)
         detail = f" ({reject.detail})" if reject.detail else ""

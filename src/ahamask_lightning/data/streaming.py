@@ -15,6 +15,10 @@ Pipeline, run independently in every stream (one stream = one dataloader worker 
 4. Batch ``k`` of the stream is loaded (bad samples dropped), collated by ``collate`` inside the
    worker, and yielded as a :class:`StreamItem` tagged with (stream, k).
 
+Bad samples travel to the main process with the batches. The loader hands the keys it has
+already seen back through ``known_rejects`` before each epoch, so the rejects file gets one line
+and the log one warning per bad sample per run, not per epoch.
+
 Because steps 1-3 are deterministic and need no decoding, resuming skips the first ``k``
 planned batches of each stream without loading their audio: the position of an epoch is just
 ``{stream: batches consumed}`` (see :mod:`.loader` for how the main process counts them).
@@ -31,7 +35,15 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .audio import PAIR_GAP_SECONDS, AudioConfig, AudioError, load_audio, probe_seconds
-from .manifest import TOO_LONG, PathResolver, Reject, SampleRecord, iter_lines, parse_line
+from .manifest import (
+    DEFAULT_MAX_TARGET_CHARS,
+    TOO_LONG,
+    PathResolver,
+    Reject,
+    SampleRecord,
+    iter_lines,
+    parse_line,
+)
 from .rejects import RejectSink
 
 Sample = dict[str, Any]
@@ -103,7 +115,8 @@ class ManifestStream(IterableDataset):
                  bucket_edges: list[float] | None = None, audio_root: str | None = None,
                  known_tasks: Collection[str] | None = None, rank: int = 0, world_size: int = 1,
                  rejects_path: str | None = None, limit: int | None = None,
-                 collate: Callable[[list[Sample]], Any] = identity_collate) -> None:
+                 collate: Callable[[list[Sample]], Any] = identity_collate,
+                 max_target_chars: int | None = DEFAULT_MAX_TARGET_CHARS, allow_outside_root: bool = False) -> None:
         if not manifests:
             raise ValueError("ManifestStream needs at least one manifest")
         if max_batch_seconds is None and batch_size < 1:
@@ -128,8 +141,11 @@ class ManifestStream(IterableDataset):
         self.rejects_path = rejects_path
         self.limit = limit
         self.collate = collate
+        self.max_target_chars = max_target_chars
+        self.allow_outside_root = allow_outside_root
         self.epoch = 0
         self.skip: dict[str, int] = {}
+        self.known_rejects: frozenset[tuple[str, int]] = frozenset()  # already logged and recorded this run
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -144,15 +160,15 @@ class ManifestStream(IterableDataset):
     def _records(self, sid: int, n_streams: int) -> Iterator[SampleRecord | Reject]:
         index = 0
         for manifest in self._shard_order():
-            resolve = PathResolver(manifest, self.audio_root)
+            resolve = PathResolver(manifest, self.audio_root, self.allow_outside_root)
             for line, text in iter_lines(manifest, self.limit):
                 if index % n_streams == sid:
-                    yield parse_line(text, manifest, line, resolve, self.known_tasks)
+                    yield parse_line(text, manifest, line, resolve, self.known_tasks, self.max_target_chars)
                 index += 1
 
     def _seconds(self, rec: SampleRecord) -> float:
         """Planning length (after padding/cutting); raises AudioError when the header is bad."""
-        raw = rec.duration
+        raw = rec.segment[1] - rec.segment[0] if rec.segment is not None else rec.duration
         if raw is None:
             raw = sum(probe_seconds(p) for p in rec.audio) + PAIR_GAP_SECONDS * (len(rec.audio) - 1)
         if self.audio.on_too_long == "reject" and raw > self.audio.max_seconds + 1e-6:
@@ -197,10 +213,10 @@ class ManifestStream(IterableDataset):
                 yield pending[bucket][0]
 
     def _load(self, rec: SampleRecord) -> Sample:
-        meta = rec.meta or {}
-        segment = (float(meta["start"]), float(meta["end"])) if "start" in meta and "end" in meta else None
+        # rec.segment was validated by parse_line (finite, 0 <= start < end): nothing here can fail
+        # outside the AudioError handling of the caller.
         return {"id": rec.id, "task": rec.task, "text": rec.text,
-                "audio": load_audio(rec.audio, self.audio, segment),
+                "audio": load_audio(rec.audio, self.audio, rec.segment),
                 "instruction": rec.instruction, "meta": rec.meta}
 
     # --- iteration ----------------------------------------------------------------------------
@@ -209,7 +225,7 @@ class ManifestStream(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         key = stream_key(self.rank, worker)
         sid, n_streams = self.rank * workers + worker, self.world_size * workers
-        sink = RejectSink(self.rejects_path, self.stage, key)
+        sink = RejectSink(self.rejects_path, self.stage, key, self.known_rejects)
         items: Iterator[SampleRecord | Reject] = self._records(sid, n_streams)
         if self.shuffle:
             items = shuffle_buffer(items, self.shuffle_buffer, random.Random(f"buf-{self.seed}-{self.epoch}-{sid}"))

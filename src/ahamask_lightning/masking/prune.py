@@ -25,14 +25,19 @@ Rules, per layer (``H`` query heads, ``K`` KV heads, groups of ``g = H / K`` que
 ``head_dim`` and the layer's other weights are untouched. Each module's head counts are
 updated where transformers reads them at forward time (``num_key_value_groups``, and
 ``num_heads`` / ``num_key_value_heads`` on classes that keep them); the model's shared
-``config`` is left as it was, since layers may now differ. So a pruned model is an in-memory
-inference model: ``save_pretrained`` would write weights its config does not describe.
+``config`` is left as it was, since layers may now differ, so ``save_pretrained`` would write
+weights its config does not describe: ``ahamask_lightning.pruned_model`` saves and loads pruned
+models instead. :func:`pruned_copies` and :func:`use_blocks` prune copies of the attention blocks
+and swap them in for a while (``ahamask infer --prune``, ``AHAMaskModule(prune=True)``), leaving
+the gated model as it was.
 Projections wrapped by peft LoRA (SALMONN's and Granite Speech's q/v) are pruned in their base
 weights and in the LoRA factors alike.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -257,3 +262,72 @@ def prune_adapter(adapter: nn.Module, mask: torch.Tensor) -> PruneReport:
     report = prune_heads(adapter.gated_attentions(), mask)
     adapter.pruned = report
     return report
+
+
+# --- pruned copies that can be swapped in and out (inference beside a gated model) ----------
+def pruned_copies(adapter: nn.Module, mask: torch.Tensor) -> tuple[list[nn.Module], PruneReport]:
+    """Pruned copies of the adapter's attention blocks; the adapter itself is left as it is.
+
+    Each block is deep-copied and pruned one at a time, so the extra memory is the pruned
+    attention weights plus one unpruned block. Swap the copies in with :func:`use_blocks`.
+    """
+    blocks = [copy.deepcopy(attn) for attn in adapter.gated_attentions()]
+    return blocks, prune_heads(blocks, mask)
+
+
+def _block_slots(adapter: nn.Module) -> list[tuple[nn.Module, str]]:
+    """(parent module, attribute name) of each gated attention block, in layer order."""
+    where = {id(module): name for name, module in adapter.named_modules()}
+    slots = []
+    for attn in adapter.gated_attentions():
+        name = where.get(id(attn))
+        if not name:
+            raise TypeError(f"{type(attn).__name__}: the attention block is not a submodule of the adapter")
+        parent, _, attr = name.rpartition(".")
+        slots.append((adapter.get_submodule(parent), attr))
+    return slots
+
+
+@contextmanager
+def use_blocks(adapter: nn.Module, blocks: Sequence[nn.Module]) -> Iterator[None]:
+    """Inside the block the adapter runs with ``blocks`` as its attention blocks; the originals come back after.
+
+    The swap is an attribute assignment on each decoder layer (no weights are copied), so it
+    costs nothing per batch. A head gate installed on the originals does not act on the copies
+    while its mask is None (the copies carry its hook, which then does nothing).
+    """
+    slots = _block_slots(adapter)
+    if len(blocks) != len(slots):
+        raise ValueError(f"{len(blocks)} attention blocks for {len(slots)} layers")
+    originals = [getattr(parent, attr) for parent, attr in slots]
+    try:
+        for (parent, attr), block in zip(slots, blocks):
+            setattr(parent, attr, block)
+        yield
+    finally:
+        for (parent, attr), block in zip(slots, originals):
+            setattr(parent, attr, block)
+
+
+class PrunedEval:
+    """The pruned attention blocks of one evaluation mask, rebuilt only when the mask changes.
+
+    Not an ``nn.Module``: the copies are an inference cache, kept out of ``state_dict`` and
+    checkpoints, built on whatever device the adapter is on when they are first needed.
+    """
+
+    def __init__(self, adapter: nn.Module) -> None:
+        self.adapter = adapter
+        self.mask: torch.Tensor | None = None
+        self.blocks: list[nn.Module] = []
+        self.report: PruneReport | None = None
+
+    @contextmanager
+    def use(self, mask: torch.Tensor) -> Iterator[None]:
+        mask = (mask.detach().float() > 0.5).float().cpu()
+        if self.mask is None or not torch.equal(self.mask, mask):
+            self.blocks = []  # free the previous mask's copies before building the next
+            self.blocks, self.report = pruned_copies(self.adapter, mask)
+            self.mask = mask
+        with use_blocks(self.adapter, self.blocks):
+            yield

@@ -8,7 +8,8 @@ how to turn waveforms + an optional instruction + an optional target into tensor
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -76,16 +77,111 @@ class LALMAdapter(nn.Module):
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy where ``labels`` is -100 outside the targets.
+    """Next-token cross-entropy over full ``[B, S, V]`` logits, ``labels`` -100 outside the targets.
 
-    ``logits`` may already be restricted to the label positions' predecessors; here the
-    standard shift is applied: position t predicts label t + 1.
+    The reference the training path is checked against (and what a user of ``model(...).logits``
+    would write); the adapters train with :func:`target_only_loss`, which never builds these logits.
     """
     shift_logits = logits[:, :-1].float()
     shift_labels = labels[:, 1:]
     return nn.functional.cross_entropy(
         shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100
     )
+
+
+def target_positions(labels: torch.Tensor) -> torch.Tensor:
+    """``[B, S]`` bool: the positions whose *next* token is a target (label != -100).
+
+    In row-major order these are exactly the predictions :func:`causal_lm_loss` scores, so
+    ``hidden[keep]`` lines up with :func:`target_labels`.
+    """
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != -100
+    return keep
+
+
+def target_labels(labels: torch.Tensor) -> torch.Tensor:
+    """The target token ids, flattened in the order of ``hidden[target_positions(labels)]``."""
+    nxt = labels[:, 1:]
+    return nxt[nxt != -100]
+
+
+def loss_on_target_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``[N, V]`` logits computed at the :func:`target_positions` only.
+
+    The float cast touches N x V values (the targets), not the B x S x V of the full sequence.
+    """
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                       target_labels(labels).to(logits.device))
+
+
+def target_only_loss(hidden_states: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """The same value as ``causal_lm_loss(lm_head(hidden_states), labels)``, with lm_head applied
+    only at the positions that predict a target: the vocabulary-sized matmul, its float copy and
+    their backward shrink from every position of the batch to the target tokens."""
+    keep = target_positions(labels).to(hidden_states.device)
+    return loss_on_target_logits(lm_head(hidden_states[keep]), labels)
+
+
+def accepts_logits_to_keep(model: nn.Module) -> bool:
+    """Whether a transformers causal LM's ``forward`` takes ``logits_to_keep`` (a 2-D bool mask
+    there selects positions and flattens them: ``transformers.modeling_utils.slice_logits_to_keep``)."""
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+@contextmanager
+def last_position_logits(lm_head: nn.Module) -> Iterator[None]:
+    """Inside the block, ``lm_head`` sees only the last position of a multi-position input.
+
+    For ``generate`` on models whose ``forward`` lacks ``logits_to_keep`` (Qwen2-Audio, the
+    Qwen2.5-Omni thinker): transformers then projects every prompt position onto the vocabulary
+    in the prefill although greedy and beam search read ``logits[:, -1]`` only. Decoding steps
+    have one position and pass unchanged. Not for assisted decoding, which scores several.
+    """
+    def keep_last(module: nn.Module, args: tuple) -> tuple | None:
+        x = args[0]
+        return (x[:, -1:],) + tuple(args[1:]) if x.dim() == 3 and x.shape[1] > 1 else None
+
+    handle = lm_head.register_forward_pre_hook(keep_last)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def enable_llm_checkpointing(decoder: nn.Module) -> None:
+    """Activation checkpointing of a transformers decoder's layers (``activation_checkpointing_enable``,
+    non-reentrant: the mask's gradient reaches through frozen layers without inputs that need grad).
+
+    transformers checkpoints a layer only in training mode; the frozen LALM stays in eval mode,
+    so :func:`llm_checkpointing_active` switches the layers to training mode for the loss's
+    forward. That is only the same function when the attention has no dropout: checked here.
+    """
+    dropout = float(getattr(decoder.config, "attention_dropout", 0.0) or 0.0)
+    if dropout:
+        raise ValueError(f"gradient_checkpointing: the LLM has attention_dropout={dropout}; the checkpointed "
+                         "layers would run with dropout (expected 0)")
+    decoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+
+@contextmanager
+def llm_checkpointing_active(decoder: nn.Module, on: bool) -> Iterator[None]:
+    """Training mode for the decoder layers inside the block when ``on`` (see :func:`enable_llm_checkpointing`).
+
+    The recomputation runs in the backward pass: the head gate must still hold the step's mask
+    then (``AHAMaskModule.backward`` keeps it applied).
+    """
+    layers = list(decoder.layers) if on else []
+    before = [layer.training for layer in layers]
+    for layer in layers:
+        layer.train(True)
+    try:
+        yield
+    finally:
+        for layer, mode in zip(layers, before):
+            layer.train(mode)
 
 
 def weights_dir(pretrained: str | None, env_var: str, family: str) -> str:

@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from .base import LALMAdapter, causal_lm_loss
+from .base import (
+    LALMAdapter,
+    accepts_logits_to_keep,
+    last_position_logits,
+    loss_on_target_logits,
+    target_only_loss,
+    target_positions,
+)
 
 TINY_SECONDS = 4.0  # the tiny models' feature window: audio is cut there
 
@@ -139,15 +147,29 @@ class ChatLALMAdapter(LALMAdapter):
         return {k: batch[k].to(dtype) if k in self.float_keys else batch[k] for k in self.audio_keys}
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         use_cache=False, **self._audio_inputs(batch))
-        return causal_lm_loss(out.logits, batch["labels"])
+        """Cross-entropy with the vocabulary projection at the target positions only: through the
+        model's own ``logits_to_keep`` (a 2-D bool mask) where ``forward`` takes it, else on the base
+        model's hidden states with ``get_output_embeddings()`` (``target_only_loss``)."""
+        labels = batch["labels"]
+        inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+                      **self._audio_inputs(batch))
+        if accepts_logits_to_keep(self.model):
+            logits = self.model(**inputs, logits_to_keep=target_positions(labels)).logits
+            return loss_on_target_logits(logits, labels)
+        hidden = self.model.model(**inputs).last_hidden_state
+        return target_only_loss(hidden, self.model.get_output_embeddings(), labels)
 
     @torch.no_grad()
     def generate(self, batch: dict[str, torch.Tensor], **generation) -> list[str]:
+        """Decoding with transformers' ``generate`` (``generation`` overrides, e.g. ``cache_implementation:
+        static``); the prompt pass computes logits at its last position only: transformers does so via
+        ``logits_to_keep`` where ``forward`` takes it, ``last_position_logits`` does it otherwise."""
         ids = batch["gen_input_ids"]
-        out = self.model.generate(input_ids=ids, attention_mask=batch["gen_attention_mask"],
-                                  pad_token_id=self.pad_id, eos_token_id=self.eos_id,
-                                  **self._audio_inputs(batch), **{**self.default_generation, **generation})
+        trim = nullcontext() if accepts_logits_to_keep(self.model) else \
+            last_position_logits(self.model.get_output_embeddings())
+        with trim:
+            out = self.model.generate(input_ids=ids, attention_mask=batch["gen_attention_mask"],
+                                      pad_token_id=self.pad_id, eos_token_id=self.eos_id,
+                                      **self._audio_inputs(batch), **{**self.default_generation, **generation})
         texts = self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
         return [t.strip() for t in texts]

@@ -14,8 +14,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import LALMAdapter, causal_lm_loss, weights_dir
+from .base import (
+    LALMAdapter,
+    enable_llm_checkpointing,
+    last_position_logits,
+    llm_checkpointing_active,
+    target_only_loss,
+    weights_dir,
+)
 from .chat_collate import TINY_SECONDS, pack_prompts, pretrained_model, tiny_model, unpad
+from .feature_cache import FeatureCache, clip_key, weights_fingerprint
 
 INSTRUCT_TEMPLATE = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
@@ -26,18 +34,19 @@ SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AU
 ENV_PATH = "AHAMASK_QWEN2AUDIO_PATH"
 
 
+# The published Qwen2-Audio-7B sizes, shipped with the package so the full-size structure can be
+# built on the meta device without any download.
+FULL_SIZE_CONFIG = Path(__file__).resolve().parent / "configs" / "qwen2_audio_7b.json"
+
+
 def full_size_config(path: str | Path | None = None):
-    """The Qwen2-Audio-7B configuration (by default the one shipped in shared/reference)."""
+    """The Qwen2-Audio-7B configuration: ``path``, or the one shipped in the package."""
     from transformers import Qwen2AudioConfig
 
-    candidates = [Path(path)] if path else [
-        Path(__file__).resolve().parents[3] / "../shared/reference/qwen2_audio_7b_config.json",
-        Path.cwd() / "../shared/reference/qwen2_audio_7b_config.json",
-    ]
-    for p in candidates:
-        if p.is_file():
-            return Qwen2AudioConfig.from_dict(json.loads(p.read_text()))
-    raise FileNotFoundError(f"Qwen2-Audio config not found: tried {', '.join(str(c) for c in candidates)}")
+    p = Path(path) if path else FULL_SIZE_CONFIG
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: Qwen2-Audio configuration not found (expected a config.json file)")
+    return Qwen2AudioConfig.from_dict(json.loads(p.read_text()))
 
 
 def tiny_processor(chunk_seconds: int = 4):
@@ -56,17 +65,23 @@ def tiny_processor(chunk_seconds: int = 4):
 
 
 def tiny_config(processor, layers: int = 2, heads: int = 4, kv_heads: int = 2, hidden: int = 64,
-                chunk_seconds: int = 4):
+                chunk_seconds: int = 4, vocab_size: int | None = None, intermediate: int | None = None,
+                audio: dict | None = None):
+    """A random-weights configuration of the real classes: the tokenizer's special ids, ``vocab_size``
+    rows (default: the tokenizer's size; larger for cost measurements) and the audio encoder
+    ``audio`` (Whisper-encoder fields; default a 1-layer, 32-wide encoder)."""
     from transformers import Qwen2AudioConfig
 
     tok = processor.tokenizer
+    audio_config = dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64)
+    audio_config.update(audio or {})
+    audio_config.update(num_mel_bins=128, max_source_positions=chunk_seconds * 50)
     return Qwen2AudioConfig(
-        audio_config=dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64,
-                          num_mel_bins=128, max_source_positions=chunk_seconds * 50),
-        text_config=dict(model_type="qwen2", hidden_size=hidden, intermediate_size=2 * hidden,
+        audio_config=audio_config,
+        text_config=dict(model_type="qwen2", hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                         vocab_size=len(tok), max_position_embeddings=1024, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id),
+                         vocab_size=max(vocab_size or 0, len(tok)), max_position_embeddings=4096,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
         audio_token_id=tok.convert_tokens_to_ids("<|AUDIO|>"),
     )
 
@@ -77,26 +92,39 @@ class Qwen2AudioAdapter(LALMAdapter):
         pretrained: local directory of the HF checkpoint (or env ``AHAMASK_QWEN2AUDIO_PATH``).
         tiny: build a tiny random model of the same classes (tests, CPU demos); no files needed.
         dtype: weight dtype for real checkpoints.
+        random_config: with ``tiny``, a ``Qwen2AudioConfig`` as a dict (``to_dict()``) to build with
+            random weights instead of the tiny one (cost measurements: bench/); its audio token and eos/pad ids are set to the
+            tiny tokenizer's and its feature window follows ``audio_config.max_source_positions``.
+        feature_cache: a directory where the frozen encoder + projector output of each clip is
+            stored and read back in later epochs (see ``feature_cache.py``); None: no cache.
+        gradient_checkpointing: recompute each LLM layer's activations in the backward pass
+            instead of keeping them (less memory, one more LLM forward per step).
     """
 
     def __init__(self, variant: str = "instruct", pretrained: str | None = None, tiny: bool = False,
                  dtype: str = "bfloat16", attn_implementation: str = "sdpa", tiny_layers: int = 2,
-                 tiny_heads: int = 4, tiny_kv_heads: int = 2) -> None:
+                 tiny_heads: int = 4, tiny_kv_heads: int = 2, random_config: dict | None = None,
+                 feature_cache: str | None = None, gradient_checkpointing: bool = False) -> None:
         super().__init__()
         if variant not in ("instruct", "base"):
             raise ValueError(f"Qwen2AudioAdapter.variant: expected 'instruct' or 'base', got {variant!r}")
-        from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+        from transformers import AutoProcessor, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
         self.variant = variant
         self.template = INSTRUCT_TEMPLATE if variant == "instruct" else BASE_TEMPLATE
         if tiny:
-            self.processor = tiny_processor(int(TINY_SECONDS))
-            self.model = tiny_model(Qwen2AudioForConditionalGeneration,
-                                    tiny_config(self.processor, tiny_layers, tiny_heads, tiny_kv_heads,
-                                                chunk_seconds=int(TINY_SECONDS)),
-                                    attn_implementation)
+            config = None if random_config is None else Qwen2AudioConfig.from_dict(random_config)
+            chunk = int(TINY_SECONDS) if config is None else config.audio_config.max_source_positions // 50
+            self.processor = tiny_processor(chunk)
+            if config is None:
+                config = tiny_config(self.processor, tiny_layers, tiny_heads, tiny_kv_heads, chunk_seconds=chunk)
+            else:
+                tok = self.processor.tokenizer
+                config.audio_token_id = tok.convert_tokens_to_ids("<|AUDIO|>")
+                config.text_config.eos_token_id, config.text_config.pad_token_id = tok.eos_token_id, tok.pad_token_id
+            self.model = tiny_model(Qwen2AudioForConditionalGeneration, config, attn_implementation)
             self.model_id = f"qwen2-audio-tiny-{variant}"
-            self.max_seconds = TINY_SECONDS
+            self.max_seconds = float(chunk)
         else:
             path = weights_dir(pretrained, ENV_PATH, "Qwen2-Audio")
             self.processor = AutoProcessor.from_pretrained(path)
@@ -109,35 +137,100 @@ class Qwen2AudioAdapter(LALMAdapter):
         self.eos = "<|im_end|>" if variant == "instruct" else "<|endoftext|>"
         self.eos_id = tok.convert_tokens_to_ids(self.eos)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
+        self.feature_cache = self._make_feature_cache(feature_cache) if feature_cache else None
+        self.gradient_checkpointing = gradient_checkpointing
+        if gradient_checkpointing:
+            enable_llm_checkpointing(self.model.model.language_model)
+
+    def _make_feature_cache(self, directory: str) -> FeatureCache:
+        fe = self.processor.feature_extractor
+        base = self.model.model
+        namespace = {"model_id": self.model_id, "sample_rate": self.sample_rate,
+                     "feature_extractor": {k: getattr(fe, k, None) for k in
+                                           ("feature_size", "sampling_rate", "hop_length", "chunk_length", "n_fft")},
+                     "projector": [base.multi_modal_projector.linear.in_features,
+                                   base.multi_modal_projector.linear.out_features],
+                     "dtype": str(self.model.dtype),
+                     "weights": weights_fingerprint(nn.ModuleList([base.audio_tower, base.multi_modal_projector]))}
+        return FeatureCache(directory, namespace)
 
     def gated_attentions(self) -> Sequence[nn.Module]:
         return [layer.self_attn for layer in self.model.get_decoder().layers]
 
     def collate(self, audios, instructions, targets=None) -> dict[str, torch.Tensor]:
         prompts = [self.template.format(ins or "") for ins in instructions]
-        enc = self.processor(text=prompts, audio=[np.asarray(a, dtype=np.float32) for a in audios],
-                             sampling_rate=self.sample_rate, return_tensors="pt", padding=True)
+        waves = [np.asarray(a, dtype=np.float32) for a in audios]
+        enc = self.processor(text=prompts, audio=waves, sampling_rate=self.sample_rate, return_tensors="pt",
+                             padding=True)
         batch = pack_prompts(unpad(enc["input_ids"], enc["attention_mask"]), targets,
                              lambda t: self.processor.tokenizer.encode(t, add_special_tokens=False),
                              self.eos_id, self.pad_id)
         batch.update(input_features=enc["input_features"], feature_attention_mask=enc["feature_attention_mask"])
+        if self.feature_cache is not None:  # content keys, hashed here in the loader workers
+            batch["clip_keys"] = [clip_key(w) for w in waves]
         return batch
 
+    @torch.no_grad()
+    def encode_audio(self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor) -> list[torch.Tensor]:
+        """Each clip's LLM-width audio embeddings ``[frames_i, hidden]``: the frozen encoder and projector.
+
+        The same computation as ``Qwen2AudioModel.forward`` (conv lengths, bidirectional mask over the
+        valid frames, tower, projector, then the valid frames), written out so that the embeddings
+        can be cached and the LLM run on ``inputs_embeds``; tests compare it with the model's own path.
+        """
+        from transformers.masking_utils import create_bidirectional_mask
+
+        base = self.model.model
+        tower = base.audio_tower
+        feats = input_features.to(tower.conv1.weight.dtype)
+        after_conv = (feature_attention_mask.sum(-1) - 1) // 2 + 1
+        n_out = (after_conv - 2) // 2 + 1
+        max_len = (feats.shape[-1] - 2) // 2 + 1
+        valid = (torch.arange(max_len, device=feats.device)[None] < after_conv[:, None]).long()
+        dummy = feats.new_zeros(feats.shape[0], max_len, 1)
+        mask = create_bidirectional_mask(config=tower.config, inputs_embeds=dummy, attention_mask=valid)
+        states = base.multi_modal_projector(tower(feats, attention_mask=mask).last_hidden_state)
+        return [states[i, : int(n)] for i, n in enumerate(n_out)]
+
+    def audio_embeddings(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Per-clip audio embeddings, from the feature cache when there is one."""
+        feats, fmask = batch["input_features"], batch["feature_attention_mask"]
+        if self.feature_cache is None or "clip_keys" not in batch:
+            return self.encode_audio(feats, fmask)
+        return self.feature_cache.features(
+            batch["clip_keys"], lambda idx: self.encode_audio(feats[idx], fmask[idx]),
+            device=feats.device, dtype=self.model.dtype)
+
+    def input_embeddings(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Token embeddings with the audio embeddings scattered into the ``<|AUDIO|>`` positions."""
+        ids = batch["input_ids"]
+        embeds = self.model.get_input_embeddings()(ids)
+        audio = torch.cat(self.audio_embeddings(batch)).to(embeds.dtype)
+        slots = ids == self.model.config.audio_token_id
+        if int(slots.sum()) != audio.shape[0]:
+            raise ValueError(f"batch has {int(slots.sum())} audio tokens but the encoder gave {audio.shape[0]} "
+                             "frames (input_ids and input_features disagree)")
+        return embeds.masked_scatter(slots.unsqueeze(-1), audio)
+
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         input_features=batch["input_features"].to(self.model.dtype),
-                         feature_attention_mask=batch["feature_attention_mask"], use_cache=False)
-        return causal_lm_loss(out.logits, batch["labels"])
+        """Cross-entropy with lm_head at the target positions only (``target_only_loss``)."""
+        with llm_checkpointing_active(self.model.model.language_model, self.gradient_checkpointing):
+            hidden = self.model.model(inputs_embeds=self.input_embeddings(batch),
+                                      attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+        return target_only_loss(hidden, self.model.get_output_embeddings(), batch["labels"])
 
     default_generation = {"max_new_tokens": 64, "num_beams": 1, "do_sample": False}
 
     @torch.no_grad()
     def generate(self, batch: dict[str, torch.Tensor], **generation) -> list[str]:
+        """Greedy/beam decoding; ``generation`` overrides (e.g. ``cache_implementation: static``) go to
+        transformers' ``generate``. The prompt pass computes logits at its last position only."""
         ids = batch["gen_input_ids"]
-        out = self.model.generate(input_ids=ids, attention_mask=batch["gen_attention_mask"],
-                                  input_features=batch["input_features"].to(self.model.dtype),
-                                  feature_attention_mask=batch["feature_attention_mask"],
-                                  pad_token_id=self.pad_id, eos_token_id=self.eos_id,
-                                  **{**self.default_generation, **generation})
+        with last_position_logits(self.model.get_output_embeddings()):
+            out = self.model.generate(input_ids=ids, attention_mask=batch["gen_attention_mask"],
+                                      input_features=batch["input_features"].to(self.model.dtype),
+                                      feature_attention_mask=batch["feature_attention_mask"],
+                                      pad_token_id=self.pad_id, eos_token_id=self.eos_id,
+                                      **{**self.default_generation, **generation})
         return [t.strip() for t in self.processor.tokenizer.batch_decode(out[:, ids.shape[1]:],
                                                                          skip_special_tokens=True)]

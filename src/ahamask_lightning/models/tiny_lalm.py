@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from .base import LALMAdapter, causal_lm_loss
+from .base import LALMAdapter, loss_on_target_logits, target_positions
+from .feature_cache import FeatureCache, clip_key, weights_fingerprint
 from .splice import splice_embeddings, tokenize_prompts
 
 PROMPT_TEMPLATE = "USER: <Speech><SpeechHere></Speech> {}\nASSISTANT:"
@@ -134,7 +135,12 @@ class AudioEncoder(nn.Module):
 
 
 class TinyLALM(LALMAdapter):
-    """The testbed LALM. ``checkpoint``: a directory written by ``save``; None builds random weights."""
+    """The testbed LALM. ``checkpoint``: a directory written by ``save``; None builds random weights.
+
+    ``feature_cache``: a directory where the frozen encoder + projector output of each clip is kept
+    and read back in later epochs (``feature_cache.py``); for mask training, where the encoder is
+    frozen. Pretraining, which trains the encoder, passes its own ``audio`` to ``loss`` instead.
+    """
 
     model_id = "tiny-lalm"
     min_seconds = 0.5
@@ -146,6 +152,7 @@ class TinyLALM(LALMAdapter):
         config: TinyLALMConfig | None = None,
         tokenizer: PreTrainedTokenizerFast | None = None,
         attn_implementation: str = "sdpa",
+        feature_cache: str | None = None,
     ) -> None:
         super().__init__()
         if checkpoint is not None:
@@ -181,6 +188,14 @@ class TinyLALM(LALMAdapter):
                 raise ValueError(f"{checkpoint}/model.safetensors: keys do not match TinyLALM: {bad[:5]}")
             if self.config.llm.get("tie_word_embeddings"):
                 self.llm.tie_weights()
+        self.feature_cache = None
+        if feature_cache:
+            namespace = {"model_id": self.model_id, "sample_rate": self.sample_rate, "n_mels": config.n_mels,
+                         "hop_ms": config.hop_ms, "encoder": [config.enc_dim, config.enc_layers, config.enc_heads,
+                                                              config.stack, config.skip],
+                         "projector": llm_cfg.hidden_size, "dtype": str(self.llm.dtype),
+                         "weights": weights_fingerprint(self.audio_encoder)}
+            self.feature_cache = FeatureCache(feature_cache, namespace)
 
     # --- persistence ----------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
@@ -204,19 +219,38 @@ class TinyLALM(LALMAdapter):
         tok = self.tokenizer
         batch.update(tokenize_prompts(tok, PROMPT_TEMPLATE, list(instructions), targets,
                                       tok.bos_token_id, tok.eos_token_id, tok.pad_token_id))
+        if self.feature_cache is not None:  # content keys, hashed here in the loader workers
+            batch["clip_keys"] = [clip_key(a) for a in audios]
         return batch
+
+    def encode_audio(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(audio tokens [B, T, hidden], lengths): the encoder, or the feature cache when there is one."""
+        feats, lens = batch["features"], batch["feature_lens"]
+        if self.feature_cache is None or "clip_keys" not in batch:
+            return self.audio_encoder(feats, lens)
+
+        def compute(idx: list[int]) -> list[torch.Tensor]:
+            with torch.no_grad():
+                audio, n = self.audio_encoder(feats[idx], lens[idx])
+            return [audio[i, : int(k)] for i, k in enumerate(n)]
+
+        clips = self.feature_cache.features(batch["clip_keys"], compute, feats.device, self.llm.dtype)
+        lengths = torch.tensor([c.shape[0] for c in clips], dtype=torch.long, device=feats.device)
+        return nn.utils.rnn.pad_sequence(clips, batch_first=True), lengths
 
     def _inputs(self, batch: dict[str, torch.Tensor], audio: tuple[torch.Tensor, torch.Tensor] | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        audio, audio_lens = audio or self.audio_encoder(batch["features"], batch["feature_lens"])
+        audio, audio_lens = audio or self.encode_audio(batch)
         return splice_embeddings(self.llm.get_input_embeddings(), batch, audio, audio_lens)
 
     def loss(self, batch: dict[str, torch.Tensor], audio: tuple[torch.Tensor, torch.Tensor] | None = None,
              ) -> torch.Tensor:
         """Cross-entropy on the targets; ``audio`` = precomputed (audio tokens, lengths), e.g. in pretraining."""
         embeds, mask, labels = self._inputs(batch, audio)
-        out = self.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
-        return causal_lm_loss(out.logits, labels)
+        # logits only where a target is predicted (LlamaForCausalLM's logits_to_keep, 2-D bool mask)
+        out = self.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=False,
+                       logits_to_keep=target_positions(labels))
+        return loss_on_target_logits(out.logits, labels)
 
     @torch.no_grad()
     def hidden_states(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:

@@ -30,27 +30,30 @@ class TextStateMetric(Metric):
 
     torchmetrics stands in a float32 empty tensor for a list state a rank never
     filled; all-gathering that against other ranks' uint8/int64 tensors breaks
-    the collective (gloo aborts on the size mismatch). So before every sync each
-    empty text state gets an empty tensor of its own dtype.
+    the collective (gloo aborts on the size mismatch). So each text state always
+    holds at least an empty tensor of its own dtype: one is put in when the state
+    is added and again after every ``reset()``.
     """
 
-    def _sync_dist(self, dist_sync_fn: Callable | None = None, process_group: Any | None = None) -> None:
-        for name in getattr(self, "_text_states", ()):
-            for suffix, dtype in (("_bytes", torch.uint8), ("_lens", torch.long)):
-                state = getattr(self, name + suffix)
-                if isinstance(state, list) and not state:
-                    state.append(torch.zeros(0, dtype=dtype, device=self.device))
-        kwargs = {"process_group": process_group}
-        if dist_sync_fn is not None:
-            kwargs["dist_sync_fn"] = dist_sync_fn
-        super()._sync_dist(**kwargs)
+    def reset(self) -> None:
+        super().reset()
+        for name in getattr(self, "text_states", ()):
+            _seed_text_state(self, name)
+
+
+def _seed_text_state(metric: Metric, name: str) -> None:
+    for suffix, dtype in (("_bytes", torch.uint8), ("_lens", torch.long)):
+        state = getattr(metric, name + suffix)
+        if isinstance(state, list) and not state:
+            state.append(torch.zeros(0, dtype=dtype, device=metric.device))
 
 
 def add_text_state(metric: TextStateMetric, name: str) -> None:
     """Register a list-of-strings state ``name`` (two ``cat`` list states underneath)."""
     metric.add_state(f"{name}_bytes", default=[], dist_reduce_fx="cat")
     metric.add_state(f"{name}_lens", default=[], dist_reduce_fx="cat")
-    metric._text_states = (*getattr(metric, "_text_states", ()), name)
+    metric.text_states = (*getattr(metric, "text_states", ()), name)
+    _seed_text_state(metric, name)
 
 
 def append_texts(metric: Metric, name: str, texts: Sequence[str]) -> None:

@@ -64,7 +64,7 @@ class BEATsConfig:
         return cls(**{k: v for k, v in cfg.items() if k in known})
 
 
-# The iter3+ AS2M cpt2 checkpoint's cfg (values from shared/reference/salmonn/beats_keys.json).
+# The iter3+ AS2M cpt2 checkpoint's cfg (values from the released checkpoint's key list).
 BEATS_ITER3_PLUS_CFG = dict(
     input_patch_size=16, embed_dim=512, conv_bias=False, encoder_layers=12, encoder_embed_dim=768,
     encoder_ffn_embed_dim=3072, encoder_attention_heads=12, activation_fn="gelu",

@@ -1,6 +1,6 @@
 """Configurations of SALMONN's parts: the released sizes and tiny ones of the same classes.
 
-Full-size values come from shared/reference/salmonn (the official module rebuilt with its pinned
+Full-size values come from the released checkpoints' key lists (the official module rebuilt with its pinned
 versions); they let the full-size structure be built on the meta device without any file.
 """
 from __future__ import annotations

@@ -19,15 +19,18 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig, WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from ..base import LALMAdapter, causal_lm_loss
+from ..base import LALMAdapter, loss_on_target_logits, target_positions
 from ..splice import splice_embeddings, tokenize_prompts
 from .beats import BEATs, BEATsConfig, load_beats
 from .checkpoint import load_salmonn_state, read_checkpoint
 from .configs import LORA, PROMPT_TEMPLATE, SalmonnSpec, full_spec, tiny_spec
+from .generation import official_beam_search
 from .qformer import SalmonnConnector
+from .tokenizer import load_salmonn_tokenizer
 
 ENV_VARS = {"whisper_path": "AHAMASK_SALMONN_WHISPER", "beats_path": "AHAMASK_SALMONN_BEATS",
             "llm_path": "AHAMASK_SALMONN_LLM", "ckpt_path": "AHAMASK_SALMONN_CKPT"}
+RULES = ("official", "transformers")  # tokenizer / beam_search: the released code's, or transformers 5's
 _IS_DIR = {"whisper_path": True, "beats_path": False, "llm_path": True, "ckpt_path": False}
 
 
@@ -109,6 +112,13 @@ class SalmonnAdapter(LALMAdapter):
         ckpt_path: ``salmonn_v1.pth`` (or ``$AHAMASK_SALMONN_CKPT``); for 7B the 7B release.
         dtype: LLM weight dtype; Whisper/BEATs/connector stay float32 and run under autocast on GPU.
         tiny: same as ``variant="tiny"``: small random parts, no files (tests, CPU runs).
+        tokenizer: ``official`` (default): Vicuna's ``tokenizer.model`` through transformers 4.28's slow
+            LlamaTokenizer rules, as the released code loads it (``tokenizer.py``); ``transformers``: the
+            installed transformers' ``AutoTokenizer`` (tokenizers-backed: another ``▁`` count after
+            spaces and special tokens, another byte-fallback decode). The tiny variant has its own.
+        beam_search: ``official`` (default): beam search with transformers 4.28's length normalisation
+            and stopping rule for embedding inputs, as the released evaluation decoded (``generation.py``);
+            ``transformers``: the installed transformers' ``generate``. Greedy decoding is the same in both.
     """
 
     default_generation = {"max_new_tokens": 200, "num_beams": 4, "do_sample": False, "min_length": 1,
@@ -117,8 +127,12 @@ class SalmonnAdapter(LALMAdapter):
     def __init__(self, variant: str = "13b", whisper_path: str | None = None, beats_path: str | None = None,
                  llm_path: str | None = None, ckpt_path: str | None = None, dtype: str = "float16",
                  tiny: bool = False, attn_implementation: str = "sdpa", tiny_layers: int = 2, tiny_heads: int = 4,
-                 tiny_hidden: int = 64) -> None:
+                 tiny_hidden: int = 64, tokenizer: str = "official", beam_search: str = "official") -> None:
         super().__init__()
+        for name, value in (("tokenizer", tokenizer), ("beam_search", beam_search)):
+            if value not in RULES:
+                raise ValueError(f"SalmonnAdapter.{name}: expected one of {RULES}, got {value!r}")
+        self.tokenizer_rule, self.beam_search = tokenizer, beam_search
         variant = "tiny" if tiny else variant
         if variant == "tiny":
             self._build_tiny(tiny_layers, tiny_heads, tiny_hidden, attn_implementation)
@@ -170,12 +184,18 @@ class SalmonnAdapter(LALMAdapter):
         from transformers import AutoTokenizer
 
         try:
-            tok = AutoTokenizer.from_pretrained(paths["llm_path"])
-        except (ImportError, OSError, ValueError) as err:
-            raise RuntimeError(f"{paths['llm_path']}: cannot load the Vicuna tokenizer ({err}); a directory with "
-                               "only tokenizer.model (no tokenizer.json) needs `pip install sentencepiece`") from err
-        tok.add_special_tokens({"pad_token": "[PAD]"})  # id 32000, as the official model does
-        tok.padding_side = "right"
+            if self.tokenizer_rule == "official":
+                if not (Path(paths["llm_path"]) / "tokenizer.model").is_file():
+                    raise FileNotFoundError("no tokenizer.model (the sentencepiece model the official code "
+                                            "loads); tokenizer: transformers takes tokenizer.json instead")
+                tok = load_salmonn_tokenizer(paths["llm_path"])  # adds [PAD] (id 32000), right padding
+            else:
+                tok = AutoTokenizer.from_pretrained(paths["llm_path"])
+                tok.add_special_tokens({"pad_token": "[PAD]"})  # id 32000, as the official model does
+                tok.padding_side = "right"
+        except (ImportError, OSError, ValueError, TypeError) as err:
+            raise RuntimeError(f"{paths['llm_path']}: cannot load the Vicuna tokenizer ({err}); tokenizer: official "
+                               "needs its tokenizer.model and the sentencepiece package") from err
         self.tokenizer = tok
         llm = LlamaForCausalLM.from_pretrained(paths["llm_path"], dtype=dtype, attn_implementation=attn_implementation)
         if llm.get_input_embeddings().num_embeddings < len(tok):
@@ -247,17 +267,23 @@ class SalmonnAdapter(LALMAdapter):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         embeds, mask, labels = self._inputs(batch)
-        out = self.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
-        return causal_lm_loss(out.logits, labels)
+        # logits only where a target is predicted (LlamaForCausalLM's logits_to_keep, 2-D bool mask)
+        out = self.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=False,
+                       logits_to_keep=target_positions(labels))
+        return loss_on_target_logits(out.logits, labels)
 
     @torch.no_grad()
     def generate(self, batch: dict[str, torch.Tensor], **generation) -> list[str]:
         embeds, mask, _ = self._inputs({k: v for k, v in batch.items() if not k.startswith("target_")})
         tok = self.tokenizer
-        out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, pad_token_id=tok.pad_token_id,
-                                eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
-                                **{**self.default_generation, **generation})
+        settings = {**self.default_generation, **generation}
+        ids = {"pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id, "bos_token_id": tok.bos_token_id}
+        if getattr(self, "beam_search", "transformers") == "official" and settings.get("num_beams", 1) > 1:
+            out = official_beam_search(self.llm, embeds, mask, **ids, **settings)
+        else:
+            out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, **ids, **settings)
         return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
 
     def describe(self) -> dict[str, object]:
-        return {**super().describe(), "lora": dict(LORA), "prompt_template": PROMPT_TEMPLATE}
+        return {**super().describe(), "lora": dict(LORA), "prompt_template": PROMPT_TEMPLATE,
+                "tokenizer": getattr(self, "tokenizer_rule", None), "beam_search": getattr(self, "beam_search", None)}

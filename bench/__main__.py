@@ -1,0 +1,148 @@
+"""``python -m bench``: the training- and serving-cost benchmarks; JSON out, BENCHMARKS.md tables from it.
+
+    python -m bench --smoke                         # tiny sizes, seconds (CI)
+    python -m bench                                 # the CPU configuration (BENCHMARKS.md)
+    python -m bench --full-size qwen2-audio-7b      # random bf16 weights on a GPU
+    python -m bench --full-size salmonn-13b
+    python -m bench --smoke --full-size salmonn-13b # that code path on the tiny SALMONN (CPU)
+    python -m bench.report                          # BENCHMARKS.md tables from bench/results/*.json
+
+Parts: ``training`` (target-only vs full logits vs LoRA, forward, MFU), ``cache`` (feature cache),
+``scaling`` (batch/clip length, activation checkpointing), ``largest`` (largest batch, CUDA),
+``decoding`` (static cache, last-position prefill), ``serving`` (``bench/bench_serving.py`` when
+present). Each part's result is written as soon as it is done, so a run cut short keeps its parts.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+PARTS = ("training", "cache", "scaling", "largest", "decoding", "serving")
+HERE = Path(__file__).resolve().parent
+
+
+def machine(device: str) -> dict:
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "device": device,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        info["load_average"] = os.getloadavg()
+    except OSError:
+        pass
+    return info
+
+
+def serving_part(smoke: bool, full_size: str | None, device: str) -> dict:
+    """The serving helper's benchmark (``bench/bench_serving.py``), when it exists."""
+    try:
+        from bench import bench_serving
+    except ModuleNotFoundError as err:
+        if err.name != "bench.bench_serving":
+            raise
+        return {"skipped": "bench/bench_serving.py not present"}
+    return bench_serving.run(smoke=smoke, full_size=full_size, device=device)
+
+
+def run_part(part: str, size: dict, args, device: str) -> dict:
+    from . import decoding, training
+
+    reps = args.reps or size["reps"]
+    if part == "training":
+        return training.step_comparison(size, device, reps)
+    if part == "cache":
+        out = {"qwen2_audio": training.feature_cache_speedup(size, device, reps)}
+        if not args.full_size:
+            ckpt = None if args.smoke else str(HERE.parent / "checkpoints" / "tiny_lalm_8x16g")
+            out["tiny_lalm"] = training.tiny_lalm_cache_speedup(ckpt, 4 if args.smoke else 16, reps)
+        return out
+    if part == "scaling":
+        return training.scaling(size, device, max(2, reps // 2) if not args.smoke else 1)
+    if part == "largest":
+        if not device.startswith("cuda"):
+            return {"skipped": "needs a GPU"}
+        return {"rows": [training.largest_batch(size, device, c) for c in (False, True)]}
+    if part == "decoding":
+        return decoding.decoding(size, device, max(2, reps // 2) if not args.smoke else 1,
+                                 batch_sizes=(1, 2) if args.smoke else (1, 4))
+    if part == "serving":
+        return serving_part(args.smoke, args.full_size, device)
+    raise ValueError(part)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .models import SIZES
+
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: seconds, for CI")
+    p.add_argument("--full-size", choices=["qwen2-audio-7b", "salmonn-13b"], help="a published size, on a GPU")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    p.add_argument("--reps", type=int, default=None, help="timed rounds per variant (default: per size)")
+    p.add_argument("--out", default=None, help="JSON path (default bench/results/<name>.json)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (1 on a CPU shared with other jobs: no thread waits on a busy core)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    name = "smoke" if args.smoke else (args.full_size or "cpu")
+    if args.smoke and args.full_size:  # that model's code path at its tiny size (CPU smoke of bench/gpu.sh)
+        name = f"smoke-{args.full_size}"
+    parts = [x.strip() for x in args.parts.split(",") if x.strip()]
+    bad = [x for x in parts if x not in PARTS]
+    if bad:
+        p.error(f"--parts: unknown {', '.join(bad)}; expected some of {', '.join(PARTS)}")
+    if args.full_size and not args.smoke and not device.startswith("cuda"):
+        p.error(f"--full-size {args.full_size}: needs a GPU (found device {device!r})")
+    out_path = Path(args.out) if args.out else HERE / "results" / f"{name}.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    result = {"name": name, "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "machine": machine(device), "parts": {}}
+    if args.full_size == "salmonn-13b":
+        from .salmonn import salmonn_full_size
+
+        variant, batches = ("tiny", (1,)) if args.smoke else ("13b", (1, 4, 8))
+        parts_run = {"salmonn": lambda: salmonn_full_size(device, args.reps or 5, variant, batches)}
+    else:
+        size = SIZES["smoke" if args.smoke else name]
+        result["size"] = size
+        parts_run = {part: (lambda part=part: run_part(part, size, args, device)) for part in parts}
+    failed = 0
+    for part, fn in parts_run.items():
+        t0 = time.perf_counter()
+        try:
+            result["parts"][part] = fn()
+        except Exception as err:  # one part failing (e.g. out of memory) must not lose the others
+            failed += 1
+            result["parts"][part] = {"error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-2000:]}
+        result["parts"][part]["wall_s"] = time.perf_counter() - t0
+        out_path.write_text(json.dumps(result, indent=1, default=str))
+        print(f"bench {name}: {part} done in {result['parts'][part]['wall_s']:.1f} s", flush=True)
+    print(f"bench {name}: wrote {out_path}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

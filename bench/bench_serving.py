@@ -1,0 +1,243 @@
+"""Serving benchmarks: pruned decoding against the dense and gated model, and mixed-task batches.
+
+* Pruned decoding: time per decoding step of the dense (ungated), gated and physically pruned
+  model at 20 / 50 / 80 % active heads (random masks), batch 1 and 8, with a check that the pruned
+  model generates exactly the gated model's tokens. A step's time is (t(N tokens) - t(1 token)) /
+  (N - 1), so the prompt's prefill and the audio encoder are not counted.
+* Mixed tasks: 4 masks (random, half the heads each) over 2 clips = 8 samples: one ``generate``
+  call whose samples carry their own mask, against the same samples run mask by mask (4 calls of
+  2), and against 4 pruned models (one per mask); tokens compared sample by sample.
+
+Models: a random Qwen2-Audio of transformers' real classes (``bench.models``: 8-layer x 8-head
+LLM, hidden 512, vocabulary 32k) and the committed TinyLALM default testbed (8 x 16 heads).
+Variants are timed interleaved in one process, medians over rounds (``bench.timing``). Clips are
+espeak-ng speech when espeak-ng and sox are installed, else ``bench.models.speech_like``.
+
+    python -m bench.bench_serving [--smoke] [--device cpu] [--out bench/results/serving_cpu.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ahamask_lightning.analysis.masks import random_mask
+from ahamask_lightning.masking import HeadGate
+from ahamask_lightning.masking.prune import pruned_copies, use_blocks
+
+from .models import SIZES, qwen2_audio, speech_like, to_device
+from .timing import interleaved
+
+SENTENCES = ["the quick brown fox jumps over the lazy dog", "a small cat sat on the red mat near the door",
+             "we will meet at the old bridge tomorrow morning", "she sells bright shells by the quiet sea shore"]
+FRACTIONS = (0.2, 0.5, 0.8)
+
+
+def _clips(n: int, seconds: float, seed: int = 0) -> tuple[list[torch.Tensor], str]:
+    """``n`` clips of speech (espeak-ng) or of the speech-like signal, cut or padded to ``seconds``."""
+    length = int(seconds * 16000)
+    if shutil.which("espeak-ng") and shutil.which("sox"):
+        from ahamask_lightning.data.audio import AudioConfig, load_audio
+        from data_modules.synth.speech import render_utterance
+
+        out, cfg = [], AudioConfig(16000, seconds, seconds, "cut")
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(n):
+                path = f"{tmp}/c{i}.wav"
+                render_utterance({"path": path, "text": SENTENCES[i % len(SENTENCES)], "voice": "en-us",
+                                  "variant": ["m3", "f2", "m4", "f1"][i % 4], "rate": 160, "pitch": 50})
+                out.append(load_audio([path], cfg))
+        return out, "espeak-ng speech"
+    return [torch.from_numpy(speech_like(seconds, seed + i))[:length] for i in range(n)], "speech-like signal"
+
+
+def _log(text: str) -> None:
+    print(f"bench_serving: {text}", file=sys.stderr, flush=True)
+
+
+def _tokens(adapter, batch: dict, n: int) -> torch.Tensor:
+    """The greedy token of every decoding step, read at the lm_head (the text may not decode: random vocab)."""
+    head = [m for name, m in adapter.named_modules() if name.endswith("lm_head")][0]
+    steps: list[torch.Tensor] = []
+    handle = head.register_forward_hook(lambda m, a, out: steps.append(out[:, -1].argmax(-1).cpu()))
+    try:
+        adapter.generate(batch, max_new_tokens=n, min_new_tokens=n, num_beams=1, do_sample=False)
+    finally:
+        handle.remove()
+    return torch.stack(steps, dim=1)
+
+
+def _run_fn(adapter, batch: dict, n: int, gate: HeadGate, mask: torch.Tensor | None, blocks=None):
+    def fn() -> None:
+        if blocks is not None:
+            with use_blocks(adapter, blocks):
+                adapter.generate(batch, max_new_tokens=n, min_new_tokens=n, num_beams=1, do_sample=False)
+        else:
+            with gate.apply(mask):
+                adapter.generate(batch, max_new_tokens=n, min_new_tokens=n, num_beams=1, do_sample=False)
+    return fn
+
+
+def _step_ms(res: dict, name: str, n: int) -> list[float]:
+    """Per-round decoding-step times (ms) of variant ``name`` from its N-token and 1-token runs."""
+    return [1000 * (a - b) / (n - 1) for a, b in zip(res[f"{name}/n{n}"]["times"], res[f"{name}/n1"]["times"])]
+
+
+def pruned_decoding(adapter, clips: list[torch.Tensor], cfg: dict, device: str, gate: HeadGate) -> list[dict]:
+    n, reps, shape = cfg["new_tokens"], cfg["reps"], (adapter.num_layers, adapter.num_heads)
+    rows = []
+    for batch_size in cfg["batches"]:
+        audios = [clips[i % len(clips)] for i in range(batch_size)]
+        batch = to_device(adapter.collate(audios, [None] * batch_size), device)
+        variants, checks = {}, {}
+        for k in (1, n):
+            variants[f"dense/n{k}"] = _run_fn(adapter, batch, k, gate, None)
+        for frac in FRACTIONS:
+            active = round(frac * shape[0] * shape[1])
+            mask = random_mask(shape, active, seed=int(100 * frac)).to(device)
+            blocks, _ = pruned_copies(adapter, mask)
+            for k in (1, n):
+                variants[f"gated{frac}/n{k}"] = _run_fn(adapter, batch, k, gate, mask)
+                variants[f"pruned{frac}/n{k}"] = _run_fn(adapter, batch, k, gate, None, blocks)
+            with gate.apply(mask):
+                gated = _tokens(adapter, batch, n)
+            with use_blocks(adapter, blocks):
+                pruned = _tokens(adapter, batch, n)
+            checks[frac] = (active, torch.equal(gated, pruned), not torch.equal(gated, _tokens(adapter, batch, n)))
+        res = interleaved(variants, reps, device)
+        _log(f"pruned decoding, batch {batch_size}: done")
+        dense = _step_ms(res, "dense", n)
+        for frac, (active, identical, differs) in checks.items():
+            gated, pruned = _step_ms(res, f"gated{frac}", n), _step_ms(res, f"pruned{frac}", n)
+            rows.append({
+                "batch": batch_size, "active_fraction": frac, "active_heads": active,
+                "dense_ms_per_step": statistics.median(dense), "gated_ms_per_step": statistics.median(gated),
+                "pruned_ms_per_step": statistics.median(pruned),
+                "dense_tokens_per_s": 1000 * batch_size / statistics.median(dense),
+                "gated_tokens_per_s": 1000 * batch_size / statistics.median(gated),
+                "pruned_tokens_per_s": 1000 * batch_size / statistics.median(pruned),
+                "speedup_pruned_vs_dense": statistics.median(dense) / statistics.median(pruned),
+                "speedup_pruned_vs_dense_paired": statistics.median(d / p for d, p in zip(dense, pruned)),
+                "speedup_pruned_vs_gated": statistics.median(gated) / statistics.median(pruned),
+                "identical_tokens_pruned_vs_gated": identical, "mask_changes_tokens": differs,
+            })
+    return rows
+
+
+def mixed_task(adapter, clips: list[torch.Tensor], cfg: dict, device: str, gate: HeadGate) -> dict:
+    n, reps, shape = cfg["new_tokens"], cfg["reps"], (adapter.num_layers, adapter.num_heads)
+    masks = [random_mask(shape, shape[0] * shape[1] // 2, seed=s).to(device) for s in range(cfg["masks"])]
+    per_mask = cfg["mixed_batch"] // len(masks)
+    audios = clips[:per_mask]
+    # one batch: clip-major, each sample with its own mask
+    mixed_audios = [a for a in audios for _ in masks]
+    mixed_masks = torch.stack([m for _ in audios for m in masks])
+    mixed_batch = to_device(adapter.collate(mixed_audios, [None] * len(mixed_audios)), device)
+    alone_batch = to_device(adapter.collate(audios, [None] * len(audios)), device)
+    blocks = [pruned_copies(adapter, m)[0] for m in masks]
+
+    def one_batch() -> None:
+        _run_fn(adapter, mixed_batch, n, gate, mixed_masks)()
+
+    def by_mask() -> None:
+        for m in masks:
+            _run_fn(adapter, alone_batch, n, gate, m)()
+
+    def pruned_by_mask() -> None:
+        for b in blocks:
+            _run_fn(adapter, alone_batch, n, gate, None, b)()
+
+    with gate.apply(mixed_masks):
+        together = _tokens(adapter, mixed_batch, n)
+    separate = []
+    for m in masks:
+        with gate.apply(m):
+            separate.append(_tokens(adapter, alone_batch, n))
+    # reorder mask-by-mask rows (mask-major) to the mixed batch's clip-major order
+    reordered = torch.stack([separate[j][i] for i in range(len(audios)) for j in range(len(masks))])
+    res = interleaved({"one_batch": one_batch, "by_mask": by_mask, "pruned_by_mask": pruned_by_mask}, reps, device)
+    samples = len(mixed_audios)
+    tps = {k: samples * n / v["median_s"] for k, v in res.items()}
+    paired = statistics.median(b / a for a, b in zip(res["one_batch"]["times"], res["by_mask"]["times"]))
+    return {"masks": len(masks), "samples": samples, "new_tokens": n,
+            "one_batch_tokens_per_s": tps["one_batch"], "by_mask_tokens_per_s": tps["by_mask"],
+            "pruned_by_mask_tokens_per_s": tps["pruned_by_mask"],
+            "speedup_one_batch_vs_by_mask": tps["one_batch"] / tps["by_mask"],
+            "speedup_one_batch_vs_by_mask_paired": paired,
+            "identical_tokens_one_batch_vs_by_mask": torch.equal(together, reordered),
+            "seconds": {k: v["median_s"] for k, v in res.items()}}
+
+
+def _tiny_lalm(device: str):
+    from ahamask_lightning.serving import TINY_DEFAULT, build_adapter, model_spec
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = model_spec("tiny", str(repo / TINY_DEFAULT))
+    return build_adapter(spec).to(device), {"model": "TinyLALM", "checkpoint": TINY_DEFAULT}
+
+
+def run(smoke: bool, full_size: str | None, device: str, partial_out: str | None = None) -> dict:
+    """The serving figures as a JSON-able dict (see the module docstring); ``partial_out``: a file
+    rewritten after each part, so a long run that is stopped keeps what it measured."""
+    cfg = (dict(new_tokens=4, reps=2, batches=[1, 2], masks=2, mixed_batch=4, clip_s=2.0) if smoke else
+           dict(new_tokens=16, reps=3, batches=[1, 8], masks=4, mixed_batch=8, clip_s=2.0))
+    torch.manual_seed(0)
+    models = []
+    if full_size:
+        size = SIZES[full_size]
+        models.append((full_size, qwen2_audio(size, None, device), {"model": "Qwen2-Audio", "size": full_size}))
+    else:
+        size = SIZES["smoke" if smoke else "cpu"]
+        vocab = size["vocabs"][0]
+        models.append(("qwen2-audio-random", qwen2_audio(size, vocab, device),
+                       {"model": "Qwen2AudioForConditionalGeneration, random weights", "layers": size["layers"],
+                        "heads": size["heads"], "hidden": size["hidden"], "vocab": vocab}))
+        if not smoke:
+            adapter, info = _tiny_lalm(device)
+            models.append(("tiny-lalm-8x16", adapter, info))
+    clips, source = _clips(max(cfg["batches"] + [cfg["mixed_batch"]]), cfg["clip_s"])
+    out = {"device": device, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+           "smoke": smoke, "audio": f"{source}, {cfg['clip_s']} s clips", "settings": cfg, "models": {}}
+    for name, adapter, info in models:
+        adapter.eval()
+        gate = HeadGate(adapter.gated_attentions(), adapter.num_heads, adapter.head_dim)
+        _log(f"{name}: {adapter.num_layers} x {adapter.num_heads} heads")
+        out["models"][name] = dict(info)
+        with torch.no_grad():
+            out["models"][name]["pruned_decoding"] = pruned_decoding(adapter, clips, cfg, device, gate)
+            _save(out, partial_out)
+            out["models"][name]["mixed_task"] = mixed_task(adapter, clips, cfg, device, gate)
+            _save(out, partial_out)
+        gate.remove()
+        _log(f"{name}: done")
+    return out
+
+
+def _save(result: dict, path: str | None) -> None:
+    if path:
+        Path(path).write_text(json.dumps(result, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_serving")
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--full-size", default=None, help="a bench.models SIZES name (GPU), e.g. qwen2-audio-7b")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default=None, help="write the JSON here too")
+    args = parser.parse_args(argv)
+    result = run(args.smoke, args.full_size, args.device, partial_out=args.out)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

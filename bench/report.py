@@ -1,0 +1,223 @@
+"""``python -m bench.report``: BENCHMARKS.md tables from the JSON that ``python -m bench`` writes.
+
+Reads ``bench/results/*.json`` (or the files given), renders one section per file (command,
+machine, versions, date, then a table per part) and replaces the text between the
+``<!-- bench:begin -->`` and ``<!-- bench:end -->`` markers of BENCHMARKS.md (appended when absent).
+Thresholds of the performance targets are compared here, from the measured figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+ROOT = Path(__file__).resolve().parent.parent
+ORDER = ["cpu", "smoke", "qwen2-audio-7b", "salmonn-13b"]
+
+
+def _s(t: dict) -> str:
+    """median (min-max) in seconds or milliseconds."""
+    if t["median_s"] < 1:
+        return f"{1e3 * t['median_s']:.1f} ms ({1e3 * t['min_s']:.1f}-{1e3 * t['max_s']:.1f})"
+    return f"{t['median_s']:.2f} s ({t['min_s']:.2f}-{t['max_s']:.2f})"
+
+
+def _r(r: dict) -> str:
+    cpu = f"; CPU time {r['cpu_ratio']:.2f}" if "cpu_ratio" in r else ""
+    return f"{r['ratio']:.2f} (paired {r['paired_median']:.2f}, {r['paired_min']:.2f}-{r['paired_max']:.2f}{cpu})"
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def _target(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def training(part: dict) -> list[str]:
+    out = [f"Measured dense matmul peak: {part['matmul_peak_flops'] / 1e9:.1f} GFLOP/s.", ""]
+    for vocab, v in part["vocabs"].items():
+        b = v["batch"]
+        out += [f"Vocabulary {vocab}: batch of {b['clips']} clips, {b['padded_tokens']} padded tokens, "
+                f"{b['targets']} targets; loss target-only {v['loss_target_only']:.6f}, full logits "
+                f"{v['loss_full_logits']:.6f}.", ""]
+        rows = [[name, _s(t), f"{t['cpu_median_s']:.2f} s" if "cpu_median_s" in t else "",
+                 _mb(v["memory"][name]["peak_bytes"])] for name, t in v["times"].items()]
+        out += _table(["variant", "wall, median (min-max)", "CPU time, median", "memory"], rows) + [""]
+        out += _table(["ratio", "value"], [[k, _r(r)] for k, r in v["ratios"].items()]) + [""]
+        f = v["flops"]
+        out.append(f"Model FLOPs of the mask step (DESIGN section 7): {f['flops'] / 1e9:.1f} GFLOP "
+                   f"(P_llm {f['p_llm'] / 1e6:.1f} M, lm_head {f['p_head'] / 1e6:.1f} M at the targets, "
+                   f"P_enc {f['p_enc'] / 1e6:.1f} M over {f['t_enc']} positions); "
+                   f"{v['achieved_flops'] / 1e9:.1f} GFLOP/s = {v['mfu_vs_matmul']:.2f} of the measured matmul peak.")
+        kind = next(iter(v["memory"].values()))["kind"]
+        out += [f"Memory: {kind}.", ""]
+    vocabs = list(part["vocabs"].values())
+    names = list(part["vocabs"])
+
+    def check(label: str, r: dict, limit: float) -> str:
+        cpu = f", CPU time {r['cpu_ratio']:.2f} ({_target(r['cpu_ratio'] <= limit)})" if "cpu_ratio" in r else ""
+        return f"{label}: wall {r['ratio']:.2f} ({_target(r['ratio'] <= limit)}){cpu}; target <= {limit}"
+
+    checks = []
+    if vocabs:
+        checks.append(check(f"target-only / full logits at vocabulary {names[0]}",
+                            vocabs[0]["ratios"]["target_vs_full"], 0.75))
+        if "mask_vs_lora" in vocabs[0]["ratios"]:
+            checks.append(check("mask step / LoRA r8 q,v step", vocabs[0]["ratios"]["mask_vs_lora"], 0.75))
+    if len(vocabs) > 1:
+        checks.append(check(f"target-only / full logits at vocabulary {names[1]}",
+                            vocabs[1]["ratios"]["target_vs_full"], 0.5))
+    return out + [f"- {c}" for c in checks] + [""]
+
+
+def cache(part: dict) -> list[str]:
+    rows = []
+    for v in part.values():
+        if not isinstance(v, dict) or "times" not in v:
+            continue
+        t = v["times"]
+        sp, sh = v["speedup"], v["encoder_share"]
+        verdict = f"wall {_target(1 - 1 / sp['ratio'] >= 0.9 * sh['ratio'])}"
+        if "cpu_ratio" in sp:
+            verdict += f", CPU time {_target(1 - 1 / sp['cpu_ratio'] >= 0.9 * sh['cpu_ratio'])}"
+        rows.append([v["model"], _s(t["step_no_cache"]), _s(t["step_cached"]), _s(t["encoder_only"]),
+                     _s(t["cache_read_only"]) if "cache_read_only" in t else "", _r(sp), _r(sh), verdict])
+    return _table(["model", "step, no cache", "step, cache warm", "encoder alone", "cache read alone",
+                   "speed-up", "encoder share of the step", "time saved >= encoder share (10 % slack)"],
+                  rows) + [""]
+
+
+def scaling(part: dict) -> list[str]:
+    rows = []
+    for r in part["rows"]:
+        for name, t in r["times"].items():
+            rows.append([r["clips"], r["clip_s"], r["batch"]["padded_tokens"], name, _s(t),
+                         _mb(r["memory"][name]["peak_bytes"]),
+                         "" if name == "plain" or r["checkpoint_grad_max_abs_diff"] is None
+                         else f"{r['checkpoint_grad_max_abs_diff']:.1e}"])
+    kind = part["rows"][0]["memory"]["plain"]["kind"] if part["rows"] else ""
+    return _table(["clips", "clip s", "padded tokens", "LLM activations", "mask step", "memory",
+                   "max |grad diff| vs plain"], rows) + ["", f"Memory: {kind}.", ""]
+
+
+def largest(part: dict) -> list[str]:
+    if "rows" not in part:
+        return [part.get("skipped", ""), ""]
+    return _table(["activation checkpointing", "largest batch", "clip s", "GPU memory"],
+                  [[r["checkpointing"], r["largest_batch"], r["clip_s"], f"{r['memory_gb']:.0f} GB"]
+                   for r in part["rows"]]) + [""]
+
+
+def decoding(part: dict) -> list[str]:
+    rows = []
+    for r in part["rows"]:
+        tps = r["tokens_per_s"]
+        sp = r["speedup"]
+        rows.append([r["batch"], r["prompt_tokens"], f"{tps['default']:.1f}", f"{tps['adapter']:.1f}",
+                     f"{tps['static_cache']:.1f}", _r(sp["static_vs_default"]), _s(r["times"]["prefill_default"]),
+                     _s(r["times"]["prefill_adapter"])])
+    return _table(["batch", "prompt tokens", "default tok/s", "adapter tok/s", "static cache tok/s",
+                   "static / default speed-up", "prompt pass, default", "prompt pass, last-position logits"],
+                  rows) + ["", f"{part['new_tokens']} new tokens per sample, greedy.", ""]
+
+
+def generic(part, depth: int = 0) -> list[str]:
+    """Any JSON: lists of flat records as tables, nested objects as labelled blocks."""
+    out: list[str] = []
+    if isinstance(part, dict):
+        flat = {k: v for k, v in part.items() if not isinstance(v, (dict, list))}
+        if flat:
+            out += [", ".join(f"{k}: {_fmt(v)}" for k, v in flat.items()), ""]
+        for k, v in part.items():
+            if isinstance(v, (dict, list)) and k not in ("trace", "times"):
+                out += [f"{'#' * min(6, 4 + depth)} {k}", ""] + generic(v, depth + 1)
+    elif isinstance(part, list) and part and all(isinstance(x, dict) for x in part):
+        keys = list(dict.fromkeys(k for x in part for k, v in x.items() if not isinstance(v, (dict, list))))
+        out += _table(keys, [[_fmt(x.get(k, "")) for k in keys] for x in part]) + [""]
+        for i, x in enumerate(part):
+            for k, v in x.items():
+                if isinstance(v, (dict, list)) and k != "times":
+                    out += [f"{'#' * min(6, 4 + depth)} {k} ({i})", ""] + generic(v, depth + 1)
+    elif isinstance(part, list):
+        out += [", ".join(_fmt(x) for x in part), ""]
+    return out
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+RENDER = {"training": training, "cache": cache, "scaling": scaling, "largest": largest, "decoding": decoding}
+TITLES = {"training": "Mask-training step: target-only logits, full logits, forward, LoRA",
+          "cache": "Audio-feature cache: an epoch after the first", "scaling": "Scaling and activation checkpointing",
+          "largest": "Largest batch", "decoding": "Decoding: transformers' defaults vs the adapter's fast path",
+          "serving": "Serving (bench/bench_serving.py)", "salmonn": "SALMONN mask training"}
+
+
+def section(result: dict) -> list[str]:
+    m = result["machine"]
+    out = [f"### `{result['command']}`", "",
+           f"Machine: {m.get('gpu', m['cpu'])} ({m['cores']} CPU cores, {m['torch_threads']} torch threads"
+           f"{', load average at start ' + ', '.join(f'{x:.1f}' for x in m['load_average']) if m.get('load_average') else ''}); "
+           f"Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}; {m['date']}. "
+           "Times: median (min-max) of interleaved rounds in one process; ratios: of the wall-time medians, "
+           "with the median and range of the per-round (paired) ratios and, where recorded, the ratio of the "
+           "process CPU-time medians (all threads: the work done, less sensitive to other jobs on the machine).", ""]
+    for part, data in result["parts"].items():
+        out += [f"#### {TITLES.get(part, part)}", ""]
+        if "error" in data:
+            out += [f"Failed: `{data['error'][:300]}`", ""]
+            continue
+        if "skipped" in data:
+            out += [f"Skipped: {data['skipped']}", ""]
+            continue
+        out += RENDER.get(part, generic)(data)
+        out += [f"({data.get('wall_s', 0):.0f} s)", ""]
+    return out
+
+
+def render(paths: list[Path]) -> str:
+    results = [json.loads(p.read_text()) for p in paths]
+    results.sort(key=lambda r: ORDER.index(r["name"]) if r["name"] in ORDER else len(ORDER))
+    lines = [BEGIN, "## Training and serving cost (python -m bench)", "",
+             "Generated by `python -m bench.report` from `bench/results/*.json`; do not edit by hand.", ""]
+    for r in results:
+        lines += section(r)
+    return "\n".join(lines + [END])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
+    p.add_argument("results", nargs="*", help="JSON files (default bench/results/*.json)")
+    p.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"), help="the file whose marked block is replaced")
+    p.add_argument("--stdout", action="store_true", help="print the block instead of writing the file")
+    args = p.parse_args(argv)
+    paths = [Path(x) for x in args.results] or sorted((ROOT / "bench" / "results").glob("*.json"))
+    if not paths:
+        p.error("no results: run `python -m bench` first (bench/results/*.json)")
+    block = render(paths)
+    if args.stdout:
+        print(block)
+        return 0
+    md = Path(args.markdown)
+    text = md.read_text() if md.is_file() else "# Benchmarks\n"
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    md.write_text(text)
+    print(f"wrote {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

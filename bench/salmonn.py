@@ -1,0 +1,80 @@
+"""SALMONN-13B mask training with random bf16 weights on a GPU: samples/s and peak memory.
+
+The full-size structure (Whisper-large-v2 encoder, BEATs, window Q-Former, Vicuna-13B with LoRA on
+q/v) is built directly on the device from the published sizes (``salmonn.configs.full_spec``);
+token ids are drawn at random, so no tokenizer or checkpoint is read. ``variant="tiny"`` runs the
+same code on the tiny random SALMONN (CPU smoke test of this path).
+"""
+from __future__ import annotations
+
+import torch
+
+from ahamask_lightning.models.salmonn import SalmonnAdapter
+
+from .models import default_dtype
+from .timing import interleaved, peak_memory
+from .training import MaskStep
+
+
+def build(variant: str, device: str) -> SalmonnAdapter:
+    if variant == "tiny":
+        torch.manual_seed(0)
+        return SalmonnAdapter(tiny=True).to(device)
+    from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    from ahamask_lightning.models.base import LALMAdapter
+    from ahamask_lightning.models.salmonn.beats import BEATs, BEATsConfig
+    from ahamask_lightning.models.salmonn.configs import full_spec
+
+    spec = full_spec(variant)
+    adapter = SalmonnAdapter.__new__(SalmonnAdapter)
+    LALMAdapter.__init__(adapter)
+    with torch.device(device), default_dtype(torch.bfloat16):  # random init on the GPU: seconds, not minutes
+        adapter._assemble(spec, WhisperEncoder(WhisperConfig(**spec.whisper)),
+                          BEATs(BEATsConfig.from_dict(spec.beats)), LlamaForCausalLM(LlamaConfig(**spec.llm)))
+    adapter.tokenizer = None
+    adapter.model_id = f"salmonn-{variant}"
+    return adapter.freeze()
+
+
+def random_batch(adapter: SalmonnAdapter, clips: int, device: str, target_tokens: int = 41) -> dict:
+    """30 s clips (SALMONN's window), prompt ids around the audio and ``target_tokens`` target ids."""
+    g = torch.Generator().manual_seed(0)
+    vocab = adapter.llm.config.vocab_size
+    n_mels = adapter.speech_encoder.config.num_mel_bins
+    frames = 2 * adapter.speech_encoder.config.max_source_positions
+    seconds = frames // 100
+
+    def ids(n: int) -> torch.Tensor:
+        return torch.randint(3, vocab, (clips, n), generator=g)
+
+    batch = {"input_features": torch.randn(clips, n_mels, frames, generator=g),
+             "raw_wav": 0.1 * torch.randn(clips, 16000 * seconds, generator=g),
+             "padding_mask": torch.zeros(clips, 16000 * seconds, dtype=torch.bool),
+             "prefix_ids": ids(6), "prefix_lens": torch.full((clips,), 6),
+             "suffix_ids": ids(12), "suffix_lens": torch.full((clips,), 12),
+             "target_ids": ids(target_tokens), "target_lens": torch.full((clips,), target_tokens)}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def salmonn_full_size(device: str, reps: int, variant: str = "13b", batches: tuple[int, ...] = (1, 4, 8)) -> dict:
+    adapter = build(variant, device)
+    weights = (torch.cuda.memory_allocated() if device.startswith("cuda") else
+               sum(p.numel() * p.element_size() for p in adapter.parameters()))
+    ms = MaskStep(adapter)
+    rows = []
+    for b in batches:
+        batch = random_batch(adapter, b, device)
+        try:
+            times = interleaved({"mask_step": lambda: ms.step(batch), "forward": lambda: ms.forward(batch)},
+                                reps, device)
+            memory = peak_memory(lambda: ms.step(batch), device)
+        except torch.OutOfMemoryError as err:
+            rows.append({"batch": b, "error": f"out of memory: {err}"[:300]})
+            break
+        rows.append({"batch": b, "times": times, "samples_per_s": b / times["mask_step"]["median_s"],
+                     "step_peak_bytes_above_weights": memory["peak_bytes"], "memory_kind": memory["kind"]})
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return {"variant": variant, "weights_bytes": weights, "rows": rows}

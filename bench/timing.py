@@ -1,0 +1,94 @@
+"""Timing and memory measurement shared by the benchmarks.
+
+Variants are timed interleaved (A B C A B C ...) in one process and summarised by medians, so
+that load from other processes on a shared machine hits every variant alike; the spread
+(min/max) is recorded with each median. Peak memory: on CUDA ``torch.cuda.max_memory_allocated``
+around the call; on a CPU, which has no allocator statistics, the bytes autograd keeps for
+backward (distinct storages seen by ``torch.autograd.graph.saved_tensors_hooks``), plus the
+largest output the call returns: a proxy of the step's activation memory, not of process RSS.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def interleaved(variants: dict[str, Callable[[], object]], reps: int, device: str, warmup: int = 1) -> dict:
+    """``{name: {median_s, min_s, max_s, times, cpu_median_s, cpu_times}}`` over ``reps`` interleaved rounds
+    after ``warmup`` rounds. ``cpu_*``: this process's CPU time (all threads), which on a CPU shared with
+    other jobs counts the work done rather than the waiting for a core."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(warmup + reps):
+        for name, fn in variants.items():
+            sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            sync(device)
+            if r >= warmup:
+                times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+    return {name: {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "times": ts,
+                   "cpu_median_s": statistics.median(cpu[name]), "cpu_times": cpu[name]}
+            for name, ts in times.items()}
+
+
+def ratio(results: dict, num: str, den: str) -> dict:
+    """Median-of-medians ratio plus the median of the per-round ratios (paired, so shared load cancels),
+    and the ratio of the CPU-time medians."""
+    a, b = results[num], results[den]
+    paired = [x / y for x, y in zip(a["times"], b["times"])]
+    out = {"ratio": a["median_s"] / b["median_s"], "paired_median": statistics.median(paired),
+           "paired_min": min(paired), "paired_max": max(paired)}
+    if a.get("cpu_median_s") and b.get("cpu_median_s"):
+        out["cpu_ratio"] = a["cpu_median_s"] / b["cpu_median_s"]
+    return out
+
+
+def saved_tensor_bytes(fn: Callable[[], object]) -> int:
+    """Bytes of the distinct storages autograd saves for backward while ``fn`` runs (CPU memory proxy)."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+def peak_memory(fn: Callable[[], object], device: str) -> dict:
+    """CUDA: peak allocated bytes above what was allocated before. CPU: the saved-tensor proxy."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return {"peak_bytes": torch.cuda.max_memory_allocated() - base, "kind": "cuda max_memory_allocated"}
+    return {"peak_bytes": saved_tensor_bytes(fn), "kind": "saved tensors for backward (CPU proxy)"}
+
+
+def matmul_peak(device: str, dtype: torch.dtype, n: int, reps: int = 5) -> float:
+    """Measured dense matmul FLOP/s at size n (the MFU denominator besides the nominal peak)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    sync(device)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best

@@ -1,0 +1,249 @@
+"""The mask-training step: target-only logits vs full logits vs PEFT LoRA, the feature cache, scaling,
+activation checkpointing and model FLOP utilisation.
+
+A step here is what ``AHAMaskModule.training_step`` + backward cost: a straight-through mask sample,
+the gated adapter loss, backward to the mask logits (the frozen weights get no gradient). The
+full-logits variant computes the loss the way the adapters did before (every position projected
+onto the vocabulary, then ``causal_lm_loss``); the LoRA variant is peft's LoRA r 8 on the LLM's
+q_proj/v_proj with its usual full-logits loss and no gate, backward to the LoRA weights.
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+
+import torch
+
+from ahamask_lightning.masking import HeadGate, HeadMask
+from ahamask_lightning.models.base import causal_lm_loss
+
+from .models import batch_shape, qwen2_audio, training_batch
+from .timing import interleaved, matmul_peak, peak_memory, ratio
+
+
+def _without_cache_keys(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != "clip_keys"}
+
+
+class MaskStep:
+    """One mask-training step on ``adapter``; ``full_logits`` uses the old loss path."""
+
+    def __init__(self, adapter) -> None:
+        self.adapter = adapter
+        self.gate = HeadGate(adapter.gated_attentions(), adapter.num_heads, adapter.head_dim)
+        self.mask = HeadMask(adapter.num_layers, adapter.num_heads, "logistic", 4.0, 0.02, 4.0).to(
+            next(adapter.parameters()).device)
+
+    def full_logits_loss(self, batch: dict) -> torch.Tensor:
+        a = self.adapter
+        out = a.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      input_features=batch["input_features"].to(a.model.dtype),
+                      feature_attention_mask=batch["feature_attention_mask"], use_cache=False)
+        return causal_lm_loss(out.logits, batch["labels"])
+
+    def step(self, batch: dict, full_logits: bool = False) -> float:
+        self.mask.logits.grad = None
+        m = self.mask()
+        # backward inside the gate: checkpointed layers are recomputed there (AHAMaskModule does the same)
+        with self.gate.apply(m):
+            loss = self.full_logits_loss(batch) if full_logits else self.adapter.loss(batch)
+            loss.backward()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def forward(self, batch: dict) -> float:
+        with self.gate.apply(self.mask.eval_gate()):
+            return float(self.adapter.loss(batch))
+
+
+def lora_step_fn(adapter, batch: dict):
+    """peft LoRA r 8 on the LLM's q_proj/v_proj of a copy of the model; the step's closure."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(copy.deepcopy(adapter.model),
+                           LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                                      target_modules=r".*language_model.*\.(q_proj|v_proj)"))
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step() -> float:
+        for p in params:
+            p.grad = None
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    input_features=batch["input_features"].to(adapter.model.dtype),
+                    feature_attention_mask=batch["feature_attention_mask"], use_cache=False)
+        loss = causal_lm_loss(out.logits, batch["labels"])
+        loss.backward()
+        return float(loss.detach())
+
+    return step, sum(p.numel() for p in params)
+
+
+def model_flops(adapter, shape: dict, logits_positions: int) -> dict:
+    """DESIGN section 7: 4 P T for the LLM (forward + activation backward) + 2 P_enc T_enc for the encoder.
+
+    P: the decoder layers' parameters (the embedding table is a lookup); the lm_head is counted at
+    the positions where it runs (``logits_positions``), also 4 x; T: the padded tokens the step runs
+    on; T_enc: encoder positions (the padded window of every clip). Attention score FLOPs left out.
+    """
+    base = adapter.model.model
+    p_llm = sum(p.numel() for layer in base.language_model.layers for p in layer.parameters())
+    p_head = adapter.model.get_output_embeddings().weight.numel()
+    p_enc = sum(p.numel() for p in base.audio_tower.parameters()) + sum(
+        p.numel() for p in base.multi_modal_projector.parameters())
+    t_enc = shape["clips"] * base.audio_tower.config.max_source_positions
+    flops = 4 * p_llm * shape["padded_tokens"] + 4 * p_head * logits_positions + 2 * p_enc * t_enc
+    return {"flops": flops, "p_llm": p_llm, "p_head": p_head, "p_enc": p_enc, "t_enc": t_enc}
+
+
+def step_comparison(size: dict, device: str, reps: int) -> dict:
+    """Target-only vs full-logits mask steps, forward-only and the LoRA step, at each vocabulary size."""
+    out: dict = {"vocabs": {}}
+    dtype = getattr(torch, size["dtype"])
+    n = 8192 if device.startswith("cuda") else 1024
+    out["matmul_peak_flops"] = matmul_peak(device, dtype, n)
+    for i, vocab in enumerate(size.get("vocabs", [None])):
+        adapter = qwen2_audio(size, vocab, device)
+        batch = _without_cache_keys(training_batch(adapter, size["clips"], size["clip_s"], size["target_tokens"], device))
+        shape = batch_shape(batch)
+        ms = MaskStep(adapter)
+        with torch.no_grad():
+            same = (float(ms.adapter.loss(batch)), float(ms.full_logits_loss(batch)))
+        variants = {"mask_step": lambda: ms.step(batch), "mask_step_full_logits": lambda: ms.step(batch, True),
+                    "forward": lambda: ms.forward(batch)}
+        lora_params = None
+        if i == 0:  # LoRA once, at the first (smaller) vocabulary
+            variants["lora_step"], lora_params = lora_step_fn(adapter, batch)
+        times = interleaved(variants, reps, device)
+        memory = {name: peak_memory(fn, device) for name, fn in variants.items()}
+        key = str(adapter.model.config.text_config.vocab_size)
+        out["vocabs"][key] = {
+            "batch": shape, "loss_target_only": same[0], "loss_full_logits": same[1], "times": times,
+            "memory": memory, "lora_trainable_params": lora_params,
+            "ratios": {"target_vs_full": ratio(times, "mask_step", "mask_step_full_logits"),
+                       "mask_vs_forward": ratio(times, "mask_step", "forward"),
+                       "full_vs_forward": ratio(times, "mask_step_full_logits", "forward"),
+                       **({"mask_vs_lora": ratio(times, "mask_step", "lora_step")} if lora_params else {})},
+            "flops": model_flops(adapter, shape, shape["targets"]),
+        }
+        f = out["vocabs"][key]["flops"]["flops"]
+        out["vocabs"][key]["achieved_flops"] = f / times["mask_step"]["median_s"]
+        out["vocabs"][key]["mfu_vs_matmul"] = f / times["mask_step"]["median_s"] / out["matmul_peak_flops"]
+        del adapter, ms, variants
+    return out
+
+
+def feature_cache_speedup(size: dict, device: str, reps: int) -> dict:
+    """An epoch after the first: the step with the cache warm vs without cache; the encoder's share."""
+    with tempfile.TemporaryDirectory() as cache_dir:
+        adapter = qwen2_audio(size, size.get("vocabs", [None])[0], device, feature_cache=cache_dir)
+        batch = training_batch(adapter, size["clips"], size["clip_s"], size["target_tokens"], device)
+        plain = _without_cache_keys(batch)
+        ms = MaskStep(adapter)
+        ms.step(batch)  # the first epoch: writes the entries
+
+        @torch.no_grad()
+        def encoder() -> None:
+            adapter.encode_audio(plain["input_features"], plain["feature_attention_mask"])
+
+        @torch.no_grad()
+        def cache_read() -> None:
+            adapter.audio_embeddings(batch)
+
+        times = interleaved({"step_no_cache": lambda: ms.step(plain), "step_cached": lambda: ms.step(batch),
+                             "encoder_only": encoder, "cache_read_only": cache_read}, reps, device)
+        speedup = ratio(times, "step_no_cache", "step_cached")
+        share = ratio(times, "encoder_only", "step_no_cache")
+        return {"model": "qwen2-audio (bench size)", "batch": batch_shape(plain), "times": times,
+                "speedup": speedup, "encoder_share": share, "hits": adapter.feature_cache.hits}
+
+
+def tiny_lalm_cache_speedup(checkpoint: str | None, clips: int, reps: int) -> dict:
+    """The same on TinyLALM (the testbed checkpoint when present, else a random one), batch of ``clips``."""
+    from pathlib import Path
+
+    from ahamask_lightning.models.tiny_lalm import TinyLALM, random_tiny_lalm
+
+    from .models import speech_like
+
+    with tempfile.TemporaryDirectory() as cache_dir:
+        if checkpoint and Path(checkpoint).is_dir():
+            adapter = TinyLALM(checkpoint=checkpoint, feature_cache=cache_dir).freeze()
+        else:
+            ref = random_tiny_lalm(["male female"], layers=2, heads=4, hidden=32)
+            adapter = TinyLALM(checkpoint=None, config=ref.config, tokenizer=ref.tokenizer,
+                               feature_cache=cache_dir).freeze()
+            checkpoint = "random"
+        audios = [torch.from_numpy(speech_like(4.0, i)) for i in range(clips)]
+        batch = adapter.collate(audios, [None] * clips, ["male" if i % 2 else "female" for i in range(clips)])
+        plain = _without_cache_keys(batch)
+        ms = MaskStep(adapter)
+        ms.step(batch)
+
+        @torch.no_grad()
+        def encoder() -> None:
+            adapter.audio_encoder(plain["features"], plain["feature_lens"])
+
+        @torch.no_grad()
+        def cache_read() -> None:
+            adapter.encode_audio(batch)
+
+        times = interleaved({"step_no_cache": lambda: ms.step(plain), "step_cached": lambda: ms.step(batch),
+                             "encoder_only": encoder, "cache_read_only": cache_read}, reps, "cpu")
+        return {"model": f"TinyLALM ({checkpoint})", "clips": clips, "times": times,
+                "speedup": ratio(times, "step_no_cache", "step_cached"),
+                "encoder_share": ratio(times, "encoder_only", "step_no_cache")}
+
+
+def scaling(size: dict, device: str, reps: int) -> dict:
+    """Step time and memory against batch size (at the reference clip length) and clip length
+    (at the reference batch), then activation checkpointing on/off at the reference shape."""
+    vocab = size.get("vocabs", [None])[0]
+    rows = []
+    plain = qwen2_audio(size, vocab, device)
+    ckpt = qwen2_audio(size, vocab, device, gradient_checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    shapes = [(b, size["clip_s"]) for b in size["scaling_batches"]]
+    shapes += [(size["clips"], s) for s in size["scaling_clip_s"] if s != size["clip_s"]]
+    steps = {"plain": MaskStep(plain), "checkpointed": MaskStep(ckpt)}
+    steps["checkpointed"].mask.load_logits(steps["plain"].mask.logits.detach())
+    for clips, seconds in shapes:
+        batch = _without_cache_keys(training_batch(plain, clips, seconds, size["target_tokens"], device))
+        variants = {"plain": lambda: steps["plain"].step(batch)}
+        if (clips, seconds) == (size["clips"], size["clip_s"]) or clips == max(size["scaling_batches"]):
+            variants["checkpointed"] = lambda: steps["checkpointed"].step(batch)
+        times = interleaved(variants, reps, device)
+        memory = {name: peak_memory(fn, device) for name, fn in variants.items()}
+        grads = {}
+        for name in variants:  # the same mask sample for both: gradients must agree
+            torch.manual_seed(3)
+            variants[name]()
+            grads[name] = steps[name].mask.logits.grad.clone()
+        agree = (float((grads["checkpointed"] - grads["plain"]).abs().max()) if "checkpointed" in grads else None)
+        rows.append({"clips": clips, "clip_s": seconds, "batch": batch_shape(batch), "times": times,
+                     "memory": memory, "checkpoint_grad_max_abs_diff": agree})
+    return {"rows": rows}
+
+
+def largest_batch(size: dict, device: str, checkpointing: bool, limit: int = 256) -> dict:
+    """CUDA only: the largest batch (doubling, then bisection) whose mask step fits in memory."""
+    adapter = qwen2_audio(size, None, device, gradient_checkpointing=checkpointing)
+    ms = MaskStep(adapter)
+
+    def fits(clips: int) -> bool:
+        try:
+            batch = _without_cache_keys(training_batch(adapter, clips, size["clip_s"], size["target_tokens"], device))
+            ms.step(batch)
+            return True
+        except torch.OutOfMemoryError:
+            return False
+        finally:
+            torch.cuda.empty_cache()
+
+    lo, hi = 0, 1
+    while hi <= limit and fits(hi):
+        lo, hi = hi, hi * 2
+    while hi - lo > 1 and lo < limit:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return {"checkpointing": checkpointing, "largest_batch": lo, "clip_s": size["clip_s"],
+            "memory_gb": torch.cuda.get_device_properties(device).total_memory / 1e9}

@@ -1,0 +1,77 @@
+"""The batch contract between the data layer and the model: :class:`SampleCollate`.
+
+Who owns batching: the model knows how to turn audio + prompts into tensors (its adapter's
+``collate``), the data layer runs that inside its workers. The model hands over a
+:class:`SampleCollate` once (``AHAMaskModule.collate()``); the datamodule takes it as its
+``collate_fn`` constructor argument. In the CLI the link is declared in
+``AHAMaskCLI.add_arguments_to_parser`` (``model`` -> ``data.init_args.collate_fn`` when the
+classes are instantiated); tools that build a datamodule themselves pass it explicitly. The
+model never touches the datamodule.
+
+Batch schema (every adapter; the one place it is written down):
+
+* In: a list of samples from :class:`~ahamask_lightning.data.streaming.ManifestStream`, each
+  ``{"id", "task", "text", "audio" (float32 [T] at the adapter's rate), "instruction", "meta"}``.
+* Out, a dict with, from :class:`SampleCollate`: ``ids``, ``tasks``, ``texts`` (the targets
+  trained on), ``instructions`` (the prompt text used, None when instruction-free) - lists of
+  length B. From the adapter's ``collate(audios, instructions, targets)``:
+
+  - ``gen_input_ids`` / ``gen_attention_mask`` [B, P]: the prompt alone, left-padded (generation);
+  - ``input_ids`` / ``attention_mask`` / ``labels`` [B, L]: prompt + target + end token,
+    right-padded; ``labels`` is -100 everywhere but on the target and end tokens;
+  - the audio tensors that adapter's encoder takes, under names it chooses (e.g.
+    ``input_features`` + ``feature_attention_mask`` for Qwen2-Audio, ``features`` +
+    ``feature_lens`` for the tiny LALM), and ``clip_keys`` (list) when it caches encoder output.
+
+  Everything runs in the loader workers: CPU only, no model weights touched. Pretraining's
+  ``PretrainCollate`` adds ``utts`` and ``segments``.
+"""
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..prompts import choose_instruction
+
+if TYPE_CHECKING:  # the workers need the adapter object, not the models package
+    from ..models.base import LALMAdapter
+
+
+class SampleCollate:
+    """Turns dataset samples into model tensors plus the text fields metrics need (see module docstring)."""
+
+    def __init__(self, adapter: LALMAdapter, prompt: str, seed: int = 0,
+                 instruction_free: dict[str, float] | None = None,
+                 instruction_free_target: str | None = None) -> None:
+        self.adapter, self.prompt, self.seed = adapter, prompt, seed
+        self.rng, self._worker = random.Random(seed), None
+        # task -> probability of dropping the instruction (pretraining experiment only); with
+        # instruction_free_target set, such examples are trained to answer that text instead
+        # (e.g. "" = stay silent when not asked) rather than to do their task
+        self.instruction_free = dict(instruction_free or {})
+        self.instruction_free_target = instruction_free_target
+
+    def _reseed_per_worker(self) -> None:
+        # Workers receive copies of this object: give each its own random stream.
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else None
+        if worker != self._worker:
+            self._worker = worker
+            self.rng = random.Random(self.seed * 1009 + (worker or 0) + 1)
+
+    def _instruction(self, sample: dict) -> str | None:
+        if self.rng.random() < self.instruction_free.get(sample["task"], 0.0):
+            return None
+        return choose_instruction(sample, self.prompt, self.rng)
+
+    def __call__(self, samples: list[dict]) -> dict[str, Any]:
+        self._reseed_per_worker()
+        instructions = [self._instruction(s) for s in samples]
+        texts = [s["text"] if ins is not None or self.instruction_free_target is None
+                 else self.instruction_free_target for s, ins in zip(samples, instructions)]
+        batch = self.adapter.collate([s["audio"] for s in samples], instructions, texts)
+        batch.update(ids=[s["id"] for s in samples], tasks=[s["task"] for s in samples],
+                     texts=texts, instructions=instructions)
+        return batch

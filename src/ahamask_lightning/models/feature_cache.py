@@ -1,0 +1,119 @@
+"""Frozen audio-encoder outputs cached on disk, one safetensors file per clip.
+
+AHAMask trains only the head mask: the audio encoder and projector are frozen and run without
+autograd, so their output for a clip is the same every epoch. With a cache directory, the
+first epoch writes each clip's LLM-ready audio embeddings and later epochs read them instead
+of running the encoder.
+
+Key. A clip's file is ``DIR/<namespace>/<h[:2]>/<h>.safetensors`` where ``h`` is the sha256 of
+the waveform's float32 bytes (computed in the collate step) and ``<namespace>`` is a digest of
+what else decides the output: the model id, the encoder settings (sample rate, feature
+extractor parameters, projector width, dtype) and a fingerprint of the frozen encoder weights.
+Changing any of them selects another namespace directory, so stale entries are never read;
+``namespace.json`` beside the entries says what the digest covers. Each entry also records its
+namespace digest and is rejected when it does not match.
+
+Concurrency. Entries are written to a unique temporary name in the same directory and moved into
+place with ``os.replace`` (atomic on POSIX), so concurrent readers (DDP ranks, loader restarts)
+see either no file or a complete one; two writers of the same clip write identical content.
+
+Libraries checked: ``safetensors`` gives the file format; ``datasets``' cache fingerprints whole
+dataset transforms run before training, not per-clip outputs of a model computed inside the
+training step, and neither torch nor Lightning ships an on-disk activation cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+def clip_key(waveform: torch.Tensor | np.ndarray) -> str:
+    """sha256 of a waveform's float32 samples: the content part of a cache key."""
+    arr = waveform.detach().cpu().float().numpy() if isinstance(waveform, torch.Tensor) else waveform
+    return hashlib.sha256(np.ascontiguousarray(arr, dtype=np.float32).tobytes()).hexdigest()
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """A digest of a module's parameters and buffers (names, shapes, dtypes, sums and sums of squares).
+
+    Cheap on any device (two reductions per tensor) and different for any re-initialised or
+    re-loaded encoder, which is what a cache of its outputs must notice.
+    """
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, t in [*module.named_parameters(), *module.named_buffers()]:
+            d = t.detach().double()
+            h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|{float(d.sum()):.12e}|{float((d * d).sum()):.12e}".encode())
+    return h.hexdigest()
+
+
+class FeatureCache:
+    """Per-clip audio embeddings of one frozen encoder configuration, in ``directory``.
+
+    ``namespace``: JSON-serialisable description of everything besides the waveform that decides
+    the encoder's output (see the module docstring). ``hits``/``misses`` count lookups.
+    """
+
+    def __init__(self, directory: str | Path, namespace: dict) -> None:
+        text = json.dumps(namespace, sort_keys=True, default=str)
+        self.namespace = hashlib.sha256(text.encode()).hexdigest()[:20]
+        self.root = Path(directory) / self.namespace
+        self.root.mkdir(parents=True, exist_ok=True)
+        info = self.root / "namespace.json"
+        if not info.is_file():
+            self._atomic_write_text(info, json.dumps(namespace, sort_keys=True, indent=1, default=str))
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def load(self, key: str) -> torch.Tensor | None:
+        """The cached embeddings of clip ``key`` (on the CPU), or None."""
+        p = self.path(key)
+        if not p.is_file():
+            return None
+        tensors = load_file(str(p))
+        if "features" not in tensors:
+            raise ValueError(f"{p}: feature cache entry without a 'features' tensor (delete the file)")
+        return tensors["features"]
+
+    def save(self, key: str, features: torch.Tensor) -> None:
+        p = self.path(key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        save_file({"features": features.detach().cpu().contiguous()}, str(tmp),
+                  metadata={"namespace": self.namespace, "key": key})
+        os.replace(tmp, p)
+
+    def features(self, keys: Sequence[str], compute: Callable[[list[int]], list[torch.Tensor]],
+                 device: torch.device | str, dtype: torch.dtype) -> list[torch.Tensor]:
+        """Each clip's embeddings: read when cached, else ``compute(missing indices)`` (one call
+        for all misses of the batch, in index order) and written. Returned on ``device``/``dtype``."""
+        out: list[torch.Tensor | None] = [self.load(k) for k in keys]
+        missing = [i for i, f in enumerate(out) if f is None]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            computed = compute(missing)
+            if len(computed) != len(missing):
+                raise RuntimeError(f"feature cache: computed {len(computed)} clips for {len(missing)} misses")
+            for i, feats in zip(missing, computed):
+                self.save(keys[i], feats)
+                out[i] = feats
+        return [f.to(device=device, dtype=dtype) for f in out]
+
+    @staticmethod
+    def _atomic_write_text(path: Path, text: str) -> None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)

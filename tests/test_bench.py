@@ -1,0 +1,64 @@
+"""The cost benchmarks run end to end at smoke size: ``python -m bench --smoke`` and ``bench/gpu.sh``'s
+CPU smoke path write JSON with the expected parts, and ``python -m bench.report`` renders it.
+
+No figure is asserted here (timings belong in BENCHMARKS.md); what is asserted is what a run must
+produce: the parts, both vocabularies, losses that agree between the two loss paths, records of
+the cache hits and of equal gradients with activation checkpointing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _run(cmd: list[str], env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_bench_smoke_writes_json_and_report(tmp_path):
+    out = tmp_path / "smoke.json"
+    proc = _run([sys.executable, "-m", "bench", "--smoke", "--reps", "1", "--parts", "training,cache,decoding",
+                 "--out", str(out)])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["name"] == "smoke" and {"torch", "transformers", "date", "cpu"} <= set(result["machine"])
+    training = result["parts"]["training"]
+    assert len(training["vocabs"]) == 2
+    for v in training["vocabs"].values():
+        assert {"mask_step", "mask_step_full_logits", "forward"} <= set(v["times"])
+        assert abs(v["loss_target_only"] - v["loss_full_logits"]) < 1e-4 * abs(v["loss_full_logits"])
+        assert v["batch"]["targets"] < v["batch"]["padded_tokens"]
+    first = next(iter(training["vocabs"].values()))
+    assert "mask_vs_lora" in first["ratios"] and first["lora_trainable_params"] > 0
+    cache = result["parts"]["cache"]
+    assert cache["qwen2_audio"]["hits"] > 0 and "encoder_share" in cache["tiny_lalm"]
+    assert [r["batch"] for r in result["parts"]["decoding"]["rows"]] == [1, 2]
+
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\nkept text\n")
+    proc = _run([sys.executable, "-m", "bench.report", str(out), "--markdown", str(md)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = md.read_text()
+    assert text.startswith("# Benchmarks\n\nkept text") and "<!-- bench:end -->" in text
+    assert "| mask_step |" in text and "python -m bench --smoke" in text
+    proc = _run([sys.executable, "-m", "bench.report", str(out), "--markdown", str(md)])  # replaced, not appended
+    assert md.read_text().count("<!-- bench:begin -->") == 1
+
+
+def test_gpu_script_smoke_path_runs_on_cpu(tmp_path):
+    proc = _run(["bash", "bench/gpu.sh"], env={"SMOKE": "1", "OUT": str(tmp_path), "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    qwen = json.loads((tmp_path / "gpu-smoke-qwen.json").read_text())
+    assert qwen["parts"]["largest"] == {"skipped": "needs a GPU", "wall_s": qwen["parts"]["largest"]["wall_s"]}
+    rows = qwen["parts"]["scaling"]["rows"]
+    checked = [r for r in rows if r["checkpoint_grad_max_abs_diff"] is not None]
+    assert checked and all(r["checkpoint_grad_max_abs_diff"] < 1e-5 for r in checked)
+    salmonn = json.loads((tmp_path / "gpu-smoke-salmonn.json").read_text())
+    assert salmonn["parts"]["salmonn"]["rows"][0]["samples_per_s"] > 0
+    assert "SALMONN mask training" in (tmp_path / "BENCHMARKS.gpu.md").read_text()

@@ -1,0 +1,72 @@
+"""``ahamask --help`` comes from the registry that dispatches: it names every subcommand with its
+description, and every subcommand's own ``--help`` ends with its example."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from ahamask_lightning.cli import main as cli_main
+from ahamask_lightning.cli.main import COMMANDS, REGISTRY, Command, main
+
+EXPECTED = {"fit", "validate", "test", "predict", "infer", "mask", "data", "model", "report", "prune"}
+
+
+def test_top_level_help_names_every_registered_subcommand(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert EXPECTED <= set(REGISTRY)
+    listed = {line.split()[0]: line.split(None, 1)[1] for line in out.splitlines()
+              if line.startswith("  ") and line.split() and line.split()[0] in REGISTRY}
+    assert set(listed) == set(REGISTRY)
+    for command in COMMANDS:
+        assert listed[command.name] == command.description
+        assert "\n" not in command.description and command.example.startswith(f"ahamask {command.name} ")
+    assert REGISTRY["infer"].module == "ahamask_lightning.cli.infer"
+
+
+def _last_line(text: str) -> str:
+    return [line for line in text.splitlines() if line.strip()][-1].strip()
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c.module is not None], ids=lambda c: c.name)
+def test_tool_help_ends_with_its_example(command, capsys):
+    if importlib.util.find_spec(command.module) is None:
+        pytest.skip(f"{command.module} is not there yet")
+    with pytest.raises(SystemExit) as done:
+        main([command.name, "--help"])
+    assert done.value.code == 0
+    assert _last_line(capsys.readouterr().out) == command.example
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c.module is None], ids=lambda c: c.name)
+def test_lightning_subcommand_help_ends_with_its_example(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command.name, "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert _last_line(out) == command.example and command.description in out
+
+
+def test_unknown_command_is_one_line(capsys):
+    assert main(["fitt"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown command 'fitt'" in err[0] and "infer" in err[0]
+
+
+def test_a_registered_tool_whose_module_is_missing_is_one_line(capsys, monkeypatch):
+    missing = Command("later", "a tool still being written", "ahamask later", "ahamask_lightning.cli.no_such_tool")
+    monkeypatch.setitem(cli_main.REGISTRY, "later", missing)
+    assert main(["later"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [("ahamask: error: later: not available in this installation "
+                    "(module ahamask_lightning.cli.no_such_tool is missing)")]
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c.module is not None], ids=lambda c: c.name)
+def test_tool_example_parses_with_the_tools_own_options(command):
+    import shlex
+
+    if importlib.util.find_spec(command.module) is None:
+        pytest.skip(f"{command.module} is not there yet")
+    cli_main.tool_parser(command).parse_args(shlex.split(command.example)[2:])  # exits 2 on an unknown option

@@ -1,0 +1,121 @@
+"""The audio-feature cache: the same loss and mask gradients with and without it, keyed by content and model.
+
+Real adapters (tiny random Qwen2-Audio of transformers' classes, TinyLALM), real collate of
+waveforms; the first pass writes one safetensors file per clip, the second reads them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ahamask_lightning.masking import HeadGate
+from ahamask_lightning.models import Qwen2AudioAdapter
+from ahamask_lightning.models.feature_cache import FeatureCache, clip_key
+from ahamask_lightning.models.tiny_lalm import TinyLALM, random_tiny_lalm
+
+
+def _audios(seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [0.1 * torch.randn(16000, generator=g), 0.1 * torch.randn(28000, generator=g)]
+
+
+def _qwen(cache: Path | None, seed: int = 0) -> Qwen2AudioAdapter:
+    torch.manual_seed(seed)
+    return Qwen2AudioAdapter(tiny=True, feature_cache=str(cache) if cache else None).freeze()
+
+
+def _tiny(cache: Path | None, seed: int = 0) -> TinyLALM:
+    torch.manual_seed(seed)
+    ref = random_tiny_lalm(["the quick brown fox", "male female"], layers=2, heads=4, hidden=32)
+    model = TinyLALM(checkpoint=None, config=ref.config, tokenizer=ref.tokenizer,
+                     feature_cache=str(cache) if cache else None)
+    model.load_state_dict(ref.state_dict())
+    return model.freeze()
+
+
+def _loss_and_grad(adapter, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    gate = HeadGate(adapter.gated_attentions(), adapter.num_heads, adapter.head_dim)
+    theta = torch.randn(adapter.num_layers, adapter.num_heads,
+                        generator=torch.Generator().manual_seed(5)).requires_grad_(True)
+    with gate.apply(torch.sigmoid(theta)):
+        loss = adapter.loss(batch)
+    (grad,) = torch.autograd.grad(loss, theta)
+    gate.remove()
+    return loss.detach(), grad
+
+
+def _entries(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.safetensors"))
+
+
+@pytest.mark.parametrize("build", [_qwen, _tiny], ids=["qwen2_audio", "tiny_lalm"])
+def test_cached_epochs_give_the_same_loss_and_gradients(build, tmp_path):
+    cache_dir = tmp_path / "cache"
+    plain = build(None)
+    cached = build(cache_dir)
+    instructions, targets = ["What is the gender of the speaker?", None], ["Male", "the quick brown fox"]
+    batch = cached.collate(_audios(), instructions, targets)
+    assert batch["clip_keys"] == [clip_key(a) for a in _audios()]
+    assert "clip_keys" not in plain.collate(_audios(), instructions, targets)
+
+    reference = _loss_and_grad(plain, plain.collate(_audios(), instructions, targets))
+    first = _loss_and_grad(cached, batch)  # epoch 1: encoder runs, entries written
+    assert (cached.feature_cache.hits, cached.feature_cache.misses) == (0, 2)
+    assert len(_entries(cache_dir)) == 2
+    second = _loss_and_grad(cached, batch)  # epoch 2: read back, encoder skipped
+    assert (cached.feature_cache.hits, cached.feature_cache.misses) == (2, 2)
+    for got in (first, second):
+        torch.testing.assert_close(got[0], reference[0], rtol=0, atol=0)
+        torch.testing.assert_close(got[1], reference[1], rtol=0, atol=0)
+    assert not list(cache_dir.rglob("*.tmp"))  # written atomically: no temporary file left
+
+
+def test_second_epoch_does_not_run_the_encoder(tmp_path):
+    adapter = _tiny(tmp_path)
+    batch = adapter.collate(_audios(), [None, None], ["male", "female"])
+    calls = []
+    handle = adapter.audio_encoder.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        adapter.loss(batch)
+        adapter.loss(batch)
+    handle.remove()
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("build", [_qwen, _tiny], ids=["qwen2_audio", "tiny_lalm"])
+def test_other_encoder_weights_use_another_namespace(build, tmp_path):
+    a, b = build(tmp_path, seed=0), build(tmp_path, seed=1)
+    assert a.feature_cache.namespace != b.feature_cache.namespace
+    batch = a.collate(_audios(), [None, None], ["male", "female"])
+    with torch.no_grad():
+        a.loss(batch)
+        b.loss(batch)
+    assert b.feature_cache.hits == 0 and b.feature_cache.misses == 2  # nothing of a's read by b
+    assert build(tmp_path, seed=0).feature_cache.namespace == a.feature_cache.namespace  # stable across runs
+
+
+def test_partial_batch_computes_only_the_misses(tmp_path):
+    cache = FeatureCache(tmp_path, {"model_id": "x"})
+    seen = []
+
+    def compute(idx):
+        seen.append(list(idx))
+        return [torch.full((2, 3), float(i)) for i in idx]
+
+    cache.features(["k1", "k2"], compute, "cpu", torch.float32)
+    out = cache.features(["k2", "k3", "k1"], compute, "cpu", torch.float32)
+    assert seen == [[0, 1], [1]]
+    assert [float(t[0, 0]) for t in out] == [1.0, 1.0, 0.0]
+
+
+def test_corrupt_entry_is_named(tmp_path):
+    cache = FeatureCache(tmp_path, {"model_id": "x"})
+    from safetensors.torch import save_file
+
+    p = cache.path("ab" * 32)
+    p.parent.mkdir(parents=True)
+    save_file({"other": torch.zeros(1)}, str(p))
+    with pytest.raises(ValueError, match=str(p.name)):
+        cache.load("ab" * 32)

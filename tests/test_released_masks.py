@@ -1,0 +1,45 @@
+"""The masks released with the paper ship as mask files whose provenance file tells the truth."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ahamask_lightning.masking import load_mask
+from ahamask_lightning.released_masks import RELEASED_DIR, released_mask, released_names
+from ahamask_lightning.released_masks.convert import convert
+
+PROVENANCE = json.loads((RELEASED_DIR / "salmonn-13b" / "provenance.json").read_text())
+# the released checkpoints themselves, where the reference folder sits beside the checkout
+SOURCES = Path(__file__).resolve().parents[1] / "../shared/reference/official_masks"
+
+
+def test_ten_masks_of_the_paper_with_their_recorded_counts() -> None:
+    assert len(released_names()) == 10
+    for name in released_names():
+        mf = load_mask(released_mask(name), shape=(40, 40))
+        record = PROVENANCE["masks"][name]
+        assert mf.active() == record["active"], name
+        assert [int(n) for n in mf.mask.sum(dim=1).tolist()] == record["active_per_layer"], name
+        assert mf.metadata["source_sha256"] == record["source_sha256"]
+        assert mf.metadata["model_id"] == "salmonn-13b"
+    # the paper's figure for the ASR mask
+    assert PROVENANCE["masks"]["asr_librispeech"]["active"] == 1525
+
+
+def test_an_unknown_name_is_one_line_listing_the_released_ones() -> None:
+    with pytest.raises(ValueError, match="asr_librispeech"):
+        released_mask("asr_nowhere")
+
+
+@pytest.mark.skipif(not SOURCES.is_dir(), reason="the released .pth checkpoints are not beside the checkout")
+def test_the_shipped_files_are_the_conversion_of_the_released_checkpoints(tmp_path: Path) -> None:
+    record = convert(SOURCES, tmp_path)
+    assert sorted(record["masks"]) == released_names()
+    for name, entry in record["masks"].items():
+        assert entry["source_sha256"] == hashlib.sha256((SOURCES / f"{name}.pth").read_bytes()).hexdigest()
+        assert entry == PROVENANCE["masks"][name]
+        assert torch.equal(load_mask(tmp_path / f"{name}.safetensors").logits, load_mask(released_mask(name)).logits)
