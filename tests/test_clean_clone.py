@@ -107,7 +107,9 @@ def test_make_help_lists_every_target() -> None:
         pytest.skip("make is not installed")
     makefile = (REPO / "Makefile").read_text()
     phony = re.search(r"^\.PHONY:((?:.*\\\n)*.*)$", makefile, re.MULTILINE).group(1).replace("\\\n", " ").split()
-    shown = subprocess.run(["make", "help"], cwd=REPO, capture_output=True, text=True, timeout=60, check=True).stdout
+    shown = subprocess.run(
+        # under `make test` the nested make would print "Entering directory" lines
+        ["make", "--no-print-directory", "help"], cwd=REPO, capture_output=True, text=True, timeout=60, check=True).stdout
     listed = {line.split("\t")[0].strip() for line in shown.splitlines() if line.strip()}
     assert set(phony) == listed
     assert {"install", "demo", "test", "testbed", "reproduce-tiny", "figures", "bench"} <= listed
