@@ -4,8 +4,10 @@
   training manifests. Its position is saved in Lightning checkpoints through the loader's
   ``state_dict`` (see :mod:`.loader`), so a resumed run skips exactly what was consumed.
 * ``val`` / ``test`` / ``predict``: no shuffling, deterministic order, **one dataloader per
-  manifest, in the order given** (a list even for one manifest), so per-task metrics can be
-  keyed by ``dataloader_idx``; :attr:`eval_names` gives each index's manifest stem.
+  manifest, in the order given** (a list even for one manifest). Either a list of manifests or
+  a mapping ``{set name: manifest(s)}`` naming held-out sets (``{ood: m/test_ood/gr.jsonl}``);
+  :meth:`eval_sets` gives each dataloader index's set name (None when unnamed), which the
+  module puts into its metric keys (see ``ahamask_lightning.evaluation.metric_key``).
 * ``collate_fn`` (constructor argument; identity when not given) turns a list of samples into a
   batch inside the workers. The model supplies it (``AHAMaskModule.collate()``; in the CLI through
   ``link_arguments``); the batch schema is documented in :mod:`.collate`. Nothing outside this
@@ -22,6 +24,7 @@ Hugging Face ``datasets`` / parquet inputs are not supported (not installed; JSO
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Collection
 from typing import Any, Literal
 
@@ -39,6 +42,25 @@ from .manifest import (
 )
 from .rejects import count_reasons, read_reject_files
 from .streaming import ManifestStream, Sample, identity_collate
+
+# val / test / predict: manifest(s), or {held-out set name: manifest(s)}
+EvalManifests = list[str] | str | dict[str, list[str] | str] | None
+SET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+def named_manifests(given: EvalManifests, stage: str) -> tuple[list[str], list[str | None]]:
+    """Flattens an eval-stage argument into (paths, set name per path); names are checked here."""
+    if not isinstance(given, dict):
+        paths = as_list(given)
+        return paths, [None] * len(paths)
+    paths, names = [], []
+    for name, manifests in given.items():
+        if not SET_NAME.match(str(name)):
+            raise ValueError(f"data.{stage}: set name {name!r} must be lower-case letters, digits, '_' or '-'")
+        for path in as_list(manifests):
+            paths.append(path)
+            names.append(str(name))
+    return paths, names
 
 
 class ManifestDataModule(pl.LightningDataModule):
@@ -65,8 +87,8 @@ class ManifestDataModule(pl.LightningDataModule):
     still rejected.
     """
 
-    def __init__(self, train: list[str] | str | None = None, val: list[str] | str | None = None,
-                 test: list[str] | str | None = None, predict: list[str] | str | None = None,
+    def __init__(self, train: list[str] | str | None = None, val: EvalManifests = None,
+                 test: EvalManifests = None, predict: EvalManifests = None,
                  audio_root: str | None = None, sample_rate: int = 16000, min_seconds: float = 1.0,
                  max_seconds: float = 30.0, batch_size: int = 8, max_batch_seconds: float | None = None,
                  num_workers: int = 0, shuffle_buffer: int = 1000, seed: int = 0,
@@ -79,8 +101,10 @@ class ManifestDataModule(pl.LightningDataModule):
         super().__init__()
         # collate_fn holds the model's adapter: never into checkpoints or hparams files
         self.save_hyperparameters(ignore=["known_tasks", "collate_fn"])
-        self.paths = {"train": as_list(train), "val": as_list(val), "test": as_list(test),
-                      "predict": as_list(predict)}
+        self.paths = {"train": as_list(train)}
+        self._set_names: dict[str, list[str | None]] = {}
+        for stage, given in (("val", val), ("test", test), ("predict", predict)):
+            self.paths[stage], self._set_names[stage] = named_manifests(given, stage)
         self.audio = AudioConfig(sample_rate, min_seconds, max_seconds, on_too_long)
         self.audio_root = audio_root
         self.batch_size = batch_size
@@ -152,6 +176,10 @@ class ManifestDataModule(pl.LightningDataModule):
         """Per stage, the manifest stem of each dataloader index (e.g. ``{"val": ["asr", "gr"]}``)."""
         return {stage: [os.path.splitext(os.path.basename(p))[0] for p in self.paths[stage]]
                 for stage in ("val", "test", "predict")}
+
+    def eval_sets(self, stage: str) -> list[str | None]:
+        """Per dataloader index of ``stage``, the held-out set name given in the config (None: unnamed)."""
+        return list(self._set_names.get(stage, []))
 
     def reject_summary(self, stage: str | None = None) -> dict[str, int]:
         """reason -> number of distinct bad samples seen so far (files and in-process counts merged)."""
