@@ -18,11 +18,14 @@ espeak-ng speech when espeak-ng and sox are installed, else ``bench.models.speec
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import statistics
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -32,11 +35,12 @@ from ahamask_lightning.masking import HeadGate
 from ahamask_lightning.masking.prune import pruned_copies, use_blocks
 
 from .models import SIZES, qwen2_audio, speech_like, to_device
-from .timing import interleaved
+from .timing import interleaved, sync
 
 SENTENCES = ["the quick brown fox jumps over the lazy dog", "a small cat sat on the red mat near the door",
              "we will meet at the old bridge tomorrow morning", "she sells bright shells by the quiet sea shore"]
 FRACTIONS = (0.2, 0.5, 0.8)
+PROPORTIONAL_VOCAB = 5300
 
 
 def _clips(n: int, seconds: float, seed: int = 0) -> tuple[list[torch.Tensor], str]:
@@ -75,59 +79,128 @@ def _tokens(adapter, batch: dict, n: int) -> torch.Tensor:
 
 def _run_fn(adapter, batch: dict, n: int, gate: HeadGate, mask: torch.Tensor | None, blocks=None):
     def fn() -> None:
-        if blocks is not None:
-            with use_blocks(adapter, blocks):
-                adapter.generate(batch, max_new_tokens=n, min_new_tokens=n, num_beams=1, do_sample=False)
-        else:
-            with gate.apply(mask):
-                adapter.generate(batch, max_new_tokens=n, min_new_tokens=n, num_beams=1, do_sample=False)
+        with _variant(adapter, gate, mask, blocks):
+            adapter.generate(batch, max_new_tokens=n, min_new_tokens=n, num_beams=1, do_sample=False)
     return fn
 
 
-def _step_ms(res: dict, name: str, n: int) -> list[float]:
-    """Per-round decoding-step times (ms) of variant ``name`` from its N-token and 1-token runs."""
-    return [1000 * (a - b) / (n - 1) for a, b in zip(res[f"{name}/n{n}"]["times"], res[f"{name}/n1"]["times"])]
+@contextlib.contextmanager
+def _variant(adapter, gate: HeadGate, mask: torch.Tensor | None, blocks=None) -> Iterator[None]:
+    """The dense model (mask None), the gated one, or the pruned copies swapped in (``blocks``)."""
+    if blocks is not None:
+        with use_blocks(adapter, blocks):
+            yield
+    else:
+        with gate.apply(mask):
+            yield
+
+
+def _lm_head(adapter) -> torch.nn.Module:
+    return [m for name, m in adapter.named_modules() if name.endswith("lm_head")][0]
+
+
+def decoding_steps(adapter, batch: dict, n: int, device: str) -> list[float]:
+    """Seconds of each decoding step of one greedy ``generate`` of ``n`` tokens.
+
+    The lm_head runs once per forward pass, so the gaps between its calls are the decoding steps
+    (a step = the layers + lm_head + generate's own work for one token); the prompt pass before
+    the first call is not among them. One run gives ``n - 1`` step times, so a median per run is
+    robust where the difference of two whole-run times (N tokens minus 1 token) is not.
+    """
+    stamps: list[float] = []
+
+    def stamp(module, args, output) -> None:
+        sync(device)
+        stamps.append(time.perf_counter())
+
+    handle = _lm_head(adapter).register_forward_hook(stamp)
+    try:
+        adapter.generate(batch, max_new_tokens=n, min_new_tokens=n, num_beams=1, do_sample=False)
+    finally:
+        handle.remove()
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
+def _tokens(adapter, batch: dict, n: int) -> torch.Tensor:
+    """The greedy token of every decoding step, read at the lm_head (the text may not decode: random vocab)."""
+    steps: list[torch.Tensor] = []
+    handle = _lm_head(adapter).register_forward_hook(lambda m, a, out: steps.append(out[:, -1].argmax(-1).cpu()))
+    try:
+        adapter.generate(batch, max_new_tokens=n, min_new_tokens=n, num_beams=1, do_sample=False)
+    finally:
+        handle.remove()
+    return torch.stack(steps, dim=1)
 
 
 def pruned_decoding(adapter, clips: list[torch.Tensor], cfg: dict, device: str, gate: HeadGate) -> list[dict]:
+    """Per-step decoding time of the dense, gated and pruned model, variants interleaved run by run."""
     n, reps, shape = cfg["new_tokens"], cfg["reps"], (adapter.num_layers, adapter.num_heads)
     rows = []
     for batch_size in cfg["batches"]:
         audios = [clips[i % len(clips)] for i in range(batch_size)]
         batch = to_device(adapter.collate(audios, [None] * batch_size), device)
-        variants, checks = {}, {}
-        for k in (1, n):
-            variants[f"dense/n{k}"] = _run_fn(adapter, batch, k, gate, None)
+        variants: dict[str, tuple] = {"dense": (None, None)}
+        checks = {}
         for frac in FRACTIONS:
             active = round(frac * shape[0] * shape[1])
             mask = random_mask(shape, active, seed=int(100 * frac)).to(device)
             blocks, _ = pruned_copies(adapter, mask)
-            for k in (1, n):
-                variants[f"gated{frac}/n{k}"] = _run_fn(adapter, batch, k, gate, mask)
-                variants[f"pruned{frac}/n{k}"] = _run_fn(adapter, batch, k, gate, None, blocks)
+            variants[f"gated{frac}"] = (mask, None)
+            variants[f"pruned{frac}"] = (None, blocks)
             with gate.apply(mask):
                 gated = _tokens(adapter, batch, n)
             with use_blocks(adapter, blocks):
                 pruned = _tokens(adapter, batch, n)
             checks[frac] = (active, torch.equal(gated, pruned), not torch.equal(gated, _tokens(adapter, batch, n)))
-        res = interleaved(variants, reps, device)
+        per_run: dict[str, list[float]] = {name: [] for name in variants}  # median step of each run
+        for r in range(1 + reps):  # round 0 warms up
+            for name, (mask, blocks) in variants.items():
+                with _variant(adapter, gate, mask, blocks):
+                    steps = decoding_steps(adapter, batch, n, device)
+                if r:
+                    per_run[name].append(statistics.median(steps))
         _log(f"pruned decoding, batch {batch_size}: done")
-        dense = _step_ms(res, "dense", n)
+        dense = per_run["dense"]
         for frac, (active, identical, differs) in checks.items():
-            gated, pruned = _step_ms(res, f"gated{frac}", n), _step_ms(res, f"pruned{frac}", n)
+            gated, pruned = per_run[f"gated{frac}"], per_run[f"pruned{frac}"]
             rows.append({
                 "batch": batch_size, "active_fraction": frac, "active_heads": active,
-                "dense_ms_per_step": statistics.median(dense), "gated_ms_per_step": statistics.median(gated),
-                "pruned_ms_per_step": statistics.median(pruned),
-                "dense_tokens_per_s": 1000 * batch_size / statistics.median(dense),
-                "gated_tokens_per_s": 1000 * batch_size / statistics.median(gated),
-                "pruned_tokens_per_s": 1000 * batch_size / statistics.median(pruned),
+                "dense_ms_per_step": 1000 * statistics.median(dense),
+                "gated_ms_per_step": 1000 * statistics.median(gated),
+                "pruned_ms_per_step": 1000 * statistics.median(pruned),
+                "dense_tokens_per_s": batch_size / statistics.median(dense),
+                "gated_tokens_per_s": batch_size / statistics.median(gated),
+                "pruned_tokens_per_s": batch_size / statistics.median(pruned),
                 "speedup_pruned_vs_dense": statistics.median(dense) / statistics.median(pruned),
                 "speedup_pruned_vs_dense_paired": statistics.median(d / p for d, p in zip(dense, pruned)),
+                "speedup_pruned_vs_dense_paired_range": [min(d / p for d, p in zip(dense, pruned)),
+                                                         max(d / p for d, p in zip(dense, pruned))],
                 "speedup_pruned_vs_gated": statistics.median(gated) / statistics.median(pruned),
+                "speedup_pruned_vs_gated_paired": statistics.median(g / p for g, p in zip(gated, pruned)),
+                "weight_bound_speedup": weight_bound(adapter, active / (shape[0] * shape[1])),
                 "identical_tokens_pruned_vs_gated": identical, "mask_changes_tokens": differs,
             })
     return rows
+
+
+def weight_bound(adapter, active_fraction: float) -> float:
+    """Dense / pruned multiply-adds per decoded token in the LLM's linear layers and lm_head.
+
+    The most that removing heads can save per token when the step is bound by its matmuls (or by
+    reading their weights, at batch 1). Attention over the short KV cache and per-step overhead
+    are left out, and q/k/v/o are taken to shrink with the heads (exact when every head has its
+    own KV head, as in the bench model), so a measured speed-up under this is expected.
+    """
+    attention_weights = {id(p) for block in adapter.gated_attentions() for p in block.parameters()}
+    audio_side = ("audio", "encoder", "projector", "whisper", "beats", "qformer")
+    attention = other = 0
+    for name, module in adapter.named_modules():
+        if isinstance(module, torch.nn.Linear) and not any(word in name.lower() for word in audio_side):
+            if id(module.weight) in attention_weights:
+                attention += module.weight.numel()
+            else:
+                other += module.weight.numel()
+    return (attention + other) / (attention * active_fraction + other)
 
 
 def mixed_task(adapter, clips: list[torch.Tensor], cfg: dict, device: str, gate: HeadGate) -> dict:
@@ -186,7 +259,7 @@ def run(smoke: bool, full_size: str | None, device: str, partial_out: str | None
     """The serving figures as a JSON-able dict (see the module docstring); ``partial_out``: a file
     rewritten after each part, so a long run that is stopped keeps what it measured."""
     cfg = (dict(new_tokens=4, reps=2, batches=[1, 2], masks=2, mixed_batch=4, clip_s=2.0) if smoke else
-           dict(new_tokens=16, reps=3, batches=[1, 8], masks=4, mixed_batch=8, clip_s=2.0))
+           dict(new_tokens=32, reps=5, batches=[1, 8], masks=4, mixed_batch=8, clip_s=2.0))
     torch.manual_seed(0)
     models = []
     if full_size:
@@ -199,11 +272,19 @@ def run(smoke: bool, full_size: str | None, device: str, partial_out: str | None
                        {"model": "Qwen2AudioForConditionalGeneration, random weights", "layers": size["layers"],
                         "heads": size["heads"], "hidden": size["hidden"], "vocab": vocab}))
         if not smoke:
+            # the same LLM with the 7B's lm_head share of the per-token weights (9 %, vocabulary
+            # 5,300 at hidden 512): the 32k vocabulary above makes the lm_head 40 % of a step
+            models.append(("qwen2-audio-random-v5k", qwen2_audio(size, PROPORTIONAL_VOCAB, device),
+                           {"model": "Qwen2AudioForConditionalGeneration, random weights", "layers": size["layers"],
+                            "heads": size["heads"], "hidden": size["hidden"], "vocab": PROPORTIONAL_VOCAB}))
             adapter, info = _tiny_lalm(device)
             models.append(("tiny-lalm-8x16", adapter, info))
+    published = qwen2_audio(SIZES["qwen2-audio-7b"], None, "meta")
     clips, source = _clips(max(cfg["batches"] + [cfg["mixed_batch"]]), cfg["clip_s"])
     out = {"device": device, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-           "smoke": smoke, "audio": f"{source}, {cfg['clip_s']} s clips", "settings": cfg, "models": {}}
+           "smoke": smoke, "audio": f"{source}, {cfg['clip_s']} s clips", "settings": cfg, "models": {},
+           # what the published model's proportions allow, for comparison (built on the meta device)
+           "weight_bound_qwen2_audio_7b": {frac: weight_bound(published, frac) for frac in FRACTIONS}}
     for name, adapter, info in models:
         adapter.eval()
         gate = HeadGate(adapter.gated_attentions(), adapter.num_heads, adapter.head_dim)

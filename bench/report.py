@@ -130,6 +130,45 @@ def decoding(part: dict) -> list[str]:
                   rows) + ["", f"{part['new_tokens']} new tokens per sample, greedy.", ""]
 
 
+def serving(part: dict) -> list[str]:
+    """Pruned decoding (per-step times) and mixed-task batches, per model, with the two targets."""
+    out: list[str] = []
+    bound_7b = part.get("weight_bound_qwen2_audio_7b", {})
+    for name, m in part["models"].items():
+        desc = ", ".join(f"{k} {v}" for k, v in m.items() if not isinstance(v, (dict, list)))
+        out += [f"**{name}** ({desc})", ""]
+        rows = []
+        for r in m["pruned_decoding"]:
+            lo, hi = r.get("speedup_pruned_vs_dense_paired_range", [float("nan")] * 2)
+            rows.append([r["batch"], f"{r['active_fraction']:.0%} ({r['active_heads']})",
+                         f"{r['dense_ms_per_step']:.1f}", f"{r['gated_ms_per_step']:.1f}", f"{r['pruned_ms_per_step']:.1f}",
+                         f"{r['speedup_pruned_vs_dense']:.2f} (paired {r['speedup_pruned_vs_dense_paired']:.2f}, "
+                         f"{lo:.2f}-{hi:.2f})",
+                         f"{r['speedup_pruned_vs_gated']:.2f}", f"{r.get('weight_bound_speedup', float('nan')):.2f}",
+                         "yes" if r["identical_tokens_pruned_vs_gated"] else "**no**",
+                         _target(r["speedup_pruned_vs_dense"] >= 1.3) if r["active_fraction"] == 0.2 else ""])
+        out += _table(["batch", "active heads", "dense ms/step", "gated ms/step", "pruned ms/step",
+                       "pruned / dense speed-up", "pruned / gated", "weight bound", "same tokens as gated",
+                       "target >= 1.3x at 20 %"], rows) + [""]
+        mt = m["mixed_task"]
+        out += _table(["masks", "samples", "one batch tok/s", "mask by mask tok/s", "pruned, mask by mask tok/s",
+                       "one batch / mask by mask", "same tokens", "target >= 2x"],
+                      [[mt["masks"], mt["samples"], f"{mt['one_batch_tokens_per_s']:.1f}",
+                        f"{mt['by_mask_tokens_per_s']:.1f}", f"{mt['pruned_by_mask_tokens_per_s']:.1f}",
+                        f"{mt['speedup_one_batch_vs_by_mask']:.2f} (paired {mt['speedup_one_batch_vs_by_mask_paired']:.2f})",
+                        "yes" if mt["identical_tokens_one_batch_vs_by_mask"] else "**no**",
+                        _target(mt["speedup_one_batch_vs_by_mask"] >= 2)]]) + [""]
+    settings = part.get("settings", {})
+    out += [f"Per-step decoding time: median of the gaps between lm_head calls in one greedy `generate` of "
+            f"{settings.get('new_tokens')} tokens, median over {settings.get('reps')} interleaved runs per variant; "
+            f"audio: {part.get('audio')}. Weight bound: dense / pruned multiply-adds per token in the LLM's "
+            "linear layers and lm_head (what removing heads can save when the step is bound by its matmuls)."]
+    if bound_7b:
+        out += [f"The same bound for the published Qwen2-Audio-7B: "
+                + ", ".join(f"{float(k):.0%} active {v:.2f}x" for k, v in bound_7b.items()) + "."]
+    return out + [""]
+
+
 def generic(part, depth: int = 0) -> list[str]:
     """Any JSON: lists of flat records as tables, nested objects as labelled blocks."""
     out: list[str] = []
@@ -156,7 +195,8 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-RENDER = {"training": training, "cache": cache, "scaling": scaling, "largest": largest, "decoding": decoding}
+RENDER = {"training": training, "cache": cache, "scaling": scaling, "largest": largest, "decoding": decoding,
+          "serving": serving}
 TITLES = {"training": "Mask-training step: target-only logits, full logits, forward, LoRA",
           "cache": "Audio-feature cache: an epoch after the first", "scaling": "Scaling and activation checkpointing",
           "largest": "Largest batch", "decoding": "Decoding: transformers' defaults vs the adapter's fast path",
