@@ -37,21 +37,28 @@ def test_new_figures(tmp_path):
 
 
 @pytest.mark.parametrize("key, expected", [
-    ("test/gr/acc", ("gr", "", "acc")),
-    ("test/gr_test_ood/acc", ("gr", "_test_ood", "acc")),
-    ("test/gr_asr/ifr", ("gr_asr", "", "ifr")),
-    ("test/gr_asr_test-clean/wer", ("gr_asr", "_test-clean", "wer")),
-    ("test/asr_test-other/wer", ("asr", "_test-other", "wer")),
-    ("train/loss", None), ("test/nonsense/acc", None),
+    ("test/gr/acc", ("gr", "acc", None)),
+    ("test_ood/gr/acc", ("gr", "acc", "ood")),
+    ("test/gr_asr/ifr", ("gr_asr", "ifr", None)),
+    ("test_test-clean/gr_asr/wer", ("gr_asr", "wer", "test-clean")),
+    ("test_other/asr/wer", ("asr", "wer", "other")),
 ])
 def test_metric_keys(key, expected):
-    assert ab.split_key(key) == expected
+    assert ab.metric_entries({key: 1.0}) == [(*expected, 1.0)]
+
+
+@pytest.mark.parametrize("key", ["train/loss", "test/nonsense/acc", "test/gr_test_ood/acc"])
+def test_keys_of_no_task_name_the_file(key):
+    with pytest.raises(ValueError, match=f"^runs/x/test_metrics.json: metric key '{key}'"):
+        ab.metric_entries({"test/gr/acc": 1.0, key: 2.0}, "runs/x/test_metrics.json")
 
 
 def test_metric_value_prefers_in_domain():
-    m = {"test/gr_test_ood/acc": 60.0, "test/gr/acc": 90.0, "test/gr_asr/acc": 10.0}
-    assert ab.metric_value(m, "gr") == 90.0 and ab.metric_value(m, "gr", suffix="_test_ood") == 60.0
-    assert ab.metric_value({"test/asr_test-other/wer": 5.0, "test/asr_test-clean/wer": 2.0}, "asr") == 2.0
+    m = {"test_ood/gr/acc": 60.0, "test/gr/acc": 90.0, "test/gr_asr/acc": 10.0}
+    assert ab.metric_value(m, "gr") == 90.0 and ab.metric_value(m, "gr", eval_set="ood") == 60.0
+    assert ab.metric_value({"test_other/asr/wer": 5.0, "test_clean/asr/wer": 2.0}, "asr") == 2.0
+    assert ab.metric_value({"test_other/asr/wer": 5.0, "test_clean/asr/wer": 2.0}, "asr", eval_set="other") == 5.0
+    assert ab.metric_value(m, "gr", eval_set="clean") is None
     assert ab.metric_value(m, "json") is None
 
 
@@ -78,7 +85,7 @@ class FakeRunner(ab.Runner):
         self.calls.append(("test", [cond.prompt, str(cond.use_mask), cond.mask or "", *extra]))
         active = load_mask(cond.mask).active() if cond.use_mask else None
         value = 100.0 * active / 48 if active is not None else 50.0 + int(cond.prompt.partition(":")[2] or 0)
-        return {"metrics": {"test/gr/acc": value, "test/gr_test_ood/acc": value - 1}, "run": {"active_heads": active}}
+        return {"metrics": {"test/gr/acc": value, "test_ood/gr/acc": value - 1}, "run": {"active_heads": active}}
 
 
 def test_studies_and_figures_from_their_summaries(tmp_path):
@@ -101,9 +108,11 @@ def test_studies_and_figures_from_their_summaries(tmp_path):
     n = len(get_task("gr").instructions)
     prompts = ab.prompt_sensitivity(r, "gr", tmp_path / "prompts", ahamask=95.0)
     assert [row["metric"] for row in prompts["rows"]] == [50.0 + k for k in range(n)]
-    ood = ab.held_out(r, "gr", Path(base["mask"]), {"vox": "data/voxceleb/manifests/test/gr.jsonl"}, tmp_path / "ood")
+    ood = ab.held_out(r, "gr", Path(base["mask"]), {"ood": "data/voxceleb/manifests/test/gr.jsonl"}, tmp_path / "ood")
     assert {row["condition"] for row in ood["rows"]} == {"with instruction", "AHAMask"}
-    assert ["--data.init_args.test", "[data/voxceleb/manifests/test/gr.jsonl]"] == r.calls[-1][1][-2:]
+    assert ["--data.init_args.test", '{"ood": ["data/voxceleb/manifests/test/gr.jsonl"]}'] == r.calls[-1][1][-2:]
+    # each row reads its own named set, not the unnamed one
+    assert [row["metric"] for row in ood["rows"]] == [50.0 - 1, 100.0 * base["active"] / 48 - 1]
 
     moved = ab.transfer(r, "gr", Path(base["mask"]), tmp_path / "transfer", "gr: instruct mask on base")
     assert moved["metric"] == 100.0 * base["active"] / 48 and r.calls[-1][1][:2] == ["none", "True"]
@@ -167,6 +176,21 @@ def test_report_collects_runs_below_a_directory(tmp_path, capsys):
     assert ahamask(["report", str(tmp_path / "study" / "test" / "AHAMask")]) == 0
     assert "| AHAMask | 30 | 51.00 |" in capsys.readouterr().out
     assert ahamask(["report", str(tmp_path / "nothing_here")]) != 0
+
+
+def test_report_columns_name_the_test_set_and_old_keys_stop_with_the_file(tmp_path, capsys):
+    from ahamask_lightning.cli.main import main as ahamask
+    from ahamask_lightning.results import write_results
+
+    run = {"use_mask": False, "prompt": "task"}
+    write_results(tmp_path / "new", {"test/gr/acc": 90.0, "test_ood/gr/acc": 70.0, "test_clean/asr/wer": 3.5}, [], run)
+    assert ahamask(["report", str(tmp_path / "new"), "--format", "csv"]) == 0
+    (row,) = csv.DictReader(capsys.readouterr().out.splitlines())
+    assert (row["gr/acc"], row["gr/acc (ood)"], row["asr/wer (clean)"]) == ("90.0", "70.0", "3.5")
+    write_results(tmp_path / "old", {"test/gr/acc": 90.0, "test/gr_test_ood/acc": 70.0}, [], run)
+    assert ahamask(["report", str(tmp_path / "old")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "old/test_metrics.json" in err[0] and "'test/gr_test_ood/acc'" in err[0]
 
 
 def test_quick_ablations_and_the_makefile_line(in_repo):
@@ -234,10 +258,10 @@ def test_the_base_mask_is_reused_only_for_the_seed_it_was_fitted_with(tmp_path):
 
 def test_table_rows():
     s = {"task": "gr", "conditions": {
-        c: {"metrics": {"test/gr/acc": 90.0 + i, "test/gr_test_ood/acc": 80.0 + i, "test/gr/other": 1.0},
+        c: {"metrics": {"test/gr/acc": 90.0 + i, "test_ood/gr/acc": 80.0 + i, "test/gr/other": 1.0},
             "active_heads": None if i < 2 else 30} for i, c in enumerate(CONDITIONS)}}
     columns, rows = ab.table_rows([s], reproduce.TABLE_METRICS)
-    assert columns == ["condition", "gr/acc", "gr_test_ood/acc", "gr/heads"]
+    assert columns == ["condition", "gr/acc", "gr/acc (ood)", "gr/heads"]
     assert [r["condition"] for r in rows] == list(CONDITIONS)
     assert rows[0]["gr/heads"] == "all" and rows[3]["gr/heads"] == 30 and rows[3]["gr/acc"] == 93.0
     text = reproduce.markdown(columns, rows, {"gr/acc": (96.79, 0.0, 0.0, 98.05)})
@@ -305,10 +329,10 @@ def test_reproduce_tiny_end_to_end(synth_corpus, tmp_path, in_repo):
     with open(out / "table.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["condition"] for r in rows] == list(CONDITIONS)
-    assert {"gr/acc", "gr_test_ood/acc", "gr/heads"} <= set(rows[0])  # the OOD GR column: held-out voices
+    assert {"gr/acc (ind)", "gr/acc (ood)", "gr/heads"} <= set(rows[0])  # the OOD GR column: held-out voices
     assert rows[0]["gr/heads"] == rows[1]["gr/heads"] == "all"
     assert rows[2]["gr/heads"] == rows[3]["gr/heads"] == str(load_mask(out / "gr/fit/mask.safetensors").active())
-    assert all(0.0 <= float(r["gr/acc"]) <= 100.0 for r in rows)
+    assert all(0.0 <= float(r["gr/acc (ind)"]) <= 100.0 for r in rows)
     assert "| AHAMask |" in (out / "table.md").read_text()
     assert is_png(out / "jaccard.png")
     record = json.loads((out / "gr/fit/fit_record.json").read_text())  # the fit is stamped too

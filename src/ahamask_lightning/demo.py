@@ -8,19 +8,23 @@ random-mask conditions, and prints the comparison, then where the mask and the l
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
+from .analysis.ablations import metric_value
 from .experiment import conditions, fit_mask, random_like, test_condition
 
 CONFIG = "experiments/gr_tiny.yaml"
 
 
 def data_overrides(data: Path, task: str = "gr") -> list[str]:
+    """The corpus' manifests; the two test sets named ``ind`` (in-domain voices) and ``ood`` (held-out voices)."""
     m = data / "manifests"
+    tests = {"ind": [f"{m}/test/{task}.jsonl"], "ood": [f"{m}/test_ood/{task}.jsonl"]}
     return ["--data.init_args.train", f"[{m}/train/{task}.jsonl]", "--data.init_args.val", f"[{m}/val/{task}.jsonl]",
-            "--data.init_args.test", f"[{m}/test/{task}.jsonl, {m}/test_ood/{task}.jsonl]"]
+            "--data.init_args.test", json.dumps(tests)]
 
 
 def results_table(rows: list[tuple[str, float | None, float | None, float | None, int | None]]) -> str:
@@ -70,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         res = test_condition(CONFIG, cond, out / "test" / cond.name.replace(" ", "_"),
                              common + ["--trainer.limit_test_batches", str(args.test_batches)])
         m = res["metrics"]
-        rows.append((cond.name, m.get("test/gr/acc"), m.get("test/gr/acc_exact"), m.get("test/gr_test_ood/acc"),
-                     res["run"].get("active_heads")))
+        rows.append((cond.name, metric_value(m, "gr", "acc", "ind"), metric_value(m, "gr", "acc_exact", "ind"),
+                     metric_value(m, "gr", "acc", "ood"), res["run"].get("active_heads")))
     table = results_table(rows)
     (out / "results.txt").write_text(table + "\n")
     print("\n" + table)

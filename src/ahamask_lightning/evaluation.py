@@ -1,54 +1,117 @@
-"""Per-task metric accumulation shared by mask training and TinyLALM pretraining."""
+"""Per-task metric accumulation shared by mask training and TinyLALM pretraining, and the one
+definition of the metric keys every logger, results file, table and figure uses.
+
+Metric keys
+-----------
+``<stage>/<task>/<metric>`` for an unnamed evaluation set, ``<stage>_<set>/<task>/<metric>`` for a
+named one (``data.init_args.test: {ood: [...]}``)::
+
+    test/gr/acc          the test loaders given as a list (or with no name)
+    test_ood/gr/acc      the test loaders of the set named ``ood``
+    val/asr/wer          validation
+    test_clean/asr/wer   LibriSpeech test-clean, given as ``{clean: ...}``
+
+* ``stage`` is one of :data:`STAGES` (no ``_`` in any of them), so the first ``_`` of the first part
+  is where the set name starts, whatever ``_`` or ``-`` the set name itself holds.
+* ``set`` follows the data module's rule for set names: lower-case letters, digits, ``_`` and
+  ``-``, starting with a letter or digit.
+* ``task`` is a registered task (``ahamask_lightning.tasks.TASKS``), never extended by a suffix,
+  so ``gr`` and ``gr_asr`` cannot be mistaken for each other.
+* ``metric`` is a key of the task metric's ``compute()`` (``acc``, ``acc_exact``, ``wer``...).
+
+Keys are plain strings for Lightning's ``log_dict``: the set sits in the first part, which
+TensorBoard uses to group its panels, so each held-out set gets its own group.
+"""
 from __future__ import annotations
+
+import re
 
 import torch
 
+STAGES = ("train", "val", "test", "predict")
+_SET_NAME = r"[a-z0-9][a-z0-9_-]*"
+_METRIC = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+_KEY = re.compile(rf"^(?P<stage>[a-z]+)(?:_(?P<set>{_SET_NAME}))?/(?P<task>[a-z0-9_]+)/(?P<metric>{_METRIC})$")
+
+
+def metric_key(stage: str, task: str, metric: str, eval_set: str | None = None) -> str:
+    """The key of ``metric`` of ``task`` on the ``stage`` loaders of set ``eval_set`` (None: unnamed);
+    see the module docstring for the format. One-line ``ValueError`` for any part it cannot carry."""
+    from .tasks import TASKS
+
+    if stage not in STAGES:
+        raise ValueError(f"metric key: stage {stage!r} is not one of {', '.join(STAGES)}")
+    if task not in TASKS:
+        raise ValueError(f"metric key: task {task!r} is not a registered task ({', '.join(TASKS)})")
+    if not re.fullmatch(_METRIC, str(metric)):
+        raise ValueError(f"metric key: metric name {metric!r} must be letters, digits, '_', '.' or '-'")
+    if eval_set is not None and not re.fullmatch(_SET_NAME, str(eval_set)):
+        raise ValueError(f"metric key: set name {eval_set!r} must be lower-case letters, digits, '_' or '-'")
+    head = stage if eval_set is None else f"{stage}_{eval_set}"
+    return f"{head}/{task}/{metric}"
+
+
+def parse_metric_key(key: str) -> tuple[str, str, str, str | None]:
+    """``test_ood/gr/acc`` -> (``test``, ``gr``, ``acc``, ``ood``); ``test/gr/acc`` -> (..., None).
+
+    The inverse of :func:`metric_key`; one-line ``ValueError`` for a key it did not make (an
+    unknown stage or task, a missing part, a key of the older ``test/gr_test_ood/acc`` form)."""
+    from .tasks import TASKS
+
+    found = _KEY.match(key) if isinstance(key, str) else None
+    if found is None or found["stage"] not in STAGES:
+        raise ValueError(f"metric key {key!r} is not <stage>[_<set>]/<task>/<metric> with stage in "
+                         f"{', '.join(STAGES)}")
+    if found["task"] not in TASKS:
+        raise ValueError(f"metric key {key!r}: {found['task']!r} is not a registered task ({', '.join(TASKS)})")
+    return found["stage"], found["task"], found["metric"], found["set"]
+
 
 class TaskEvaluator:
-    """One torchmetrics metric per task seen, plus the predictions for the results file."""
+    """One torchmetrics metric per (task, evaluation set) seen, plus the predictions for the results file."""
 
     def __init__(self) -> None:
-        self.metrics: dict[str, object] = {}
+        self.metrics: dict[tuple[str, str | None], object] = {}
         self.predictions: list[dict] = []
 
     def reset(self) -> None:
         self.metrics, self.predictions = {}, []
 
-    def update(self, batch: dict, preds: list[str], device: torch.device | str = "cpu", suffix: str = "") -> None:
-        """``suffix`` keeps apart loaders of the same task (e.g. ``_test_ood``: held-out voices)."""
+    def update(self, batch: dict, preds: list[str], device: torch.device | str = "cpu",
+               eval_set: str | None = None) -> None:
+        """``eval_set`` keeps apart loaders of the same task (the data module's set name of the
+        loader, e.g. ``ood`` for held-out voices; None: unnamed)."""
         by_task: dict[str, tuple[list[str], list[str]]] = {}
         for task, pred, ref, sid, ins in zip(batch["tasks"], preds, batch["texts"], batch["ids"],
                                              batch["instructions"]):
             p, r = by_task.setdefault(task, ([], []))
             p.append(pred)
             r.append(ref)
-            self.predictions.append({"id": sid, "task": task, "instruction": ins, "prediction": pred,
-                                     "reference": ref})
+            record = {"id": sid, "task": task, "instruction": ins, "prediction": pred, "reference": ref}
+            self.predictions.append(record if eval_set is None else {**record, "set": eval_set})
         for task, (p, r) in by_task.items():
-            key = task + suffix
+            key = (task, eval_set)
             if key not in self.metrics:
                 from .tasks import get_task
 
                 self.metrics[key] = get_task(task).metric().to(device)
             self.metrics[key].update(p, r)
 
-    def compute(self, prefix: str) -> dict[str, float]:
+    def compute(self, stage: str) -> dict[str, float]:
+        """``{metric_key(stage, task, metric, set): value}`` over every (task, set) updated."""
         results = {}
-        for task, metric in sorted(self.metrics.items()):
-            for key, value in metric.compute().items():
-                results[f"{prefix}/{task}/{key}"] = float(value)
+        for (task, eval_set), metric in sorted(self.metrics.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+            for name, value in metric.compute().items():
+                results[metric_key(stage, task, name, eval_set)] = float(value)
         return results
 
 
-STANDARD_SPLITS = ("train", "val", "valid", "dev", "test")
-
-
-def loader_suffix(datamodule, stage: str, dataloader_idx: int) -> str:
-    """'' for manifests in a standard split directory, else ``_<directory>`` (e.g. ``_test_ood``)."""
-    paths = getattr(datamodule, "paths", {}).get(stage) or []
-    if dataloader_idx >= len(paths):
-        return ""
-    from pathlib import Path
-
-    parent = Path(paths[dataloader_idx]).parent.name
-    return "" if parent in STANDARD_SPLITS or not parent else f"_{parent}"
+def eval_set_of(datamodule: object, stage: str, dataloader_idx: int) -> str | None:
+    """The set name of ``stage`` dataloader ``dataloader_idx``, read from the data module's
+    ``eval_sets(stage)`` (``ManifestDataModule``); None for an unnamed loader, and when there is no
+    data module or it names no sets (dataloaders handed to the Trainer directly)."""
+    eval_sets = getattr(datamodule, "eval_sets", None)
+    if eval_sets is None:
+        return None
+    names = eval_sets(stage)
+    return names[dataloader_idx] if dataloader_idx < len(names) else None

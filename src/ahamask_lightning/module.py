@@ -20,7 +20,7 @@ import lightning as L
 import torch
 
 from .data.collate import SampleCollate
-from .evaluation import TaskEvaluator, loader_suffix
+from .evaluation import TaskEvaluator, eval_set_of
 from .masking import HeadGate, HeadMask, load_mask
 from .masking.estimators import CONTINUOUS
 from .masking.prune import PrunedEval
@@ -196,9 +196,8 @@ class AHAMaskModule(L.LightningModule):
             return self.adapter.generate(batch, **self.generation)
 
     def _eval_step(self, batch: dict, stage: str, dataloader_idx: int) -> None:
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        suffix = loader_suffix(dm, stage, dataloader_idx) if dm is not None else ""
-        self.evaluator.update(batch, self._generate(batch), self.device, suffix)
+        eval_set = eval_set_of(self.trainer.datamodule, stage, dataloader_idx)
+        self.evaluator.update(batch, self._generate(batch), self.device, eval_set)
 
     def _eval_epoch_end(self, prefix: str) -> dict[str, float]:
         results = self.evaluator.compute(prefix)

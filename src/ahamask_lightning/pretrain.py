@@ -29,7 +29,7 @@ import torch
 
 from .data.audio import PAIR_GAP_SECONDS
 from .data.collate import SampleCollate
-from .evaluation import TaskEvaluator, loader_suffix
+from .evaluation import TaskEvaluator, eval_set_of
 from .models.tiny_lalm import PROMPT_TEMPLATE, TinyLALM, TinyLALMConfig, build_tokenizer
 from .module import warmup_cosine
 
@@ -315,7 +315,7 @@ class TinyLALMPretrain(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.log("val/loss", self.adapter.loss(batch), batch_size=len(batch["ids"]))
         preds = self.adapter.generate(batch, max_new_tokens=self.hparams.max_new_tokens)
-        self.evaluator.update(batch, preds, self.device, loader_suffix(self.trainer.datamodule, "val", dataloader_idx))
+        self.evaluator.update(batch, preds, self.device, eval_set_of(self.trainer.datamodule, "val", dataloader_idx))
 
     def on_validation_epoch_start(self) -> None:
         self.evaluator.reset()

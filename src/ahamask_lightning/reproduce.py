@@ -13,6 +13,7 @@ How each study maps to YAML overrides: ``ahamask_lightning.analysis.ablations``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -27,18 +28,20 @@ TABLE_METRICS = {"asr": ("wer",), "gr": ("acc", "acc_exact", "answered"), "ser":
                  "src": ("acc", "acc_exact", "answered"), "asv": ("acc", "acc_exact", "answered"),
                  "aac": ("meteor", "rouge_l"), "s2tt": ("bleu",), "osr": ("wer",), "gr_asr": ("ifr", "acc", "wer"),
                  "asr_gr": ("ifr", "acc", "wer"), "json": ("ifr", "wer", "acc")}
-# Paper Table 1 (SALMONN-13B) per column, in CONDITIONS order; None: not reported.
+# Paper Table 1 (SALMONN-13B) per table column (``analysis.report.metric_column``), in CONDITIONS
+# order; None: not reported. ASR tests LibriSpeech test-clean and test-other as the named sets
+# ``clean`` and ``other``; GR, GR|ASR and JSON test test-clean alone (the YAML's one, unnamed set).
 PAPER_SALMONN = {
-    "asr_test-clean/wer": (2.10, 12.00, 21.36, 2.10), "asr_test-other/wer": (4.95, 17.23, 57.62, 5.08),
-    "gr_test-clean/acc": (96.79, 0.0, 0.0, 98.05), "ser/acc": (69.70, 0.0, 0.0, 70.02),
+    "asr/wer (clean)": (2.10, 12.00, 21.36, 2.10), "asr/wer (other)": (4.95, 17.23, 57.62, 5.08),
+    "gr/acc": (96.79, 0.0, 0.0, 98.05), "ser/acc": (69.70, 0.0, 0.0, 70.02),
     "asv/acc": (93.49, 0.0, 0.18, 93.24), "aac/meteor": (20.60, 14.90, 14.01, 24.15),
     "aac/rouge_l": (40.42, 33.69, 32.19, 48.71), "s2tt/bleu": (34.48, 15.14, 13.64, 33.90),
     "osr/wer": (23.72, 30.95, 47.19, 23.89),
-    "gr_asr_test-clean/ifr": (98.59, None, None, 99.12), "gr_asr_test-clean/acc": (68.02, None, None, 97.77),
-    "gr_asr_test-clean/wer": (3.52, None, None, 2.21), "json_test-clean/ifr": (69.16, None, None, 98.89),
-    "json_test-clean/wer": (6.17, None, None, 2.40), "json_test-clean/acc": (51.05, None, None, 97.30),
+    "gr_asr/ifr": (98.59, None, None, 99.12), "gr_asr/acc": (68.02, None, None, 97.77),
+    "gr_asr/wer": (3.52, None, None, 2.21), "json/ifr": (69.16, None, None, 98.89),
+    "json/wer": (6.17, None, None, 2.40), "json/acc": (51.05, None, None, 97.30),
 }
-PAPER_QWEN = {"gr_test-clean/acc": (91.03, None, None, 94.43), "asv/acc": (49.24, None, None, 85.75)}
+PAPER_QWEN = {"gr/acc": (91.03, None, None, 94.43), "asv/acc": (49.24, None, None, 85.75)}
 # Released SALMONN-AHAMask checkpoints (reference/official_masks/<stem>.pth) per task.
 OFFICIAL = {"asr": "asr_librispeech", "gr": "gender_librispeech", "ser": "emotion_iemocap", "asv": "asv_voxceleb1",
             "aac": "aac_audiocaps", "s2tt": "s2tt_covost2", "osr": "osr_libri2mix", "gr_asr": "gender_asr_librispeech",
@@ -57,11 +60,19 @@ def config_path(task: str, family: str) -> str:
     raise FileNotFoundError(f"no experiment YAML for task {task!r} and model {family!r} (experiments/{task}_{family}.yaml)")
 
 
+# SynthSpeech's two test sets as named test sets: in-domain voices and held-out voices
+TINY_SETS = {"ind": "test", "ood": "test_ood"}
+TINY_REPORTED_SET = "ind"  # the set the ablation studies report
+
+
 def tiny_data_args(data: Path, task: str) -> list[str]:
+    """Train / val / test overrides for one task of a SynthSpeech corpus; the test sets are named
+    (:data:`TINY_SETS`; held-out voices only where the corpus has them for the task)."""
     m = data / "manifests"
-    tests = [m / "test" / f"{task}.jsonl"] + [p for p in [m / "test_ood" / f"{task}.jsonl"] if p.is_file()]
+    tests = {name: [str(m / folder / f"{task}.jsonl")] for name, folder in TINY_SETS.items()
+             if name == TINY_REPORTED_SET or (m / folder / f"{task}.jsonl").is_file()}
     return ["--data.init_args.train", f"[{m}/train/{task}.jsonl]", "--data.init_args.val", f"[{m}/val/{task}.jsonl]",
-            "--data.init_args.test", "[" + ", ".join(str(p) for p in tests) + "]"]
+            "--data.init_args.test", json.dumps(tests)]
 
 
 def quick_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
@@ -101,7 +112,8 @@ def manifests_of(config: str, stages: Sequence[str]) -> list[str]:
     out = []
     for stage in stages:
         value = init.get(stage) or []
-        out += [value] if isinstance(value, str) else list(value)
+        for manifests in (value.values() if isinstance(value, dict) else [value]):  # {set name: manifest(s)}
+            out += [manifests] if isinstance(manifests, str) else list(manifests)
     return out
 
 
@@ -184,7 +196,8 @@ def cmd_tiny(args: argparse.Namespace) -> int:
     jobs = []
     for task in args.tasks:
         common = tiny_data_args(args.data, task) + ["--model.init_args.model.init_args.checkpoint", str(ckpt)]
-        jobs.append((task, task, ab.Runner(config_path(task, args.schedule), common, fit, test), None))
+        runner = ab.Runner(config_path(task, args.schedule), common, fit, test, eval_set=TINY_REPORTED_SET)
+        jobs.append((task, task, runner, None))
     summaries = run_table(jobs, args.out, None)
     png = jaccard_png(summaries, args.out / "jaccard.png")
     print(f"[reproduce] wrote {args.out / 'table.md'}, {args.out / 'table.csv'}" + (f", {png}" if png else ""))
@@ -271,12 +284,12 @@ def cmd_ablations(args: argparse.Namespace) -> int:
     if stop_if_missing("ablations", missing):
         return 2
     fit, test = quick_args(args)
-    runner = ab.Runner(config, common, fit, test)
+    runner = ab.Runner(config, common, fit, test, eval_set=TINY_REPORTED_SET if family == "tiny" else None)
     only = set(args.only)
     base = ab.four_conditions(runner, task, out / "conditions")
     mask = Path(base["mask"])
-    aha = ab.metric_value(base["conditions"]["AHAMask"]["metrics"], task)
-    instr = ab.metric_value(base["conditions"]["with instruction"]["metrics"], task)
+    aha = runner.metric(base["conditions"]["AHAMask"], task)
+    instr = runner.metric(base["conditions"]["with instruction"], task)
     if "lambda" in only:
         ab.lambda_sweep(runner, task, args.lambdas, out / "lambda", done={0.0: mask})
     if "seeds" in only:

@@ -13,7 +13,7 @@ seeds                  ``--seed_everything S --{model,data}.init_args.seed S``; 
                        ``ahamask mask combine --op and``
 progressive (Fig. 4)   ``--model.init_args.mask`` = the top share of heads by learned logit
 prompt wording (Fig.2) ``--model.init_args.use_mask false --model.init_args.prompt variant:K``
-OOD GR                 ``--data.init_args.test [data/<corpus>/manifests/test/gr.jsonl]``
+OOD GR                 ``--data.init_args.test {<corpus>: [data/<corpus>/manifests/test/gr.jsonl], ...}``
 transfer               the mask of one model tested with the other model's YAML
 =====================  ====================================================================
 
@@ -26,10 +26,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..evaluation import parse_metric_key
 from ..experiment import CONDITIONS, Condition, conditions, fit_mask, random_like, run_cli, test_condition
 from ..masking import load_mask, save_mask
-from ..tasks import TASKS, get_task
+from ..tasks import get_task
 from .masks import combine, jaccard_matrix, mask_to_logits, progressive_masks
+from .report import metric_column
 
 # Out-of-domain gender recognition (paper: TEDLIUM, CommonVoice, VoxCeleb1), as `ahamask data prepare` writes them.
 OOD_GR = {"tedlium": "data/tedlium/manifests/test/gr.jsonl",
@@ -39,12 +41,14 @@ OOD_GR = {"tedlium": "data/tedlium/manifests/test/gr.jsonl",
 
 @dataclass
 class Runner:
-    """One experiment YAML plus the overrides every fit / test of a study shares."""
+    """One experiment YAML plus the overrides every fit / test of a study shares; ``eval_set`` is
+    the test set whose metric the studies report (None: the unnamed one, see :func:`metric_value`)."""
 
     config: str
     common: list[str] = field(default_factory=list)
     fit_extra: list[str] = field(default_factory=list)
     test_extra: list[str] = field(default_factory=list)
+    eval_set: str | None = None
 
     def fit(self, out: Path, extra: list[str] = ()) -> Path:
         overrides = [*self.common, *self.fit_extra, *extra]
@@ -57,36 +61,35 @@ class Runner:
     def test(self, cond: Condition, out: Path, extra: list[str] = ()) -> dict:
         return test_condition(self.config, cond, out, [*self.common, *self.test_extra, *extra])
 
+    def metric(self, record: dict, task: str) -> float | None:
+        """The primary metric of ``task`` on this runner's ``eval_set`` in a test record."""
+        return metric_value(record["metrics"], task, eval_set=self.eval_set)
 
-def split_key(key: str) -> tuple[str, str, str] | None:
-    """``test/gr_test_ood/acc`` -> (``gr``, ``_test_ood``, ``acc``); None for keys of no task."""
-    parts = key.split("/")
-    if len(parts) != 3:
-        return None
-    head, metric = parts[1], parts[2]
-    if head in TASKS:
-        return head, "", metric
-    # the longest task name that the loader suffix extends (gr_asr is a task, gr_test_ood is not)
-    for task in sorted(TASKS, key=len, reverse=True):
-        if head.startswith(task + "_"):
-            return task, head[len(task):], metric
-    return None
+
+def metric_entries(metrics: dict[str, float], where: str | None = None) -> list[tuple[str, str, str | None, float]]:
+    """(task, metric, set, value) for every key of a results file's ``metrics`` (see
+    ``evaluation.parse_metric_key``); a key of another form (a file written before the keys named
+    their sets, say) is a one-line ``ValueError`` naming ``where`` and the key."""
+    out = []
+    for key, value in metrics.items():
+        try:
+            _, task, metric, eval_set = parse_metric_key(key)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}" if where else str(exc)) from None
+        out.append((task, metric, eval_set, value))
+    return out
 
 
 def metric_value(metrics: dict[str, float], task: str, metric: str | None = None,
-                 suffix: str | None = None) -> float | None:
-    """The value of ``metric`` (default: the task's primary one) for ``task``; ``suffix`` picks a
-    loader (``""`` in-domain, ``"_test_ood"``...); None picks the in-domain one, else the first."""
+                 eval_set: str | None = None) -> float | None:
+    """The value of ``metric`` (default: the task's primary one) for ``task`` on set ``eval_set``;
+    None picks the unnamed set when there is one, else the first set name in sorted order."""
     metric = metric or get_task(task).primary
-    found = {}
-    for key, value in metrics.items():
-        parts = split_key(key)
-        if parts and parts[0] == task and parts[2] == metric:
-            found[parts[1]] = value
-    if suffix is not None:
-        return found.get(suffix)
-    if "" in found:
-        return found[""]
+    found = {s: v for t, m, s, v in metric_entries(metrics) if t == task and m == metric}
+    if eval_set is not None:
+        return found.get(eval_set)
+    if None in found:
+        return found[None]
     return found[min(found)] if found else None
 
 
@@ -146,7 +149,7 @@ def lambda_sweep(runner: Runner, task: str, lambdas: list[float], out: Path,
         rec = runner.test(Condition("AHAMask", "none", True, str(mask)), run_dir / "test")
         mf = load_mask(mask)
         rows.append({"lambda": lam, "mask": str(mask), "active": mf.active(), "total": mf.mask.numel(),
-                     "metric": metric_value(rec["metrics"], task)})
+                     "metric": runner.metric(rec, task)})
     return write_summary(out, {"kind": "lambda", "task": task, "metric": get_task(task).primary, "rows": rows})
 
 
@@ -169,8 +172,7 @@ def seed_study(runner: Runner, task: str, seeds: list[int], out: Path, done: dic
         rec = runner.test(Condition("AHAMask", "none", True, str(mask)), run_dir / "test")
         mf = load_mask(mask)
         masks.append(mf)
-        rows.append({"seed": seed, "mask": str(mask), "active": mf.active(), "metric": metric_value(rec["metrics"],
-                                                                                                     task)})
+        rows.append({"seed": seed, "mask": str(mask), "active": mf.active(), "metric": runner.metric(rec, task)})
     inter = combine([m.mask for m in masks], "and")
     out.mkdir(parents=True, exist_ok=True)
     inter_path = out / "intersection.safetensors"
@@ -181,7 +183,7 @@ def seed_study(runner: Runner, task: str, seeds: list[int], out: Path, done: dic
         "kind": "seeds", "task": task, "metric": get_task(task).primary, "rows": rows,
         "jaccard": jaccard_matrix([m.mask for m in masks]).tolist(),
         "intersection": {"mask": str(inter_path), "active": int(inter.sum()),
-                         "metric": metric_value(rec["metrics"], task)}})
+                         "metric": runner.metric(rec, task)}})
 
 
 def progressive(runner: Runner, task: str, mask: Path, fractions: list[float], out: Path,
@@ -195,7 +197,7 @@ def progressive(runner: Runner, task: str, mask: Path, fractions: list[float], o
         save_mask(path, mask_to_logits(m), progressive_share=frac, source=str(mask),
                   model_id=source.metadata.get("model_id"))
         rec = runner.test(Condition("AHAMask", "none", True, str(path)), out / f"top_{round(100 * frac):03d}")
-        rows.append({"share": frac, "active": int(m.sum()), "metric": metric_value(rec["metrics"], task)})
+        rows.append({"share": frac, "active": int(m.sum()), "metric": runner.metric(rec, task)})
     return write_summary(out, {"kind": "progressive", "task": task, "metric": get_task(task).primary,
                                "mask": str(mask), "rows": rows, "references": references or {}})
 
@@ -207,19 +209,21 @@ def prompt_sensitivity(runner: Runner, task: str, out: Path, ahamask: float | No
     rows = []
     for k, text in enumerate(wordings):
         rec = runner.test(Condition(f"variant {k}", f"variant:{k}", False), out / f"variant_{k}")
-        rows.append({"k": k, "instruction": text, "metric": metric_value(rec["metrics"], task)})
+        rows.append({"k": k, "instruction": text, "metric": runner.metric(rec, task)})
     return write_summary(out, {"kind": "prompts", "task": task, "metric": get_task(task).primary, "rows": rows,
                                "ahamask": ahamask})
 
 
 def held_out(runner: Runner, task: str, mask: Path, test_sets: dict[str, str], out: Path) -> dict:
-    """A mask and the instruction baseline on other test sets (OOD GR), one run per set: each set's
-    manifest sits in a ``test`` directory, so sharing a run would pool their metrics."""
+    """A mask and the instruction baseline on other test sets (OOD GR): one run per condition,
+    with the sets as the data module's named test sets, so each keeps its own metric keys."""
+    named = ["--data.init_args.test", json.dumps({name: [manifest] for name, manifest in test_sets.items()})]
     rows = []
-    for name, manifest in test_sets.items():
-        for cond in (Condition("with instruction", "task", False), Condition("AHAMask", "none", True, str(mask))):
-            rec = runner.test(cond, out / name / cond.name.replace(" ", "_"), ["--data.init_args.test", f"[{manifest}]"])
-            rows.append({"set": name, "condition": cond.name, "metric": metric_value(rec["metrics"], task)})
+    for cond in (Condition("with instruction", "task", False), Condition("AHAMask", "none", True, str(mask))):
+        rec = runner.test(cond, out / cond.name.replace(" ", "_"), named)
+        for name in test_sets:
+            rows.append({"set": name, "condition": cond.name,
+                         "metric": metric_value(rec["metrics"], task, eval_set=name)})
     return write_summary(out, {"kind": "held_out", "task": task, "metric": get_task(task).primary, "rows": rows})
 
 
@@ -227,21 +231,23 @@ def transfer(target: Runner, task: str, mask: Path, out: Path, label: str) -> di
     """A mask learned on one model tested on another of the same shape (Instruct <-> Base)."""
     rec = target.test(Condition("AHAMask", "none", True, str(mask)), out)
     return write_summary(out, {"kind": "transfer", "task": task, "label": label, "mask": str(mask),
-                               "config": target.config, "metric": metric_value(rec["metrics"], task)})
+                               "config": target.config, "metric": target.metric(rec, task)})
 
 
 def table_rows(summaries: list[dict], metrics: dict[str, tuple[str, ...]]) -> tuple[list[str], list[dict]]:
-    """Rows = the four conditions; columns = ``<task><loader>/<metric>`` per task, plus ``<task>/heads``."""
+    """Rows = the four conditions; columns = ``report.metric_column`` (``<task>/<metric>``, plus
+    `` (<set>)`` for a named test set) per task, plus ``<task>/heads``."""
     columns: list[str] = []
     rows = {name: {"condition": name} for name in CONDITIONS}
     for s in summaries:
         task = s["task"]
+        wanted = metrics.get(task, (get_task(task).primary,))
         for name, res in s["conditions"].items():
-            for key, value in sorted(res["metrics"].items()):
-                parts = split_key(key)
-                if not parts or parts[0] != task or parts[2] not in metrics.get(task, (get_task(task).primary,)):
+            entries = metric_entries(res["metrics"], f"{task}, {name}")
+            for t, metric, eval_set, value in sorted(entries, key=lambda e: (e[2] or "", e[1])):
+                if t != task or metric not in wanted:
                     continue
-                col = f"{task}{parts[1]}/{parts[2]}"
+                col = metric_column(task, metric, eval_set)
                 rows[name][col] = value
                 if col not in columns:
                     columns.append(col)

@@ -195,9 +195,14 @@ def prompt_spread(per_task: dict[str, list[float]], path: str, ylabel: str = "me
     plt.close(fig)
 
 
-def loader_name(suffix: str) -> str:
-    """A test loader's metric-key suffix as an axis label (``""``: the in-domain set)."""
-    return {"": "in-domain", "_test_ood": "out-of-domain"}.get(suffix, suffix.lstrip("_") or "in-domain")
+# axis labels of the test-set names the shipped configs use; any other name labels itself
+SET_LABELS = {None: "in-domain", "ind": "in-domain", "ood": "out-of-domain", "clean": "test-clean",
+              "other": "test-other"}
+
+
+def set_label(eval_set: str | None) -> str:
+    """A test set's name (from its metric key) as an axis label (None: the unnamed set)."""
+    return SET_LABELS.get(eval_set, eval_set)
 
 
 def draw_all(run_dirs: Sequence[str | Path], out: str | Path) -> list[Path]:
@@ -205,7 +210,7 @@ def draw_all(run_dirs: Sequence[str | Path], out: str | Path) -> list[Path]:
     ``analysis.ablations``); returns the PNGs written into ``out``."""
     from ..masking import load_mask
     from ..tasks import get_task
-    from .ablations import split_key
+    from .ablations import metric_entries
     from .masks import jaccard_matrix
 
     out = Path(out)
@@ -268,10 +273,9 @@ def draw_all(run_dirs: Sequence[str | Path], out: str | Path) -> list[Path]:
             primary = get_task(task).primary
             values = {}
             for cond, res in s["conditions"].items():
-                for key, value in res["metrics"].items():
-                    parts = split_key(key)
-                    if parts and parts[0] == task and parts[2] == primary:
-                        values.setdefault(loader_name(parts[1]), {})[cond] = value
+                for t, metric, eval_set, value in metric_entries(res["metrics"], f"{path} ({cond})"):
+                    if t == task and metric == primary:
+                        values.setdefault(set_label(eval_set), {})[cond] = value
             if values:
                 heads = f"{s.get('active', '?')}/{s.get('total', '?')} heads"
                 grouped_bars(values, str(target(f"conditions_{task}")), metric_label(primary),

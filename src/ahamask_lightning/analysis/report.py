@@ -1,4 +1,7 @@
-"""Tables from test results: one row per test run, one column per ``test/<task>/<metric>``.
+"""Tables from test results: one row per test run, one column per task metric of each test set.
+
+Columns are :func:`metric_column` of the parsed metric key (``evaluation.parse_metric_key``):
+``gr/acc`` for ``test/gr/acc``, ``gr/acc (ood)`` for the named set ``test_ood/gr/acc``.
 
 A RUN_DIR is a directory holding ``test_metrics.json`` (what ``ahamask test`` writes with
 ``--model.init_args.results_dir``), the file itself, or a directory above several of them (e.g. a
@@ -10,7 +13,13 @@ import csv
 import io
 from pathlib import Path
 
+from ..evaluation import parse_metric_key
 from ..results import read_results
+
+
+def metric_column(task: str, metric: str, eval_set: str | None = None) -> str:
+    """A table column for a task metric: ``gr/acc``, or ``gr/acc (ood)`` for the named test set ``ood``."""
+    return f"{task}/{metric}" if eval_set is None else f"{task}/{metric} ({eval_set})"
 
 
 def condition(run: dict) -> str:
@@ -49,7 +58,11 @@ def collect(run_dirs: list[str]) -> tuple[list[str], list[dict]]:
         row = {"run": str(path.parent), "condition": condition(rec["run"]),
                "active_heads": rec["run"].get("active_heads"), "git": rec.get("git_revision")}
         for key, value in rec["metrics"].items():
-            col = key.removeprefix("test/")
+            try:
+                stage, task, metric, eval_set = parse_metric_key(key)
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
+            col = metric_column(task, metric, eval_set) if stage == "test" else key
             row[col] = value
             if col not in columns:
                 columns.append(col)
