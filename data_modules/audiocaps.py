@@ -10,6 +10,9 @@ Train has one caption per clip and gets one line per caption. Val and test have 
 per clip and get one line per clip: ``text`` is the first caption (CSV order) and
 ``meta.references`` holds all of them for the caption metrics. Clips that were never
 downloaded (YouTube removals are common) are counted as ``missing_audio``.
+
+Lhotse 1.33 has no AudioCaps recipe (``lhotse.recipes`` was checked), hence this reader; the
+clips are read with Lhotse's ``Recording.from_file``.
 """
 from __future__ import annotations
 
@@ -17,14 +20,14 @@ import csv
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .prepare import ManifestWriter, layout_error
+from .prepare import CutWriter, layout_error, read_recording
 
 LAYOUT = "AudioCaps {train,val,test}.csv (audiocap_id,youtube_id,start_time,caption) + {split}/{youtube_id}.wav"
 SPLITS = ("train", "val", "test")
 EXTENSIONS = (".wav", ".flac")
 
 
-def write_captions(writer: ManifestWriter, split: str, clips: Iterable[tuple[str, Path | None, list[str], dict]],
+def write_captions(writer: CutWriter, split: str, clips: Iterable[tuple[str, Path | None, list[str], dict]],
                    per_caption: bool) -> None:
     """Shared with Clotho. ``clips``: (clip id, audio or None when missing, captions, meta)."""
     for clip_id, audio, captions, meta in clips:
@@ -35,13 +38,17 @@ def write_captions(writer: ManifestWriter, split: str, clips: Iterable[tuple[str
         if not captions:
             writer.skip(split, clip_id, "no_caption")
             continue
-        duration = writer.duration(audio)
+        recording = read_recording(audio, recording_id=clip_id)
+        if recording is None:
+            writer.skip(split, clip_id, "unreadable_audio")
+            continue
+        meta = {**meta, "references": captions}  # every caption of the clip, for the caption metrics
         if per_caption:
             for i, caption in enumerate(captions):
                 sid = clip_id if len(captions) == 1 else f"{clip_id}_{i}"
-                writer.add(split, "aac", sid, str(audio), caption, duration, {**meta, "references": captions})
+                writer.add(split, "aac", sid, recording, caption, meta=meta)
         else:
-            writer.add(split, "aac", clip_id, str(audio), captions[0], duration, {**meta, "references": captions})
+            writer.add(split, "aac", clip_id, recording, captions[0], meta=meta)
 
 
 def _csv_path(root: Path, split: str) -> Path | None:
@@ -60,7 +67,7 @@ def _audio(root: Path, split: str, names: tuple[str, ...]) -> Path | None:
     return None
 
 
-def prepare_corpus(root: Path, writer: ManifestWriter) -> None:
+def prepare_corpus(root: Path, writer: CutWriter) -> None:
     found = {s: _csv_path(root, s) for s in SPLITS}
     if not any(found.values()):
         raise layout_error("audiocaps", root, LAYOUT, "no train/val/test.csv")

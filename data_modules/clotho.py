@@ -8,6 +8,8 @@ Published layout (Zenodo: the caption CSVs and one ``clotho_audio_{split}.7z`` p
 Output splits use the project's names: development -> ``train`` (one line per caption),
 validation -> ``val`` and evaluation -> ``test`` (one line per clip, ``text`` = caption_1,
 ``meta.references`` = all five). The Clotho split name is kept in ``meta.clotho_split``.
+
+Lhotse 1.33 has no Clotho recipe (``lhotse.recipes`` was checked), hence this reader.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .audiocaps import write_captions
-from .prepare import ManifestWriter, layout_error
+from .prepare import CutWriter, layout_error
 
 LAYOUT = ("Clotho clotho_captions_{development,validation,evaluation}.csv (file_name, caption_1..caption_5) "
           "+ {development,validation,evaluation}/{file_name}")
@@ -30,7 +32,7 @@ def _find(root: Path, *candidates: str) -> Path | None:
     return None
 
 
-def prepare_corpus(root: Path, writer: ManifestWriter) -> None:
+def prepare_corpus(root: Path, writer: CutWriter) -> None:
     tables = {name: _find(root, f"clotho_captions_{name}.csv", f"clotho_csv_files/clotho_captions_{name}.csv")
               for name in SPLITS}
     if not any(tables.values()):

@@ -7,8 +7,11 @@ Published layout: Common Voice (English) clips plus the CoVoST 2 tables::
     (or the single covost_v2.en_zh-CN.tsv with a ``split`` column, as released)
 
 Clips are referenced as they are: Common Voice ships mp3, which libsndfile reads only
-from version 1.1 on (otherwise the loader needs torchaudio/ffmpeg); durations of clips
-whose header cannot be read are left out. ``meta.sentence`` keeps the English transcript.
+from version 1.1 on (Lhotse falls back to torchaudio/ffmpeg); a clip whose header no backend
+can read is counted as ``unreadable_audio``. ``meta.sentence`` keeps the English transcript.
+
+Lhotse 1.33 has no CoVoST recipe (``lhotse.recipes`` was checked), hence this reader; the
+clips are read with Lhotse's ``Recording.from_file``.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from .prepare import ManifestWriter, layout_error
+from .prepare import CutWriter, layout_error, read_recording
 
 LAYOUT = "CoVoST2 covost_v2.en_zh-CN.{train,dev,test}.tsv (path, sentence, translation, client_id) + clips/*.mp3"
 PAIR = "en_zh-CN"
@@ -40,7 +43,7 @@ def find_clips(root: Path, clips_dir: str | None, lang: str = "en") -> Path | No
     return None
 
 
-def prepare_corpus(root: Path, writer: ManifestWriter, *, clips_dir: str | None = None) -> None:
+def prepare_corpus(root: Path, writer: CutWriter, *, clips_dir: str | None = None) -> None:
     per_split = {s: root / f"covost_v2.{PAIR}.{s}.tsv" for s in SPLITS}
     combined = root / f"covost_v2.{PAIR}.tsv"
     if not any(p.is_file() for p in per_split.values()) and not combined.is_file():
@@ -62,7 +65,6 @@ def prepare_corpus(root: Path, writer: ManifestWriter, *, clips_dir: str | None 
                 if split in SPLITS and writer.wanted(split):
                     yield split, row
 
-    mp3 = False
     for split, row in rows():
         rel = (row.get("path") or "").strip()
         sid = f"covost_{Path(rel).stem}"
@@ -70,9 +72,10 @@ def prepare_corpus(root: Path, writer: ManifestWriter, *, clips_dir: str | None 
         if not rel or not audio.is_file():
             writer.skip(split, sid, "missing_audio")
             continue
-        mp3 = mp3 or audio.suffix.lower() == ".mp3"
-        meta = {"sentence": (row.get("sentence") or "").strip(), "client_id": row.get("client_id") or ""}
-        writer.add(split, "s2tt", sid, str(audio), row.get("translation") or "", writer.duration(audio), meta)
-    if mp3:
-        writer.note("covost: audio is Common Voice mp3, referenced as is (decoding needs libsndfile>=1.1 "
-                    "or torchaudio with ffmpeg)")
+        recording = read_recording(audio, recording_id=sid)
+        if recording is None:
+            writer.skip(split, sid, "unreadable_audio")
+            continue
+        meta = {"sentence": (row.get("sentence") or "").strip()}  # the English source, for reference
+        writer.add(split, "s2tt", sid, recording, row.get("translation") or "", speaker=row.get("client_id") or None,
+                   language="English", meta=meta)  # the spoken language; the target is Chinese

@@ -11,6 +11,10 @@ every other consensus label (``fru``, ``sur``, ``fea``, ``dis``, ``oth``, ``xxx`
 dropped and counted as ``dropped_label:<code>``. Labels are written with
 ``format_label("ser", code)`` so targets are the task's own strings. Sessions 1-4
 are ``train``, the held-out session (5 unless ``test_session`` says otherwise) is ``test``.
+The speaker's gender (the letter before the turn number, ``..._F000``) goes on the supervision.
+
+Lhotse 1.33 has no IEMOCAP recipe (``lhotse.recipes`` was checked), hence this reader; the
+clips are read with Lhotse's ``Recording.from_file``.
 """
 from __future__ import annotations
 
@@ -19,11 +23,12 @@ from pathlib import Path
 
 from ahamask_lightning.tasks import format_label
 
-from .prepare import ManifestWriter, layout_error
+from .prepare import CutWriter, layout_error, read_recording
 
 LAYOUT = ("IEMOCAP_full_release/Session{1..5}/sentences/wav/{dialog}/{utt}.wav and "
           "Session{n}/dialog/EmoEvaluation/{dialog}.txt")
 KEPT = ("neu", "hap", "exc", "sad", "ang")
+GENDER = {"F": "Female", "M": "Male"}
 # "[start - end]<tab>utterance<tab>label<tab>[V, A, D]"; only these summary lines start with '['.
 LINE = re.compile(r"^\[\s*([\d.]+)\s*-\s*([\d.]+)\s*\]\s+(\S+)\s+(\S+)")
 
@@ -38,7 +43,7 @@ def read_evaluation(path: Path) -> list[tuple[str, str, float, float]]:
     return rows
 
 
-def prepare_corpus(root: Path, writer: ManifestWriter, *, test_session: int = 5) -> None:
+def prepare_corpus(root: Path, writer: CutWriter, *, test_session: int = 5) -> None:
     if not (root / "Session1").is_dir() and (root / "IEMOCAP_full_release").is_dir():
         root = root / "IEMOCAP_full_release"
     sessions = sorted(p for p in root.glob("Session[0-9]*") if p.is_dir())
@@ -58,17 +63,16 @@ def prepare_corpus(root: Path, writer: ManifestWriter, *, test_session: int = 5)
             if evaluation.name.startswith("."):  # macOS "._" resource forks ship in some copies
                 continue
             dialog = evaluation.stem
-            for utt, code, start, end in read_evaluation(evaluation):
+            for utt, code, _start, _end in read_evaluation(evaluation):
                 if code not in KEPT:
                     writer.skip(split, utt, f"dropped_label:{code}")
                     continue
                 audio = session / "sentences" / "wav" / dialog / f"{utt}.wav"
-                if not audio.is_file():
+                recording = read_recording(audio, recording_id=utt) if audio.is_file() else None
+                if recording is None:
                     writer.skip(split, utt, "missing_audio")
                     continue
-                meta = {"session": number, "dialog": dialog, "emotion": code,
-                        # The speaker's gender is the letter before the turn number (..._F000).
-                        "gender": {"F": "Female", "M": "Male"}.get(utt.rsplit("_", 1)[-1][:1], ""),
-                        "improvised": "_impro" in dialog}
-                duration = writer.duration(audio) or (end - start)
-                writer.add(split, "ser", utt, str(audio), format_label("ser", code), duration, meta)
+                letter = utt.rsplit("_", 1)[-1][:1]  # the turn's actor: F or M of this session
+                writer.add(split, "ser", utt, recording, format_label("ser", code),
+                           speaker=f"Ses{number:02d}{letter}" if letter in GENDER else None,
+                           gender=GENDER.get(letter), language="English")

@@ -8,10 +8,16 @@ Published layout (as written by the LibriMix generation scripts)::
 
 A mixture ID joins the two LibriSpeech utterance ids (``4077-13754-0001_5142-36377-0020``),
 source 1 first. The target is the osr format ``"transcript 1|transcript 2"`` with the
-transcripts looked up in LibriSpeech (``librispeech_root``; by default a ``LibriSpeech/``
-next to ``Libri2Mix/``, which is where the generation scripts put it). The metadata's
-absolute paths point at the machine that generated the mixtures, so the mixture is
-located from its ID first and ``mixture_path`` is only a fallback.
+transcripts taken from LibriSpeech through Lhotse's ``prepare_librispeech``
+(``librispeech_root``; by default a ``LibriSpeech/`` next to ``Libri2Mix/``, which is where
+the generation scripts put it). The metadata's absolute paths point at the machine that
+generated the mixtures, so the mixture is located from its ID first and ``mixture_path`` is
+only a fallback.
+
+Lhotse's own ``prepare_librimix`` (1.33) was checked and does not fit: it does not read the
+generated mixtures above but re-mixes LibriSpeech with WHAM! noise on the fly from the LibriMix
+metadata, needs WHAM! and LibriSpeech CutSets prepared beforehand, supports only 16 kHz ``max``
+mixtures and returns MixedCuts, not one clip per sample.
 """
 from __future__ import annotations
 
@@ -20,14 +26,42 @@ from pathlib import Path
 
 from ahamask_lightning.tasks.parsing import BAR
 
-from .librispeech import TranscriptIndex
-from .prepare import ManifestWriter, layout_error
+from .librispeech import find_root, subsets, utterances
+from .prepare import CutWriter, layout_error, read_recording
 
 LAYOUT = ("Libri2Mix/wav16k/{min,max}/{train-100,dev,test}/mix_clean/*.wav + "
           "Libri2Mix/wav16k/{min,max}/metadata/mixture_{split}_mix_clean.csv")
-# The LibriSpeech subset each Libri2Mix split draws from (searched first for transcripts).
+# The LibriSpeech subset each Libri2Mix split draws from (read first for transcripts).
 SOURCE_SUBSET = {"train-100": "train-clean-100", "train-360": "train-clean-360", "dev": "dev-clean",
                  "test": "test-clean"}
+
+
+class Transcripts:
+    """Utterance id -> LibriSpeech transcript, one subset at a time through Lhotse's recipe.
+
+    A mixture's sources come from the subset :data:`SOURCE_SUBSET` names; any other subset
+    present is read only when a source is not found there.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = find_root(root)
+        self.subsets = subsets(self.root)
+        self._loaded: set[str] = set()
+        self._texts: dict[str, str] = {}
+
+    def _load(self, parts: list[str]) -> None:
+        parts = [p for p in parts if p in self.subsets and p not in self._loaded]
+        if parts:
+            for pairs in utterances(self.root, parts).values():
+                self._texts.update((s.id, s.text or "") for _, s in pairs)
+            self._loaded.update(parts)
+
+    def get(self, utt: str, prefer: str | None = None) -> str | None:
+        if prefer is not None:
+            self._load([prefer])
+        if utt not in self._texts:
+            self._load(self.subsets)
+        return self._texts.get(utt)
 
 
 def _librispeech(root: Path, option: str | None) -> Path:
@@ -35,7 +69,7 @@ def _librispeech(root: Path, option: str | None) -> Path:
         if not Path(option).is_dir():
             raise FileNotFoundError(f"libri2mix: --librispeech-root {option} is not a directory "
                                     "(expected LibriSpeech/{subset}/{speaker}/{chapter}/*.trans.txt)")
-        return Path(option)
+        return Path(option).absolute()
     tried = [root / "LibriSpeech", root.parent / "LibriSpeech", root.parent.parent / "LibriSpeech"]
     for candidate in tried:
         if candidate.is_dir():
@@ -44,7 +78,7 @@ def _librispeech(root: Path, option: str | None) -> Path:
                             f"(tried {', '.join(str(t) for t in tried)})")
 
 
-def prepare_corpus(root: Path, writer: ManifestWriter, *, librispeech_root: str | None = None,
+def prepare_corpus(root: Path, writer: CutWriter, *, librispeech_root: str | None = None,
                    mix_mode: str = "min", sample_rate: str = "16k") -> None:
     if (root / "Libri2Mix").is_dir():
         root = root / "Libri2Mix"
@@ -53,8 +87,7 @@ def prepare_corpus(root: Path, writer: ManifestWriter, *, librispeech_root: str 
     if not tables:
         raise layout_error("libri2mix", root, LAYOUT, f"no wav{sample_rate}/{mix_mode}/metadata/"
                            "mixture_*_mix_clean.csv")
-    transcripts = TranscriptIndex(_librispeech(root, librispeech_root))
-    rate = 8000 if sample_rate == "8k" else 16000
+    transcripts = Transcripts(_librispeech(root, librispeech_root))
     for table in tables:
         split = table.name[len("mixture_"):-len("_mix_clean.csv")]
         if not writer.wanted(split):
@@ -69,16 +102,13 @@ def prepare_corpus(root: Path, writer: ManifestWriter, *, librispeech_root: str 
                 continue
             audio = base / split / "mix_clean" / f"{mix_id}.wav"
             if not audio.is_file():
-                fallback = Path(row.get("mixture_path") or "")
-                if not fallback.is_file():
-                    writer.skip(split, mix_id, "missing_audio")
-                    continue
-                audio = fallback
+                audio = Path(row.get("mixture_path") or "")
+            recording = read_recording(audio, recording_id=mix_id) if audio.is_file() else None
+            if recording is None:
+                writer.skip(split, mix_id, "missing_audio")
+                continue
             texts = [transcripts.get(u, prefer=SOURCE_SUBSET.get(split)) for u in sources]
             if any(not t for t in texts):
                 writer.skip(split, mix_id, "missing_transcript")
                 continue
-            length = row.get("length")
-            duration = int(length) / rate if length and length.strip().isdigit() else writer.duration(audio)
-            meta = {"sources": sources, "transcripts": texts, "mode": mix_mode, "sample_rate": rate}
-            writer.add(split, "osr", mix_id, str(audio), BAR.join(texts), duration, meta)
+            writer.add(split, "osr", mix_id, recording, BAR.join(texts), language="English")

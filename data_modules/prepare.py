@@ -1,21 +1,32 @@
-"""Manifests for public corpora read in their original published layout.
+"""Lhotse CutSets for public corpora read in their original published layout.
 
 ``ahamask data prepare CORPUS --root DIR --out DIR`` writes
-``OUT/manifests/{split}/{task}.jsonl`` (one sample per line, instruction-free),
+``OUT/manifests/{split}/{task}.cuts.jsonl.gz`` (a Lhotse CutSet, one cut per sample),
 ``OUT/summary.json`` (counts per split/task, skipped items with reasons, notes),
 ``OUT/skipped.jsonl`` (every skipped item) and ``OUT/corpus.json`` (the audio roots
-read from). Audio is never copied: manifests hold absolute paths into the corpus,
-which therefore has to stay where it is. The data layer confines absolute audio
-paths to a manifest's folder; ``corpus.json`` adds the raw corpus to that, so the
-prepared manifests pass by default and a path outside the corpus is still rejected.
+read from). Audio is never copied: the cuts' recordings hold absolute paths into the
+corpus, which therefore has to stay where it is; ``corpus.json`` tells the data layer
+which folders those paths may lie in.
+
+The AHAMask cut convention, which the data loader reads:
+
+* one :class:`lhotse.MonoCut` per sample; ``cut.id`` is the sample id; ``cut.recording``
+  is the clip, ``cut.start``/``cut.duration`` select a segment of a long file (TED-LIUM);
+* one :class:`lhotse.SupervisionSegment` whose ``text`` is the task's target, with
+  ``speaker``/``gender``/``language`` where the corpus gives them;
+* ``cut.custom = {"task": <registered task name>, "meta": {...} (only where needed)}``;
+* a pair sample (speaker verification) carries its second clip as ``cut.custom["audio_b"]``,
+  a :class:`lhotse.Recording`, with ``cut.custom["audio_b_unaligned"] = True``: without it,
+  ``cut.load_audio_b()`` would cut the second clip to the first one's start and duration.
 
 >>> summary = prepare("librispeech", "/corpora/LibriSpeech", "data/librispeech")  # doctest: +SKIP
 >>> summary["counts"]["test-clean"]["gr"]  # doctest: +SKIP
 2620
 
-Each corpus lives in its own module exposing ``LAYOUT`` (one line, quoted in the
-missing-root error) and ``prepare_corpus(root, writer, **options)``. The modules
-import the helpers below, so they are loaded lazily to keep the import acyclic.
+Corpora with a Lhotse recipe (``lhotse.recipes``) go through it; the others have small
+readers of their own. Each corpus lives in its own module exposing ``LAYOUT`` (one line,
+quoted in the missing-root error) and ``prepare_corpus(root, writer, **options)``. The
+modules import the helpers below, so they are loaded lazily to keep the import acyclic.
 """
 from __future__ import annotations
 
@@ -29,31 +40,45 @@ from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
-from ahamask_lightning.data.manifest import CORPUS_FILE, read_corpus_file
+from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
+from lhotse.audio import AudioLoadingError
+
 from ahamask_lightning.tasks import get_task
 
 MAX_SKIPPED_IN_SUMMARY = 200  # the full list goes to skipped.jsonl; keep summary.json readable
+CORPUS_FILE = "corpus.json"  # the data layer reads the audio roots from it
+CUTS_SUFFIX = ".cuts.jsonl.gz"
 
 
-class ManifestWriter:
-    """Streams manifest lines to ``OUT/manifests/{split}/{task}.jsonl`` and counts them.
+def cuts_path(out: str | os.PathLike, split: str, task: str) -> Path:
+    """Where the CutSet of one split and task goes: ``OUT/manifests/{split}/{task}.cuts.jsonl.gz``."""
+    return Path(out) / "manifests" / split / f"{task}{CUTS_SUFFIX}"
 
-    Files are opened on first use (truncating earlier runs' files of the same name), so a
-    corpus with 280k utterances never holds its manifests in memory.
+
+def recording_paths(recording: Recording) -> list[str]:
+    """The files a recording reads (its ``file`` sources)."""
+    return [os.path.abspath(s.source) for s in recording.sources if s.type == "file"]
+
+
+class CutWriter:
+    """Streams AHAMask cuts to ``OUT/manifests/{split}/{task}.cuts.jsonl.gz`` and counts them.
+
+    Each file is written with Lhotse's sequential CutSet writer (``CutSet.open_writer``, the same
+    format as ``CutSet.to_file``) so that a corpus with 280k utterances and ten task files is
+    never held in memory as cuts. Files are opened on first use, truncating earlier runs' files.
     """
 
     def __init__(self, out: str | os.PathLike, splits: Collection[str] | None = None,
-                 durations: bool = True, audio_roots: Iterable[str | os.PathLike] = ()) -> None:
+                 audio_roots: Iterable[str | os.PathLike] = ()) -> None:
         self.out = Path(out)
         self.audio_roots: list[str] = []  # every audio path written must lie inside one of them
         for root in audio_roots:
             self.add_audio_root(root)
         self.splits = set(splits) if splits else None
-        self.durations = durations
         self.counts: dict[str, Counter] = {}
         self.skipped: Counter = Counter()
         self.notes: list[str] = []
-        self._files: dict[tuple[str, str], Any] = {}
+        self._writers: dict[tuple[str, str], Any] = {}
         self._ids: dict[tuple[str, str], set[str]] = {}  # per file: ids are only unique within one
         self._skip_file = None
 
@@ -67,9 +92,14 @@ class ManifestWriter:
         """Whether ``split`` is to be written (``--splits`` filter); corpora skip work early."""
         return self.splits is None or split in self.splits
 
-    def add(self, split: str, task: str, id: str, audio: str | list[str], text: str,
-            duration: float | None = None, meta: dict[str, Any] | None = None) -> bool:
-        """Write one sample; returns False (and records a skip) when it cannot be used."""
+    def add(self, split: str, task: str, id: str, recording: Recording, text: str, *,
+            start: float = 0.0, duration: float | None = None, speaker: str | None = None,
+            gender: str | None = None, language: str | None = None, audio_b: Recording | None = None,
+            meta: dict[str, Any] | None = None) -> bool:
+        """Write one sample as a cut; returns False (and records a skip) when it cannot be used.
+
+        ``start``/``duration`` (seconds) select a segment of ``recording``; by default all of it.
+        """
         if not self.wanted(split):
             return False
         get_task(task)  # a typo in a corpus module must fail loudly, not write a dead manifest
@@ -82,28 +112,28 @@ class ManifestWriter:
             # Duplicate ids would make per-sample results ambiguous downstream.
             self.skip(split, id, "duplicate_id", task=task)
             return False
-        ids.add(id)
-        paths = [os.path.abspath(p) for p in audio] if isinstance(audio, (list, tuple)) else os.path.abspath(audio)
-        outside = [p for p in (paths if isinstance(paths, list) else [paths])
-                   if not any(os.path.commonpath([p, root]) == root for root in self.audio_roots)]
+        paths = recording_paths(recording) + (recording_paths(audio_b) if audio_b is not None else [])
+        outside = [p for p in paths if not any(os.path.commonpath([p, r]) == r for r in self.audio_roots)]
         if outside:
-            # the data layer would reject it as path_outside_root (e.g. a table row naming ../x.wav)
+            # the data layer would reject it as outside the corpus (e.g. a table row naming ../x.wav)
             self.skip(split, id, "outside_audio_roots", task=task)
             self.note(f"audio outside {', '.join(self.audio_roots)} is skipped, e.g. {outside[0]}")
             return False
-        line: dict[str, Any] = {"id": id, "audio": paths, "task": task, "text": text}
-        if duration is not None and duration > 0:
-            line["duration"] = round(float(duration), 3)
-        line["meta"] = meta or {}
-        key = (split, task)
-        if key not in self._files:
-            path = self.out / "manifests" / split / f"{task}.jsonl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Kept open across calls (closed in close()): one handle per manifest, not one per line.
-            self._files[key] = open(path, "w", encoding="utf-8")  # noqa: SIM115
-        self._files[key].write(json.dumps(line, ensure_ascii=False) + "\n")
+        ids.add(id)
+        self._writer(split, task).write(make_cut(
+            id, task, recording, text, start=start, duration=duration, speaker=speaker, gender=gender,
+            language=language, audio_b=audio_b, meta=meta))
         self.counts.setdefault(split, Counter())[task] += 1
         return True
+
+    def _writer(self, split: str, task: str) -> Any:
+        key = (split, task)
+        if key not in self._writers:
+            path = cuts_path(self.out, split, task)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Kept open across calls (closed in close()): one handle per file, not one per cut.
+            self._writers[key] = CutSet.open_writer(path, overwrite=True)
+        return self._writers[key]
 
     def skip(self, split: str, id: str, reason: str, task: str | None = None) -> None:
         """Record an item that was left out, and why (summarised by reason)."""
@@ -122,22 +152,10 @@ class ManifestWriter:
         if text not in self.notes:
             self.notes.append(text)
 
-    def duration(self, path: str | os.PathLike) -> float | None:
-        """Seconds of an audio file from its header, or None (disabled, or a format libsndfile lacks)."""
-        if not self.durations:
-            return None
-        import soundfile as sf
-
-        try:
-            info = sf.info(str(path))
-        except (RuntimeError, OSError, ValueError, TypeError):  # mp3 on old libsndfile, shorten sph, bad headers
-            return None
-        return info.frames / info.samplerate if info.samplerate else None
-
     def close(self) -> None:
-        for f in self._files.values():
-            f.close()
-        self._files.clear()
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
         if self._skip_file is not None:
             self._skip_file.close()
             self._skip_file = None
@@ -153,6 +171,35 @@ class ManifestWriter:
                     break
                 items.append(json.loads(line))
         return items
+
+
+def make_cut(id: str, task: str, recording: Recording, text: str, *, start: float = 0.0,
+             duration: float | None = None, speaker: str | None = None, gender: str | None = None,
+             language: str | None = None, audio_b: Recording | None = None,
+             meta: dict[str, Any] | None = None) -> MonoCut:
+    """One sample in the AHAMask cut convention (see the module docstring)."""
+    duration = recording.duration - start if duration is None else duration
+    # The first channel, as the data layer has always read many-channel files.
+    channel = recording.channel_ids[0]
+    supervision = SupervisionSegment(id=id, recording_id=recording.id, start=0.0, duration=duration,
+                                     channel=channel, text=text, speaker=speaker, gender=gender,
+                                     language=language)
+    custom: dict[str, Any] = {"task": task}
+    if meta:
+        custom["meta"] = meta
+    if audio_b is not None:
+        custom["audio_b"] = audio_b
+        custom["audio_b_unaligned"] = True  # load the whole second clip, not the first one's span
+    return MonoCut(id=id, start=start, duration=duration, channel=channel, recording=recording,
+                   supervisions=[supervision], custom=custom)
+
+
+def read_recording(path: str | os.PathLike, recording_id: str | None = None) -> Recording | None:
+    """``Recording.from_file``, or None for a file whose header no audio backend can read."""
+    try:
+        return Recording.from_file(os.path.abspath(path), recording_id=recording_id)
+    except AudioLoadingError:  # raised once every audio backend has failed on the file
+        return None
 
 
 def layout_error(corpus: str, root: Path, layout: str, what: str = "") -> FileNotFoundError:
@@ -179,7 +226,7 @@ class _Corpus:
         params = inspect.signature(self.module.prepare_corpus).parameters
         return [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
-    def __call__(self, root: Path, writer: ManifestWriter, **options: Any) -> None:
+    def __call__(self, root: Path, writer: CutWriter, **options: Any) -> None:
         self.module.prepare_corpus(root, writer, **options)
 
 
@@ -197,23 +244,21 @@ def _corpus(name: str) -> _Corpus:
 
 
 def prepare(corpus: str, root: str | os.PathLike, out: str | os.PathLike,
-            splits: Iterable[str] | None = None, durations: bool = True, **options: Any) -> dict[str, Any]:
-    """Write manifests for ``corpus`` found at ``root`` into ``out``; returns the summary.
+            splits: Iterable[str] | None = None, **options: Any) -> dict[str, Any]:
+    """Write CutSets for ``corpus`` found at ``root`` into ``out``; returns the summary.
 
     ``splits`` restricts the output splits (names as written, e.g. ``test-clean``);
-    ``durations=False`` skips reading audio headers (faster on slow disks);
     ``options`` are the corpus module's keyword options (e.g. ``librispeech_root``).
     """
     entry = _corpus(corpus)
-    root_path = Path(root).expanduser()
+    root_path = Path(root).expanduser().absolute()  # recordings must name absolute paths
     if not root_path.is_dir():
         raise FileNotFoundError(f"{entry.module_name} root not found: {root_path} (expected {entry.layout})")
     unknown = sorted(set(options) - set(entry.options()))
     if unknown:
         raise ValueError(f"{entry.module_name} does not take option(s) {', '.join(unknown)}; "
                          f"its options: {', '.join(entry.options()) or 'none'}")
-    writer = ManifestWriter(out, splits=list(splits) if splits else None, durations=durations,
-                            audio_roots=[root_path])
+    writer = CutWriter(out, splits=list(splits) if splits else None, audio_roots=[root_path])
     try:
         entry(root_path, writer, **options)
     finally:
@@ -236,10 +281,19 @@ def prepare(corpus: str, root: str | os.PathLike, out: str | os.PathLike,
 def write_corpus_file(out: str | os.PathLike, roots: Iterable[str]) -> Path:
     """Record ``roots`` in ``OUT/corpus.json``, keeping roots an earlier run into ``out`` recorded.
 
-    Earlier roots stay because their manifests may still be in ``out`` (another corpus, other splits).
+    Earlier roots stay because their cuts may still be in ``out`` (another corpus, other splits).
     """
     path = Path(out) / CORPUS_FILE
-    kept = read_corpus_file(str(path)) if path.is_file() else []
+    kept: list[str] = []
+    if path.is_file():
+        try:
+            kept = json.loads(path.read_text(encoding="utf-8"))["audio_roots"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: expected {{\"audio_roots\": [folders]}} from an earlier run ({err!r}); "
+                             "fix or delete it") from None
+        if not isinstance(kept, list) or not all(isinstance(r, str) for r in kept):
+            raise ValueError(f"{path}: 'audio_roots' must be a list of folder names; fix or delete it")
+        kept = [r if os.path.isabs(r) else os.path.abspath(path.parent / r) for r in kept]
     merged = list(dict.fromkeys([*kept, *(os.path.abspath(r) for r in roots)]))
     with open(path, "w", encoding="utf-8") as f:
         json.dump({"audio_roots": merged}, f, indent=2, ensure_ascii=False)
@@ -249,16 +303,14 @@ def write_corpus_file(out: str | os.PathLike, roots: Iterable[str]) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("corpus", help=f"one of: {', '.join(CORPORA)}")
     parser.add_argument("--root", required=True, help="the corpus directory, in its published layout")
-    parser.add_argument("--out", required=True, help="output directory (manifests only; audio is referenced)")
+    parser.add_argument("--out", required=True, help="output directory (CutSets only; audio is referenced)")
     parser.add_argument("--splits", nargs="+", default=None, help="only these output splits")
-    parser.add_argument("--no-durations", dest="durations", action="store_false",
-                        help="do not read audio headers for durations")
     # Corpus options default to None so that only the ones the user gave are passed on.
     parser.add_argument("--librispeech-root", default=None, help="libri2mix: LibriSpeech for the transcripts")
     parser.add_argument("--mix-mode", default=None, choices=("min", "max"), help="libri2mix: min or max mixtures")
     parser.add_argument("--sample-rate", default=None, choices=("16k", "8k"), help="libri2mix: wav16k or wav8k")
     parser.add_argument("--lang", default=None, help="commonvoice: language directory (default en)")
-    parser.add_argument("--clips-dir", default=None, help="covost/commonvoice: Common Voice clips directory")
+    parser.add_argument("--clips-dir", default=None, help="covost: Common Voice clips directory")
     parser.add_argument("--trials", default=None, help="voxceleb: trial list file name (default veri_test2.txt)")
     parser.add_argument("--test-session", type=int, default=None, help="iemocap: held-out session (default 5)")
 
@@ -268,11 +320,10 @@ _OPTION_ARGS = ("librispeech_root", "mix_mode", "sample_rate", "lang", "clips_di
 
 def run(args: argparse.Namespace) -> int:
     options = {k: getattr(args, k) for k in _OPTION_ARGS if getattr(args, k, None) is not None}
-    summary = prepare(args.corpus, args.root, args.out, splits=args.splits,
-                      durations=getattr(args, "durations", True), **options)
+    summary = prepare(args.corpus, args.root, args.out, splits=args.splits, **options)
     for split, counts in summary["counts"].items():
         for task, n in counts.items():
-            print(f"{split}/{task}: {n} samples -> {Path(args.out) / 'manifests' / split / (task + '.jsonl')}")
+            print(f"{split}/{task}: {n} samples -> {cuts_path(args.out, split, task)}")
     if summary["skipped"]:
         print("skipped: " + ", ".join(f"{r}={n}" for r, n in summary["skipped"].items()))
     for note in summary["notes"]:

@@ -6,18 +6,26 @@ Published layout (the dev and test zips unpack into one ``wav/`` tree)::
     veri_test2.txt | veri_test.txt     1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav
     vox1_meta.csv                      VoxCeleb1 ID<TAB>VGGFace1 ID<TAB>Gender<TAB>Nationality<TAB>Set
 
-``asv``: one sample per trial, ``audio`` = [enrolment, test], target ``Yes`` (label 1)
-or ``No`` (label 0), split ``test``. The cleaned list ``veri_test2.txt`` is preferred
-over the original ``veri_test.txt``; ``trials`` names another (e.g. ``list_test_hard2.txt``).
-``gr`` (only with ``vox1_meta.csv``): every utterance of a speaker with gender ``m``/``f``,
-in the split named by the metadata's ``Set`` column (``dev`` or ``test``).
-Also accepted: ``vox1_dev_wav/wav`` and ``vox1_test_wav/wav`` as kept from the zips.
+``asv``: one cut per trial, the enrolment clip as its recording and the test clip as
+``custom["audio_b"]``; target ``Yes`` (label 1) or ``No`` (label 0), split ``test``. The
+cleaned list ``veri_test2.txt`` is preferred over the original ``veri_test.txt``; ``trials``
+names another (e.g. ``list_test_hard2.txt``). ``gr`` (only with ``vox1_meta.csv``): every
+utterance of a speaker with gender ``m``/``f``, in the split named by the metadata's ``Set``
+column (``dev`` or ``test``). Also accepted: ``vox1_dev_wav/wav`` and ``vox1_test_wav/wav``
+as kept from the zips.
+
+Lhotse's ``prepare_voxceleb`` (1.33) was checked and does not fit: on every call it downloads
+the trial list from openslr.org into the working directory (so it fails offline and ignores the
+``veri_test2.txt`` next to the audio), and it reads only ``wav/`` with every speaker listed in
+``vox1_meta.csv``. The clips are read with Lhotse's ``Recording.from_file`` here instead.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from .prepare import ManifestWriter, layout_error
+from lhotse import Recording
+
+from .prepare import CutWriter, layout_error, read_recording
 
 LAYOUT = ("VoxCeleb1/wav/{id}/{youtube}/{nnnnn}.wav with veri_test2.txt or veri_test.txt "
           "(and optionally vox1_meta.csv)")
@@ -28,13 +36,6 @@ GENDER = {"m": "Male", "f": "Female"}
 
 def wav_roots(root: Path) -> list[Path]:
     return [root / d for d in WAV_DIRS if (root / d).is_dir()]
-
-
-def _find(roots: list[Path], rel: str) -> Path | None:
-    for r in roots:
-        if (r / rel).is_file():
-            return r / rel
-    return None
 
 
 def _first_file(root: Path, names: tuple[str, ...]) -> Path | None:
@@ -57,7 +58,26 @@ def read_meta(path: Path) -> dict[str, tuple[str, str]]:
     return speakers
 
 
-def prepare_corpus(root: Path, writer: ManifestWriter, *, trials: str | None = None) -> None:
+class Clips:
+    """Trial-list paths (``id10270/x6uYqmx31kE/00001.wav``) -> Recordings, each clip read once."""
+
+    def __init__(self, roots: list[Path]) -> None:
+        self.roots = roots
+        self._cache: dict[str, Recording | None] = {}  # each test utterance appears in ~10 trials
+
+    def get(self, rel: str) -> Recording | None:
+        if rel not in self._cache:
+            path = next((r / rel for r in self.roots if (r / rel).is_file()), None)
+            self._cache[rel] = read_recording(path, recording_id=_utterance_id(rel)) if path else None
+        return self._cache[rel]
+
+
+def _utterance_id(rel: str) -> str:
+    # id10270/x6uYqmx31kE/00001.wav -> id10270_x6uYqmx31kE_00001
+    return str(Path(rel).with_suffix("")).replace("/", "_")
+
+
+def prepare_corpus(root: Path, writer: CutWriter, *, trials: str | None = None) -> None:
     roots = wav_roots(root)
     if not roots:
         raise layout_error("voxceleb", root, LAYOUT, "no wav/ directory")
@@ -71,21 +91,21 @@ def prepare_corpus(root: Path, writer: ManifestWriter, *, trials: str | None = N
     meta_path = _first_file(root, ("vox1_meta.csv",))
     if trial_path is None and meta_path is None:
         raise layout_error("voxceleb", root, LAYOUT, "neither a trial list nor vox1_meta.csv")
+    clips = Clips(roots)
     if trial_path is not None:
-        _trials(trial_path, roots, writer)
+        _trials(trial_path, clips, writer)
     else:
-        writer.note("no trial list (veri_test2.txt / veri_test.txt): asv manifests not written")
+        writer.note("no trial list (veri_test2.txt / veri_test.txt): asv CutSets not written")
     if meta_path is not None:
-        _gender(read_meta(meta_path), roots, writer)
+        _gender(read_meta(meta_path), clips, writer)
     else:
-        writer.note("vox1_meta.csv absent: gr manifests not written")
+        writer.note("vox1_meta.csv absent: gr CutSets not written")
 
 
-def _trials(path: Path, roots: list[Path], writer: ManifestWriter) -> None:
+def _trials(path: Path, clips: Clips, writer: CutWriter) -> None:
     split = "test"
     if not writer.wanted(split):
         return
-    durations: dict[Path, float | None] = {}  # each test utterance appears in ~10 trials
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         fields = line.split()
         if not fields:
@@ -94,29 +114,25 @@ def _trials(path: Path, roots: list[Path], writer: ManifestWriter) -> None:
         if len(fields) != 3 or fields[0] not in ("0", "1"):
             writer.skip(split, sid, "malformed_trial")
             continue
-        a, b = _find(roots, fields[1]), _find(roots, fields[2])
-        if a is None or b is None:
+        enrol, test = clips.get(fields[1]), clips.get(fields[2])
+        if enrol is None or test is None:
             writer.skip(split, sid, "missing_audio")
             continue
-        for p in (a, b):
-            if p not in durations:
-                durations[p] = writer.duration(p)
-        da, db = durations[a], durations[b]
-        meta = {"enroll": fields[1], "test": fields[2], "trial_list": path.name,
-                "same_speaker": fields[0] == "1"}
-        writer.add(split, "asv", sid, [str(a), str(b)], "Yes" if fields[0] == "1" else "No",
-                   da + db if da and db else None, meta)
+        writer.add(split, "asv", sid, enrol, "Yes" if fields[0] == "1" else "No", audio_b=test)
 
 
-def _gender(speakers: dict[str, tuple[str, str]], roots: list[Path], writer: ManifestWriter) -> None:
+def _gender(speakers: dict[str, tuple[str, str]], clips: Clips, writer: CutWriter) -> None:
     for speaker, (gender, split) in sorted(speakers.items()):
         if not writer.wanted(split):
             continue
-        for r in roots:
+        for r in clips.roots:
             spk_dir = r / speaker
             if not spk_dir.is_dir():
                 continue
             for wav in sorted(spk_dir.glob("*/*.wav")):
-                rel = f"{speaker}/{wav.parent.name}/{wav.stem}"
-                writer.add(split, "gr", rel.replace("/", "_"), str(wav), gender, writer.duration(wav),
-                           {"speaker": speaker, "video": wav.parent.name, "gender": gender})
+                rel = f"{speaker}/{wav.parent.name}/{wav.name}"
+                recording = clips.get(rel)
+                if recording is None:
+                    writer.skip(split, _utterance_id(rel), "unreadable_audio", task="gr")
+                    continue
+                writer.add(split, "gr", recording.id, recording, gender, speaker=speaker, gender=gender)
