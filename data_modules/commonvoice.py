@@ -52,7 +52,8 @@ def prepare_corpus(root: Path, writer: CutWriter, *, lang: str | None = None) ->
     tables = [t for t in (TABLES if writer.splits else DEFAULT_TABLES)
               if writer.wanted(t) and (root / f"{t}.tsv").is_file()]
     for table in tables:
-        header = (root / f"{table}.tsv").open(encoding="utf-8").readline().rstrip("\r\n").split("\t")
+        with open(root / f"{table}.tsv", encoding="utf-8") as f:
+            header = f.readline().rstrip("\r\n").split("\t")
         missing = [c for c in COLUMNS if c not in header]
         if missing:
             raise ValueError(f"{root / f'{table}.tsv'}: missing column(s) {', '.join(missing)}; "

@@ -251,7 +251,7 @@ def prepare(corpus: str, root: str | os.PathLike, out: str | os.PathLike,
     ``options`` are the corpus module's keyword options (e.g. ``librispeech_root``).
     """
     entry = _corpus(corpus)
-    root_path = Path(root).expanduser().absolute()  # recordings must name absolute paths
+    root_path = Path(os.path.abspath(Path(root).expanduser()))  # recordings must name absolute, normal paths
     if not root_path.is_dir():
         raise FileNotFoundError(f"{entry.module_name} root not found: {root_path} (expected {entry.layout})")
     unknown = sorted(set(options) - set(entry.options()))

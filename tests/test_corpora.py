@@ -316,9 +316,10 @@ def test_libri2mix(tmp_path):
         prepare("libri2mix", tmp_path, out, librispeech_root=str(tmp_path / "nowhere"))
 
 
-def test_tedlium(tmp_path):
-    root = tmp_path / "TEDLIUM_release-3"
-    d = root / "legacy" / "test"
+@pytest.mark.parametrize("release, split_dir", [("TEDLIUM_release-3", "legacy/test"), ("TEDLIUM_release2", "test")])
+def test_tedlium(tmp_path, release, split_dir):
+    root = tmp_path / release  # release 3 keeps the classic split under legacy/ (prepare_tedlium), 2 at the top
+    d = root / split_dir
     stm = {"AlGore_2009": [(0.50, 2.25, "<o,f0,male>", "i 'm here today"),
                            (2.25, 3.00, "<o,,unknown>", "ignore_time_segment_in_scoring"),
                            (3.00, 4.00, "<o,f0,unknown>", "some words")],
