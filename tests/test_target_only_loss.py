@@ -2,8 +2,8 @@
 
 The reference is what the adapters computed before: the model's full ``[B, S, V]`` logits and
 ``causal_lm_loss`` (shift, float copy, ignore_index). The adapters now project only the positions
-that predict a target; Qwen2-Audio also builds its input embeddings itself (for the feature cache),
-so its comparison covers that path against the model's own audio merge.
+that predict a target (the feature cache's path through merged embeddings is compared with the
+plain one in ``test_chat_speed_options.py``).
 """
 from __future__ import annotations
 
@@ -29,12 +29,8 @@ def _full_logits_loss(adapter, batch) -> torch.Tensor:
     if isinstance(adapter, models.TinyLALM) or isinstance(adapter, SalmonnAdapter):
         embeds, mask, labels = adapter._inputs(batch)
         return causal_lm_loss(adapter.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits, labels)
-    if isinstance(adapter, models.Qwen2AudioAdapter):
-        audio = dict(input_features=batch["input_features"], feature_attention_mask=batch["feature_attention_mask"])
-    else:
-        audio = adapter._audio_inputs(batch)
     out = adapter.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
-                        **audio)
+                        **adapter._audio_inputs(batch))
     return causal_lm_loss(out.logits, batch["labels"])
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .base import weights_dir
-from .chat_collate import TINY_SECONDS, ChatLALMAdapter, pack_prompts, pretrained_model, tiny_model, unpad
+from .chat_collate import TINY_SECONDS, ChatLALMAdapter, pretrained_model, tiny_model, unpad
 
 # The ChatML template of the converted checkpoint (nvidia/audio-flamingo-3-hf) written out:
 # default system prompt, then the audio placeholder at the start of the user turn, directly
@@ -90,14 +90,16 @@ class AudioFlamingo3Adapter(ChatLALMAdapter):
             or env ``AHAMASK_AUDIO_FLAMINGO3_PATH``).
         tiny: build a tiny random model of the same classes (tests, CPU demos); no files needed.
         dtype: weight dtype for real checkpoints.
+        feature_cache, gradient_checkpointing: see ``ChatLALMAdapter``.
     """
 
     audio_keys = ("input_features", "input_features_mask")
 
     def __init__(self, pretrained: str | None = None, tiny: bool = False, dtype: str = "bfloat16",
                  attn_implementation: str = "sdpa", tiny_layers: int = 2, tiny_heads: int = 4,
-                 tiny_kv_heads: int = 2) -> None:
-        super().__init__()
+                 tiny_kv_heads: int = 2,
+                 feature_cache: str | None = None, gradient_checkpointing: bool = False) -> None:
+        super().__init__(feature_cache=feature_cache, gradient_checkpointing=gradient_checkpointing)
         from transformers import AudioFlamingo3ForConditionalGeneration, AutoProcessor
 
         if tiny:
@@ -113,15 +115,13 @@ class AudioFlamingo3Adapter(ChatLALMAdapter):
         # one window per sample keeps input_features aligned with the batch (see module doc)
         self.max_seconds = min(self.max_seconds, float(self.processor.feature_extractor.chunk_length))
         self.tokenizer = self.processor.tokenizer
+        self.feature_extractor = self.processor.feature_extractor
         self._finish("audio-flamingo-3-tiny" if tiny else "audio-flamingo-3", eos="<|im_end|>")
 
     def collate(self, audios: Sequence[torch.Tensor], instructions: Sequence[str | None],
                 targets: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         prompts = [TEMPLATE.replace("{text}", ins or "") for ins in instructions]
-        enc = self.processor(text=prompts, audio=[np.asarray(a, dtype=np.float32) for a in audios],
-                             sampling_rate=self.sample_rate)
-        batch = pack_prompts(unpad(enc["input_ids"], enc["attention_mask"]), targets,
-                             lambda t: self.tokenizer.encode(t, add_special_tokens=False),
-                             self.eos_id, self.pad_id)
-        batch.update(input_features=enc["input_features"], input_features_mask=enc["input_features_mask"])
-        return batch
+        waves = [np.asarray(a, dtype=np.float32) for a in audios]
+        enc = self.processor(text=prompts, audio=waves, sampling_rate=self.sample_rate)
+        return self.pack(unpad(enc["input_ids"], enc["attention_mask"]), targets, waves,
+                         input_features=enc["input_features"], input_features_mask=enc["input_features_mask"])

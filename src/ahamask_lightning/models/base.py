@@ -157,12 +157,17 @@ def enable_llm_checkpointing(decoder: nn.Module) -> None:
 
     transformers checkpoints a layer only in training mode; the frozen LALM stays in eval mode,
     so :func:`llm_checkpointing_active` switches the layers to training mode for the loss's
-    forward. That is only the same function when the attention has no dropout: checked here.
+    forward. That is only the same function when nothing in the layers drops out (the attention's
+    own dropout, or a ``Dropout`` module such as a LoRA's ``lora_dropout``): checked here.
     """
     dropout = float(getattr(decoder.config, "attention_dropout", 0.0) or 0.0)
     if dropout:
         raise ValueError(f"gradient_checkpointing: the LLM has attention_dropout={dropout}; the checkpointed "
                          "layers would run with dropout (expected 0)")
+    dropping = [name for name, m in decoder.layers.named_modules() if isinstance(m, nn.Dropout) and m.p > 0]
+    if dropping:
+        raise ValueError(f"gradient_checkpointing: the LLM layers hold dropout with p > 0 ({dropping[0]}); the "
+                         "checkpointed layers would run with dropout (expected p = 0)")
     decoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 

@@ -1,4 +1,5 @@
-"""What the chat-prompted adapters share: prompt encoding, batch packing, loss and generation.
+"""What the chat-prompted adapters share: prompt encoding, batch packing, loss, generation,
+the audio-feature cache and activation checkpointing of the frozen LLM.
 
 Every transformers LALM used here takes the same shape of input: token ids where the
 audio placeholder token is repeated once per audio frame the encoder emits, plus the
@@ -13,17 +14,21 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
 from .base import (
     LALMAdapter,
     accepts_logits_to_keep,
+    enable_llm_checkpointing,
     last_position_logits,
+    llm_checkpointing_active,
     loss_on_target_logits,
     target_only_loss,
     target_positions,
 )
+from .feature_cache import FeatureCache, clip_key, weights_fingerprint
 
 TINY_SECONDS = 4.0  # the tiny models' feature window: audio is cut there
 
@@ -113,16 +118,39 @@ def pack_prompts(prompt_ids: Sequence[torch.Tensor | list[int]], targets: Sequen
 
 
 class ChatLALMAdapter(LALMAdapter):
-    """Loss and generation for adapters whose batch is ``pack_prompts`` + audio tensors.
+    """Collate helpers, loss, generation and the two training-speed options for adapters whose batch is
+    ``pack_prompts`` + audio tensors.
 
-    Subclasses set ``self.model`` (a transformers ``...ForConditionalGeneration``),
-    ``self.tokenizer``, ``self.eos_id``, ``self.pad_id``, and name the batch entries the model
-    takes besides the text (``audio_keys``); those in ``float_keys`` are cast to the model dtype.
+    A family subclass calls ``super().__init__(feature_cache=..., gradient_checkpointing=...)`` first
+    (options are checked there, before any weights load), sets ``self.model`` (a transformers
+    ``...ForConditionalGeneration``), ``self.tokenizer`` and ``self.feature_extractor``, and ends with
+    ``self._finish(model_id, eos=...)``. It names the batch entries the model takes besides the text
+    (``audio_keys``; those in ``float_keys`` are cast to the model dtype), writes ``collate`` with
+    :meth:`pack`, and, for the feature cache, names its frozen encoder modules (``encoder_parts``, under
+    ``self.model.model``) and gives :meth:`audio_features`.
+
+    Args (every family):
+        feature_cache: a directory where the frozen encoder + projector output of each clip is stored
+            and read back in later epochs (``feature_cache.py``); None: no cache.
+        gradient_checkpointing: recompute each LLM layer's activations in the backward pass instead of
+            keeping them (less memory, one more LLM forward per step).
     """
 
     audio_keys: tuple[str, ...] = ("input_features",)
     float_keys: tuple[str, ...] = ("input_features",)
+    encoder_parts: tuple[str, ...] = ("audio_tower", "multi_modal_projector")
+    # why the family's encoder output cannot be cached per clip (None: it can)
+    feature_cache_unsupported: ClassVar[str | None] = None
     default_generation: ClassVar[dict] = {"max_new_tokens": 64, "num_beams": 1, "do_sample": False}
+
+    def __init__(self, feature_cache: str | None = None, gradient_checkpointing: bool = False) -> None:
+        super().__init__()
+        if feature_cache and self.feature_cache_unsupported:
+            raise ValueError(f"feature_cache: not available for {type(self).__name__}: "
+                             f"{self.feature_cache_unsupported} (expected feature_cache unset)")
+        self._feature_cache_dir = feature_cache
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        self.feature_cache: FeatureCache | None = None
 
     def _set_head_shape(self) -> None:
         text_cfg = self.model.config.get_text_config()
@@ -131,32 +159,113 @@ class ChatLALMAdapter(LALMAdapter):
 
     def _finish(self, model_id: str, eos: str) -> None:
         """What every family sets once ``self.model`` and ``self.tokenizer`` exist: the gated head shape,
-        the model id masks record, the end-of-answer token and the padding id (eos when there is none)."""
+        the model id masks record, the end-of-answer token and the padding id (eos when there is none),
+        then the feature cache and activation checkpointing asked for in ``__init__``."""
         self._set_head_shape()
         self.model_id = model_id
         self.eos_id = self.tokenizer.convert_tokens_to_ids(eos)
         pad = getattr(self.tokenizer, "pad_token_id", None)
         self.pad_id = pad if pad is not None else self.eos_id
+        self.audio_token_id = self.model.config.audio_token_id
+        if self._feature_cache_dir:
+            self.feature_cache = FeatureCache(self._feature_cache_dir, self._cache_namespace())
+        if self.gradient_checkpointing:
+            enable_llm_checkpointing(self.model.get_decoder())
+
+    def _cache_namespace(self) -> dict:
+        """Everything besides the waveform that decides a clip's cached embeddings (``feature_cache.py``)."""
+        encoder = nn.ModuleList([getattr(self.model.model, name) for name in self.encoder_parts])
+        extractor = {k: v for k, v in self.feature_extractor.to_dict().items()
+                     if isinstance(v, (str, int, float, bool, dict, type(None)))}
+        return {"model_id": self.model_id, "adapter": type(self).__name__, "sample_rate": self.sample_rate,
+                "feature_extractor": extractor, "dtype": str(self.model.dtype),
+                "weights": weights_fingerprint(encoder)}
 
     def gated_attentions(self) -> Sequence[nn.Module]:
         # get_decoder() is the LLM backbone only: audio (and vision) encoders are never gated
         return [layer.self_attn for layer in self.model.get_decoder().layers]
 
+    # --- data -------------------------------------------------------------------------
+    def _encode_text(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def pack(self, prompt_ids: Sequence[torch.Tensor | list[int]], targets: Sequence[str] | None,
+             waves: Sequence[np.ndarray], **audio: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The batch of ``collate``: ``pack_prompts`` of the prompt ids (placeholders expanded) and
+        targets, the audio tensors, and ``clip_keys`` (content hashes, computed here in the loader
+        workers) when there is a feature cache."""
+        batch = pack_prompts(prompt_ids, targets, self._encode_text, self.eos_id, self.pad_id)
+        batch.update(audio)
+        if self.feature_cache is not None:
+            batch["clip_keys"] = [clip_key(w) for w in waves]
+        return batch
+
+    # --- audio ------------------------------------------------------------------------
     def _audio_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         dtype = self.model.dtype
         return {k: batch[k].to(dtype) if k in self.float_keys else batch[k] for k in self.audio_keys}
 
+    def audio_features(self, audio: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[audio tokens, hidden]``: the frozen encoder + projector output for the clips of ``audio``
+        (the ``audio_keys`` tensors), in the order the model fills the placeholders. Default: the
+        model's own ``get_audio_features`` (``pooler_output``); families whose output differs override."""
+        return self.model.get_audio_features(**audio, return_dict=True).pooler_output
+
+    def audio_embeddings(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Each clip's audio embeddings ``[tokens_i, hidden]``, from the feature cache when there is one.
+        A clip's share is the number of placeholders in its row of ``input_ids``."""
+        audio = self._audio_inputs(batch)
+        counts = (batch["input_ids"] == self.audio_token_id).sum(-1).tolist()
+
+        @torch.no_grad()
+        def encode(idx: Sequence[int]) -> list[torch.Tensor]:
+            idx = list(idx)
+            flat = self.audio_features({k: v[idx] for k, v in audio.items()})
+            wanted = [counts[i] for i in idx]
+            if flat.shape[0] != sum(wanted):
+                raise ValueError(f"batch has {sum(wanted)} audio tokens but the encoder gave {flat.shape[0]} "
+                                 "frames (input_ids and the audio inputs disagree)")
+            return list(torch.split(flat, wanted))
+
+        if self.feature_cache is None or "clip_keys" not in batch:
+            return encode(range(len(counts)))
+        return self.feature_cache.features(batch["clip_keys"], encode, device=batch["input_ids"].device,
+                                           dtype=self.model.dtype)
+
+    def input_embeddings(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Token embeddings with the audio embeddings scattered into the placeholder positions, as the
+        models' own forward does (placeholder ids embedded as id 0: some lie outside the LLM's vocabulary)."""
+        ids = batch["input_ids"]
+        slots = ids == self.audio_token_id
+        embeds = self.model.get_input_embeddings()(ids.masked_fill(slots, 0))
+        audio = torch.cat(self.audio_embeddings(batch)).to(embeds.device, embeds.dtype)
+        return embeds.masked_scatter(slots.unsqueeze(-1).to(embeds.device), audio)
+
+    def embeds_inputs(self, batch: dict[str, torch.Tensor], embeds: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model's inputs besides ``attention_mask`` when the audio is already in ``embeds``."""
+        return {"inputs_embeds": embeds}
+
+    def model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The training forward's inputs: token ids + audio tensors (the model merges the audio itself),
+        or, with the feature cache, the merged embeddings built from cached clips."""
+        if self.feature_cache is None or "clip_keys" not in batch:
+            return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                    **self._audio_inputs(batch)}
+        return {"attention_mask": batch["attention_mask"],
+                **self.embeds_inputs(batch, self.input_embeddings(batch))}
+
+    # --- compute ----------------------------------------------------------------------
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Cross-entropy with the vocabulary projection at the target positions only: through the
         model's own ``logits_to_keep`` (a 2-D bool mask) where ``forward`` takes it, else on the base
         model's hidden states with ``get_output_embeddings()`` (``target_only_loss``)."""
         labels = batch["labels"]
-        inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
-                      **self._audio_inputs(batch))
-        if accepts_logits_to_keep(self.model):
-            logits = self.model(**inputs, logits_to_keep=target_positions(labels)).logits
-            return loss_on_target_logits(logits, labels)
-        hidden = self.model.model(**inputs).last_hidden_state
+        inputs = self.model_inputs(batch)
+        with llm_checkpointing_active(self.model.get_decoder(), self.gradient_checkpointing):
+            if accepts_logits_to_keep(self.model):
+                logits = self.model(**inputs, use_cache=False, logits_to_keep=target_positions(labels)).logits
+                return loss_on_target_logits(logits, labels)
+            hidden = self.model.model(**inputs, use_cache=False).last_hidden_state
         return target_only_loss(hidden, self.model.get_output_embeddings(), labels)
 
     @torch.no_grad()

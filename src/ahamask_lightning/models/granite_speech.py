@@ -18,7 +18,6 @@ from .base import weights_dir
 from .chat_collate import (
     TINY_SECONDS,
     ChatLALMAdapter,
-    pack_prompts,
     pretrained_model,
     published_name,
     tiny_model,
@@ -130,14 +129,21 @@ class GraniteSpeechAdapter(ChatLALMAdapter):
             (or env ``AHAMASK_GRANITE_SPEECH_PATH``).
         tiny: build a tiny random model of the same classes, with a random LoRA on q/v.
         dtype: weight dtype for real checkpoints.
+        gradient_checkpointing: see ``ChatLALMAdapter``.
+        feature_cache: not available: the conformer encoder has no padding mask, so a clip's audio
+            embeddings depend on how much padding its batch adds.
     """
 
     audio_keys = ("input_features", "input_features_mask")
+    encoder_parts = ("encoder", "projector")
+    feature_cache_unsupported = ("its conformer encoder has no padding mask, so a clip's audio embeddings depend "
+                                 "on the padding of the batch it is in")
 
     def __init__(self, pretrained: str | None = None, tiny: bool = False, dtype: str = "bfloat16",
                  attn_implementation: str = "sdpa", tiny_layers: int = 2, tiny_heads: int = 4,
-                 tiny_kv_heads: int = 2) -> None:
-        super().__init__()
+                 tiny_kv_heads: int = 2,
+                 feature_cache: str | None = None, gradient_checkpointing: bool = False) -> None:
+        super().__init__(feature_cache=feature_cache, gradient_checkpointing=gradient_checkpointing)
         from transformers import AutoProcessor, GraniteSpeechForConditionalGeneration
 
         if tiny:
@@ -160,6 +166,7 @@ class GraniteSpeechAdapter(ChatLALMAdapter):
                                    "directory?)")
             self.model.enable_adapters()
         self.tokenizer = self.processor.tokenizer
+        self.feature_extractor = self.processor.audio_processor
         model_id = "granite-speech-tiny" if tiny else published_name(
             FULL_SIZE_CONFIGS, self.model.config.get_text_config(), f"granite-speech-{Path(path).name.lower()}")
         self._finish(model_id, eos="<|end_of_text|>")
@@ -167,10 +174,13 @@ class GraniteSpeechAdapter(ChatLALMAdapter):
     def collate(self, audios: Sequence[torch.Tensor], instructions: Sequence[str | None],
                 targets: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         prompts = [TEMPLATE.replace("{text}", ins or "") for ins in instructions]
-        waves = [torch.as_tensor(np.asarray(a, dtype=np.float32)) for a in audios]
-        enc = self.processor(text=prompts, audio=waves, return_tensors="pt", padding=True)
-        batch = pack_prompts(unpad(enc["input_ids"], enc["attention_mask"]), targets,
-                             lambda t: self.tokenizer.encode(t, add_special_tokens=False),
-                             self.eos_id, self.pad_id)
-        batch.update(input_features=enc["input_features"], input_features_mask=enc["input_features_mask"])
-        return batch
+        waves = [np.asarray(a, dtype=np.float32) for a in audios]
+        enc = self.processor(text=prompts, audio=[torch.as_tensor(w) for w in waves], return_tensors="pt",
+                             padding=True)
+        return self.pack(unpad(enc["input_ids"], enc["attention_mask"]), targets, waves,
+                         input_features=enc["input_features"], input_features_mask=enc["input_features_mask"])
+
+    def audio_features(self, audio: dict[str, torch.Tensor]) -> torch.Tensor:
+        # the projector's output for the valid windows only, as the model's own merge selects it
+        embeds = self.model.get_audio_features(audio["input_features"], return_dict=True).pooler_output
+        return embeds[audio["input_features_mask"]]

@@ -21,7 +21,6 @@ from .chat_collate import (
     TINY_SECONDS,
     ChatLALMAdapter,
     encode_template,
-    pack_prompts,
     pretrained_model,
     published_name,
     tiny_model,
@@ -121,14 +120,17 @@ class Qwen2_5OmniAdapter(ChatLALMAdapter):
             only the thinker's weights are loaded from it.
         tiny: build a tiny random thinker of the same classes (tests, CPU demos); no files needed.
         dtype: weight dtype for real checkpoints.
+        feature_cache, gradient_checkpointing: see ``ChatLALMAdapter``.
     """
 
     audio_keys = ("input_features", "feature_attention_mask")
+    encoder_parts = ("audio_tower",)
 
     def __init__(self, pretrained: str | None = None, tiny: bool = False, dtype: str = "bfloat16",
                  attn_implementation: str = "sdpa", tiny_layers: int = 2, tiny_heads: int = 4,
-                 tiny_kv_heads: int = 2) -> None:
-        super().__init__()
+                 tiny_kv_heads: int = 2,
+                 feature_cache: str | None = None, gradient_checkpointing: bool = False) -> None:
+        super().__init__(feature_cache=feature_cache, gradient_checkpointing=gradient_checkpointing)
         from transformers import (
             AutoTokenizer,
             Qwen2_5OmniForConditionalGeneration,
@@ -162,12 +164,19 @@ class Qwen2_5OmniAdapter(ChatLALMAdapter):
 
     def collate(self, audios: Sequence[torch.Tensor], instructions: Sequence[str | None],
                 targets: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        feats = self.feature_extractor([np.asarray(a, dtype=np.float32) for a in audios],
-                                       sampling_rate=self.sample_rate, padding="max_length", truncation=True,
-                                       return_attention_mask=True, return_tensors="pt")
+        waves = [np.asarray(a, dtype=np.float32) for a in audios]
+        feats = self.feature_extractor(waves, sampling_rate=self.sample_rate, padding="max_length",
+                                       truncation=True, return_attention_mask=True, return_tensors="pt")
         n_audio = audio_token_count(feats["attention_mask"].sum(-1))
         prompts = [self.prompt_ids(ins, int(n)) for ins, n in zip(instructions, n_audio)]
-        batch = pack_prompts(prompts, targets, lambda t: self.tokenizer.encode(t, add_special_tokens=False),
-                             self.eos_id, self.pad_id)
-        batch.update(input_features=feats["input_features"], feature_attention_mask=feats["attention_mask"])
-        return batch
+        return self.pack(prompts, targets, waves, input_features=feats["input_features"],
+                         feature_attention_mask=feats["attention_mask"])
+
+    def audio_features(self, audio: dict[str, torch.Tensor]) -> torch.Tensor:
+        # the thinker's audio tower runs each clip's valid frames on their own: no padding reaches them
+        return self.model.get_audio_features(**audio, return_dict=True).last_hidden_state
+
+    def embeds_inputs(self, batch: dict[str, torch.Tensor], embeds: torch.Tensor) -> dict[str, torch.Tensor]:
+        # the thinker derives its 3-D (mRoPE) positions from the token ids and the audio lengths
+        return {"input_ids": batch["input_ids"], "inputs_embeds": embeds,
+                "feature_attention_mask": batch["feature_attention_mask"]}

@@ -2,7 +2,8 @@
 
 The processor expands ``<|AUDIO|>`` to one token per 40 ms of audio; the model scatters the
 audio features into those positions. Training sequences are prompt + target (right-padded,
-labels only on the target); generation prompts are left-padded.
+labels only on the target); generation prompts are left-padded. Loss, generation, the feature
+cache and activation checkpointing come from ``ChatLALMAdapter``.
 """
 from __future__ import annotations
 
@@ -12,18 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from .base import (
-    LALMAdapter,
-    enable_llm_checkpointing,
-    last_position_logits,
-    llm_checkpointing_active,
-    target_only_loss,
-    weights_dir,
-)
-from .chat_collate import TINY_SECONDS, pack_prompts, pretrained_model, tiny_model, unpad
-from .feature_cache import FeatureCache, clip_key, weights_fingerprint
+from .base import weights_dir
+from .chat_collate import TINY_SECONDS, ChatLALMAdapter, pretrained_model, tiny_model, unpad
 
 INSTRUCT_TEMPLATE = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
@@ -86,7 +78,7 @@ def tiny_config(processor, layers: int = 2, heads: int = 4, kv_heads: int = 2, h
     )
 
 
-class Qwen2AudioAdapter(LALMAdapter):
+class Qwen2AudioAdapter(ChatLALMAdapter):
     """Args:
         variant: ``instruct`` (ChatML prompt) or ``base`` (audio then plain text).
         pretrained: local directory of the HF checkpoint (or env ``AHAMASK_QWEN2AUDIO_PATH``).
@@ -95,17 +87,16 @@ class Qwen2AudioAdapter(LALMAdapter):
         random_config: with ``tiny``, a ``Qwen2AudioConfig`` as a dict (``to_dict()``) to build with
             random weights instead of the tiny one (cost measurements: bench/); its audio token and eos/pad ids are set to the
             tiny tokenizer's and its feature window follows ``audio_config.max_source_positions``.
-        feature_cache: a directory where the frozen encoder + projector output of each clip is
-            stored and read back in later epochs (see ``feature_cache.py``); None: no cache.
-        gradient_checkpointing: recompute each LLM layer's activations in the backward pass
-            instead of keeping them (less memory, one more LLM forward per step).
+        feature_cache, gradient_checkpointing: see ``ChatLALMAdapter``.
     """
+
+    audio_keys = ("input_features", "feature_attention_mask")
 
     def __init__(self, variant: str = "instruct", pretrained: str | None = None, tiny: bool = False,
                  dtype: str = "bfloat16", attn_implementation: str = "sdpa", tiny_layers: int = 2,
                  tiny_heads: int = 4, tiny_kv_heads: int = 2, random_config: dict | None = None,
                  feature_cache: str | None = None, gradient_checkpointing: bool = False) -> None:
-        super().__init__()
+        super().__init__(feature_cache=feature_cache, gradient_checkpointing=gradient_checkpointing)
         if variant not in ("instruct", "base"):
             raise ValueError(f"Qwen2AudioAdapter.variant: expected 'instruct' or 'base', got {variant!r}")
         from transformers import AutoProcessor, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
@@ -123,60 +114,34 @@ class Qwen2AudioAdapter(LALMAdapter):
                 config.audio_token_id = tok.convert_tokens_to_ids("<|AUDIO|>")
                 config.text_config.eos_token_id, config.text_config.pad_token_id = tok.eos_token_id, tok.pad_token_id
             self.model = tiny_model(Qwen2AudioForConditionalGeneration, config, attn_implementation)
-            self.model_id = f"qwen2-audio-tiny-{variant}"
+            model_id = f"qwen2-audio-tiny-{variant}"
             self.max_seconds = float(chunk)
         else:
             path = weights_dir(pretrained, ENV_PATH, "Qwen2-Audio")
             self.processor = AutoProcessor.from_pretrained(path)
             self.model = pretrained_model(Qwen2AudioForConditionalGeneration, path, dtype, attn_implementation)
-            self.model_id = f"qwen2-audio-7b-{variant}"
-        text_cfg = self.model.config.text_config
-        self.num_heads = text_cfg.num_attention_heads
-        self.head_dim = getattr(text_cfg, "head_dim", None) or text_cfg.hidden_size // text_cfg.num_attention_heads
-        tok = self.processor.tokenizer
+            model_id = f"qwen2-audio-7b-{variant}"
+        self.tokenizer = self.processor.tokenizer
+        self.feature_extractor = self.processor.feature_extractor
         self.eos = "<|im_end|>" if variant == "instruct" else "<|endoftext|>"
-        self.eos_id = tok.convert_tokens_to_ids(self.eos)
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
-        self.feature_cache = self._make_feature_cache(feature_cache) if feature_cache else None
-        self.gradient_checkpointing = gradient_checkpointing
-        if gradient_checkpointing:
-            enable_llm_checkpointing(self.model.model.language_model)
+        self._finish(model_id, eos=self.eos)
 
-    def _make_feature_cache(self, directory: str) -> FeatureCache:
-        fe = self.processor.feature_extractor
-        base = self.model.model
-        namespace = {"model_id": self.model_id, "sample_rate": self.sample_rate,
-                     "feature_extractor": {k: getattr(fe, k, None) for k in
-                                           ("feature_size", "sampling_rate", "hop_length", "chunk_length", "n_fft")},
-                     "projector": [base.multi_modal_projector.linear.in_features,
-                                   base.multi_modal_projector.linear.out_features],
-                     "dtype": str(self.model.dtype),
-                     "weights": weights_fingerprint(nn.ModuleList([base.audio_tower, base.multi_modal_projector]))}
-        return FeatureCache(directory, namespace)
-
-    def gated_attentions(self) -> Sequence[nn.Module]:
-        return [layer.self_attn for layer in self.model.get_decoder().layers]
-
-    def collate(self, audios, instructions, targets=None) -> dict[str, torch.Tensor]:
+    def collate(self, audios: Sequence[torch.Tensor], instructions: Sequence[str | None],
+                targets: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         prompts = [self.template.format(ins or "") for ins in instructions]
         waves = [np.asarray(a, dtype=np.float32) for a in audios]
         enc = self.processor(text=prompts, audio=waves, sampling_rate=self.sample_rate, return_tensors="pt",
                              padding=True)
-        batch = pack_prompts(unpad(enc["input_ids"], enc["attention_mask"]), targets,
-                             lambda t: self.processor.tokenizer.encode(t, add_special_tokens=False),
-                             self.eos_id, self.pad_id)
-        batch.update(input_features=enc["input_features"], feature_attention_mask=enc["feature_attention_mask"])
-        if self.feature_cache is not None:  # content keys, hashed here in the loader workers
-            batch["clip_keys"] = [clip_key(w) for w in waves]
-        return batch
+        return self.pack(unpad(enc["input_ids"], enc["attention_mask"]), targets, waves,
+                         input_features=enc["input_features"], feature_attention_mask=enc["feature_attention_mask"])
 
     @torch.no_grad()
     def encode_audio(self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor) -> list[torch.Tensor]:
         """Each clip's LLM-width audio embeddings ``[frames_i, hidden]``: the frozen encoder and projector.
 
-        The same computation as ``Qwen2AudioModel.forward`` (conv lengths, bidirectional mask over the
-        valid frames, tower, projector, then the valid frames), written out so that the embeddings
-        can be cached and the LLM run on ``inputs_embeds``; tests compare it with the model's own path.
+        ``Qwen2AudioModel`` has no ``get_audio_features``: this is the same computation as its
+        ``forward`` (conv lengths, bidirectional mask over the valid frames, tower, projector, then the
+        valid frames), written out so that the embeddings can be cached; tests compare the two paths.
         """
         from transformers.masking_utils import create_bidirectional_mask
 
@@ -192,45 +157,5 @@ class Qwen2AudioAdapter(LALMAdapter):
         states = base.multi_modal_projector(tower(feats, attention_mask=mask).last_hidden_state)
         return [states[i, : int(n)] for i, n in enumerate(n_out)]
 
-    def audio_embeddings(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        """Per-clip audio embeddings, from the feature cache when there is one."""
-        feats, fmask = batch["input_features"], batch["feature_attention_mask"]
-        if self.feature_cache is None or "clip_keys" not in batch:
-            return self.encode_audio(feats, fmask)
-        return self.feature_cache.features(
-            batch["clip_keys"], lambda idx: self.encode_audio(feats[idx], fmask[idx]),
-            device=feats.device, dtype=self.model.dtype)
-
-    def input_embeddings(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Token embeddings with the audio embeddings scattered into the ``<|AUDIO|>`` positions."""
-        ids = batch["input_ids"]
-        embeds = self.model.get_input_embeddings()(ids)
-        audio = torch.cat(self.audio_embeddings(batch)).to(embeds.dtype)
-        slots = ids == self.model.config.audio_token_id
-        if int(slots.sum()) != audio.shape[0]:
-            raise ValueError(f"batch has {int(slots.sum())} audio tokens but the encoder gave {audio.shape[0]} "
-                             "frames (input_ids and input_features disagree)")
-        return embeds.masked_scatter(slots.unsqueeze(-1), audio)
-
-    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Cross-entropy with lm_head at the target positions only (``target_only_loss``)."""
-        with llm_checkpointing_active(self.model.model.language_model, self.gradient_checkpointing):
-            hidden = self.model.model(inputs_embeds=self.input_embeddings(batch),
-                                      attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
-        return target_only_loss(hidden, self.model.get_output_embeddings(), batch["labels"])
-
-    default_generation = {"max_new_tokens": 64, "num_beams": 1, "do_sample": False}
-
-    @torch.no_grad()
-    def generate(self, batch: dict[str, torch.Tensor], **generation) -> list[str]:
-        """Greedy/beam decoding; ``generation`` overrides (e.g. ``cache_implementation: static``) go to
-        transformers' ``generate``. The prompt pass computes logits at its last position only."""
-        ids = batch["gen_input_ids"]
-        with last_position_logits(self.model.get_output_embeddings()):
-            out = self.model.generate(input_ids=ids, attention_mask=batch["gen_attention_mask"],
-                                      input_features=batch["input_features"].to(self.model.dtype),
-                                      feature_attention_mask=batch["feature_attention_mask"],
-                                      pad_token_id=self.pad_id, eos_token_id=self.eos_id,
-                                      **{**self.default_generation, **generation})
-        return [t.strip() for t in self.processor.tokenizer.batch_decode(out[:, ids.shape[1]:],
-                                                                         skip_special_tokens=True)]
+    def audio_features(self, audio: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat(self.encode_audio(audio["input_features"], audio["feature_attention_mask"]))

@@ -24,7 +24,6 @@ from .chat_collate import (
     TINY_SECONDS,
     ChatLALMAdapter,
     encode_template,
-    pack_prompts,
     pretrained_model,
     published_name,
     tiny_model,
@@ -113,14 +112,16 @@ class VoxtralAdapter(ChatLALMAdapter):
         pretrained: local directory of a Voxtral checkpoint (or env ``AHAMASK_VOXTRAL_PATH``).
         tiny: build a tiny random model of the same classes (tests, CPU demos); no files needed.
         dtype: weight dtype for real checkpoints.
+        feature_cache, gradient_checkpointing: see ``ChatLALMAdapter``.
     """
 
     audio_keys = ("input_features",)
 
     def __init__(self, pretrained: str | None = None, tiny: bool = False, dtype: str = "bfloat16",
                  attn_implementation: str = "sdpa", tiny_layers: int = 2, tiny_heads: int = 4,
-                 tiny_kv_heads: int = 2) -> None:
-        super().__init__()
+                 tiny_kv_heads: int = 2,
+                 feature_cache: str | None = None, gradient_checkpointing: bool = False) -> None:
+        super().__init__(feature_cache=feature_cache, gradient_checkpointing=gradient_checkpointing)
         from transformers import AutoTokenizer, VoxtralForConditionalGeneration, WhisperFeatureExtractor
 
         if tiny:
@@ -150,11 +151,8 @@ class VoxtralAdapter(ChatLALMAdapter):
     def collate(self, audios: Sequence[torch.Tensor], instructions: Sequence[str | None],
                 targets: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         # one full window per sample: the encoder only accepts exactly max_source_positions * 2 frames
-        feats = self.feature_extractor([np.asarray(a, dtype=np.float32) for a in audios],
-                                       sampling_rate=self.sample_rate, padding="max_length", truncation=True,
-                                       return_tensors="pt")
+        waves = [np.asarray(a, dtype=np.float32) for a in audios]
+        feats = self.feature_extractor(waves, sampling_rate=self.sample_rate, padding="max_length",
+                                       truncation=True, return_tensors="pt")
         prompts = [self.prompt_ids(ins) for ins in instructions]
-        batch = pack_prompts(prompts, targets, lambda t: self.tokenizer.encode(t, add_special_tokens=False),
-                             self.eos_id, self.pad_id)
-        batch["input_features"] = feats["input_features"]
-        return batch
+        return self.pack(prompts, targets, waves, input_features=feats["input_features"])

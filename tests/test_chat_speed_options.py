@@ -1,0 +1,116 @@
+"""The training-speed options of the shared chat adapter, on every chat LALM's tiny random model.
+
+``feature_cache`` (frozen encoder output per clip on disk) and ``gradient_checkpointing`` (LLM
+layers recomputed in backward) give the same loss and mask gradients as the plain adapter, alone
+and together; the first pass writes the cache and the second reads it; checkpointed layers really
+run twice. A clip's cached embeddings are its own (the same alone as in a padded batch) for the
+families that allow the cache; Granite Speech's are not, so it refuses the option before loading.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ahamask_lightning import models
+from ahamask_lightning.masking import HeadGate
+from ahamask_lightning.models.base import enable_llm_checkpointing
+
+CHAT = ["Qwen2AudioAdapter", "Qwen2_5OmniAdapter", "VoxtralAdapter", "GraniteSpeechAdapter", "AudioFlamingo3Adapter"]
+CACHEABLE = [name for name in CHAT if getattr(models, name).feature_cache_unsupported is None]
+OPTIONS = [(True, False), (False, True), (True, True)]  # (feature cache, checkpointing)
+
+
+def _audios(seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [0.1 * torch.randn(16000, generator=g), 0.1 * torch.randn(28000, generator=g)]
+
+
+def _build(name: str, cache: Path | None = None, checkpointing: bool = False):
+    torch.manual_seed(0)
+    return getattr(models, name)(tiny=True, feature_cache=str(cache) if cache else None,
+                                 gradient_checkpointing=checkpointing).freeze()
+
+
+def _loss_and_grad(adapter, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss and mask-logit gradient; backward inside the gate, where checkpointed layers are recomputed."""
+    gate = HeadGate(adapter.gated_attentions(), adapter.num_heads, adapter.head_dim)
+    theta = torch.randn(adapter.num_layers, adapter.num_heads,
+                        generator=torch.Generator().manual_seed(5)).requires_grad_(True)
+    with gate.apply(torch.sigmoid(theta)):
+        loss = adapter.loss(batch)
+        (grad,) = torch.autograd.grad(loss, theta)
+    gate.remove()
+    return loss.detach(), grad
+
+
+def _batch(adapter) -> dict:
+    return adapter.collate(_audios(), ["What is the gender of the speaker?", None], ["Male", "the quick brown fox"])
+
+
+@pytest.mark.parametrize("cache,checkpointing", OPTIONS, ids=["cache", "checkpointing", "both"])
+@pytest.mark.parametrize("name", CHAT)
+def test_options_keep_loss_and_mask_gradients(name, cache, checkpointing, tmp_path):
+    if cache and name not in CACHEABLE:
+        pytest.skip(f"{name} refuses feature_cache (test_granite_refuses_the_cache_before_loading)")
+    plain = _build(name)
+    reference = _loss_and_grad(plain, _batch(plain))
+    assert reference[1].abs().max() > 0  # not a comparison of zero gradients
+    fast = _build(name, tmp_path / "cache" if cache else None, checkpointing)
+    batch = _batch(fast)
+    assert ("clip_keys" in batch) == cache
+    calls = []
+    # transformers checkpoints a layer's forward, so its submodules run again in backward (a pre-hook:
+    # the recomputation stops once the tensors backward needs exist, before the last forward hooks)
+    handle = fast.model.get_decoder().layers[0].mlp.register_forward_pre_hook(lambda *args: calls.append(1))
+    runs = [_loss_and_grad(fast, batch) for _ in range(2)]  # the cache: written, then read back
+    handle.remove()
+    assert len(calls) == (4 if checkpointing else 2)  # a checkpointed layer runs again in backward
+    if cache:
+        assert (fast.feature_cache.misses, fast.feature_cache.hits) == (2, 2)
+        assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 2
+    for loss, grad in runs:  # the same operations on the same numbers: equal bit for bit on the CPU
+        torch.testing.assert_close(loss, reference[0], rtol=0, atol=0)
+        torch.testing.assert_close(grad, reference[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", CACHEABLE)
+def test_a_clips_embeddings_do_not_depend_on_its_batch(name):
+    """What caching per clip relies on: the same embeddings alone and beside a longer, padded clip."""
+    adapter = _build(name)
+    short, long_ = _audios(3)
+    alone = adapter.audio_embeddings(adapter.collate([short], [None], ["yes"]))[0]
+    batched = adapter.audio_embeddings(adapter.collate([short, long_], [None, None], ["yes", "no"]))[0]
+    assert alone.shape == batched.shape
+    torch.testing.assert_close(alone, batched, rtol=1e-5, atol=1e-6)
+
+
+def test_granite_embeddings_depend_on_the_batch():
+    """Why Granite Speech refuses the cache: padding added for a longer clip changes a clip's embeddings."""
+    adapter = _build("GraniteSpeechAdapter")
+    short, long_ = _audios(3)
+    alone = adapter.audio_embeddings(adapter.collate([short], [None], ["yes"]))[0]
+    batched = adapter.audio_embeddings(adapter.collate([short, long_], [None, None], ["yes", "no"]))[0]
+    assert alone.shape == batched.shape and (alone - batched).abs().max() > 1e-4
+
+
+def test_granite_refuses_the_cache_before_loading(tmp_path, monkeypatch):
+    from ahamask_lightning.models import granite_speech
+
+    monkeypatch.delenv(granite_speech.ENV_PATH, raising=False)
+    # no weights anywhere: the option is refused before the missing checkpoint would be noticed
+    with pytest.raises(ValueError, match="^feature_cache: ") as err:
+        models.GraniteSpeechAdapter(pretrained=None, feature_cache=str(tmp_path))
+    assert "\n" not in str(err.value) and "padding" in str(err.value)
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_checkpointing_refuses_dropout_in_the_layers():
+    """Checkpointed layers run in training mode: a LoRA with dropout would change the function."""
+    from peft import LoraConfig
+
+    adapter = _build("Qwen2AudioAdapter")
+    adapter.model.add_adapter(LoraConfig(r=2, lora_alpha=4, lora_dropout=0.1, target_modules=["q_proj"]))
+    with pytest.raises(ValueError, match="^gradient_checkpointing: .*lora_dropout"):
+        enable_llm_checkpointing(adapter.model.get_decoder())
