@@ -23,8 +23,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from ahamask_lightning.data import ManifestDataModule
-from ahamask_lightning.data.streaming import collate_audio
+from ahamask_lightning.data import ManifestDataModule, collate_audio
 
 
 def make_pool(root: Path, clips: int, pool: int, seconds: float, rates: list[int]) -> str:

@@ -1,4 +1,4 @@
-"""Streaming split, shuffling, batching and resumption of ManifestDataModule."""
+"""Rank split, shuffling, batching and resumption of ManifestDataModule on Lhotse samplers."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from ahamask_lightning.data import ManifestDataModule, ManifestStream, StreamLoader
-from ahamask_lightning.data.audio import AudioConfig
+from ahamask_lightning.data import CutLoader, ManifestDataModule
 
 
 def make_corpus(root: Path, n: int, name: str = "gr", seconds=lambda i: 0.2, rate: int = 16000,
@@ -47,7 +46,7 @@ def test_every_sample_once_across_ranks_and_workers(tmp_path: Path) -> None:
                                     known_tasks={"gr"}, shuffle_buffer=4, seed=1)
             dm.setup("fit")
             loader = dm.train_dataloader()
-            loader.epoch_fn = lambda e=epoch: e
+            loader.sampler.set_epoch(epoch)  # what Lightning does at every epoch start
             seen += ids_of(loader)
         assert Counter(seen) == everything
 
@@ -96,39 +95,50 @@ def test_batches_by_seconds_respect_budget(tmp_path: Path, with_duration: bool) 
     assert any(len(b) > 1 for b in batches)
 
 
-def _train_loader(man: str, **kw) -> StreamLoader:
-    dm = ManifestDataModule(train=man, known_tasks={"gr"}, shuffle_buffer=5, seed=3, **kw)
-    return dm.train_dataloader()
+def _train_dm(man: str, **kw) -> ManifestDataModule:
+    return ManifestDataModule(train=man, known_tasks={"gr"}, shuffle_buffer=5, seed=3, **kw)
+
+
+def _train_loader(man: str, **kw) -> CutLoader:
+    return _train_dm(man, **kw).train_dataloader()
+
+
+def _consume(dm: ManifestDataModule, it, n: int) -> list[str]:
+    """Takes ``n`` batches the way Lightning's training loop does: each through the hook."""
+    ids = []
+    for _ in range(n):
+        ids += [s["id"] for s in dm.on_before_batch_transfer(next(it), 0)]
+    return ids
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_mid_epoch_skips_exactly_what_was_consumed(tmp_path: Path, workers: int) -> None:
     man = make_corpus(tmp_path, 30)
     full = ids_of(_train_loader(man, batch_size=4, num_workers=workers))
-    loader = _train_loader(man, batch_size=4, num_workers=workers)
-    it = iter(loader)
-    before = [s["id"] for _ in range(3) for s in next(it)]
-    state = loader.state_dict()
+    dm = _train_dm(man, batch_size=4, num_workers=workers)
+    it = iter(dm.train_dataloader())
+    before = _consume(dm, it, 3)
+    state = dm.state_dict()
     del it
-    resumed = _train_loader(man, batch_size=4, num_workers=workers)
-    resumed.load_state_dict(json.loads(json.dumps(state)))  # survives a round trip through plain data
+    again = _train_dm(man, batch_size=4, num_workers=workers)
+    again.load_state_dict(json.loads(json.dumps(state)))  # survives a round trip through plain data
+    resumed = again.train_dataloader()
     after = ids_of(resumed)
     assert Counter(before + after) == Counter(full) and len(before + after) == 30
-    assert state["epoch"] == 0 and not state["complete"]
+    assert state["train"]["epoch"] == 0 and state["train"]["batches"] == {"0": 3}
     # The next epoch after the resumed one is a full, fresh epoch.
     assert sorted(ids_of(resumed)) == sorted(full)
 
 
 def test_state_rolls_back_batches_still_prefetched(tmp_path: Path) -> None:
     man = make_corpus(tmp_path, 12)
-    loader = _train_loader(man, batch_size=2)
-    it = iter(loader)
-    consumed = [s["id"] for s in next(it)]
-    next(it)  # fetched ahead (like Lightning's prefetcher) but never trained on
-    loader.pending_fn = lambda: 1
-    resumed = _train_loader(man, batch_size=2)
-    resumed.load_state_dict(loader.state_dict())
-    assert Counter(consumed + ids_of(resumed)) == Counter(f"gr{i}" for i in range(12))
+    dm = _train_dm(man, batch_size=2)
+    it = iter(dm.train_dataloader())
+    consumed = _consume(dm, it, 1)
+    next(it)  # fetched ahead (like Lightning's prefetcher) but never trained on: never through the hook
+    again = _train_dm(man, batch_size=2)
+    again.load_state_dict(dm.state_dict())
+    assert Counter(consumed + ids_of(again.train_dataloader())) == Counter(f"gr{i}" for i in range(12))
 
 
 class Crash(Exception):
@@ -176,16 +186,24 @@ def test_resume_through_lightning_checkpoint(tmp_path: Path) -> None:
     assert sorted(second.seen[10:]) == sorted(f"gr{i}" for i in range(16))  # epoch 1 is whole
 
 
-def test_resume_with_other_worker_count_restarts_the_epoch(tmp_path: Path) -> None:
+def test_resume_with_other_worker_count_continues_exactly(tmp_path: Path) -> None:
+    # the sampler plans batches in the main process: the worker count does not change the plan
     man = make_corpus(tmp_path, 8)
-    loader = _train_loader(man, batch_size=2)
-    it = iter(loader)
-    next(it)
-    state = loader.state_dict()
-    other = _train_loader(man, batch_size=2, num_workers=1)
-    other.load_state_dict(state)
+    dm = _train_dm(man, batch_size=2)
+    consumed = _consume(dm, iter(dm.train_dataloader()), 1)
+    other = _train_dm(man, batch_size=2, num_workers=1)
+    other.load_state_dict(dm.state_dict())
+    assert Counter(consumed + ids_of(other.train_dataloader())) == Counter(f"gr{i}" for i in range(8))
+
+
+def test_resume_with_other_world_size_restarts_the_epoch(tmp_path: Path) -> None:
+    man = make_corpus(tmp_path, 8)
+    dm = _train_dm(man, batch_size=2)
+    _consume(dm, iter(dm.train_dataloader()), 1)
+    other = _train_dm(man, batch_size=2, rank=0, world_size=2)
     with pytest.warns(UserWarning, match="cannot resume"):
-        assert len(ids_of(other)) == 8
+        other.load_state_dict(dm.state_dict())
+    assert len(ids_of(other.train_dataloader())) == 4  # rank 0's half of the whole epoch
 
 
 def test_predict_through_lightning(tmp_path: Path) -> None:
@@ -209,15 +227,14 @@ def _ddp_worker(rank: int, man: str, init: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     try:
         dm = ManifestDataModule(train=man, batch_size=1, known_tasks={"gr"}, rank=rank, world_size=2)
-        loader = dm.train_dataloader()
-        ids = ids_of(loader)
-        Path(f"{out}.{rank}").write_text(json.dumps({"ids": ids, "state": loader.state_dict()}))
+        ids = [s["id"] for batch in dm.train_dataloader() for s in dm.on_before_batch_transfer(batch, 0)]
+        Path(f"{out}.{rank}").write_text(json.dumps({"ids": ids, "state": dm.state_dict()}))
     finally:
         dist.destroy_process_group()
 
 
 def test_ddp_ranks_stop_together_on_uneven_data(tmp_path: Path) -> None:
-    man = make_corpus(tmp_path, 5)  # 3 lines for rank 0, 2 for rank 1
+    man = make_corpus(tmp_path, 5)  # 3 batches of one for rank 0, 2 for rank 1
     out = str(tmp_path / "ddp")
     # fork: the children need not re-import torch and lightning (seconds each on a small machine)
     torch.multiprocessing.start_processes(_ddp_worker, args=(man, f"file://{tmp_path}/pg", out), nprocs=2,
@@ -225,10 +242,10 @@ def test_ddp_ranks_stop_together_on_uneven_data(tmp_path: Path) -> None:
     got = [json.loads(Path(f"{out}.{r}").read_text()) for r in range(2)]
     assert [len(g["ids"]) for g in got] == [2, 2]  # rank 0's third batch waits for the next epoch
     assert set(got[0]["ids"]).isdisjoint(got[1]["ids"])
-    assert got[0]["state"]["batches"].keys() == {"r0w0", "r1w0"}  # state gathered from both ranks
+    assert got[0]["state"]["train"]["batches"] == {"0": 2, "1": 2}  # state gathered from both ranks
 
 
-def test_stream_requires_valid_coordinates(tmp_path: Path) -> None:
+def test_loader_requires_valid_coordinates(tmp_path: Path) -> None:
     man = make_corpus(tmp_path, 2)
     with pytest.raises(ValueError):
-        ManifestStream([man], AudioConfig(), rank=2, world_size=2)
+        ManifestDataModule(train=man, known_tasks={"gr"}, rank=2, world_size=2).train_dataloader()

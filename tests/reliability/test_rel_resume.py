@@ -4,7 +4,8 @@ generated WAVs, CPU, deterministic), compared with an uninterrupted run by ``tor
 Schedule of the chain (24 samples, batch 2: 12 steps an epoch; 15 steps; checkpoint every 5):
 run 1 is SIGKILLed in step 7 (last checkpoint: step 5); run 2 resumes from it (``--ckpt_path
 last``) and gets SIGTERM in step 11, saves ``interrupted.ckpt`` and exits 143; run 3 resumes from
-step 11, crosses the epoch boundary at step 12 and ends at 15.
+step 11, crosses the epoch boundary at step 12 and ends at 15. The chain runs with the data read
+in-process and with 2 worker processes, both compared with the in-process reference.
 """
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ import torch
 from conftest import Run, ahamask_lines, fit_command, load_ckpt, mask_logits, write_config
 
 
+@pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.fault("SIGKILL in step 7, resume; SIGTERM in step 11, resume (crossing an epoch)",
                    kept="mask logits, AdamW + LR state, RNG states, data position, tau/lambda schedules: "
-                        "torch.equal to the uninterrupted run")
-def test_sigkill_then_sigterm_resume_equals_uninterrupted(reference, good_corpus, tmp_path):
+                        "torch.equal to the uninterrupted run (read in-process), also with 2 data workers")
+def test_sigkill_then_sigterm_resume_equals_uninterrupted(reference, good_corpus, tmp_path, workers):
     cfg = write_config(tmp_path / "fit.yaml", tmp_path / "root", good_corpus, every=5, max_steps=15)
     ckdir = tmp_path / "root" / "checkpoints"
+    data = ("--data.num_workers", str(workers))
 
-    run1 = Run(fit_command(cfg), tmp_path / "run1", pause_at="7")
+    run1 = Run(fit_command(cfg, *data), tmp_path / "run1", pause_at="7")
     run1.wait_for_pause(7)
     run1.proc.send_signal(signal.SIGKILL)
     assert run1.wait() == -signal.SIGKILL
@@ -30,7 +33,7 @@ def test_sigkill_then_sigterm_resume_equals_uninterrupted(reference, good_corpus
     assert last["global_step"] == 5 and not (ckdir / "interrupted.ckpt").exists()
     assert torch.equal(last["state_dict"]["head_mask.logits"], reference["step"](5))
 
-    run2 = Run(fit_command(cfg, "--ckpt_path", "last"), tmp_path / "run2", pause_at="11")
+    run2 = Run(fit_command(cfg, *data, "--ckpt_path", "last"), tmp_path / "run2", pause_at="11")
     run2.wait_for_pause(11)
     run2.proc.send_signal(signal.SIGTERM)
     assert run2.wait() == 143, run2.stderr()
@@ -42,7 +45,7 @@ def test_sigkill_then_sigterm_resume_equals_uninterrupted(reference, good_corpus
     assert stopped["global_step"] == 11
     assert torch.equal(stopped["state_dict"]["head_mask.logits"], reference["step"](11))
 
-    run3 = Run(fit_command(cfg, "--ckpt_path", "last"), tmp_path / "run3")
+    run3 = Run(fit_command(cfg, *data, "--ckpt_path", "last"), tmp_path / "run3")
     assert run3.wait() == 0, run3.stderr()
     assert not (ckdir / "interrupted.ckpt").exists()  # a finished fit removes it
     final, ref = load_ckpt(ckdir / "last.ckpt"), reference["last"]

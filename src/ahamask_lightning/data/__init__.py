@@ -1,13 +1,14 @@
-"""Streaming data layer: JSONL manifests -> resumable, DDP x worker split Lightning dataloaders."""
+"""Data layer: JSONL or Lhotse cut manifests -> lazy CutSets -> Lhotse samplers -> resumable Lightning loaders."""
 from .audio import AudioConfig, AudioError, load_audio
+from .cuts import ManifestCuts, is_cut_manifest, record_to_cut
 from .datamodule import ManifestDataModule
-from .loader import StreamLoader
+from .dataset import AudioBatches, collate_audio, identity_collate
+from .loader import CutLoader
 from .manifest import REASONS, Reject, SampleRecord, parse_line
 from .rejects import read_reject_files
-from .streaming import ManifestStream, StreamItem, collate_audio, identity_collate
 
 __all__ = [
-    "REASONS", "AudioConfig", "AudioError", "ManifestDataModule", "ManifestStream", "Reject", "SampleRecord",
-    "StreamItem", "StreamLoader", "collate_audio", "identity_collate", "load_audio", "parse_line",
-    "read_reject_files",
+    "REASONS", "AudioBatches", "AudioConfig", "AudioError", "CutLoader", "ManifestCuts", "ManifestDataModule",
+    "Reject", "SampleRecord", "collate_audio", "identity_collate", "is_cut_manifest", "load_audio", "parse_line",
+    "read_reject_files", "record_to_cut",
 ]

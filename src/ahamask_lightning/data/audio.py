@@ -147,6 +147,16 @@ def probe_seconds(path: str) -> float:
     return info.frames / info.samplerate
 
 
+def checked_wave(data: np.ndarray, rate: int, sample_rate: int, name: str) -> torch.Tensor:
+    """First channel of decoded ``data`` [T, C], checked (empty, NaN/inf) and resampled."""
+    if data.shape[0] == 0 or data.shape[1] == 0:
+        raise AudioError(EMPTY_AUDIO, name)
+    first = np.ascontiguousarray(data[:, 0], dtype=np.float32)  # many channels: the model takes the first one
+    if not np.isfinite(first).all():
+        raise AudioError(NAN_OR_INF, name)
+    return resample(torch.from_numpy(first), rate, sample_rate)
+
+
 def load_mono(path: str, sample_rate: int, max_frames_out: int | None = None,
               segment: tuple[float, float] | None = None) -> torch.Tensor:
     """Decodes the first channel of ``path``, resampled to ``sample_rate``.
@@ -175,14 +185,9 @@ def load_mono(path: str, sample_rate: int, max_frames_out: int | None = None,
             data = fh.read(frames=frames, dtype="float32", always_2d=True)
     except _DECODE_ERRORS as err:
         raise AudioError(UNREADABLE_AUDIO, f"{path}: {err}") from None
-    if data.shape[0] == 0 or data.shape[1] == 0:
-        raise AudioError(EMPTY_AUDIO, path)
-    if data.shape[0] < expected:
+    if data.shape[0] and data.shape[1] and data.shape[0] < expected:
         raise AudioError(TRUNCATED_AUDIO, f"{path}: header promises {expected} frames, decoded {data.shape[0]}")
-    first = np.ascontiguousarray(data[:, 0])  # many channels: the model takes the first one
-    if not np.isfinite(first).all():
-        raise AudioError(NAN_OR_INF, path)
-    wave = resample(torch.from_numpy(first), rate, sample_rate)
+    wave = checked_wave(data, rate, sample_rate, path)
     if max_frames_out is not None:
         wave = wave[:max_frames_out]
     return wave
@@ -207,6 +212,14 @@ def load_audio(paths: list[str], cfg: AudioConfig, segment: tuple[float, float] 
         parts = [load_mono(p, sr) for p in paths]
     else:
         parts = [load_mono(p, sr, max_frames) for p in paths]
+    return join_and_fit(parts, cfg)
+
+
+def join_and_fit(parts: list[torch.Tensor], cfg: AudioConfig) -> torch.Tensor:
+    """One input from decoded parts at ``cfg.sample_rate``: a pair joined with 0.1 s of zeros, then
+    the length rules (too long: rejected or cut; shorter than ``min_seconds``: zero-padded)."""
+    sr = cfg.sample_rate
+    max_frames = round(cfg.max_seconds * sr)
     if len(parts) == 2:
         gap = torch.zeros(round(PAIR_GAP_SECONDS * sr), dtype=parts[0].dtype)
         wave = torch.cat([parts[0], gap, parts[1]])

@@ -1,8 +1,18 @@
-"""``ManifestDataModule``: JSONL manifests -> streaming, resumable Lightning dataloaders.
+"""``ManifestDataModule``: JSONL or Lhotse cut manifests -> lazy CutSets -> Lhotse samplers ->
+audio loaded in DataLoader workers -> batches, with an exact resume position.
 
-* ``train``: shuffled (shard order + seeded buffer, new order every epoch), one loader over all
-  training manifests. Its position is saved in Lightning checkpoints through the loader's
-  ``state_dict`` (see :mod:`.loader`), so a resumed run skips exactly what was consumed.
+* Manifests: a user JSONL manifest (format in :mod:`.manifest`) is converted to cuts line by line
+  as it is read; a Lhotse cut manifest (``CutSet.to_file``) is read directly. The cut convention
+  and how the two are told apart are in :mod:`.cuts`. Nothing is read ahead: the CutSets are lazy.
+* Batches: ``batch_size`` cuts (``SimpleCutSampler``) or, with ``max_batch_seconds``,
+  length-bucketed batches within that many seconds of padded audio (``DynamicBucketingSampler``);
+  see :mod:`.loader`. The sampler splits batches over DDP ranks; the audio is decoded, checked and
+  collated by the workers (:mod:`.dataset`).
+* ``train``: shuffled (Lhotse's seeded shuffling, a new order every epoch through the sampler's
+  ``set_epoch``), one loader over all training manifests. The position of the last batch the
+  training loop consumed is recorded in :meth:`on_before_batch_transfer` and saved through this
+  class's :meth:`state_dict` (Lightning stores it in checkpoints); a resumed run skips exactly the
+  batches already trained on, without loading their audio.
 * ``val`` / ``test`` / ``predict``: no shuffling, deterministic order, **one dataloader per
   manifest, in the order given** (a list even for one manifest). Either a list of manifests or
   a mapping ``{set name: manifest(s)}`` naming held-out sets (``{ood: m/test_ood/gr.jsonl}``);
@@ -14,25 +24,29 @@
   class assigns its attributes.
 * Bad samples are skipped, logged and counted; see :meth:`reject_summary`. Each is logged and
   written to the rejects file once per run (a file that already lists it, e.g. when a resumed
-  run writes to the same place, is not written again).
-* DDP: lines are split over (rank x worker) streams; under an initialised process group the
-  training ranks end each epoch together when the first runs dry (see :mod:`.loader`).
-  ``persistent_workers`` is not used: workers must see each epoch's seed and resume position.
+  run writes to the same place, is not written again). A batch whose samples were all bad is
+  never handed to the training loop.
+* DDP: the samplers split batches over ranks; training ranks get the same number of batches and
+  end each epoch together (see :mod:`.loader`).
 
-Hugging Face ``datasets`` / parquet inputs are not supported (not installed; JSONL only).
+Hugging Face ``datasets`` / parquet inputs are not supported (JSONL and Lhotse manifests only).
 """
 from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Callable, Collection
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch.distributed as dist
+from lhotse import CutSet
 
 from .audio import AudioConfig
-from .loader import StreamLoader
+from .cuts import ManifestCuts
+from .dataset import AudioBatches, Sample, identity_collate
+from .loader import CutLoader, make_sampler
 from .manifest import (
     DEFAULT_MAX_TARGET_CHARS,
     as_list,
@@ -40,8 +54,7 @@ from .manifest import (
     default_known_tasks,
     recorded_roots,
 )
-from .rejects import count_reasons, read_reject_files
-from .streaming import ManifestStream, Sample, identity_collate
+from .rejects import RejectLog, count_reasons, read_reject_files
 
 # val / test / predict: manifest(s), or {held-out set name: manifest(s)}
 EvalManifests = list[str] | str | dict[str, list[str] | str] | None
@@ -64,12 +77,15 @@ def named_manifests(given: EvalManifests, stage: str) -> tuple[list[str], list[s
 
 
 class ManifestDataModule(pl.LightningDataModule):
-    """Streaming JSONL manifest data for AHAMask (see the module docstring).
+    """Lazy Lhotse CutSet data for AHAMask (see the module docstring).
 
     Args beyond the obvious: ``max_batch_seconds`` switches from ``batch_size`` batches to
     length-bucketed batches whose padded seconds (``len * longest``) stay within the budget;
+    ``shuffle_buffer`` is how many cuts the training sampler's shuffle buffer holds (bucketing
+    sampler; the ``batch_size`` sampler uses Lhotse's streaming shuffle), and 1 turns training
+    shuffling off (manifest order, as a buffer of one would give);
     ``limit`` keeps the first ``limit`` lines of every manifest; ``rejects_path`` is the JSONL
-    base name for rejected samples (one file per stage x rank x worker is written beside it);
+    base name for rejected samples (one file per stage x rank x process is written beside it);
     ``on_too_long`` rejects (default) or cuts audio longer than ``max_seconds``; ``known_tasks``
     overrides the task registry (None: ``ahamask_lightning.tasks.TASKS`` when importable);
     ``max_target_chars`` rejects longer targets (None: no limit; the default's reasoning is at
@@ -122,11 +138,11 @@ class ManifestDataModule(pl.LightningDataModule):
         self.rank_override = rank
         self.world_size_override = world_size
         self.collate_fn: Callable[[list[Sample]], Any] = collate_fn if collate_fn is not None else identity_collate
-        self._loaders: dict[str, list[StreamLoader]] = {}
+        self._train_loader: CutLoader | None = None
         # per stage, every (manifest, line) rejected in this run: shared by that stage's loaders, so
         # a validation loader made anew each epoch still knows what was logged already
         self._rejected: dict[str, dict[tuple[str, int], str]] = {}
-        self._train_state: dict[str, Any] | None = None
+        self._position: tuple[int, int] | None = None  # (epoch, planned batches done) of the last consumed batch
 
     # --- Lightning hooks ------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -140,35 +156,61 @@ class ManifestDataModule(pl.LightningDataModule):
                 if self.audio_root is None and not self.allow_outside_root:
                     recorded_roots(path)  # likewise for a malformed corpus.json
 
-    def train_dataloader(self) -> StreamLoader:
+    def train_dataloader(self) -> CutLoader:
         if not self.paths["train"]:
             raise ValueError("ManifestDataModule: no train manifests given")
-        loader = self._make_loader("train", self.paths["train"], shuffle=True)
-        if self._train_state is not None:  # restored from a checkpoint through load_state_dict below
-            loader.load_state_dict(self._train_state)
-            self._train_state = None
+        loader = self._make_loader("train", self.paths["train"], shuffle=True, resume=self._position)
+        self._train_loader = loader
         return loader
 
-    def val_dataloader(self) -> list[StreamLoader]:
+    def val_dataloader(self) -> list[CutLoader]:
         return self._eval_loaders("val")
 
-    def test_dataloader(self) -> list[StreamLoader]:
+    def test_dataloader(self) -> list[CutLoader]:
         return self._eval_loaders("test")
 
-    def predict_dataloader(self) -> list[StreamLoader]:
+    def predict_dataloader(self) -> list[CutLoader]:
         return self._eval_loaders("predict")
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Lightning calls this for the batch the loop is about to use; batches its prefetcher holds
+        # ahead never get here, so the recorded position is what training really consumed.
+        trainer = self.trainer
+        if self._train_loader is not None and (trainer is None or trainer.training):
+            position = self._train_loader.take_consumed()
+            if position is not None:
+                self._position = position
+        return batch
+
     def state_dict(self) -> dict[str, Any]:
-        # Lightning also stores the train loader's own state in the fit loop; keeping a copy here
-        # lets tools that rebuild a DataModule from a checkpoint (without a Trainer) resume too.
-        loaders = self._loaders.get("train")
-        return {"train": loaders[0].state_dict()} if loaders else {}
+        """``{"train": {"epoch", "batches": {rank: planned batches done}, "world_size"}}`` once training
+        consumed a batch. Under DDP every rank calls this while a checkpoint is dumped (rank 0 writes
+        it), so the positions of all ranks are gathered."""
+        rank, world = self._coords()
+        mine = self._position
+        positions = {rank: mine}
+        if world > 1 and dist.is_available() and dist.is_initialized():
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, (rank, mine))
+            positions = dict(gathered)
+        known = {r: p for r, p in positions.items() if p is not None}
+        if not known:
+            return {}
+        epoch = max(p[0] for p in known.values())
+        batches = {str(r): p[1] for r, p in known.items() if p[0] == epoch}
+        return {"train": {"epoch": epoch, "batches": batches, "world_size": world}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._train_state = state_dict.get("train")
-        loaders = self._loaders.get("train")
-        if loaders and self._train_state is not None:
-            loaders[0].load_state_dict(self._train_state)
+        state = state_dict.get("train")
+        if not state:
+            return
+        rank, world = self._coords()
+        if int(state.get("world_size", 1)) != world:
+            warnings.warn(f"cannot resume the data position: saved with {state.get('world_size')} rank(s), now "
+                          f"{world}; epoch {state['epoch']} restarts from its first sample", stacklevel=2)
+            return
+        done = state.get("batches", {}).get(str(rank))
+        self._position = (int(state["epoch"]), int(done)) if done is not None else None
 
     # --- helpers -----------------------------------------------------------------------------------
     @property
@@ -207,37 +249,27 @@ class ManifestDataModule(pl.LightningDataModule):
             self._rejected[stage] = read_reject_files(self.rejects_path, stage) if self.rejects_path else {}
         return self._rejected[stage]
 
-    def _eval_loaders(self, stage: str) -> list[StreamLoader]:
+    def _eval_loaders(self, stage: str) -> list[CutLoader]:
         if not self.paths[stage]:
             raise ValueError(f"ManifestDataModule: no {stage} manifests given")
-        loaders = [self._make_loader(stage, [p], shuffle=False, register=False) for p in self.paths[stage]]
-        self._loaders[stage] = loaders
-        return loaders
+        return [self._make_loader(stage, [p], shuffle=False) for p in self.paths[stage]]
 
-    def _make_loader(self, stage: str, paths: list[str], shuffle: bool, register: bool = True) -> StreamLoader:
+    def _make_loader(self, stage: str, paths: list[str], shuffle: bool,
+                     resume: tuple[int, int] | None = None) -> CutLoader:
         rank, world = self._coords()
-        dataset = ManifestStream(
-            paths, self.audio, stage=stage, shuffle=shuffle, shuffle_buffer=self.shuffle_buffer, seed=self.seed,
-            batch_size=self.batch_size, max_batch_seconds=self.max_batch_seconds, audio_root=self.audio_root,
-            known_tasks=self.known_tasks, rank=rank, world_size=world, rejects_path=self.rejects_path,
-            limit=self.limit, collate=self.collate_fn, max_target_chars=self.max_target_chars,
-            allow_outside_root=self.allow_outside_root)
-        loader = StreamLoader(dataset, num_workers=self.num_workers)
-        loader.rejected = self._stage_rejects(stage)
-        trainer = self.trainer
-        if trainer is not None and stage == "train":
-            loader.epoch_fn = lambda: trainer.current_epoch
-            loader.pending_fn = lambda: _prefetched(trainer)
-        if stage == "train" and world > 1 and dist.is_available() and dist.is_initialized():
-            loader.sync_stop = True  # uneven ranks would otherwise hang DDP at the epoch's end
-        if register:
-            self._loaders[stage] = [loader]
-        return loader
-
-
-def _prefetched(trainer: pl.Trainer) -> int:
-    # Batches Lightning's _PrefetchDataFetcher holds ahead of training_step (private attribute:
-    # read defensively; no such list means no prefetching, e.g. the dataloader_iter fetcher).
-    fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
-    batches = getattr(fetcher, "batches", None)
-    return len(batches) if isinstance(batches, list) else 0
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} out of range for world_size {world}")
+        rejects = RejectLog(self._stage_rejects(stage), self.rejects_path, stage, rank, write=rank == 0)
+        cuts = ManifestCuts(paths, self.audio, rejects, audio_root=self.audio_root,
+                            allow_outside_root=self.allow_outside_root, known_tasks=self.known_tasks,
+                            max_target_chars=self.max_target_chars, limit=self.limit, shuffle=shuffle, seed=self.seed)
+        training = stage == "train"
+        shuffle = shuffle and self.shuffle_buffer > 1
+        distributed = world > 1 and dist.is_available() and dist.is_initialized()
+        sampler = make_sampler(CutSet(cuts), self.audio, batch_size=self.batch_size,
+                               max_batch_seconds=self.max_batch_seconds, shuffle=shuffle,
+                               shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank, world_size=world,
+                               drop_last=training and distributed)
+        dataset = AudioBatches(self.audio, self.collate_fn, stage, rank, self.rejects_path)
+        return CutLoader(sampler, cuts, dataset, rejects, num_workers=self.num_workers, resume=resume,
+                         track=training, sync_stop=training and distributed)

@@ -1,47 +1,102 @@
-"""A DataLoader over :class:`ManifestStream` that knows its position and can resume from it.
+"""Lhotse samplers and :class:`CutLoader`: batches of cuts -> audio loaded in DataLoader workers.
 
-Why this shape (read from lightning 2.6's source): ``FitLoop.on_save_checkpoint`` stores
-``CombinedLoader._state_dicts()``, i.e. ``state_dict()`` of every train loader that has
-``state_dict``/``load_state_dict`` (``_Stateful``), and ``FitLoop.setup_data`` gives it back
-through ``load_state_dict`` before calling ``iter()`` when a run restarts. A plain DataLoader over
-an IterableDataset has no such methods, and the dataset's own counters live in worker processes.
-So the loader (in the main process) unwraps each :class:`StreamItem`, counts the batches
-delivered per stream, and reports ``{"epoch", "complete", "batches": {stream: n}}``.
+Each epoch, :class:`CutLoader` runs Lhotse's standard pattern,
+``DataLoader(AudioBatches(...), sampler=<lhotse sampler>, batch_size=None, num_workers=N)``:
+the sampler (main process) plans batches from cut metadata and splits them over DDP ranks, the
+workers decode audio (:mod:`.dataset`). The loader is a plain iterable rather than a DataLoader
+so that Lightning does not re-instantiate it or wrap its sampler in a ``DistributedSampler``
+(the Lhotse sampler splits by rank itself); Lightning still calls ``set_epoch`` on its public
+``sampler`` at every epoch start. Iterated directly, the loader advances the sampler's epoch
+itself when an epoch is exhausted.
 
-Delivered is not consumed: Lightning's ``_PrefetchDataFetcher`` holds one batch ahead for
-iterables without a length. ``pending_fn`` (set by the DataModule to read the trainer's fetcher)
-says how many delivered batches are still waiting; the state rolls back over them, so a resumed
-run re-reads exactly the batches that never reached ``training_step``.
+Position, for exact resume. The sampler's plan of an epoch is deterministic (seed, epoch, the
+manifests), so a position is ``(epoch, batches of the plan done)``. The loader queues the position
+reached by every batch it hands out; the consumer takes one per batch it really uses
+(:meth:`CutLoader.take_consumed`; the DataModule does it in ``on_before_batch_transfer``, which
+Lightning calls for the batch about to be trained on: a batch that Lightning's prefetcher fetched
+but never used is never taken). A loader given ``resume=(epoch, n)`` skips the first ``n``
+planned batches of that epoch in the sampler, in the main process, without loading their audio.
+The worker count does not change the plan: a run may resume with another ``num_workers``.
 
-Under DDP, Lightning writes rank 0's checkpoint only; ``state_dict`` therefore all-gathers the
-per-stream counts of every rank (it is called on all ranks while dumping a checkpoint).
-Ranks may plan different numbers of batches (lines split unevenly, seconds-based batches), and
-DDP hangs when one rank stops stepping; with ``sync_stop`` (set for training under an initialised
-process group) the ranks agree before every batch (one tiny all-reduce) and all end the epoch
-when the first one runs dry, dropping at most a few tail batches of the others for that epoch.
+DDP: ranks must run the same number of steps. For training under several ranks the sampler gets
+``drop_last=True``, Lhotse's way of giving every rank the same number of batches (the last,
+incomplete round of batches waits for the next epoch, reshuffled; with seconds budgets, the
+partial batches left in its length buckets too). A batch whose samples were all bad is dropped on
+one rank only, so with ``sync_stop`` the ranks also agree before every batch (one tiny
+all-reduce) and all end the epoch when the first one runs dry.
 """
 from __future__ import annotations
 
-import logging
-import warnings
+import dataclasses
+import math
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from lhotse import CutSet
+from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
+from lhotse.dataset.sampling.base import CutSampler, TimeConstraint
 from torch.utils.data import DataLoader
 
+from .audio import AudioConfig
+from .cuts import ManifestCuts, sample_seconds
+from .dataset import AudioBatches, keep_as_is
 from .manifest import PATH_OUTSIDE_ROOT
-from .rejects import count_reasons, format_reasons
-from .streaming import ManifestStream, StreamItem
-
-log = logging.getLogger("ahamask_lightning.data")
+from .rejects import RejectLog, format_reasons
 
 
-def _unwrap(item: StreamItem) -> StreamItem:
-    # batch_size=None makes DataLoader call default_convert on each item; keep items untouched.
-    return item
+@dataclass
+class PaddedSeconds(TimeConstraint):
+    """Lhotse's padded batch cost (cuts x longest) in the seconds the model hears: a pair's joined
+    length, at least ``min_seconds`` (padding), at most ``cut_at`` when long audio is cut."""
+
+    min_seconds: float = 0.0
+    cut_at: float | None = None
+
+    def measure_length(self, example: Any) -> float:
+        seconds = max(sample_seconds(example), self.min_seconds)
+        return min(seconds, self.cut_at) if self.cut_at is not None else seconds
+
+    def add(self, example: Any) -> None:
+        if self.max_duration is not None:
+            seconds = self.measure_length(example)
+            self.current += seconds
+            self.longest_seen = max(self.longest_seen, seconds)
+        self.num_cuts += 1
+
+
+def default_bucket_edges(cfg: AudioConfig) -> list[float]:
+    """Doubling length buckets from min_seconds up to max_seconds (e.g. 2, 4, 8, 16 s)."""
+    edges, edge = [], max(cfg.min_seconds, 0.5) * 2
+    while edge < cfg.max_seconds:
+        edges.append(edge)
+        edge *= 2
+    return edges
+
+
+def make_sampler(cuts: CutSet, audio: AudioConfig, *, batch_size: int, max_batch_seconds: float | None,
+                 shuffle: bool, shuffle_buffer: int, seed: int, rank: int, world_size: int,
+                 drop_last: bool) -> CutSampler:
+    """``batch_size`` batches (``SimpleCutSampler``, ``max_cuts``; Lhotse's streaming shuffle), or
+    length-bucketed batches within ``max_batch_seconds`` of padded audio (``DynamicBucketingSampler``
+    whose buffer holds ``shuffle_buffer`` cuts plus room for one full batch per bucket)."""
+    if max_batch_seconds is None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        return SimpleCutSampler(cuts, max_cuts=batch_size, shuffle=shuffle, drop_last=drop_last,
+                                world_size=world_size, rank=rank, seed=seed)
+    if max_batch_seconds <= 0:
+        raise ValueError("max_batch_seconds must be > 0")
+    edges = default_bucket_edges(audio)
+    per_batch = math.ceil(max_batch_seconds / max(audio.min_seconds, 0.01))
+    constraint = PaddedSeconds(max_duration=max_batch_seconds, min_seconds=audio.min_seconds,
+                               cut_at=audio.max_seconds if audio.on_too_long == "cut" else None)
+    return DynamicBucketingSampler(cuts, constraint=constraint, duration_bins=edges, shuffle=shuffle,
+                                   drop_last=drop_last, buffer_size=max(1, shuffle_buffer) + (len(edges) + 1) * per_batch,
+                                   world_size=world_size, rank=rank, seed=seed)
 
 
 def _all_ranks_have_data(mine: bool) -> bool:
@@ -51,120 +106,96 @@ def _all_ranks_have_data(mine: bool) -> bool:
     return bool(flag.item())
 
 
-class StreamLoader(DataLoader):
-    """``DataLoader(dataset, batch_size=None)`` plus a resumable position (see module docstring).
+class _After:
+    """The sampler's batches after the first ``skip`` (planned from metadata, never loaded)."""
 
-    Extra behaviour is set through attributes, not ``__init__`` arguments, so Lightning can
-    re-instantiate the class from the plain DataLoader arguments if it ever needs to.
+    def __init__(self, sampler: CutSampler, skip: int) -> None:
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self) -> Iterator[CutSet]:
+        batches = iter(self.sampler)  # a Lhotse sampler is its own iterator: iter() again would restart it
+        for _ in range(self.skip):
+            if next(batches, None) is None:
+                return
+        while (batch := next(batches, None)) is not None:
+            yield batch
+
+
+class CutLoader:
+    """Batches of one stage's manifests (see the module docstring).
+
+    Args: ``sampler`` a Lhotse sampler over ``cuts``; ``dataset`` the worker-side loader;
+    ``rejects`` the stage's reject record; ``resume`` (epoch, planned batches done) to skip;
+    ``track`` whether positions are queued for :meth:`take_consumed` (the training loader);
+    ``check_all_bad`` raise after a full pass when a manifest gave nothing but rejects;
+    ``sync_stop`` DDP ranks end the epoch together.
     """
 
-    def __init__(self, dataset: ManifestStream, num_workers: int = 0, pin_memory: bool = False,
-                 **kwargs: Any) -> None:
-        kwargs.pop("batch_size", None)
-        kwargs.pop("collate_fn", None)
-        kwargs["persistent_workers"] = False  # workers must see the new epoch/skip each epoch
-        super().__init__(dataset, batch_size=None, num_workers=num_workers, collate_fn=_unwrap,
-                         pin_memory=pin_memory, **kwargs)
-        self.epoch_fn: Callable[[], int] | None = None  # e.g. the trainer's current epoch
-        self.pending_fn: Callable[[], int] | None = None  # batches delivered but not yet consumed
-        self.check_all_bad = True  # raise when a manifest yielded nothing but rejects
-        self.sync_stop = False  # DDP: every rank ends the epoch when the first one runs out
-        self.rejected: dict[tuple[str, int], str] = {}  # (manifest, line) -> reason, all epochs
-        self._epoch = 0  # own epoch counter when no epoch_fn: advances when an epoch is exhausted
-        self._batches: dict[str, int] = {}
-        self._history: deque[dict[str, int]] = deque(maxlen=16)
-        self._complete = False
-        self._resume: dict[str, Any] | None = None
+    batch_sampler = None  # the DataLoader attribute Lightning reads next to ``sampler``: batches come from ``sampler``
 
-    # --- iteration ----------------------------------------------------------------------------
-    def current_epoch(self) -> int:
-        return self.epoch_fn() if self.epoch_fn is not None else self._epoch
+    def __init__(self, sampler: CutSampler, cuts: ManifestCuts, dataset: AudioBatches, rejects: RejectLog, *,
+                 num_workers: int = 0, resume: tuple[int, int] | None = None, track: bool = False,
+                 check_all_bad: bool = True, sync_stop: bool = False) -> None:
+        self.sampler = sampler
+        self.cuts = cuts
+        self.dataset = dataset
+        self.rejects = rejects
+        self.num_workers = num_workers
+        self.track = track
+        self.check_all_bad = check_all_bad
+        self.sync_stop = sync_stop
+        self._resume = resume
+        self._handed_out: deque[tuple[int, int]] = deque()
 
-    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        ds: ManifestStream = self.dataset  # type: ignore[assignment]
-        epoch = self.current_epoch()
-        ds.set_epoch(epoch)
-        ds.skip = self._take_resume(epoch)
-        ds.known_rejects = frozenset(self.rejected)  # logged and recorded already: once per run
-        self._batches = dict(ds.skip)
-        self._history.clear()
-        self._history.append(dict(self._batches))
-        self._complete = False
-        return self._generate(epoch, full_pass=not ds.skip, inner=super().__iter__())
+    def take_consumed(self) -> tuple[int, int] | None:
+        """Position reached by the oldest batch handed out and not yet taken (None: none left)."""
+        return self._handed_out.popleft() if self._handed_out else None
 
-    def _generate(self, epoch: int, full_pass: bool, inner: Iterator[StreamItem]) -> Iterator[Any]:
+    def _skip_for(self, epoch: int) -> int:
+        resume, self._resume = self._resume, None
+        return resume[1] if resume is not None and resume[0] == epoch else 0
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch = self.sampler.epoch
+        skip = self._skip_for(epoch)
+        self.cuts.set_epoch(epoch)
+        self.rejects.begin_epoch(epoch)
+        self._handed_out.clear()
+        dataset = dataclasses.replace(self.dataset, epoch=epoch, known=frozenset(self.rejects.rejected))
+        loader = DataLoader(dataset, sampler=_After(self.sampler, skip) if skip else self.sampler, batch_size=None,
+                            num_workers=self.num_workers, collate_fn=keep_as_is)
         good: dict[str, int] = {}
-        rejected: dict[str, dict[str, int]] = {}
-        for item in inner:
-            for manifest, line, reason in item.rejects:
-                if self.rejected.setdefault((manifest, line), reason) == reason:
-                    per = rejected.setdefault(manifest, {})
-                    per[reason] = per.get(reason, 0) + 1
-            for manifest, n in item.good.items():
-                good[manifest] = good.get(manifest, 0) + n
-            if item.index < 0:
-                continue  # end-of-stream marker: only carried trailing rejects
-            self._batches[item.stream] = item.index + 1
-            if item.batch is None:
-                continue  # every sample of that planned batch was bad
-            if self.sync_stop and not _all_ranks_have_data(True):
-                full_pass = False  # another rank ran dry: stop together (see module docstring)
-                break
-            self._history.append(dict(self._batches))
-            yield item.batch
-        else:
-            if self.sync_stop:
-                _all_ranks_have_data(False)  # the ranks still holding batches wait on this
-        self._complete = True
-        if self.epoch_fn is None:
-            self._epoch = epoch + 1
+        index, full_pass = skip, skip == 0
+        try:
+            for loaded in loader:
+                self.rejects.from_worker(loaded.rejects)
+                for manifest, n in loaded.good.items():
+                    good[manifest] = good.get(manifest, 0) + n
+                index += 1
+                if loaded.batch is None:
+                    continue  # every sample of that planned batch was bad
+                if self.sync_stop and not _all_ranks_have_data(True):
+                    full_pass = False  # another rank ran dry: stop together (see module docstring)
+                    break
+                if self.track:
+                    self._handed_out.append((epoch, index))
+                yield loaded.batch
+            else:
+                if self.sync_stop:
+                    _all_ranks_have_data(False)  # the ranks still holding batches wait on this
+        finally:
+            dataset.close()
+            self.rejects.close()
+        if self.sampler.epoch == epoch:
+            self.sampler.set_epoch(epoch + 1)  # iterated directly: the next pass is the next epoch
         if full_pass and self.check_all_bad:
-            ds: ManifestStream = self.dataset  # type: ignore[assignment]
-            for manifest in ds.manifests:
-                if not good.get(manifest) and rejected.get(manifest):
-                    counts = rejected[manifest]
-                    hint = ("; audio paths must stay inside the corpus root unless the data option "
-                            "allow_outside_root is true" if PATH_OUTSIDE_ROOT in counts else "")
-                    raise RuntimeError(f"{manifest}: no valid samples: {sum(counts.values())} rejected "
-                                       f"({format_reasons(counts)}){hint}")
+            self._raise_if_all_bad(good)
 
-    def reject_counts(self) -> dict[str, int]:
-        return count_reasons(self.rejected.values())
-
-    # --- state ----------------------------------------------------------------------------------
-    def _local_state(self) -> dict[str, Any]:
-        pending = self.pending_fn() if (self.pending_fn is not None and not self._complete) else 0
-        pending = max(0, min(pending, len(self._history) - 1))
-        snapshot = self._history[-1 - pending] if self._history else {}
-        return {"epoch": self.current_epoch(), "complete": self._complete, "batches": dict(snapshot)}
-
-    def state_dict(self) -> dict[str, Any]:
-        """``{"epoch", "complete", "num_workers", "world_size", "batches": {stream: n}}``."""
-        ds: ManifestStream = self.dataset  # type: ignore[assignment]
-        state = self._local_state()
-        if ds.world_size > 1 and dist.is_available() and dist.is_initialized():
-            gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, state["batches"])
-            state["batches"] = {k: v for part in gathered for k, v in (part or {}).items()}
-        state.update(num_workers=self.num_workers, world_size=ds.world_size)
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Makes the next ``iter()`` of the same epoch skip what the saved run consumed."""
-        self._resume = dict(state)
-        if self.epoch_fn is None:
-            self._epoch = int(state["epoch"]) + (1 if state.get("complete") else 0)
-
-    def _take_resume(self, epoch: int) -> dict[str, int]:
-        state, self._resume = self._resume, None
-        if not state or state.get("complete") or int(state["epoch"]) != epoch:
-            return {}
-        ds: ManifestStream = self.dataset  # type: ignore[assignment]
-        if state.get("num_workers") != self.num_workers or state.get("world_size") != ds.world_size:
-            warnings.warn(
-                f"cannot resume the data position: saved with {state.get('world_size')} rank(s) x "
-                f"{state.get('num_workers')} worker(s), now {ds.world_size} x {self.num_workers}; "
-                f"epoch {epoch} restarts from its first sample", stacklevel=2)
-            return {}
-        mine = f"r{ds.rank}w"
-        return {k: int(v) for k, v in state.get("batches", {}).items() if k.startswith(mine)}
+    def _raise_if_all_bad(self, good: dict[str, int]) -> None:
+        for manifest in self.cuts.manifests:
+            counts = self.rejects.epoch_counts.get(manifest)
+            if counts and not good.get(manifest):
+                hint = ("; audio paths must stay inside the corpus root unless the data option "
+                        "allow_outside_root is true" if PATH_OUTSIDE_ROOT in counts else "")
+                raise RuntimeError(f"{manifest}: no valid samples: {sum(counts.values())} rejected "
+                                   f"({format_reasons(counts)}){hint}")

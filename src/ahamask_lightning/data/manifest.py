@@ -31,6 +31,7 @@ Bad lines are not exceptions the caller has to catch: :func:`parse_line` returns
 """
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import math
@@ -309,7 +310,8 @@ def iter_lines(manifest: str, limit: int | None = None) -> Iterator[tuple[int, b
     not UTF-8 is rejected alone instead of failing (or silently altering) the whole file.
     """
     count = 0
-    with open(manifest, "rb") as fh:
+    # a Lhotse cut manifest may be gzipped (CutSet.to_file("x.jsonl.gz"))
+    with gzip.open(manifest, "rb") if manifest.endswith(".gz") else open(manifest, "rb") as fh:
         for number, text in enumerate(fh, start=1):
             if not text.strip():
                 continue  # blank lines are layout, not samples

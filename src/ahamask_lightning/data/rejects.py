@@ -1,11 +1,14 @@
 """Bookkeeping of bad samples across processes.
 
-Dataloader workers are separate processes, so counts cannot live in a shared object. Each stream
-(rank x worker) appends its rejects to its own JSONL file beside ``rejects_path``
-(``<stem>.<stage>.r<rank>w<worker>.jsonl``: no two processes write one file) and also sends
-them to the main process along with its batches. :func:`read_reject_files` merges the files.
-A sample is logged and written once per run: workers are new processes every epoch, so the sink
-is given the keys (manifest, line) the main process has already seen (``known``) and skips them.
+Bad samples are found in two places: lines that cannot become a cut, while the sampler reads the
+manifest in the main process (:class:`RejectLog`, stream ``r<rank>wmain``), and audio that fails
+to decode, in the dataloader workers (stream ``r<rank>w<worker>``). Workers are separate
+processes, so counts cannot live in a shared object: each stream appends its rejects to its own
+JSONL file beside ``rejects_path`` (``<stem>.<stage>.<stream>.jsonl``: no two processes write one
+file) and workers also send them to the main process along with their batches.
+:func:`read_reject_files` merges the files. A sample is logged and written once per run: workers
+are new processes every epoch, so their sink is given the keys (manifest, line) the main process
+has already seen (``known``) and skips them.
 """
 from __future__ import annotations
 
@@ -59,6 +62,51 @@ class RejectSink:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+class RejectLog:
+    """The main process's record of one stage's bad samples for the run.
+
+    ``rejected`` ((manifest, line) -> reason) is shared by the stage's loaders and pre-filled from
+    the rejects files (a run resumed into its folder). Lines rejected while reading manifests are
+    logged and written here; under DDP every rank reads every line, so only ``write`` (rank 0)
+    logs them. ``epoch_counts`` (manifest -> reason -> n) serves the all-bad-manifest check.
+    """
+
+    def __init__(self, rejected: dict[tuple[str, int], str], rejects_path: str | None, stage: str,
+                 rank: int = 0, write: bool = True) -> None:
+        self.rejected = rejected
+        self.sink = RejectSink(rejects_path, stage, f"r{rank}wmain", rejected) if write else None
+        self.epoch = 0
+        self.epoch_counts: dict[str, dict[str, int]] = {}
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.epoch_counts = {}
+
+    def _count(self, manifest: str, reason: str) -> None:
+        per = self.epoch_counts.setdefault(manifest, {})
+        per[reason] = per.get(reason, 0) + 1
+
+    def __call__(self, reject: Reject) -> None:
+        """A line rejected while reading the manifest (main process)."""
+        self._count(reject.manifest, reject.reason)
+        key = (reject.manifest, reject.line)
+        if key in self.rejected:
+            return
+        if self.sink is not None:
+            self.sink(reject, self.epoch)
+        self.rejected[key] = reject.reason
+
+    def from_worker(self, rejects: Iterable[tuple[str, int, str]]) -> None:
+        """Rejects a worker has logged and written already."""
+        for manifest, line, reason in rejects:
+            self._count(manifest, reason)
+            self.rejected.setdefault((manifest, line), reason)
+
+    def close(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
 
 
 def read_reject_files(rejects_path: str, stage: str | None = None) -> dict[tuple[str, int], str]:

@@ -1,0 +1,225 @@
+"""Manifests as lazy Lhotse CutSets: the cut convention, and the user JSONL -> cut conversion.
+
+Cut convention (what corpus preparers write with ``CutSet.to_file`` and what this layer reads):
+
+* one :class:`lhotse.MonoCut` per sample; ``cut.id`` is the sample id;
+* ``cut.recording`` is the clip; ``cut.start`` / ``cut.duration`` select a segment of it (the
+  whole recording when they cover it);
+* one :class:`lhotse.SupervisionSegment` whose ``text`` is the target text (``speaker``,
+  ``gender``, ``language`` set where known);
+* ``cut.custom = {"task": <task name>, "instruction": <str, or absent>, "meta": {...} or absent}``;
+* a pair sample (speaker verification) carries its second clip as ``cut.custom["audio_b"]``, a
+  :class:`lhotse.Recording` (with ``cut.custom["audio_b_unaligned"] = True``, so that Lhotse's own
+  ``cut.load_audio_b()`` reads it whole); the model hears A + 0.1 s of silence + the whole of B
+  (see :mod:`.audio`).
+
+This layer adds ``cut.custom["origin"] = [manifest path, line number]`` when it reads a cut, so a
+bad sample is reported against the line it came from; it is not part of the files.
+
+Which reader a manifest gets: a Lhotse cut manifest is one whose name ends in ``.gz`` or holds
+``.cuts.`` (``train.cuts.jsonl.gz``), or whose first non-blank line is a JSON object with
+``"type": "MonoCut"``; it is read directly. Any other file is a user JSONL manifest (format at
+the top of :mod:`.manifest`), converted on read, line by line: every check of
+:func:`~.manifest.parse_line` applies, then the audio header is read (``sf.info``: durations and
+rate for the :class:`~lhotse.Recording`, and missing, unreadable, empty, truncated or link-loop
+files are rejected here, without decoding). Cut manifests get the same text, task and path checks;
+their files are checked when the audio is loaded. A bad line is rejected with its reason (passed to
+``on_reject``) and the rest streams: nothing is read ahead, the CutSet is lazy.
+"""
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Collection, Iterator
+from typing import Any
+
+import soundfile as sf
+from lhotse import MonoCut, Recording, SupervisionSegment
+from lhotse.audio import AudioSource
+from lhotse.serialization import deserialize_item
+
+from .audio import _DECODE_ERRORS, PAIR_GAP_SECONDS, AudioConfig, AudioError, check_file, check_not_truncated
+from .manifest import (
+    BAD_SEGMENT,
+    EMPTY_AUDIO,
+    EMPTY_TARGET,
+    MALFORMED_JSON,
+    MISSING_FIELD,
+    PATH_OUTSIDE_ROOT,
+    TARGET_TOO_LONG,
+    TOO_LONG,
+    UNKNOWN_TASK,
+    UNREADABLE_AUDIO,
+    OutsideRootError,
+    PathResolver,
+    Reject,
+    SampleRecord,
+    iter_lines,
+    parse_line,
+)
+
+SUPERVISION_FIELDS = ("speaker", "gender", "language")
+
+
+def is_cut_manifest(path: str) -> bool:
+    """Whether ``path`` is a Lhotse cut manifest (see the module docstring for the rule)."""
+    if path.endswith(".gz") or ".cuts." in path.rsplit("/", 1)[-1]:
+        return True
+    first = next(iter_lines(path, 1), None)
+    if first is None:
+        return False
+    try:
+        obj = json.loads(first[1])
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(obj, dict) and obj.get("type") == "MonoCut"
+
+
+def sample_seconds(cut: MonoCut) -> float:
+    """Seconds of the model input before padding: the cut, plus the gap and clip B of a pair."""
+    other = (cut.custom or {}).get("audio_b")
+    return cut.duration + (PAIR_GAP_SECONDS + other.duration if isinstance(other, Recording) else 0.0)
+
+
+def origin(cut: MonoCut) -> tuple[str, int]:
+    """(manifest, line) the cut was read from."""
+    manifest, line = cut.custom["origin"]
+    return manifest, int(line)
+
+
+def probe_recording(path: str, rid: str) -> Recording:
+    """A file :class:`~lhotse.Recording` from the header only; AudioError names a bad file."""
+    check_file(path)
+    check_not_truncated(path)
+    try:
+        info = sf.info(path)
+    except _DECODE_ERRORS as err:  # soundfile raises several types for corrupt headers
+        raise AudioError(UNREADABLE_AUDIO, f"{path}: {err}") from None
+    if info.frames <= 0 or info.samplerate <= 0 or info.channels <= 0:
+        raise AudioError(EMPTY_AUDIO, path)
+    return Recording(id=rid, sources=[AudioSource(type="file", channels=list(range(info.channels)), source=path)],
+                     sampling_rate=int(info.samplerate), num_samples=int(info.frames),
+                     duration=info.frames / info.samplerate)
+
+
+def record_to_cut(rec: SampleRecord) -> MonoCut:
+    """The cut of a parsed JSONL line (reads the audio headers; raises AudioError for a bad file)."""
+    clip = probe_recording(rec.audio[0], rec.id)
+    start, duration = (rec.segment[0], rec.segment[1] - rec.segment[0]) if rec.segment else (0.0, clip.duration)
+    known = {k: str(rec.meta[k]) for k in SUPERVISION_FIELDS if isinstance(rec.meta.get(k), (str, int))}
+    custom: dict[str, Any] = {"task": rec.task, "origin": [rec.manifest, rec.line]}
+    if rec.instruction is not None:
+        custom["instruction"] = rec.instruction
+    if rec.meta:
+        custom["meta"] = rec.meta
+    if len(rec.audio) == 2:
+        custom["audio_b"] = probe_recording(rec.audio[1], f"{rec.id}#b")
+        custom["audio_b_unaligned"] = True
+    text = SupervisionSegment(id=rec.id, recording_id=clip.id, start=0.0, duration=duration, text=rec.text, **known)
+    return MonoCut(id=rec.id, start=start, duration=duration, channel=0, recording=clip, supervisions=[text],
+                   custom=custom)
+
+
+def _confined(rec: Recording, resolve: PathResolver) -> Recording:
+    """The recording with its file sources resolved and confined to the corpus (OutsideRootError)."""
+    sources = [AudioSource(type="file", channels=s.channels, source=resolve(s.source)) if s.type == "file" else s
+               for s in rec.sources]
+    return Recording(id=rec.id, sources=sources, sampling_rate=rec.sampling_rate, num_samples=rec.num_samples,
+                     duration=rec.duration, channel_ids=rec.channel_ids, transforms=rec.transforms)
+
+
+class ManifestCuts:
+    """Lazy iterable of the cuts of several manifests (wrap in ``lhotse.CutSet`` to sample it).
+
+    Iterated in the main process by the sampler, once per epoch: ``set_epoch`` reorders the
+    manifests when ``shuffle`` is set (the sampler's buffer then shuffles cuts within the stream).
+    """
+
+    def __init__(self, manifests: list[str], audio: AudioConfig, on_reject: Callable[[Reject], None], *,
+                 audio_root: str | None = None, allow_outside_root: bool = False,
+                 known_tasks: Collection[str] | None = None, max_target_chars: int | None = None,
+                 limit: int | None = None, shuffle: bool = False, seed: int = 0) -> None:
+        self.manifests = list(manifests)
+        self.audio = audio
+        self.on_reject = on_reject
+        self.audio_root = audio_root
+        self.allow_outside_root = allow_outside_root
+        self.known_tasks = frozenset(known_tasks) if known_tasks is not None else None
+        self.max_target_chars = max_target_chars
+        self.limit = limit
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        self.kinds = {m: is_cut_manifest(m) for m in self.manifests}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[MonoCut]:
+        order = list(self.manifests)
+        if self.shuffle and len(order) > 1:
+            random.Random(f"shards-{self.seed}-{self.epoch}").shuffle(order)
+        for manifest in order:
+            resolve = PathResolver(manifest, self.audio_root, self.allow_outside_root)
+            read = self._read_cut if self.kinds[manifest] else self._convert
+            for line, raw in iter_lines(manifest, self.limit):
+                cut = read(raw, manifest, line, resolve)
+                if isinstance(cut, Reject):
+                    self.on_reject(cut)
+                else:
+                    yield cut
+
+    def _too_long(self, cut: MonoCut) -> str | None:
+        seconds = sample_seconds(cut)
+        if self.audio.on_too_long == "reject" and seconds > self.audio.max_seconds + 1e-6:
+            return f"{seconds:.2f} s > {self.audio.max_seconds} s"
+        return None
+
+    def _convert(self, raw: bytes, manifest: str, line: int, resolve: PathResolver) -> MonoCut | Reject:
+        rec = parse_line(raw, manifest, line, resolve, self.known_tasks, self.max_target_chars)
+        if isinstance(rec, Reject):
+            return rec
+        try:
+            cut = record_to_cut(rec)
+        except AudioError as err:
+            return Reject(manifest, line, err.reason, rec.id, err.detail)
+        too_long = self._too_long(cut)
+        return Reject(manifest, line, TOO_LONG, rec.id, too_long) if too_long else cut
+
+    def _read_cut(self, raw: bytes, manifest: str, line: int, resolve: PathResolver) -> MonoCut | Reject:
+        try:
+            obj = json.loads(raw)
+            if not isinstance(obj, dict):
+                return Reject(manifest, line, MALFORMED_JSON, detail="line is not a JSON object")
+            sid = str(obj.get("id")) if obj.get("id") is not None else None
+            if obj.get("type") != "MonoCut":
+                return Reject(manifest, line, MALFORMED_JSON, sid, detail=f"expected a MonoCut, got {obj.get('type')!r}")
+            cut = deserialize_item(obj)
+        except (ValueError, RecursionError, KeyError, TypeError, AssertionError) as err:
+            return Reject(manifest, line, MALFORMED_JSON, detail=str(err) or type(err).__name__)
+        custom = dict(cut.custom or {})
+        task = custom.get("task")
+        if not task or cut.recording is None:
+            return Reject(manifest, line, MISSING_FIELD, cut.id, detail="no 'task'" if not task else "no recording")
+        if self.known_tasks is not None and task not in self.known_tasks:
+            return Reject(manifest, line, UNKNOWN_TASK, cut.id, detail=f"task {task!r}")
+        text = cut.supervisions[0].text if cut.supervisions else None
+        if not isinstance(text, str) or not text.strip():
+            return Reject(manifest, line, EMPTY_TARGET, cut.id)
+        if self.max_target_chars is not None and len(text) > self.max_target_chars:
+            return Reject(manifest, line, TARGET_TOO_LONG, cut.id,
+                          detail=f"{len(text)} characters > max_target_chars={self.max_target_chars}")
+        if not 0 <= cut.start < cut.start + cut.duration:
+            return Reject(manifest, line, BAD_SEGMENT, cut.id, detail=f"start={cut.start}, duration={cut.duration}")
+        try:
+            recording = _confined(cut.recording, resolve)
+            other = custom.get("audio_b")
+            if isinstance(other, Recording):
+                custom["audio_b"] = _confined(other, resolve)
+        except OutsideRootError as err:
+            return Reject(manifest, line, PATH_OUTSIDE_ROOT, cut.id, detail=str(err))
+        custom["origin"] = [manifest, line]
+        cut = MonoCut(id=cut.id, start=cut.start, duration=cut.duration, channel=cut.channel, recording=recording,
+                      supervisions=cut.supervisions, custom=custom)
+        too_long = self._too_long(cut)
+        return Reject(manifest, line, TOO_LONG, cut.id, too_long) if too_long else cut
