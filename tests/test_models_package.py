@@ -1,5 +1,6 @@
 """``ahamask_lightning.models`` exports every adapter: those the shipped YAMLs name and every concrete one
-of the package; importing it stays cheap (no model built, no optional heavy library pulled in)."""
+of the package; importing it stays cheap (no model built, no optional heavy library pulled in); every
+adapter's batch follows one of the two layouts the schema in ``data/collate.py`` documents."""
 from __future__ import annotations
 
 import importlib
@@ -7,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
 import ahamask_lightning.models as models
@@ -65,3 +67,34 @@ def test_importing_the_package_is_cheap():
             "print(' '.join(m for m in ('peft', 'lightning', 'torchvision', 'mistral_common') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == ""
+
+
+CHAT_TEXT = {"gen_input_ids", "gen_attention_mask"}, {"input_ids", "attention_mask", "labels"}
+SPLICE_TEXT = {"prefix_ids", "prefix_lens", "suffix_ids", "suffix_lens"}, {"target_ids", "target_lens"}
+
+
+def test_every_adapter_collates_one_of_the_two_documented_layouts():
+    """The batch schema of ``data/collate.py``: chat layout or splice layout, plus the adapter's audio tensors."""
+    from ahamask_lightning.models.tiny_lalm import random_tiny_lalm
+
+    g = torch.Generator().manual_seed(0)
+    audios = [0.1 * torch.randn(16000, generator=g), 0.1 * torch.randn(24000, generator=g)]
+    names = [n for n in models.__all__ if n not in ("LALMAdapter", "ChatLALMAdapter")]
+    for name in names:
+        torch.manual_seed(0)
+        adapter = random_tiny_lalm(["male female"]) if name == "TinyLALM" else getattr(models, name)(tiny=True)
+        chat = isinstance(adapter, models.ChatLALMAdapter)
+        prompt_keys, target_keys = CHAT_TEXT if chat else SPLICE_TEXT
+        gen = adapter.collate(audios, ["Answer.", None])
+        train = adapter.collate(audios, ["Answer.", None], ["male", "female"])
+        assert prompt_keys <= set(gen) and not target_keys & set(gen), name
+        assert prompt_keys | target_keys <= set(train), name
+        audio_keys = set(train) - prompt_keys - target_keys
+        assert audio_keys and not audio_keys & (CHAT_TEXT[0] | CHAT_TEXT[1] | SPLICE_TEXT[0] | SPLICE_TEXT[1]), name
+        if chat:
+            assert audio_keys == set(adapter.audio_keys), name
+            assert (gen["gen_attention_mask"][:, -1] == 1).all(), name  # left-padded
+            assert (train["attention_mask"][:, 0] == 1).all(), name  # right-padded
+            assert (train["labels"][train["attention_mask"] == 0] == -100).all(), name
+        for key in audio_keys:
+            assert len(train[key]) == len(audios), (name, key)

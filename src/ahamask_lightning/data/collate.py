@@ -10,18 +10,27 @@ model never touches the datamodule.
 
 Batch schema (every adapter; the one place it is written down):
 
-* In: a list of samples from :class:`~ahamask_lightning.data.streaming.ManifestStream`, each
-  ``{"id", "task", "text", "audio" (float32 [T] at the adapter's rate), "instruction", "meta"}``.
+* In: a list of samples, one per cut of a Lhotse sampler's batch, decoded in a dataloader worker
+  by :class:`~ahamask_lightning.data.dataset.AudioBatches`, each ``{"id", "task", "text",
+  "audio" (float32 [T] at the adapter's rate), "instruction", "meta"}``.
 * Out, a dict with, from :class:`SampleCollate`: ``ids``, ``tasks``, ``texts`` (the targets
   trained on), ``instructions`` (the prompt text used, None when instruction-free) - lists of
-  length B. From the adapter's ``collate(audios, instructions, targets)``:
+  length B. From the adapter's ``collate(audios, instructions, targets)``, the text in one of two
+  layouts, by how the model takes audio:
 
-  - ``gen_input_ids`` / ``gen_attention_mask`` [B, P]: the prompt alone, left-padded (generation);
-  - ``input_ids`` / ``attention_mask`` / ``labels`` [B, L]: prompt + target + end token,
-    right-padded; ``labels`` is -100 everywhere but on the target and end tokens;
-  - the audio tensors that adapter's encoder takes, under names it chooses (e.g.
-    ``input_features`` + ``feature_attention_mask`` for Qwen2-Audio, ``features`` +
-    ``feature_lens`` for the tiny LALM), and ``clip_keys`` (list) when it caches encoder output.
+  - chat adapters (``ChatLALMAdapter``: Qwen2-Audio, Qwen2.5-Omni, Voxtral, Granite Speech, Audio
+    Flamingo 3), the audio placeholder repeated once per audio token in the ids:
+    ``gen_input_ids`` / ``gen_attention_mask`` [B, P]: the prompt alone, left-padded (generation);
+    with targets, ``input_ids`` / ``attention_mask`` / ``labels`` [B, L]: prompt + target + end
+    token, right-padded; ``labels`` is -100 everywhere but on the target and end tokens;
+  - splicing adapters (SALMONN, TinyLALM), the audio embeddings put between two text pieces in
+    the forward pass: ``prefix_ids`` / ``prefix_lens`` and ``suffix_ids`` / ``suffix_lens`` (the
+    prompt before and after the audio), with targets ``target_ids`` / ``target_lens`` (target +
+    end token), each right-padded;
+
+  then the audio tensors that adapter's encoder takes, under names it chooses (e.g.
+  ``input_features`` + ``feature_attention_mask`` for Qwen2-Audio, ``features`` +
+  ``feature_lens`` for the tiny LALM), and ``clip_keys`` (list) when it caches encoder output.
 
   Everything runs in the loader workers: CPU only, no model weights touched. Pretraining's
   ``PretrainCollate`` adds ``utts`` and ``segments``.
