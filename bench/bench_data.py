@@ -1,12 +1,16 @@
 """Throughput of the data layer: decoded, resampled and collated utterances per second per worker.
 
 Writes a pool of 10 s clips at 22.05 kHz and 44.1 kHz (16-bit WAV), a manifest cycling over
-them, and times full epochs of ``ManifestDataModule`` (decode -> first channel -> resample to
-16 kHz -> pad -> ``collate_audio``). The pool is small and re-read, so the OS cache serves the
+them, and times full epochs of ``ManifestDataModule`` on its Lhotse path (manifest -> lazy
+CutSet -> ``SimpleCutSampler`` in the main process -> decode -> first channel -> resample to
+16 kHz -> pad -> ``collate_audio``). ``--manifests jsonl cuts`` times the user JSONL manifest
+(converted to cuts as it is read, headers probed) and the same samples as a Lhotse cut manifest
+(``CutSet.to_file``, read directly). The pool is small and re-read, so the OS cache serves the
 bytes: this measures CPU cost, not disk. ``--workers 0`` runs in-process with one torch thread,
-like a dataloader worker; N > 0 uses N worker processes and divides the rate by N.
+like a dataloader worker; N > 0 uses N worker processes and divides the rate by N. Each
+configuration runs ``--repeats`` epochs, interleaved with the others; the median is reported.
 
-    python bench/bench_data.py --clips 300 --out bench_data.json
+    python bench/bench_data.py --clips 400 --out bench_data.json
     python bench/bench_data.py --smoke
 """
 from __future__ import annotations
@@ -15,15 +19,20 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import lhotse
+import lightning
 import numpy as np
 import soundfile as sf
 import torch
+from lhotse import CutSet
 
-from ahamask_lightning.data import ManifestDataModule, collate_audio
+from ahamask_lightning.data import ManifestCuts, ManifestDataModule, collate_audio
+from ahamask_lightning.data.audio import AudioConfig
 
 
 def make_pool(root: Path, clips: int, pool: int, seconds: float, rates: list[int]) -> str:
@@ -45,7 +54,16 @@ def make_pool(root: Path, clips: int, pool: int, seconds: float, rates: list[int
     return str(man)
 
 
-def run(manifest: str, root: str, workers: int, batch_size: int) -> dict[str, float]:
+def write_cut_manifest(manifest: str, root: str) -> str:
+    """The same samples as a Lhotse cut manifest (what a corpus preparer writes)."""
+    cuts = ManifestCuts([manifest], AudioConfig(), on_reject=print, audio_root=root, known_tasks={"asr"})
+    out = str(Path(root) / "bench.cuts.jsonl.gz")
+    CutSet(cuts).to_file(out)
+    return out
+
+
+def epoch_rate(manifest: str, root: str, workers: int, batch_size: int) -> tuple[int, float, float]:
+    """(utterances, audio seconds, wall seconds) of one full epoch."""
     dm = ManifestDataModule(train=manifest, audio_root=root, batch_size=batch_size, num_workers=workers,
                             shuffle_buffer=1, known_tasks={"asr"}, collate_fn=collate_audio)
     start = time.perf_counter()
@@ -53,9 +71,14 @@ def run(manifest: str, root: str, workers: int, batch_size: int) -> dict[str, fl
     for batch in dm.train_dataloader():
         n += len(batch["ids"])
         seconds += float(batch["lengths"].sum()) / 16000
-    wall = time.perf_counter() - start
+    return n, seconds, time.perf_counter() - start
+
+
+def summarise(workers: int, kind: str, runs: list[tuple[int, float, float]]) -> dict[str, float]:
+    n, seconds = runs[0][0], runs[0][1]
+    wall = statistics.median(r[2] for r in runs)
     per_worker = n / wall / max(workers, 1)
-    return {"workers": workers, "utterances": n, "wall_s": round(wall, 3),
+    return {"workers": workers, "manifest": kind, "utterances": n, "repeats": len(runs), "wall_s": round(wall, 3),
             "utt_per_s": round(n / wall, 2), "utt_per_s_per_worker": round(per_worker, 2),
             "audio_s_per_s_per_worker": round(seconds / wall / max(workers, 1), 1)}
 
@@ -67,25 +90,36 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rates", type=int, nargs="+", default=[22050, 44100])
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--manifests", nargs="+", choices=["jsonl", "cuts"], default=["jsonl", "cuts"])
+    ap.add_argument("--repeats", type=int, default=5, help="epochs per configuration (median reported)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--smoke", action="store_true", help="tiny run (< 10 s) to check the script works")
     ap.add_argument("--out", type=str, default=None, help="write the results as JSON here")
     args = ap.parse_args()
     if args.smoke:
-        args.clips, args.pool, args.workers = 12, 4, [0]
+        args.clips, args.pool, args.workers, args.repeats = 12, 4, [0], 1
     torch.set_num_threads(1)  # dataloader workers run with one thread; measure the same way
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = make_pool(Path(tmp), args.clips, args.pool, args.seconds, args.rates)
-        for workers in args.workers:
-            res = run(manifest, tmp, workers, args.batch_size)
+        jsonl = make_pool(Path(tmp), args.clips, args.pool, args.seconds, args.rates)
+        paths = {"jsonl": jsonl, "cuts": write_cut_manifest(jsonl, tmp) if "cuts" in args.manifests else None}
+        configs = [(w, kind) for w in args.workers for kind in args.manifests]
+        runs: dict[tuple[int, str], list] = {c: [] for c in configs}
+        for _ in range(args.repeats):  # interleaved: a load change on the shared machine hits every configuration
+            for workers, kind in configs:
+                runs[(workers, kind)].append(epoch_rate(paths[kind], tmp, workers, args.batch_size))
+        for workers, kind in configs:
+            res = summarise(workers, kind, runs[(workers, kind)])
             results.append(res)
-            print(f"workers={workers}: {res['utterances']} x {args.seconds:g} s clips ({'/'.join(map(str, args.rates))}"
-                  f" Hz -> 16 kHz) in {res['wall_s']} s = {res['utt_per_s']} utt/s, "
-                  f"{res['utt_per_s_per_worker']} utt/s/worker ({res['audio_s_per_s_per_worker']} audio s/s/worker)")
+            print(f"workers={workers} {kind}: {res['utterances']} x {args.seconds:g} s clips "
+                  f"({'/'.join(map(str, args.rates))} Hz -> 16 kHz), median of {res['repeats']}: {res['wall_s']} s = "
+                  f"{res['utt_per_s']} utt/s, {res['utt_per_s_per_worker']} utt/s/worker "
+                  f"({res['audio_s_per_s_per_worker']} audio s/s/worker)")
     report = {"bench": "data", "clips": args.clips, "clip_seconds": args.seconds, "source_rates": args.rates,
               "batch_size": args.batch_size, "smoke": args.smoke, "results": results,
-              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}}
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+                          "lhotse": lhotse.__version__, "lightning": lightning.__version__,
+                          "soundfile": sf.__version__}}
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.out}")

@@ -19,7 +19,7 @@ import torch
 from lhotse import CutSet, MonoCut, Recording
 from torch.utils.data import Dataset, get_worker_info
 
-from .audio import AudioConfig, AudioError, checked_wave, join_and_fit, load_audio
+from .audio import AudioConfig, AudioError, checked_wave, join_and_fit, load_mono
 from .cuts import origin
 from .manifest import UNREADABLE_AUDIO, Reject
 from .rejects import RejectSink
@@ -68,7 +68,14 @@ def cut_audio(cut: MonoCut, cfg: AudioConfig) -> torch.Tensor:
     whole = cut.start <= 0 and cut.duration >= cut.recording.duration - 1e-6
     paths = [_file(r) for r in recordings]
     if all(p is not None for p in paths) and (whole or len(paths) == 1):
-        return load_audio(paths, cfg, None if whole else (cut.start, cut.start + cut.duration))
+        # The lengths were checked against max_seconds when the cut was read, from its metadata, so
+        # the files' headers are not read a second time here; decoding stops two frames past the
+        # limit, which join_and_fit still rejects (a manifest whose durations are wrong).
+        sr = cfg.sample_rate
+        bound = round(cfg.max_seconds * sr) + (2 if cfg.on_too_long == "reject" else 0)
+        segment = None if whole else (cut.start, cut.start + cut.duration)
+        parts = [load_mono(paths[0], sr, bound, segment)] + [load_mono(p, sr, bound) for p in paths[1:]]
+        return join_and_fit(parts, cfg)
     # Not a plain file (URL, command, in-memory Shar data...): Lhotse decodes, the checks stay ours.
     parts = []
     for rec, (offset, duration) in zip(recordings, [(cut.start, cut.duration), (0.0, None)]):
