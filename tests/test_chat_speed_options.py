@@ -5,6 +5,7 @@ layers recomputed in backward) give the same loss and mask gradients as the plai
 and together; the first pass writes the cache and the second reads it; checkpointed layers really
 run twice. A clip's cached embeddings are its own (the same alone as in a padded batch) for the
 families that allow the cache; Granite Speech's are not, so it refuses the option before loading.
+TinyLALM (which had the cache already) takes ``gradient_checkpointing`` too.
 """
 from __future__ import annotations
 
@@ -114,3 +115,24 @@ def test_checkpointing_refuses_dropout_in_the_layers():
     adapter.model.add_adapter(LoraConfig(r=2, lora_alpha=4, lora_dropout=0.1, target_modules=["q_proj"]))
     with pytest.raises(ValueError, match="^gradient_checkpointing: .*lora_dropout"):
         enable_llm_checkpointing(adapter.model.get_decoder())
+
+
+def test_tiny_lalm_checkpointing_keeps_loss_and_mask_gradients():
+    from ahamask_lightning.models.tiny_lalm import TinyLALM, random_tiny_lalm
+
+    torch.manual_seed(0)
+    plain = random_tiny_lalm(["male female", "the quick brown fox"], layers=2, heads=4, hidden=32).freeze()
+    fast = TinyLALM(checkpoint=None, config=plain.config, tokenizer=plain.tokenizer,
+                    gradient_checkpointing=True)
+    fast.load_state_dict(plain.state_dict())
+    fast.freeze()
+    batch = _batch(plain)
+    calls = []
+    handle = fast.llm.model.layers[0].mlp.register_forward_pre_hook(lambda *args: calls.append(1))
+    loss, grad = _loss_and_grad(fast, batch)
+    handle.remove()
+    assert len(calls) == 2  # run again in backward
+    ref_loss, ref_grad = _loss_and_grad(plain, batch)
+    assert ref_grad.abs().max() > 0
+    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=0)
+    torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)

@@ -21,7 +21,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from .base import LALMAdapter, loss_on_target_logits, target_positions
+from .base import (
+    LALMAdapter,
+    enable_llm_checkpointing,
+    llm_checkpointing_active,
+    loss_on_target_logits,
+    target_positions,
+)
 from .feature_cache import FeatureCache, clip_key, weights_fingerprint
 from .splice import splice_embeddings, tokenize_prompts
 
@@ -140,6 +146,8 @@ class TinyLALM(LALMAdapter):
     ``feature_cache``: a directory where the frozen encoder + projector output of each clip is kept
     and read back in later epochs (``feature_cache.py``); for mask training, where the encoder is
     frozen. Pretraining, which trains the encoder, passes its own ``audio`` to ``loss`` instead.
+    ``gradient_checkpointing``: recompute each LLM layer's activations in the backward pass of ``loss``
+    (``enable_llm_checkpointing``), as the chat adapters do.
     """
 
     model_id = "tiny-lalm"
@@ -153,6 +161,7 @@ class TinyLALM(LALMAdapter):
         tokenizer: PreTrainedTokenizerFast | None = None,
         attn_implementation: str = "sdpa",
         feature_cache: str | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if checkpoint is not None:
@@ -188,6 +197,9 @@ class TinyLALM(LALMAdapter):
                 raise ValueError(f"{checkpoint}/model.safetensors: keys do not match TinyLALM: {bad[:5]}")
             if self.config.llm.get("tie_word_embeddings"):
                 self.llm.tie_weights()
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        if gradient_checkpointing:
+            enable_llm_checkpointing(self.llm.model)
         self.feature_cache = None
         if feature_cache:
             namespace = {"model_id": self.model_id, "sample_rate": self.sample_rate, "n_mels": config.n_mels,
@@ -248,8 +260,9 @@ class TinyLALM(LALMAdapter):
         """Cross-entropy on the targets; ``audio`` = precomputed (audio tokens, lengths), e.g. in pretraining."""
         embeds, mask, labels = self._inputs(batch, audio)
         # logits only where a target is predicted (LlamaForCausalLM's logits_to_keep, 2-D bool mask)
-        out = self.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=False,
-                       logits_to_keep=target_positions(labels))
+        with llm_checkpointing_active(self.llm.model, self.gradient_checkpointing):
+            out = self.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=False,
+                           logits_to_keep=target_positions(labels))
         return loss_on_target_logits(out.logits, labels)
 
     @torch.no_grad()
