@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import yaml
 
-import ahamask_lightning.models as models
+from ahamask_lightning import models
 from ahamask_lightning.models.base import LALMAdapter
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from ahamask_lightning.masking import HeadGate
-from ahamask_lightning.models import Qwen2AudioAdapter
-from ahamask_lightning.models import qwen2_audio
+from ahamask_lightning.models import Qwen2AudioAdapter, qwen2_audio
 from ahamask_lightning.models.base import causal_lm_loss
 
 INSTRUCTIONS = ["What is the gender of the speaker?", None, "Answer Male or Female."]

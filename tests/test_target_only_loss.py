@@ -26,7 +26,7 @@ def _audios(seed: int = 0) -> list[torch.Tensor]:
 
 def _full_logits_loss(adapter, batch) -> torch.Tensor:
     """The full-logits reference: every position projected onto the vocabulary."""
-    if isinstance(adapter, models.TinyLALM) or isinstance(adapter, SalmonnAdapter):
+    if isinstance(adapter, (models.TinyLALM, SalmonnAdapter)):
         embeds, mask, labels = adapter._inputs(batch)
         return causal_lm_loss(adapter.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits, labels)
     out = adapter.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
