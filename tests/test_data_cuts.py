@@ -186,3 +186,23 @@ def test_lightning_fetches_a_batch_ahead_and_the_position_counts_only_consumed_o
     second = Recorder()
     _fit(tmp_path / "c", jsonl, second, ckpt_path=str(tmp_path / "ck" / "epoch=0-step=3.ckpt"))
     assert first.seen[:3] + second.seen == module.seen
+
+
+def test_a_prepared_corpus_streams_through_the_datamodule(tmp_path: Path) -> None:
+    """``ahamask data prepare`` output (``<split>/<task>.cuts.jsonl.gz``, absolute paths into the raw
+    corpus, which its corpus.json records) is read as it is: every cut, no rejects."""
+    from test_corpora import _librispeech
+
+    from data_modules.prepare import prepare
+
+    _librispeech(tmp_path / "LibriSpeech")
+    out = tmp_path / "out"
+    prepare("librispeech", tmp_path, out)
+    for task in ("asr", "gr"):
+        manifest = out / "manifests" / "dev-clean" / f"{task}.cuts.jsonl.gz"
+        expected = {cut.id: cut.supervisions[0].text for cut in CutSet.from_file(manifest)}
+        dm = ManifestDataModule(val=str(manifest), batch_size=2, min_seconds=0.1, num_workers=1)
+        dm.setup("validate")
+        got = {s["id"]: s["text"] for b in dm.val_dataloader()[0] for s in b}
+        assert got == expected and len(got) == 3
+        assert dm.reject_summary() == {} and dm.eval_names["val"] == [task]

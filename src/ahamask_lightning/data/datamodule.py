@@ -76,6 +76,13 @@ def named_manifests(given: EvalManifests, stage: str) -> tuple[list[str], list[s
     return paths, names
 
 
+def _stem(path: str) -> str:
+    name = os.path.basename(path)
+    for suffix in (".gz", ".jsonl", ".cuts"):
+        name = name.removesuffix(suffix)
+    return name
+
+
 class ManifestDataModule(pl.LightningDataModule):
     """Lazy Lhotse CutSet data for AHAMask (see the module docstring).
 
@@ -215,9 +222,9 @@ class ManifestDataModule(pl.LightningDataModule):
     # --- helpers -----------------------------------------------------------------------------------
     @property
     def eval_names(self) -> dict[str, list[str]]:
-        """Per stage, the manifest stem of each dataloader index (e.g. ``{"val": ["asr", "gr"]}``)."""
-        return {stage: [os.path.splitext(os.path.basename(p))[0] for p in self.paths[stage]]
-                for stage in ("val", "test", "predict")}
+        """Per stage, the manifest stem of each dataloader index (e.g. ``{"val": ["asr", "gr"]}``;
+        ``gr.jsonl`` and ``gr.cuts.jsonl.gz`` are both ``gr``)."""
+        return {stage: [_stem(p) for p in self.paths[stage]] for stage in ("val", "test", "predict")}
 
     def eval_sets(self, stage: str) -> list[str | None]:
         """Per dataloader index of ``stage``, the held-out set name given in the config (None: unnamed)."""

@@ -18,12 +18,20 @@ but never used is never taken). A loader given ``resume=(epoch, n)`` skips the f
 planned batches of that epoch in the sampler, in the main process, without loading their audio.
 The worker count does not change the plan: a run may resume with another ``num_workers``.
 
+Why not a library's resume: torchdata's ``StatefulDataLoader`` counts the batches it has
+yielded, which under Lightning's prefetching (``_PrefetchDataFetcher`` holds one batch ahead) is
+one more than training consumed; a Lhotse sampler's own ``state_dict`` is further ahead (the
+DataLoader asks it for ``prefetch_factor x num_workers`` batches in advance) and the bucketing
+sampler refuses it with a custom constraint such as :class:`PaddedSeconds`.
+
 DDP: ranks must run the same number of steps. For training under several ranks the sampler gets
 ``drop_last=True``, Lhotse's way of giving every rank the same number of batches (the last,
 incomplete round of batches waits for the next epoch, reshuffled; with seconds budgets, the
 partial batches left in its length buckets too). A batch whose samples were all bad is dropped on
 one rank only, so with ``sync_stop`` the ranks also agree before every batch (one tiny
-all-reduce) and all end the epoch when the first one runs dry.
+all-reduce) and all end the epoch when the first one runs dry. Evaluation keeps
+``drop_last=False``: when a last round has fewer cuts than ranks, Lhotse repeats some (with
+``_dup`` ids) so that every rank gets a batch.
 """
 from __future__ import annotations
 
