@@ -213,9 +213,10 @@ class ChatLALMAdapter(LALMAdapter):
 
     def audio_embeddings(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Each clip's audio embeddings ``[tokens_i, hidden]``, from the feature cache when there is one.
-        A clip's share is the number of placeholders in its row of ``input_ids``."""
+        A clip's share is the number of placeholders in its row of the ids (training or prompt-only)."""
         audio = self._audio_inputs(batch)
-        counts = (batch["input_ids"] == self.audio_token_id).sum(-1).tolist()
+        ids = batch["input_ids"] if "input_ids" in batch else batch["gen_input_ids"]
+        counts = (ids == self.audio_token_id).sum(-1).tolist()
 
         @torch.no_grad()
         def encode(idx: Sequence[int]) -> list[torch.Tensor]:
@@ -229,8 +230,7 @@ class ChatLALMAdapter(LALMAdapter):
 
         if self.feature_cache is None or "clip_keys" not in batch:
             return encode(range(len(counts)))
-        return self.feature_cache.features(batch["clip_keys"], encode, device=batch["input_ids"].device,
-                                           dtype=self.model.dtype)
+        return self.feature_cache.features(batch["clip_keys"], encode, device=ids.device, dtype=self.model.dtype)
 
     def input_embeddings(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Token embeddings with the audio embeddings scattered into the placeholder positions, as the

@@ -130,8 +130,7 @@ class GraniteSpeechAdapter(ChatLALMAdapter):
         tiny: build a tiny random model of the same classes, with a random LoRA on q/v.
         dtype: weight dtype for real checkpoints.
         gradient_checkpointing: see ``ChatLALMAdapter``.
-        feature_cache: not available: the conformer encoder has no padding mask, so a clip's audio
-            embeddings depend on how much padding its batch adds.
+        feature_cache: refused: the conformer has no padding mask, so a clip's embeddings depend on its batch.
     """
 
     audio_keys = ("input_features", "input_features_mask")
