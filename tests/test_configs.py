@@ -71,9 +71,15 @@ def split_name(path: Path) -> tuple[str, str | None]:
     return (tasks[0], stem[len(tasks[0]) + 1:]) if tasks else (stem, None)
 
 
+def stage_paths(value) -> list[str]:
+    """One stage's manifests: a list, or the values of a ``{set name: manifest(s)}`` mapping."""
+    groups = value.values() if isinstance(value, dict) else [value or []]
+    return [p for group in groups for p in ([group] if isinstance(group, str) else group)]
+
+
 def manifests(cfg) -> list[str]:
     args = cfg.data.init_args
-    return [p for key in ("train", "val", "test", "predict") for p in (args.get(key) or [])]
+    return [p for key in ("train", "val", "test", "predict") for p in stage_paths(args.get(key))]
 
 
 @pytest.mark.parametrize("path", EXPERIMENT_FILES, ids=lambda p: str(p.relative_to(EXPERIMENTS)))
@@ -194,7 +200,7 @@ def instantiate(parser, configs: list[Path], tmp_path: Path, checkpoint: Path, e
             "--trainer.accelerator", "cpu", "--trainer.logger", "false", *extra]
     for stage in ("train", "val", "test"):  # the data module is built, not read: any path of the task does
         if cfg.data.init_args.get(stage):
-            args += [f"--data.init_args.{stage}", f"[{tmp_path / 'manifests' / stage / Path(cfg.data.init_args[stage][0]).name}]"]
+            args += [f"--data.init_args.{stage}", f"[{tmp_path / 'manifests' / stage / Path(stage_paths(cfg.data.init_args[stage])[0]).name}]"]
     return AHAMaskCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                       auto_configure_optimizers=False, run=False, args=args)
 
