@@ -28,19 +28,16 @@ TABLE_METRICS = {"asr": ("wer",), "gr": ("acc", "acc_exact", "answered"), "ser":
                  "src": ("acc", "acc_exact", "answered"), "asv": ("acc", "acc_exact", "answered"),
                  "aac": ("meteor", "rouge_l"), "s2tt": ("bleu",), "osr": ("wer",), "gr_asr": ("ifr", "acc", "wer"),
                  "asr_gr": ("ifr", "acc", "wer"), "json": ("ifr", "wer", "acc")}
-# Paper Table 1 (SALMONN-13B) per table column (``analysis.report.metric_column``), in CONDITIONS
-# order; None: not reported. ASR tests LibriSpeech test-clean and test-other as the named sets
-# ``clean`` and ``other``; GR, GR|ASR and JSON test test-clean alone (the YAML's one, unnamed set).
+# Paper Table 1 (SALMONN-13B) per table column (``report.metric_column``), in CONDITIONS order; None: not
+# reported. ASR: LibriSpeech test-clean / test-other as the sets clean / other; GR, GR|ASR, JSON: test-clean.
 PAPER_SALMONN = {
     "asr/wer (clean)": (2.10, 12.00, 21.36, 2.10), "asr/wer (other)": (4.95, 17.23, 57.62, 5.08),
-    "gr/acc": (96.79, 0.0, 0.0, 98.05), "ser/acc": (69.70, 0.0, 0.0, 70.02),
-    "asv/acc": (93.49, 0.0, 0.18, 93.24), "aac/meteor": (20.60, 14.90, 14.01, 24.15),
-    "aac/rouge_l": (40.42, 33.69, 32.19, 48.71), "s2tt/bleu": (34.48, 15.14, 13.64, 33.90),
-    "osr/wer": (23.72, 30.95, 47.19, 23.89),
+    "gr/acc": (96.79, 0.0, 0.0, 98.05), "ser/acc": (69.70, 0.0, 0.0, 70.02), "asv/acc": (93.49, 0.0, 0.18, 93.24),
+    "aac/meteor": (20.60, 14.90, 14.01, 24.15), "aac/rouge_l": (40.42, 33.69, 32.19, 48.71),
+    "s2tt/bleu": (34.48, 15.14, 13.64, 33.90), "osr/wer": (23.72, 30.95, 47.19, 23.89),
     "gr_asr/ifr": (98.59, None, None, 99.12), "gr_asr/acc": (68.02, None, None, 97.77),
     "gr_asr/wer": (3.52, None, None, 2.21), "json/ifr": (69.16, None, None, 98.89),
-    "json/wer": (6.17, None, None, 2.40), "json/acc": (51.05, None, None, 97.30),
-}
+    "json/wer": (6.17, None, None, 2.40), "json/acc": (51.05, None, None, 97.30)}
 PAPER_QWEN = {"gr/acc": (91.03, None, None, 94.43), "asv/acc": (49.24, None, None, 85.75)}
 # Released SALMONN-AHAMask checkpoints (reference/official_masks/<stem>.pth) per task.
 OFFICIAL = {"asr": "asr_librispeech", "gr": "gender_librispeech", "ser": "emotion_iemocap", "asv": "asv_voxceleb1",
@@ -60,9 +57,8 @@ def config_path(task: str, family: str) -> str:
     raise FileNotFoundError(f"no experiment YAML for task {task!r} and model {family!r} (experiments/{task}_{family}.yaml)")
 
 
-# SynthSpeech's two test sets as named test sets: in-domain voices and held-out voices
-TINY_SETS = {"ind": "test", "ood": "test_ood"}
-TINY_REPORTED_SET = "ind"  # the set the ablation studies report
+# SynthSpeech's test folders as named test sets (in-domain, held-out voices); studies report "ind"
+TINY_SETS, TINY_REPORTED_SET = {"ind": "test", "ood": "test_ood"}, "ind"
 
 
 def tiny_data_args(data: Path, task: str) -> list[str]:
