@@ -290,7 +290,8 @@ def test_table1_lists_exactly_what_is_missing(tmp_path, in_repo, monkeypatch, ca
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[0] == "reproduce table1: cannot start, missing:"
     assert [line.split()[0] for line in lines[1:5]] == ["whisper_path", "beats_path", "llm_path", "ckpt_path"]
-    assert lines[5:] == [f"  data/librispeech/manifests/{s}/gr.jsonl" for s in ("train", "dev-clean", "test-clean")]
+    assert lines[5:] == [f"  data/librispeech/manifests/{s}/gr.cuts.jsonl.gz"
+                         for s in ("train", "dev-clean", "test-clean")]
     # with the weights in place (empty stand-ins) only the data is missing; nothing was trained
     for var, path in (("WHISPER", "w"), ("LLM", "l"), ("BEATS", "b.pt"), ("CKPT", "c.pth")):
         if "." in path:
@@ -300,8 +301,8 @@ def test_table1_lists_exactly_what_is_missing(tmp_path, in_repo, monkeypatch, ca
         monkeypatch.setenv(f"AHAMASK_SALMONN_{var}", str(tmp_path / path))
     assert reproduce.main(["table1", "--tasks", "asr", "--masks", str(tmp_path / "m"), "--out", str(tmp_path)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()[1:]
-    assert lines == [f"  {tmp_path}/m/asr.safetensors", "  data/librispeech/manifests/test-clean/asr.jsonl",
-                     "  data/librispeech/manifests/test-other/asr.jsonl"]
+    assert lines == [f"  {tmp_path}/m/asr.safetensors", "  data/librispeech/manifests/test-clean/asr.cuts.jsonl.gz",
+                     "  data/librispeech/manifests/test-other/asr.cuts.jsonl.gz"]
     assert not (tmp_path / "t1").exists()
 
 
@@ -312,7 +313,7 @@ def test_qwen2audio_lists_both_checkpoints(tmp_path, in_repo, monkeypatch, capsy
     err = capsys.readouterr().err
     assert "base weights: --base or $AHAMASK_QWEN2AUDIO_BASE (not set)" in err
     assert "instruct weights: --instruct or $AHAMASK_QWEN2AUDIO_INSTRUCT (not set)" in err
-    assert "data/voxceleb/manifests/test/asv.jsonl" in err
+    assert "data/voxceleb/manifests/test/asv.cuts.jsonl.gz" in err
 
 
 def test_reproduce_tiny_end_to_end(synth_corpus, tmp_path, in_repo):

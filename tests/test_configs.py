@@ -37,12 +37,24 @@ BASES = sorted((EXPERIMENTS / "base").glob("*.yaml"))  # included by experiments
 EXPERIMENT_FILES = sorted(p for p in EXPERIMENTS.rglob("*.yaml") if p.parent.name not in (*FRAGMENT_DIRS, "base"))
 PAPER_TASKS = ("asr", "gr", "ser", "asv", "aac", "s2tt", "osr", "gr_asr", "asr_gr", "json")
 REAL_FAMILIES = ("salmonn", "qwen2audio_instruct", "qwen2audio_base")
-MANIFEST = re.compile(r"^data/(?P<corpus>[a-z0-9]+)/manifests/(?P<split>[a-z0-9_-]+)/(?P<task>[a-z0-9_]+)\.jsonl$")
-# Splits `ahamask data prepare` writes per corpus (LibriSpeech keeps its subset names).
+MANIFEST = re.compile(
+    r"^data/(?P<corpus>[a-z0-9]+)/manifests/(?P<split>[a-z0-9_-]+)/(?P<task>[a-z0-9_]+)\.cuts\.jsonl\.gz$")
+LIBRISPEECH_TASKS = frozenset({"asr", "gr", "gr_asr", "asr_gr", "json"})
+# Split -> tasks `ahamask data prepare` writes per corpus (data_modules/<corpus>.py). LibriSpeech keeps its
+# subset names and adds "train" (every train-* subset); VoxCeleb's gr splits follow vox1_meta.csv's Set column.
 SPLITS = {
-    "librispeech": {"train", "dev-clean", "dev-other", "test-clean", "test-other"},
-    "iemocap": {"train", "test"}, "voxceleb": {"train", "dev", "test"}, "audiocaps": {"train", "val", "test"},
-    "covost": {"train", "dev", "test"}, "libri2mix": {"train-100", "train-360", "dev", "test"},
+    "librispeech": dict.fromkeys(("train", "train-clean-100", "train-clean-360", "train-other-500", "dev-clean",
+                                  "dev-other", "test-clean", "test-other", "dev-clean-2", "train-clean-5"),
+                                 LIBRISPEECH_TASKS),
+    "iemocap": dict.fromkeys(("train", "test"), frozenset({"ser"})),
+    "voxceleb": {"train": {"asv"}, "dev": {"gr"}, "test": {"asv", "gr"}},
+    "audiocaps": dict.fromkeys(("train", "val", "test"), frozenset({"aac"})),
+    "clotho": dict.fromkeys(("train", "val", "test"), frozenset({"aac"})),
+    "covost": dict.fromkeys(("train", "dev", "test"), frozenset({"s2tt"})),
+    "libri2mix": dict.fromkeys(("train-100", "train-360", "dev", "test"), frozenset({"osr"})),
+    "tedlium": dict.fromkeys(("train", "dev", "test"), frozenset({"asr", "gr"})),
+    "commonvoice": dict.fromkeys(("train", "dev", "test", "validated", "other", "invalidated"),
+                                 frozenset({"asr", "gr"})),
 }
 
 
@@ -77,6 +89,14 @@ def stage_paths(value) -> list[str]:
     return [p for group in groups for p in ([group] if isinstance(group, str) else group)]
 
 
+def check_prepared(config: Path, manifest: str) -> None:
+    """``manifest`` is a CutSet that ``ahamask data prepare`` writes (corpus, split and task)."""
+    hit = MANIFEST.match(manifest)
+    assert hit, f"{config.name}: {manifest} is not data/<corpus>/manifests/<split>/<task>.cuts.jsonl.gz"
+    written = SPLITS[hit["corpus"]].get(hit["split"], set())
+    assert hit["task"] in written, f"{config.name}: prepare {hit['corpus']} writes no {hit['split']}/{hit['task']}"
+
+
 def manifests(cfg) -> list[str]:
     args = cfg.data.init_args
     return [p for key in ("train", "val", "test", "predict") for p in stage_paths(args.get(key))]
@@ -92,7 +112,9 @@ def test_every_experiment_parses(parser, path):
     assert cfg.model.class_path == "ahamask_lightning.module.AHAMaskModule"
     assert task in TASKS, f"{path.name}: unknown task {task!r}"
     for m in manifests(cfg):
-        assert Path(m).stem == task, f"{path.name}: manifest {m} is not of task {task}"
+        assert Path(m).name.split(".")[0] == task, f"{path.name}: manifest {m} is not of task {task}"
+        if m.startswith("data/") and m.split("/")[1] in SPLITS:  # a prepared corpus (data/synth* stays JSONL)
+            check_prepared(path, m)
 
 
 @pytest.mark.parametrize("family", REAL_FAMILIES)
@@ -130,9 +152,7 @@ def test_paper_hyperparameters(parser, path):
         assert adapter.variant == family.rsplit("_", 1)[1] and adapter.pretrained is None
     assert t.default_root_dir == f"runs/{family}/{task}"
     for path_ in manifests(cfg):
-        hit = MANIFEST.match(path_)
-        assert hit, f"{path.name}: {path_} is not data/<corpus>/manifests/<split>/<task>.jsonl"
-        assert hit["split"] in SPLITS[hit["corpus"]], f"{path.name}: split {hit['split']} of {hit['corpus']}"
+        check_prepared(path, path_)
 
 
 BASE_FOR_FRAGMENT = {"cpu": "gr_tiny.yaml", "cuda": "gr_qwen2audio_instruct.yaml", "npu": "gr_salmonn.yaml",

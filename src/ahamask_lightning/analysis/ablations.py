@@ -13,7 +13,7 @@ seeds                  ``--seed_everything S --{model,data}.init_args.seed S``; 
                        ``ahamask mask combine --op and``
 progressive (Fig. 4)   ``--model.init_args.mask`` = the top share of heads by learned logit
 prompt wording (Fig.2) ``--model.init_args.use_mask false --model.init_args.prompt variant:K``
-OOD GR                 ``--data.init_args.test {<corpus>: [data/<corpus>/manifests/test/gr.jsonl], ...}``
+OOD GR                 ``--data.init_args.test {<corpus>: [data/<corpus>/manifests/test/gr.cuts.jsonl.gz], ...}``
 transfer               the mask of one model tested with the other model's YAML
 =====================  ====================================================================
 
@@ -34,9 +34,9 @@ from .masks import combine, jaccard_matrix, mask_to_logits, progressive_masks
 from .report import metric_column
 
 # Out-of-domain gender recognition (paper: TEDLIUM, CommonVoice, VoxCeleb1), as `ahamask data prepare` writes them.
-OOD_GR = {"tedlium": "data/tedlium/manifests/test/gr.jsonl",
-          "commonvoice": "data/commonvoice/manifests/test/gr.jsonl",
-          "voxceleb1": "data/voxceleb/manifests/test/gr.jsonl"}
+OOD_GR = {"tedlium": "data/tedlium/manifests/test/gr.cuts.jsonl.gz",
+          "commonvoice": "data/commonvoice/manifests/test/gr.cuts.jsonl.gz",
+          "voxceleb1": "data/voxceleb/manifests/test/gr.cuts.jsonl.gz"}
 
 
 @dataclass
