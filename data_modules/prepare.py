@@ -312,10 +312,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lang", default=None, help="commonvoice: language directory (default en)")
     parser.add_argument("--clips-dir", default=None, help="covost: Common Voice clips directory")
     parser.add_argument("--trials", default=None, help="voxceleb: trial list file name (default veri_test2.txt)")
+    parser.add_argument("--train-pairs", type=int, default=None, help="voxceleb: training pairs (default 40000)")
+    parser.add_argument("--pair-seed", type=int, default=None, help="voxceleb: seed of the training pairs (default 0)")
     parser.add_argument("--test-session", type=int, default=None, help="iemocap: held-out session (default 5)")
 
 
-_OPTION_ARGS = ("librispeech_root", "mix_mode", "sample_rate", "lang", "clips_dir", "trials", "test_session")
+_OPTION_ARGS = ("librispeech_root", "mix_mode", "sample_rate", "lang", "clips_dir", "trials", "test_session",
+                "train_pairs", "pair_seed")
 
 
 def run(args: argparse.Namespace) -> int:
