@@ -22,10 +22,9 @@ same-speaker (``Yes``: a speaker drawn uniformly, then two of its clips) and hal
 (``unreadable_audio``) and others drawn; if the speakers cannot give that many distinct pairs, both
 halves are cut to the smaller one and a note says so.
 
-``gr`` (only with ``vox1_meta.csv``): every
-utterance of a speaker with gender ``m``/``f``, in the split named by the metadata's ``Set``
-column (``dev`` or ``test``). Also accepted: ``vox1_dev_wav/wav`` and ``vox1_test_wav/wav``
-as kept from the zips.
+``gr`` (only with ``vox1_meta.csv``): every utterance of a speaker with gender ``m``/``f``, in
+the split named by the metadata's ``Set`` column (``dev`` or ``test``). Also accepted:
+``vox1_dev_wav/wav`` and ``vox1_test_wav/wav`` as kept from the zips.
 
 Lhotse's ``prepare_voxceleb`` (1.33) was checked and does not fit: on every call it downloads
 the trial list from openslr.org into the working directory (so it fails offline and ignores the
