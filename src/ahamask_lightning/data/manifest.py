@@ -5,6 +5,9 @@ Line format::
     {"id": "x1", "audio": "audio/x1.wav" | ["a.wav", "b.wav"], "task": "gr", "text": "Male",
      "instruction": null, "duration": 3.2, "meta": {}}
 
+``duration`` is optional and not used: each line becomes a Lhotse cut whose lengths come from the
+audio header (see :mod:`.cuts`).
+
 Relative audio paths resolve against ``audio_root`` when it is given. Otherwise they resolve
 against the first of (manifest directory, its parent, its grandparent) in which the file exists;
 this matches the generator's layout ``OUT/manifests/<split>/<task>.jsonl`` with paths relative
