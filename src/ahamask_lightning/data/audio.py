@@ -134,16 +134,22 @@ def check_not_truncated(path: str) -> None:
         raise AudioError(TRUNCATED_AUDIO, f"{path}: header promises {found[0]} frames, file holds {found[1]}")
 
 
-def probe_seconds(path: str) -> float:
-    """Duration from the header only (no decoding); raises AudioError like :func:`load_mono`."""
+def read_header(path: str):
+    """The file's checked header (``soundfile.info``), no decoding; raises AudioError like :func:`load_mono`."""
     check_file(path)
     check_not_truncated(path)
     try:
         info = sf.info(path)
     except _DECODE_ERRORS as err:  # soundfile raises several types for corrupt headers
         raise AudioError(UNREADABLE_AUDIO, f"{path}: {err}") from None
-    if info.frames <= 0 or info.samplerate <= 0:
+    if info.frames <= 0 or info.samplerate <= 0 or info.channels <= 0:
         raise AudioError(EMPTY_AUDIO, path)
+    return info
+
+
+def probe_seconds(path: str) -> float:
+    """Duration from the header only (no decoding); raises AudioError like :func:`load_mono`."""
+    info = read_header(path)
     return info.frames / info.samplerate
 
 

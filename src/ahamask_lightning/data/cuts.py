@@ -33,15 +33,13 @@ import random
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
-import soundfile as sf
 from lhotse import MonoCut, Recording, SupervisionSegment
 from lhotse.audio import AudioSource
 from lhotse.serialization import deserialize_item
 
-from .audio import _DECODE_ERRORS, PAIR_GAP_SECONDS, AudioConfig, AudioError, check_file, check_not_truncated
+from .audio import PAIR_GAP_SECONDS, AudioConfig, AudioError, read_header
 from .manifest import (
     BAD_SEGMENT,
-    EMPTY_AUDIO,
     EMPTY_TARGET,
     MALFORMED_JSON,
     MISSING_FIELD,
@@ -49,7 +47,6 @@ from .manifest import (
     TARGET_TOO_LONG,
     TOO_LONG,
     UNKNOWN_TASK,
-    UNREADABLE_AUDIO,
     OutsideRootError,
     PathResolver,
     Reject,
@@ -89,14 +86,7 @@ def origin(cut: MonoCut) -> tuple[str, int]:
 
 def probe_recording(path: str, rid: str) -> Recording:
     """A file :class:`~lhotse.Recording` from the header only; AudioError names a bad file."""
-    check_file(path)
-    check_not_truncated(path)
-    try:
-        info = sf.info(path)
-    except _DECODE_ERRORS as err:  # soundfile raises several types for corrupt headers
-        raise AudioError(UNREADABLE_AUDIO, f"{path}: {err}") from None
-    if info.frames <= 0 or info.samplerate <= 0 or info.channels <= 0:
-        raise AudioError(EMPTY_AUDIO, path)
+    info = read_header(path)
     return Recording(id=rid, sources=[AudioSource(type="file", channels=list(range(info.channels)), source=path)],
                      sampling_rate=int(info.samplerate), num_samples=int(info.frames),
                      duration=info.frames / info.samplerate)
