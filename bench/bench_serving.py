@@ -2,18 +2,22 @@
 
 * Pruned decoding: time per decoding step of the dense (ungated), gated and physically pruned
   model at 20 / 50 / 80 % active heads (random masks), batch 1 and 8, with a check that the pruned
-  model generates exactly the gated model's tokens. A step's time is (t(N tokens) - t(1 token)) /
-  (N - 1), so the prompt's prefill and the audio encoder are not counted.
+  model generates exactly the gated model's tokens. A step's time is a gap between two lm_head
+  calls in one ``generate`` (see :func:`decoding_steps`), so the prompt pass and the audio encoder
+  are not counted. The 7B-proportioned model also decodes after 30 s clips (about 750 audio
+  tokens of context). ``weight_bound``: what the pruned linear weights alone allow.
 * Mixed tasks: 4 masks (random, half the heads each) over 2 clips = 8 samples: one ``generate``
   call whose samples carry their own mask, against the same samples run mask by mask (4 calls of
   2), and against 4 pruned models (one per mask); tokens compared sample by sample.
 
 Models: a random Qwen2-Audio of transformers' real classes (``bench.models``: 8-layer x 8-head
-LLM, hidden 512, vocabulary 32k) and the committed TinyLALM default testbed (8 x 16 heads).
+LLM, hidden 512, vocabulary 32k, and 5,300: the published 7B's lm_head share) and the committed
+TinyLALM default testbed (8 x 16 heads).
 Variants are timed interleaved in one process, medians over rounds (``bench.timing``). Clips are
 espeak-ng speech when espeak-ng and sox are installed, else ``bench.models.speech_like``.
 
-    python -m bench.bench_serving [--smoke] [--device cpu] [--out bench/results/serving_cpu.json]
+    python -m bench.bench_serving [--smoke] [--device cpu] [--out serving.json]
+    python -m bench --parts serving --threads 1   # the same, with machine and versions (BENCHMARKS.md)
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ SENTENCES = ["the quick brown fox jumps over the lazy dog", "a small cat sat on 
              "we will meet at the old bridge tomorrow morning", "she sells bright shells by the quiet sea shore"]
 FRACTIONS = (0.2, 0.5, 0.8)
 PROPORTIONAL_VOCAB = 5300
+LONG_CLIP_S = 30
 
 
 def _clips(n: int, seconds: float, seed: int = 0) -> tuple[list[torch.Tensor], str]:
@@ -279,10 +284,19 @@ def run(smoke: bool, full_size: str | None, device: str, partial_out: str | None
                             "heads": size["heads"], "hidden": size["hidden"], "vocab": PROPORTIONAL_VOCAB}))
             adapter, info = _tiny_lalm(device)
             models.append(("tiny-lalm-8x16", adapter, info))
+            # 30 s clips in a 30 s window (the published models' window): about 750 audio tokens of
+            # context, whose attention per decoded token also shrinks with the heads
+            long_size = dict(size, window_s=LONG_CLIP_S)
+            models.append((f"qwen2-audio-random-v5k-{LONG_CLIP_S}s", qwen2_audio(long_size, PROPORTIONAL_VOCAB, device),
+                           {"model": "Qwen2AudioForConditionalGeneration, random weights", "layers": size["layers"],
+                            "heads": size["heads"], "hidden": size["hidden"], "vocab": PROPORTIONAL_VOCAB,
+                            "clip_s": LONG_CLIP_S}))
     published = qwen2_audio(SIZES["qwen2-audio-7b"], None, "meta")
     clips, source = _clips(max(cfg["batches"] + [cfg["mixed_batch"]]), cfg["clip_s"])
+    long_clips = _clips(max(cfg["batches"]), LONG_CLIP_S)[0] if not smoke and not full_size else []
     out = {"device": device, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-           "smoke": smoke, "audio": f"{source}, {cfg['clip_s']} s clips", "settings": cfg, "models": {},
+           "smoke": smoke, "audio": f"{source}, {cfg['clip_s']} s clips (unless a model says clip_s)",
+           "settings": cfg, "models": {},
            # what the published model's proportions allow, for comparison (built on the meta device)
            "weight_bound_qwen2_audio_7b": {frac: weight_bound(published, frac) for frac in FRACTIONS}}
     for name, adapter, info in models:
@@ -290,11 +304,14 @@ def run(smoke: bool, full_size: str | None, device: str, partial_out: str | None
         gate = HeadGate(adapter.gated_attentions(), adapter.num_heads, adapter.head_dim)
         _log(f"{name}: {adapter.num_layers} x {adapter.num_heads} heads")
         out["models"][name] = dict(info)
+        long = "clip_s" in info
         with torch.no_grad():
-            out["models"][name]["pruned_decoding"] = pruned_decoding(adapter, clips, cfg, device, gate)
+            out["models"][name]["pruned_decoding"] = pruned_decoding(adapter, long_clips if long else clips, cfg,
+                                                                     device, gate)
             _save(out, partial_out)
-            out["models"][name]["mixed_task"] = mixed_task(adapter, clips, cfg, device, gate)
-            _save(out, partial_out)
+            if not long:  # mixed tasks: the short clips only
+                out["models"][name]["mixed_task"] = mixed_task(adapter, clips, cfg, device, gate)
+                _save(out, partial_out)
         gate.remove()
         _log(f"{name}: done")
     return out

@@ -150,7 +150,9 @@ def serving(part: dict) -> list[str]:
         out += _table(["batch", "active heads", "dense ms/step", "gated ms/step", "pruned ms/step",
                        "pruned / dense speed-up", "pruned / gated", "weight bound", "same tokens as gated",
                        "target >= 1.3x at 20 %"], rows) + [""]
-        mt = m["mixed_task"]
+        mt = m.get("mixed_task")
+        if mt is None:
+            continue
         out += _table(["masks", "samples", "one batch tok/s", "mask by mask tok/s", "pruned, mask by mask tok/s",
                        "one batch / mask by mask", "same tokens", "target >= 2x"],
                       [[mt["masks"], mt["samples"], f"{mt['one_batch_tokens_per_s']:.1f}",
@@ -164,7 +166,7 @@ def serving(part: dict) -> list[str]:
             f"audio: {part.get('audio')}. Weight bound: dense / pruned multiply-adds per token in the LLM's "
             "linear layers and lm_head (what removing heads can save when the step is bound by its matmuls)."]
     if bound_7b:
-        out += [f"The same bound for the published Qwen2-Audio-7B: "
+        out += ["The same bound for the published Qwen2-Audio-7B: "
                 + ", ".join(f"{float(k):.0%} active {v:.2f}x" for k, v in bound_7b.items()) + "."]
     return out + [""]
 
