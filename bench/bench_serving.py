@@ -4,8 +4,8 @@
   model at 20 / 50 / 80 % active heads (random masks), batch 1 and 8, with a check that the pruned
   model generates exactly the gated model's tokens. A step's time is a gap between two lm_head
   calls in one ``generate`` (see :func:`decoding_steps`), so the prompt pass and the audio encoder
-  are not counted. The 7B-proportioned model also decodes after 30 s clips (about 750 audio
-  tokens of context). ``weight_bound``: what the pruned linear weights alone allow.
+  are not counted. Both Qwen2-Audio bench models also decode after 30 s clips in a 30 s window
+  (about 750 audio tokens of context). ``weight_bound``: what the pruned linear weights allow.
 * Mixed tasks: 4 masks (random, half the heads each) over 2 clips = 8 samples: one ``generate``
   call whose samples carry their own mask, against the same samples run mask by mask (4 calls of
   2), and against 4 pruned models (one per mask); tokens compared sample by sample.
@@ -287,10 +287,11 @@ def run(smoke: bool, full_size: str | None, device: str, partial_out: str | None
             # 30 s clips in a 30 s window (the published models' window): about 750 audio tokens of
             # context, whose attention per decoded token also shrinks with the heads
             long_size = dict(size, window_s=LONG_CLIP_S)
-            models.append((f"qwen2-audio-random-v5k-{LONG_CLIP_S}s", qwen2_audio(long_size, PROPORTIONAL_VOCAB, device),
-                           {"model": "Qwen2AudioForConditionalGeneration, random weights", "layers": size["layers"],
-                            "heads": size["heads"], "hidden": size["hidden"], "vocab": PROPORTIONAL_VOCAB,
-                            "clip_s": LONG_CLIP_S}))
+            for name, long_vocab in (("qwen2-audio-random", vocab), ("qwen2-audio-random-v5k", PROPORTIONAL_VOCAB)):
+                models.append((f"{name}-{LONG_CLIP_S}s", qwen2_audio(long_size, long_vocab, device),
+                               {"model": "Qwen2AudioForConditionalGeneration, random weights",
+                                "layers": size["layers"], "heads": size["heads"], "hidden": size["hidden"],
+                                "vocab": long_vocab, "clip_s": LONG_CLIP_S}))
     published = qwen2_audio(SIZES["qwen2-audio-7b"], None, "meta")
     clips, source = _clips(max(cfg["batches"] + [cfg["mixed_batch"]]), cfg["clip_s"])
     long_clips = _clips(max(cfg["batches"]), LONG_CLIP_S)[0] if not smoke and not full_size else []

@@ -119,3 +119,17 @@ def test_corrupt_entry_is_named(tmp_path):
     save_file({"other": torch.zeros(1)}, str(p))
     with pytest.raises(ValueError, match=str(p.name)):
         cache.load("ab" * 32)
+
+
+def test_entry_of_another_namespace_is_a_miss_and_is_overwritten(tmp_path):
+    cache = FeatureCache(tmp_path, {"model_id": "x"})
+    from safetensors.torch import save_file
+
+    key = "cd" * 32
+    p = cache.path(key)
+    p.parent.mkdir(parents=True)
+    save_file({"features": torch.ones(2, 3)}, str(p), metadata={"namespace": "someone-else", "key": key})
+    assert cache.load(key) is None
+    out = cache.features([key], lambda idx: [torch.zeros(2, 3) for _ in idx], "cpu", torch.float32)
+    assert cache.misses == 1 and torch.equal(out[0], torch.zeros(2, 3))
+    assert torch.equal(cache.load(key), torch.zeros(2, 3))  # rewritten with this namespace

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 
@@ -82,10 +83,12 @@ class FeatureCache:
         p = self.path(key)
         if not p.is_file():
             return None
-        tensors = load_file(str(p))
-        if "features" not in tensors:
-            raise ValueError(f"{p}: feature cache entry without a 'features' tensor (delete the file)")
-        return tensors["features"]
+        with safe_open(str(p), framework="pt") as entry:
+            if "features" not in entry.keys():
+                raise ValueError(f"{p}: feature cache entry without a 'features' tensor (delete the file)")
+            if (entry.metadata() or {}).get("namespace") != self.namespace:
+                return None  # not written for this configuration: a miss, recomputed and overwritten
+            return entry.get_tensor("features")
 
     def save(self, key: str, features: torch.Tensor) -> None:
         p = self.path(key)
