@@ -8,7 +8,6 @@ without running anything on the device.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import subprocess
@@ -101,11 +100,6 @@ def test_hook_fails_before_the_model_is_built(extra, in_repo, tmp_path):
     assert str(err.value) == NPU_MISSING
 
 
-def _hook_installed() -> bool:
-    return "check_trainer_config" in inspect.getsource(cli_lightning)
-
-
-@pytest.mark.skipif(not _hook_installed(), reason="cli/lightning.py does not call check_trainer_config yet")
 @pytest.mark.parametrize("extra", [["--config", NPU], ["--trainer.accelerator", "npu"]], ids=["fragment", "flag"])
 def test_ahamask_fit_on_npu_without_torch_npu(extra, in_repo, tmp_path, capsys):
     # pretrained=null: had the adapter been built first, the error would name the missing weights.
