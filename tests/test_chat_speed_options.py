@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from gate_helpers import mask_loss_and_grad
 
 from ahamask_lightning import models
-from ahamask_lightning.masking import HeadGate
 from ahamask_lightning.models.base import enable_llm_checkpointing
 
 CHAT = ["Qwen2AudioAdapter", "Qwen2_5OmniAdapter", "VoxtralAdapter", "GraniteSpeechAdapter", "AudioFlamingo3Adapter"]
@@ -34,18 +34,6 @@ def _build(name: str, cache: Path | None = None, checkpointing: bool = False):
                                  gradient_checkpointing=checkpointing).freeze()
 
 
-def _loss_and_grad(adapter, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss and mask-logit gradient; backward inside the gate, where checkpointed layers are recomputed."""
-    gate = HeadGate(adapter.gated_attentions(), adapter.num_heads, adapter.head_dim)
-    theta = torch.randn(adapter.num_layers, adapter.num_heads,
-                        generator=torch.Generator().manual_seed(5)).requires_grad_(True)
-    with gate.apply(torch.sigmoid(theta)):
-        loss = adapter.loss(batch)
-        (grad,) = torch.autograd.grad(loss, theta)
-    gate.remove()
-    return loss.detach(), grad
-
-
 def _batch(adapter) -> dict:
     return adapter.collate(_audios(), ["What is the gender of the speaker?", None], ["Male", "the quick brown fox"])
 
@@ -56,7 +44,7 @@ def test_options_keep_loss_and_mask_gradients(name, cache, checkpointing, tmp_pa
     if cache and name not in CACHEABLE:
         pytest.skip(f"{name} refuses feature_cache (test_granite_refuses_the_cache_before_loading)")
     plain = _build(name)
-    reference = _loss_and_grad(plain, _batch(plain))
+    reference = mask_loss_and_grad(plain, _batch(plain))
     assert reference[1].abs().max() > 0  # not a comparison of zero gradients
     fast = _build(name, tmp_path / "cache" if cache else None, checkpointing)
     batch = _batch(fast)
@@ -65,7 +53,7 @@ def test_options_keep_loss_and_mask_gradients(name, cache, checkpointing, tmp_pa
     # transformers checkpoints a layer's forward, so its submodules run again in backward (a pre-hook:
     # the recomputation stops once the tensors backward needs exist, before the last forward hooks)
     handle = fast.model.get_decoder().layers[0].mlp.register_forward_pre_hook(lambda *args: calls.append(1))
-    runs = [_loss_and_grad(fast, batch) for _ in range(2)]  # the cache: written, then read back
+    runs = [mask_loss_and_grad(fast, batch) for _ in range(2)]  # the cache: written, then read back
     handle.remove()
     assert len(calls) == (4 if checkpointing else 2)  # a checkpointed layer runs again in backward
     if cache:
@@ -129,10 +117,10 @@ def test_tiny_lalm_checkpointing_keeps_loss_and_mask_gradients():
     batch = _batch(plain)
     calls = []
     handle = fast.llm.model.layers[0].mlp.register_forward_pre_hook(lambda *args: calls.append(1))
-    loss, grad = _loss_and_grad(fast, batch)
+    loss, grad = mask_loss_and_grad(fast, batch)
     handle.remove()
     assert len(calls) == 2  # run again in backward
-    ref_loss, ref_grad = _loss_and_grad(plain, batch)
+    ref_loss, ref_grad = mask_loss_and_grad(plain, batch)
     assert ref_grad.abs().max() > 0
     torch.testing.assert_close(loss, ref_loss, rtol=0, atol=0)
     torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)

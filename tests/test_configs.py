@@ -23,6 +23,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import yaml
+from cli_helpers import parse_only_parser
 from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningArgumentParser
 
@@ -58,22 +59,9 @@ SPLITS = {
 }
 
 
-class ParseOnlyCLI(AHAMaskCLI):
-    """The CLI's parser, with instantiation (and its output-directory probes) switched off."""
-
-    def before_instantiate_classes(self) -> None:
-        pass
-
-    def instantiate_classes(self) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def parser() -> LightningArgumentParser:
-    cli = ParseOnlyCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True,
-                       subclass_mode_data=True, auto_configure_optimizers=False, run=False,
-                       args=["--config", str(EXPERIMENTS / "gr_tiny.yaml")], parser_kwargs={"exit_on_error": False})
-    return cli.parser
+    return parse_only_parser(EXPERIMENTS / "gr_tiny.yaml")
 
 
 def split_name(path: Path) -> tuple[str, str | None]:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from gate_helpers import mask_loss_and_grad
 
-from ahamask_lightning.masking import HeadGate
 from ahamask_lightning.models import Qwen2AudioAdapter
 from ahamask_lightning.models.feature_cache import FeatureCache, clip_key
 from ahamask_lightning.models.tiny_lalm import TinyLALM, random_tiny_lalm
@@ -35,17 +35,6 @@ def _tiny(cache: Path | None, seed: int = 0) -> TinyLALM:
     return model.freeze()
 
 
-def _loss_and_grad(adapter, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    gate = HeadGate(adapter.gated_attentions(), adapter.num_heads, adapter.head_dim)
-    theta = torch.randn(adapter.num_layers, adapter.num_heads,
-                        generator=torch.Generator().manual_seed(5)).requires_grad_(True)
-    with gate.apply(torch.sigmoid(theta)):
-        loss = adapter.loss(batch)
-    (grad,) = torch.autograd.grad(loss, theta)
-    gate.remove()
-    return loss.detach(), grad
-
-
 def _entries(root: Path) -> list[Path]:
     return sorted(root.rglob("*.safetensors"))
 
@@ -60,11 +49,11 @@ def test_cached_epochs_give_the_same_loss_and_gradients(build, tmp_path):
     assert batch["clip_keys"] == [clip_key(a) for a in _audios()]
     assert "clip_keys" not in plain.collate(_audios(), instructions, targets)
 
-    reference = _loss_and_grad(plain, plain.collate(_audios(), instructions, targets))
-    first = _loss_and_grad(cached, batch)  # epoch 1: encoder runs, entries written
+    reference = mask_loss_and_grad(plain, plain.collate(_audios(), instructions, targets))
+    first = mask_loss_and_grad(cached, batch)  # epoch 1: encoder runs, entries written
     assert (cached.feature_cache.hits, cached.feature_cache.misses) == (0, 2)
     assert len(_entries(cache_dir)) == 2
-    second = _loss_and_grad(cached, batch)  # epoch 2: read back, encoder skipped
+    second = mask_loss_and_grad(cached, batch)  # epoch 2: read back, encoder skipped
     assert (cached.feature_cache.hits, cached.feature_cache.misses) == (2, 2)
     for got in (first, second):
         torch.testing.assert_close(got[0], reference[0], rtol=0, atol=0)

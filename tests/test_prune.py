@@ -273,6 +273,15 @@ def _generated_tokens(adapter, batch, **generation) -> torch.Tensor:
     return torch.stack(steps, dim=1)
 
 
+def _gated_and_plain_tokens(adapter, batch, mask: torch.Tensor, **generation) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens generated with ``mask`` on the heads, then without any gate (the gate is removed after)."""
+    gate = HeadGate(adapter.gated_attentions(), adapter.num_heads, adapter.head_dim)
+    with gate.apply(mask):
+        gated = _generated_tokens(adapter, batch, **generation)
+    gate.remove()
+    return gated, _generated_tokens(adapter, batch, **generation)
+
+
 def _noise_batch(adapter, seconds=(1.0, 1.5)):
     g = torch.Generator().manual_seed(5)
     return adapter.collate([0.1 * torch.randn(int(s * 16000), generator=g) for s in seconds], [None] * len(seconds))
@@ -298,10 +307,7 @@ def test_prune_out_on_tiny_lalm_loads_back_and_generates_the_gated_tokens(tmp_pa
     assert [a.q_proj.out_features // loaded.head_dim for a in attn] == [len(r["kept_heads"]) for r in recorded["layers"]]
     batch = _noise_batch(original)
     gen = dict(max_new_tokens=10, min_new_tokens=10)
-    gate = HeadGate(original.gated_attentions(), original.num_heads, original.head_dim)
-    with gate.apply(mask):
-        gated = _generated_tokens(original, batch, **gen)
-    plain = _generated_tokens(original, batch, **gen)
+    gated, plain = _gated_and_plain_tokens(original, batch, mask, **gen)
     assert torch.equal(_generated_tokens(loaded, batch, **gen), gated)
     assert not torch.equal(gated, plain)  # the mask changes the tokens, so equality says something
 
@@ -321,11 +327,7 @@ def test_pruned_qwen2_audio_saved_and_loaded_generates_the_gated_tokens(tmp_path
     mask = torch.tensor([[1, 0, 0, 0], [0, 0, 1, 1]], dtype=torch.float32)
     batch = _noise_batch(adapter)
     gen = dict(max_new_tokens=8, min_new_tokens=8)
-    gate = HeadGate(adapter.gated_attentions(), adapter.num_heads, adapter.head_dim)
-    with gate.apply(mask):
-        gated = _generated_tokens(adapter, batch, **gen)
-    plain = _generated_tokens(adapter, batch, **gen)
-    gate.remove()
+    gated, plain = _gated_and_plain_tokens(adapter, batch, mask, **gen)
     report = save_pruned(copy.deepcopy(adapter), spec, mask, tmp_path / "q")
     assert report.removed_kv_groups == 2
     torch.manual_seed(1)  # another random initialisation: only the saved weights can give the gated tokens

@@ -11,16 +11,12 @@
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-import yaml
+from cli_helpers import parse_only_parser, resolved_config
 
-from ahamask_lightning.cli.lightning import AHAMaskCLI
 from ahamask_lightning.models.salmonn import SalmonnAdapter
 from ahamask_lightning.models.salmonn import model as salmonn_model
 from ahamask_lightning.models.salmonn.generation import official_beam_search
@@ -338,24 +334,6 @@ OFFICIAL_KEYS = {("model", "estimator"): ("logistic", "official"), ("model", "pe
                  ("adapter", "tokenizer"): (None, "official")}
 
 
-def _resolved(argv: list[str]) -> dict:
-    ahamask = Path(sys.executable).parent / "ahamask"
-    out = subprocess.run([str(ahamask), *argv, "--print_config"], cwd=REPO, capture_output=True, text=True,
-                         timeout=300, check=False)
-    assert out.returncode == 0, out.stderr
-    return yaml.safe_load(out.stdout)
-
-
-class ParseOnlyCLI(AHAMaskCLI):
-    """The CLI's parser without instantiating anything (as tests/test_configs.py parses)."""
-
-    def before_instantiate_classes(self) -> None:
-        pass
-
-    def instantiate_classes(self) -> None:
-        pass
-
-
 def _settings(cfg: dict) -> dict:
     m = cfg["model"]["init_args"]
     temp = next(c["init_args"] for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("TemperatureAnnealing"))
@@ -365,17 +343,11 @@ def _settings(cfg: dict) -> dict:
             ("adapter", "tokenizer"): adapter.get("tokenizer")}
 
 
-def _parser():
-    return ParseOnlyCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                        auto_configure_optimizers=False, run=False,
-                        args=["--config", str(EXPERIMENTS / "gr_salmonn_official.yaml")],
-                        parser_kwargs={"exit_on_error": False}).parser
-
-
 def test_print_config_shows_the_released_codes_settings() -> None:
     """``ahamask fit --config experiments/gr_salmonn_official.yaml --print_config``, as a user runs it."""
-    official = _resolved(["fit", "--config", str(EXPERIMENTS / "gr_salmonn_official.yaml")])
-    paper = _parser().parse_args(["--config", str(EXPERIMENTS / "gr_salmonn.yaml")]).as_dict()
+    official = resolved_config(["fit", "--config", str(EXPERIMENTS / "gr_salmonn_official.yaml")])
+    parser = parse_only_parser(EXPERIMENTS / "gr_salmonn_official.yaml")
+    paper = parser.parse_args(["--config", str(EXPERIMENTS / "gr_salmonn.yaml")]).as_dict()
     assert _settings(official) == {k: v[1] for k, v in OFFICIAL_KEYS.items()}
     assert official["trainer"]["default_root_dir"] == "runs/salmonn_official/gr"
     assert _settings(paper)[("model", "estimator")] == "logistic" and not _settings(paper)[("model", "per_sample_mask")]
@@ -390,7 +362,7 @@ def test_each_paper_yaml_has_an_official_twin_differing_only_in_the_released_set
     (and its run directory)."""
     paper_path, official_path = EXPERIMENTS / f"{task}_salmonn.yaml", EXPERIMENTS / f"{task}_salmonn_official.yaml"
     assert official_path.is_file()
-    parser = _parser()
+    parser = parse_only_parser(EXPERIMENTS / "gr_salmonn_official.yaml")
     paper = parser.parse_args(["--config", str(paper_path)]).as_dict()
     official = parser.parse_args(["--config", str(official_path)]).as_dict()
     assert _settings(official) == {k: v[1] for k, v in OFFICIAL_KEYS.items()}

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import resolved_config
 
 from ahamask_lightning.models.splice import render_prompt
 from ahamask_lightning.models.tiny_lalm import PROMPT_TEMPLATE, TinyLALM, random_tiny_lalm
@@ -322,20 +323,6 @@ def _make_testbed(recipe: str) -> str:
     return "\n".join(line for line in out.stdout.splitlines() if " fit --config " in line)
 
 
-def _resolved_fit_config(argv: list[str]) -> dict:
-    """What `ahamask fit` would run with these arguments (YAML includes and overrides resolved)."""
-    import subprocess
-    import sys
-
-    import yaml
-
-    ahamask = Path(sys.executable).parent / "ahamask"
-    out = subprocess.run([str(ahamask), *argv, "--print_config"], cwd=REPO, capture_output=True, text=True,
-                         timeout=300, check=False)
-    assert out.returncode == 0, out.stderr
-    return yaml.safe_load(out.stdout)
-
-
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_testbed_recipe_writes_the_model_its_card_describes(recipe: str):
     """`make testbed RECIPE=r` trains into checkpoints/tiny_lalm_<r> (6x8: tiny_lalm) with the LLM shape
@@ -352,7 +339,7 @@ def test_every_testbed_recipe_writes_the_model_its_card_describes(recipe: str):
     flags = {tok: argv[i + 1] for i, tok in enumerate(argv[:-1]) if tok.startswith("--")}
     out_dir, llm = flags.get("--model.init_args.out_dir"), flags.get("--model.init_args.config.llm")
     if out_dir is None or llm is None:  # the YAML says: ask the CLI what it resolves to
-        model = _resolved_fit_config(argv)["model"]["init_args"]
+        model = resolved_config(argv)["model"]["init_args"]
         out_dir, llm = model["out_dir"], model["config"]["llm"]
     else:
         llm = json.loads(llm)
