@@ -8,10 +8,13 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from .cli.main import main as ahamask
+from .cli.run_files import earlier_fit_files
 
 CONDITIONS = ("with instruction", "no instruction", "random mask", "AHAMask")
 
@@ -37,7 +40,16 @@ def run_cli(argv: list[str]) -> None:
 
 
 def fit_mask(config: str, out_dir: Path, extra: list[str] = ()) -> Path:
-    """Train a mask with ``ahamask fit``; returns the mask file the MaskMonitor wrote."""
+    """Train a mask with ``ahamask fit``; returns the mask file the MaskMonitor wrote.
+
+    ``out_dir`` belongs to this fit: a driver run again (``make demo``, ``reproduce``) trains again,
+    so an earlier run of it there (its ``checkpoints`` and ``fit`` folders) is removed first, with a
+    line saying so; ``ahamask fit`` itself refuses to write over an earlier fit.
+    """
+    if earlier_fit_files([out_dir / "checkpoints"]):
+        print(f"ahamask: {out_dir}: replacing the earlier run of this fit", file=sys.stderr)
+        shutil.rmtree(out_dir / "checkpoints")
+        shutil.rmtree(out_dir / "fit", ignore_errors=True)
     run_cli(["fit", "--config", config, "--trainer.default_root_dir", str(out_dir),
              "--trainer.logger.class_path", "lightning.pytorch.loggers.TensorBoardLogger",
              "--trainer.logger.init_args.save_dir", str(out_dir), "--trainer.logger.init_args.name", "",

@@ -6,7 +6,8 @@ classes, an unwritable output directory, missing manifests, a missing, truncated
 ``--ckpt_path``, an accelerator this machine lacks, a ``devices`` value Lightning would refuse.
 
 Reliability (``fit``, see ``run_files.py``): one fit at a time per ``default_root_dir`` (a lock;
-a second one stops in one line); checkpoints are written atomically (``AtomicCheckpointIO``);
+a second one stops in one line), and a new fit never writes over an earlier one's checkpoints
+(it stops in one line: resume with ``--ckpt_path last`` or choose another folder); checkpoints are written atomically (``AtomicCheckpointIO``);
 every ``ModelCheckpoint`` without a ``dirpath`` writes to ``<default_root_dir>/checkpoints`` (not the
 logger's per-run version folder), so that ``--ckpt_path last`` finds the previous run's
 checkpoints (the newest one that loads); without any ``ModelCheckpoint`` one is added (every 100
@@ -46,6 +47,7 @@ from .run_files import (
     FitLock,
     check_checkpoint,
     newest_loadable,
+    refuse_earlier_fit,
     resolve_last,
     unpickling_reason,
 )
@@ -134,6 +136,8 @@ class AHAMaskCLI(LightningCLI):
             folders += [("ModelCheckpoint.dirpath", d) for d in self.session.checkpoint_dirs[1:]]
             self.session.lock = FitLock(folders)
             self.session.lock.acquire()
+            if not cfg.get("ckpt_path") and trainer.get("enable_checkpointing", True) is not False:
+                refuse_earlier_fit("trainer.default_root_dir", Path(root), self.session.checkpoint_dirs)
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init

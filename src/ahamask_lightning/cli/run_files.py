@@ -9,6 +9,11 @@
   SIGKILL) on ``<default_root_dir>/.ahamask-fit.lock`` and on every explicit checkpoint folder, taken
   before any model is built; a second fit into the same folder stops with one line instead of
   overwriting the first one's checkpoints, ``mask-step{N}`` files and log version.
+* :func:`earlier_fit_files`: a new fit (no ``--ckpt_path``) into folders that already hold an earlier
+  fit's checkpoints or ``mask-step{N}`` files stops with one line (resume it with ``--ckpt_path last``,
+  or choose another folder): Lightning would version its ``.ckpt`` names but the mask files and
+  ``--ckpt_path last`` would mix the two runs. The lock covers fits that overlap in time; this, fits
+  that follow each other.
 * :func:`resolve_last`: the newest ``last*.ckpt`` / ``interrupted.ckpt`` that ``torch.load``
   (``weights_only=True``) reads; unreadable (truncated) ones are skipped and named, and a checkpoint
   holding objects beyond tensors and plain values is refused.
@@ -90,6 +95,21 @@ class FitLock:
     def release(self) -> None:
         while self.locks:
             self.locks.pop().release()
+
+
+def earlier_fit_files(dirs: Iterable[Path]) -> list[Path]:
+    """The checkpoints (``*.ckpt``) and mask files (``mask-step*.safetensors``) already in ``dirs``."""
+    return sorted(p for d in dirs if d.is_dir() for p in d.iterdir()
+                  if p.suffix == ".ckpt" or (p.name.startswith("mask-step") and p.suffix == ".safetensors"))
+
+
+def refuse_earlier_fit(root_key: str, root: Path, dirs: Iterable[Path]) -> None:
+    """One line when a new fit would write over an earlier fit's files in ``dirs`` (rank zero only)."""
+    found = earlier_fit_files(dirs) if _is_rank_zero() else []
+    if found:
+        more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+        raise FileExistsError(f"{root_key}: {root} holds an earlier fit's checkpoints ({found[0]}{more}); "
+                              f"resume that fit with --ckpt_path last, or start this one in another folder")
 
 
 def checkpoint_problem(path: Path) -> tuple[str, str] | None:
