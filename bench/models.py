@@ -81,7 +81,12 @@ def target_text(tokenizer, tokens: int) -> str:
 
 
 def to_device(batch: dict, device: str) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    """The batch's tensors (and lists of tensors, e.g. cached audio features) on ``device``, as Lightning moves them."""
+    def move(v):
+        if isinstance(v, torch.Tensor):
+            return v.to(device)
+        return [move(x) for x in v] if isinstance(v, list) else v
+    return {k: move(v) for k, v in batch.items()}
 
 
 def training_batch(adapter, clips: int, clip_s: float, target_tokens: int, device: str, seed: int = 0) -> dict:

@@ -74,6 +74,27 @@ def test_second_epoch_does_not_run_the_encoder(tmp_path):
 
 
 @pytest.mark.parametrize("build", [_qwen, _tiny], ids=["qwen2_audio", "tiny_lalm"])
+def test_the_collate_reads_the_entries_and_the_step_reads_no_file(build, tmp_path):
+    """The epoch after the first: the collate (a loader worker) carries the entries in the batch, so
+    the training step gives the same loss and gradients with the cache's files already gone."""
+    cache_dir = tmp_path / "cache"
+    cached = build(cache_dir)
+    instructions, targets = ["What is the gender of the speaker?", None], ["Male", "the quick brown fox"]
+    first = cached.collate(_audios(), instructions, targets)
+    assert first["cached_audio"] == [None, None]  # nothing written yet
+    reference = mask_loss_and_grad(cached, first)  # writes the entries
+    second = cached.collate(_audios(), instructions, targets)
+    assert all(isinstance(f, torch.Tensor) for f in second["cached_audio"])
+    for entry in _entries(cache_dir):
+        entry.unlink()
+    hits = cached.feature_cache.hits
+    got = mask_loss_and_grad(cached, second)
+    assert cached.feature_cache.hits == hits + 2 and not _entries(cache_dir)  # nothing read, nothing rewritten
+    torch.testing.assert_close(got[0], reference[0], rtol=0, atol=0)
+    torch.testing.assert_close(got[1], reference[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("build", [_qwen, _tiny], ids=["qwen2_audio", "tiny_lalm"])
 def test_other_encoder_weights_use_another_namespace(build, tmp_path):
     a, b = build(tmp_path, seed=0), build(tmp_path, seed=1)
     assert a.feature_cache.namespace != b.feature_cache.namespace

@@ -30,7 +30,8 @@ Batch schema (every adapter; the one place it is written down):
 
   then the audio tensors that adapter's encoder takes, under names it chooses (e.g.
   ``input_features`` + ``feature_attention_mask`` for Qwen2-Audio, ``features`` +
-  ``feature_lens`` for the tiny LALM), and ``clip_keys`` (list) when it caches encoder output.
+  ``feature_lens`` for the tiny LALM), and ``clip_keys`` and ``cached_audio`` (lists: content hashes,
+  and the cached encoder outputs found or None) when it caches encoder output.
 
   Everything runs in the loader workers: CPU only, no model weights touched. Pretraining's
   ``PretrainCollate`` adds ``utts`` and ``segments``.

@@ -192,12 +192,13 @@ class ChatLALMAdapter(LALMAdapter):
     def pack(self, prompt_ids: Sequence[torch.Tensor | list[int]], targets: Sequence[str] | None,
              waves: Sequence[np.ndarray], **audio: torch.Tensor) -> dict[str, torch.Tensor]:
         """The batch of ``collate``: ``pack_prompts`` of the prompt ids (placeholders expanded) and
-        targets, the audio tensors, and ``clip_keys`` (content hashes, computed here in the loader
-        workers) when there is a feature cache."""
+        targets, the audio tensors, and with a feature cache ``clip_keys`` (content hashes) and
+        ``cached_audio`` (the entries found), both computed here in the loader workers."""
         batch = pack_prompts(prompt_ids, targets, self._encode_text, self.eos_id, self.pad_id)
         batch.update(audio)
         if self.feature_cache is not None:
             batch["clip_keys"] = [clip_key(w) for w in waves]
+            batch["cached_audio"] = self.feature_cache.lookup(batch["clip_keys"])
         return batch
 
     # --- audio ------------------------------------------------------------------------
@@ -230,7 +231,8 @@ class ChatLALMAdapter(LALMAdapter):
 
         if self.feature_cache is None or "clip_keys" not in batch:
             return encode(range(len(counts)))
-        return self.feature_cache.features(batch["clip_keys"], encode, device=ids.device, dtype=self.model.dtype)
+        return self.feature_cache.features(batch["clip_keys"], encode, device=ids.device, dtype=self.model.dtype,
+                                           found=batch.get("cached_audio"))
 
     def input_embeddings(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Token embeddings with the audio embeddings scattered into the placeholder positions, as the

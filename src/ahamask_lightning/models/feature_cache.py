@@ -5,6 +5,10 @@ autograd, so their output for a clip is the same every epoch. With a cache direc
 first epoch writes each clip's LLM-ready audio embeddings and later epochs read them instead
 of running the encoder.
 
+Where. The collate step (in the DataLoader workers) hashes each waveform and reads the entries it
+finds (``lookup``) into the batch as ``cached_audio``, so the disk read overlaps training instead
+of stalling it; the training step encodes only the clips without an entry and writes them.
+
 Key. A clip's file is ``DIR/<namespace>/<h[:2]>/<h>.safetensors`` where ``h`` is the sha256 of
 the waveform's float32 bytes (computed in the collate step) and ``<namespace>`` is a digest of
 what else decides the output: the model id, the encoder settings (sample rate, feature
@@ -98,11 +102,22 @@ class FeatureCache:
                   metadata={"namespace": self.namespace, "key": key})
         os.replace(tmp, p)
 
+    def lookup(self, keys: Sequence[str]) -> list[torch.Tensor | None]:
+        """Each clip's cached embeddings (CPU), or None: what the collate reads in the loader workers,
+        so that the training step does not wait for the disk."""
+        return [self.load(k) for k in keys]
+
     def features(self, keys: Sequence[str], compute: Callable[[list[int]], list[torch.Tensor]],
-                 device: torch.device | str, dtype: torch.dtype) -> list[torch.Tensor]:
-        """Each clip's embeddings: read when cached, else ``compute(missing indices)`` (one call
-        for all misses of the batch, in index order) and written. Returned on ``device``/``dtype``."""
-        out: list[torch.Tensor | None] = [self.load(k) for k in keys]
+                 device: torch.device | str, dtype: torch.dtype,
+                 found: Sequence[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
+        """Each clip's embeddings: cached, else ``compute(missing indices)`` (one call for all misses
+        of the batch, in index order) and written. ``found``: what :meth:`lookup` read in the collate;
+        a clip it did not find is looked up again (an earlier batch may have written it since).
+        Returned on ``device``/``dtype``."""
+        if found is not None and len(found) != len(keys):
+            raise ValueError(f"feature cache: {len(found)} looked-up clips for {len(keys)} keys")
+        out: list[torch.Tensor | None] = [f if f is not None else self.load(k)
+                                          for k, f in zip(keys, found or [None] * len(keys))]
         missing = [i for i, f in enumerate(out) if f is None]
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)

@@ -231,8 +231,9 @@ class TinyLALM(LALMAdapter):
         tok = self.tokenizer
         batch.update(tokenize_prompts(tok, PROMPT_TEMPLATE, list(instructions), targets,
                                       tok.bos_token_id, tok.eos_token_id, tok.pad_token_id))
-        if self.feature_cache is not None:  # content keys, hashed here in the loader workers
+        if self.feature_cache is not None:  # content keys and the entries found, here in the loader workers
             batch["clip_keys"] = [clip_key(a) for a in audios]
+            batch["cached_audio"] = self.feature_cache.lookup(batch["clip_keys"])
         return batch
 
     def encode_audio(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,7 +247,8 @@ class TinyLALM(LALMAdapter):
                 audio, n = self.audio_encoder(feats[idx], lens[idx])
             return [audio[i, : int(k)] for i, k in enumerate(n)]
 
-        clips = self.feature_cache.features(batch["clip_keys"], compute, feats.device, self.llm.dtype)
+        clips = self.feature_cache.features(batch["clip_keys"], compute, feats.device, self.llm.dtype,
+                                            found=batch.get("cached_audio"))
         lengths = torch.tensor([c.shape[0] for c in clips], dtype=torch.long, device=feats.device)
         return nn.utils.rnn.pad_sequence(clips, batch_first=True), lengths
 
