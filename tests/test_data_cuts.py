@@ -191,11 +191,11 @@ def test_lightning_fetches_a_batch_ahead_and_the_position_counts_only_consumed_o
 def test_a_prepared_corpus_streams_through_the_datamodule(tmp_path: Path) -> None:
     """``ahamask data prepare`` output (``<split>/<task>.cuts.jsonl.gz``, absolute paths into the raw
     corpus, which its corpus.json records) is read as it is: every cut, no rejects."""
-    from test_corpora import _librispeech
+    from corpus_helpers import fake_librispeech
 
     from data_modules.prepare import prepare
 
-    _librispeech(tmp_path / "LibriSpeech")
+    fake_librispeech(tmp_path / "LibriSpeech")
     out = tmp_path / "out"
     prepare("librispeech", tmp_path, out)
     for task in ("asr", "gr"):

@@ -7,14 +7,15 @@ classes, an unwritable output directory, missing manifests, a missing, truncated
 
 Reliability (``fit``, see ``run_files.py``): one fit at a time per ``default_root_dir`` (a lock;
 a second one stops in one line), and a new fit never writes over an earlier one's checkpoints
-(it stops in one line: resume with ``--ckpt_path last`` or choose another folder); checkpoints are written atomically (``AtomicCheckpointIO``);
-every ``ModelCheckpoint`` without a ``dirpath`` writes to ``<default_root_dir>/checkpoints`` (not the
-logger's per-run version folder), so that ``--ckpt_path last`` finds the previous run's
-checkpoints (the newest one that loads); without any ``ModelCheckpoint`` one is added (every 100
-steps, ``last.ckpt``). ``FaultCheckpoint`` (``interrupted.ckpt`` on SIGTERM, SIGINT or an error),
-``RNGStateCheckpoint`` and ``RunReport`` are added. Checkpoints are always read with
-``weights_only=True``. A fit stopped by SIGTERM / SIGINT exits with 143 / 130 and one line naming
-the checkpoint to resume from; a full disk stops it with one line naming the newest checkpoint.
+(it stops in one line: resume with ``--ckpt_path last`` or choose another folder); checkpoints
+are written atomically (``AtomicCheckpointIO``); every ``ModelCheckpoint`` without a ``dirpath``
+writes to ``<default_root_dir>/checkpoints`` (not the logger's per-run version folder), so that
+``--ckpt_path last`` finds the previous run's checkpoints (the newest one that loads); without
+any ``ModelCheckpoint`` one is added (every 100 steps, ``last.ckpt``). ``FaultCheckpoint``
+(``interrupted.ckpt`` on SIGTERM, SIGINT or an error), ``RNGStateCheckpoint`` and ``RunReport``
+are added. Checkpoints are always read with ``weights_only=True``. A fit stopped by SIGTERM /
+SIGINT exits with 143 / 130 and one line naming the checkpoint to resume from; a full disk stops
+it with one line naming the newest checkpoint.
 
 Console (``progress.py``): the model summary without unmeasured FLOPs; a progress bar in a terminal
 and one progress line every few steps otherwise.
