@@ -72,6 +72,17 @@ def test_collate_loss_frozen_and_mask_gradients(tiny: SalmonnAdapter) -> None:
     assert all(p.grad is None for p in tiny.parameters())
 
 
+def test_speech_embeddings_depend_on_the_batch_so_the_cache_is_refused(tiny: SalmonnAdapter, tmp_path) -> None:
+    """Why SALMONN takes no feature cache: a longer clip in the batch pads the waveform BEATs sees."""
+    short, long_ = _wavs(2.0, 5.0)
+    alone = tiny.encode_audio(tiny.collate([short], [None]))[0]
+    batched = tiny.encode_audio(tiny.collate([short, long_], [None, None]))[0]
+    assert alone.shape == batched.shape and (alone - batched).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="^feature_cache: not available for SalmonnAdapter: BEATs") as err:
+        SalmonnAdapter(variant="tiny", feature_cache=str(tmp_path))
+    assert "\n" not in str(err.value) and not any(tmp_path.iterdir())
+
+
 def test_generate_returns_strings(tiny: SalmonnAdapter) -> None:
     batch = tiny.collate(_wavs(1.5, 3.0), [None, "describe the audio"])
     assert "target_ids" not in batch

@@ -119,7 +119,13 @@ class SalmonnAdapter(LALMAdapter):
         beam_search: ``official`` (default): beam search with transformers 4.28's length normalisation
             and stopping rule for embedding inputs, as the released evaluation decoded (``generation.py``);
             ``transformers``: the installed transformers' ``generate``. Greedy decoding is the same in both.
+        feature_cache: refused (one line): BEATs runs on the batch's zero-padded waveforms, as in the
+            released code, so a clip's speech embeddings depend on the longest clip of its batch and
+            a per-clip cache would change them.
     """
+
+    feature_cache_unsupported = ("BEATs runs on the batch's zero-padded waveforms (as in the released code), so a "
+                                 "clip's speech embeddings depend on the longest clip of its batch")
 
     default_generation = {"max_new_tokens": 200, "num_beams": 4, "do_sample": False, "min_length": 1,
                           "repetition_penalty": 1.0, "length_penalty": 1.0}
@@ -127,8 +133,12 @@ class SalmonnAdapter(LALMAdapter):
     def __init__(self, variant: str = "13b", whisper_path: str | None = None, beats_path: str | None = None,
                  llm_path: str | None = None, ckpt_path: str | None = None, dtype: str = "float16",
                  tiny: bool = False, attn_implementation: str = "sdpa", tiny_layers: int = 2, tiny_heads: int = 4,
-                 tiny_hidden: int = 64, tokenizer: str = "official", beam_search: str = "official") -> None:
+                 tiny_hidden: int = 64, tokenizer: str = "official", beam_search: str = "official",
+                 feature_cache: str | None = None) -> None:
         super().__init__()
+        if feature_cache:
+            raise ValueError(f"feature_cache: not available for SalmonnAdapter: {self.feature_cache_unsupported} "
+                             "(expected feature_cache unset)")
         for name, value in (("tokenizer", tokenizer), ("beam_search", beam_search)):
             if value not in RULES:
                 raise ValueError(f"SalmonnAdapter.{name}: expected one of {RULES}, got {value!r}")
