@@ -9,8 +9,8 @@
 
 Parts: ``training`` (target-only vs full logits vs LoRA, forward, MFU), ``cache`` (feature cache),
 ``scaling`` (batch/clip length, activation checkpointing), ``largest`` (largest batch, CUDA),
-``decoding`` (static cache, last-position prefill), ``serving`` (``bench/bench_serving.py`` when
-present). Each part's result is written as soon as it is done, so a run cut short keeps its parts.
+``decoding`` (static cache, last-position prefill), ``serving`` (pruned decoding, mixed-task
+batches: ``bench/bench_serving.py``). Each part's result is written as soon as it is done, so a run cut short keeps its parts.
 """
 from __future__ import annotations
 
@@ -55,13 +55,9 @@ def machine(device: str) -> dict:
 
 
 def serving_part(smoke: bool, full_size: str | None, device: str) -> dict:
-    """The serving helper's benchmark (``bench/bench_serving.py``), when it exists."""
-    try:
-        from bench import bench_serving
-    except ModuleNotFoundError as err:
-        if err.name != "bench.bench_serving":
-            raise
-        return {"skipped": "bench/bench_serving.py not present"}
+    """Pruned decoding and mixed-task batches (``bench/bench_serving.py``)."""
+    from bench import bench_serving
+
     return bench_serving.run(smoke=smoke, full_size=full_size, device=device)
 
 
