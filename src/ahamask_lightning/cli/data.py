@@ -1,4 +1,5 @@
-"""``ahamask data synth ...`` (SynthSpeech) and ``ahamask data prepare CORPUS --root DIR --out DIR``."""
+"""``ahamask data synth ...`` (SynthSpeech), ``ahamask data prepare CORPUS --root DIR --out DIR`` and
+``ahamask data shar MANIFEST... --out DIR`` (Lhotse Shar shards)."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from data_modules import prepare
 
     prepare.add_arguments(sub.add_parser("prepare", help="manifests for a corpus in its published layout"))
+    from ..data import shar
+
+    shar.add_arguments(sub.add_parser("shar", help="checked cuts and their audio as Lhotse Shar tar shards"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -19,6 +23,10 @@ def run(args: argparse.Namespace) -> int:
         from data_modules import synth
 
         return synth.run(args)
+    if args.data_cmd == "shar":
+        from ..data import shar
+
+        return shar.run(args)
     from data_modules import prepare
 
     return prepare.run(args)

@@ -39,7 +39,7 @@ COMMANDS: tuple[Command, ...] = (
             "ahamask_lightning.cli.infer"),
     Command("mask", "inspect, compare, combine, randomise or import mask files",
             f"ahamask mask info {TINY_MASK}", "ahamask_lightning.cli.mask"),
-    Command("data", "synthesise the SynthSpeech corpus or write manifests for a published corpus",
+    Command("data", "synthesise SynthSpeech, write manifests for a published corpus, or pack them as Shar shards",
             "ahamask data prepare librispeech --root /data/LibriSpeech --out data/librispeech",
             "ahamask_lightning.cli.data"),
     Command("model", "gated heads of a full-size model, or check a released checkpoint",

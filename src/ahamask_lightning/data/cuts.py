@@ -16,7 +16,8 @@ Cut convention (what corpus preparers write with ``CutSet.to_file`` and what thi
 This layer adds ``cut.custom["origin"] = [manifest path, line number]`` when it reads a cut, so a
 bad sample is reported against the line it came from; it is not part of the files.
 
-Which reader a manifest gets: a Lhotse cut manifest is one whose name ends in ``.gz`` or holds
+Which reader a manifest gets: a directory of Lhotse Shar shards is read with ``CutSet.from_shar``
+(:mod:`.shar`; its audio comes in memory with each cut); a Lhotse cut manifest is one whose name ends in ``.gz`` or holds
 ``.cuts.`` (``train.cuts.jsonl.gz``), or whose first non-blank line is a JSON object with
 ``"type": "MonoCut"``; it is read directly. Any other file is a user JSONL manifest (format at
 the top of :mod:`.manifest`), converted on read, line by line: every check of
@@ -54,6 +55,7 @@ from .manifest import (
     iter_lines,
     parse_line,
 )
+from .shar import is_shar_dir, iter_shar
 
 SUPERVISION_FIELDS = ("speaker", "gender", "language")
 
@@ -140,7 +142,8 @@ class ManifestCuts:
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
-        self.kinds = {m: is_cut_manifest(m) for m in self.manifests}
+        self.kinds = {m: "shar" if is_shar_dir(m) else "cuts" if is_cut_manifest(m) else "jsonl"
+                      for m in self.manifests}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -151,9 +154,13 @@ class ManifestCuts:
             random.Random(f"shards-{self.seed}-{self.epoch}").shuffle(order)
         for manifest in order:
             resolve = PathResolver(manifest, self.audio_root, self.allow_outside_root)
-            read = self._read_cut if self.kinds[manifest] else self._convert
-            for line, raw in iter_lines(manifest, self.limit):
-                cut = read(raw, manifest, line, resolve)
+            if self.kinds[manifest] == "shar":
+                read, items = self._checked, iter_shar(manifest, self.limit)
+            else:
+                read, items = (self._read_cut if self.kinds[manifest] == "cuts" else self._convert,
+                               iter_lines(manifest, self.limit))
+            for line, item in items:
+                cut = read(item, manifest, line, resolve)
                 if isinstance(cut, Reject):
                     self.on_reject(cut)
                 else:
@@ -187,6 +194,10 @@ class ManifestCuts:
             cut = deserialize_item(obj)
         except (ValueError, RecursionError, KeyError, TypeError, AssertionError) as err:
             return Reject(manifest, line, MALFORMED_JSON, detail=str(err) or type(err).__name__)
+        return self._checked(cut, manifest, line, resolve)
+
+    def _checked(self, cut: MonoCut, manifest: str, line: int, resolve: PathResolver) -> MonoCut | Reject:
+        """A cut of a cut manifest or Shar directory, checked (``line``: its position there)."""
         custom = dict(cut.custom or {})
         task = custom.get("task")
         if not task or cut.recording is None:

@@ -326,6 +326,12 @@ def iter_lines(manifest: str, limit: int | None = None) -> Iterator[tuple[int, b
 
 def check_manifest_file(manifest: str) -> None:
     """Fails early, in the main process, on a manifest that does not exist or has no lines."""
+    if os.path.isdir(manifest):
+        from .shar import SHAR_LAYOUT, is_shar_dir
+
+        if not is_shar_dir(manifest):
+            raise FileNotFoundError(f"{manifest}: a folder, but not {SHAR_LAYOUT}")
+        return
     if not os.path.isfile(manifest):
         raise FileNotFoundError(f"{manifest}: manifest file not found")
     if next(iter_lines(manifest), None) is None:

@@ -1,0 +1,77 @@
+"""Lhotse Shar shards: ``ahamask data shar`` writes the checked cuts with their audio, and a Shar
+directory is a manifest the data module reads like any other (real WAVs, real tar shards)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_data_cuts import samples_of, write_corpus
+
+from ahamask_lightning.cli.main import main as ahamask
+from ahamask_lightning.data import ManifestDataModule
+from ahamask_lightning.data.manifest import check_manifest_file
+from ahamask_lightning.data.shar import is_shar_dir, iter_shar
+
+# FLAC stores 16-bit samples: the audio read back differs from the float WAVs by the rounding
+QUANTUM = 1 / 32768
+
+
+def _export(tmp_path: Path, capsys) -> tuple[str, Path]:
+    jsonl, _ = write_corpus(tmp_path)
+    with open(jsonl, "a") as fh:  # one bad line: skipped, counted and named, the rest written
+        fh.write(json.dumps({"id": "bad", "audio": "audio/c0.wav", "task": "karaoke", "text": "la"}) + "\n")
+    out = tmp_path / "shar"
+    assert ahamask(["data", "shar", jsonl, "--out", str(out), "--shard-size", "3"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == (f"8 cuts -> {out} (3 shards); 1 rejected (unknown_task 1; first: {jsonl}:9: "
+                           "unknown_task)"), printed
+    return jsonl, out
+
+
+def test_export_writes_the_checked_cuts_in_shards(tmp_path: Path, capsys) -> None:
+    _, out = _export(tmp_path, capsys)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(f"{kind}.{i:06d}.{ext}" for i in range(3)
+                           for kind, ext in (("cuts", "jsonl.gz"), ("recording", "tar"), ("audio_b", "tar")))
+    assert is_shar_dir(str(out)) and not is_shar_dir(str(tmp_path))
+    cuts = [cut for _, cut in iter_shar(str(out))]
+    assert [c.id for c in cuts] == [f"c{i}" for i in range(8)]
+    assert "origin" not in cuts[0].custom  # the reader's bookkeeping is not data
+    assert cuts[5].start == 0 and cuts[5].duration == pytest.approx(1.25)  # the segment alone was written
+    assert cuts[6].custom["audio_b_unaligned"] is True and cuts[6].load_audio_b().shape[1] > 0
+
+
+def test_a_shar_directory_gives_the_jsonl_manifests_batches(tmp_path: Path, capsys) -> None:
+    jsonl, out = _export(tmp_path, capsys)
+
+    def samples(manifest: str) -> list[list[dict]]:
+        dm = ManifestDataModule(train=manifest, known_tasks={"gr"}, min_seconds=0.5, seed=2, shuffle_buffer=4,
+                                batch_size=3)
+        return samples_of(dm.train_dataloader())
+
+    a, b = samples(jsonl), samples(str(out))
+    assert [[s["id"] for s in x] for x in a] == [[s["id"] for s in x] for x in b]
+    for sa, sb in zip((s for x in a for s in x), (s for x in b for s in x)):
+        assert {k: sa[k] for k in ("task", "text", "instruction", "meta")} == \
+               {k: sb[k] for k in ("task", "text", "instruction", "meta")}
+        assert sa["audio"].shape == sb["audio"].shape, sa["id"]  # pairs: A + 0.1 s + B; segments cut
+        assert torch.allclose(sa["audio"], sb["audio"], rtol=0, atol=2 * QUANTUM), \
+            (sa["id"], float((sa["audio"] - sb["audio"]).abs().max()))
+
+
+def test_damaged_or_missing_shards_are_one_line(tmp_path: Path, capsys) -> None:
+    _, out = _export(tmp_path, capsys)
+    tar = out / "recording.000001.tar"
+    tar.write_bytes(tar.read_bytes()[:700])  # a shard cut short (a partial copy)
+    with pytest.raises(ValueError, match=rf"^{out}: Shar shards unreadable after cut 3: ") as err:
+        list(iter_shar(str(out)))
+    assert "\n" not in str(err.value)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="a folder, but not a Lhotse Shar directory"):
+        check_manifest_file(str(empty))
+    assert ahamask(["data", "shar", str(tmp_path / "train.jsonl"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (f"ahamask: error: --out: {out} is not empty (Shar shards are "
+                                               "written into an empty folder)")
