@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -123,6 +124,9 @@ class AHAMaskModule(L.LightningModule):
             raise ValueError(f"max_nonfinite_in_a_row: expected an integer >= 0, got {max_nonfinite_in_a_row}")
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
+        # the learning-rate schedule's length: saved in checkpoints, kept by a resumed run (configure_optimizers)
+        self.schedule_total_steps: int | None = None
+        self.resumed_schedule: dict | None = None
         if prune and estimator in CONTINUOUS:
             raise ValueError(f"prune: needs a binary mask; estimator {estimator!r} gives a continuous gate")
         self.prune = prune
@@ -177,11 +181,27 @@ class AHAMaskModule(L.LightningModule):
         hp = self.hparams
         opt = torch.optim.AdamW([self.head_mask.logits], lr=hp.lr, weight_decay=0.0)
         total = hp.total_steps
-        if total is None and self._trainer is not None:
+        if total is None and self.trainer_attached():
             est = self.trainer.estimated_stepping_batches
             total = int(est) if est is not None and math.isfinite(est) else None
+        if self.resumed_schedule is not None and self.resumed_schedule.get("total_steps") != total:
+            # Lightning restores the scheduler's state, whose shape follows the length it was built
+            # for: a resumed run keeps the schedule of the run that wrote the checkpoint
+            kept = self.resumed_schedule.get("total_steps")
+            if self.global_rank == 0:
+                print(f"ahamask: resuming with the checkpoint's learning-rate schedule (over {kept} steps), not one "
+                      f"over {total}: the rate holds its final value past step {kept}", file=sys.stderr)
+            total = kept
+        self.schedule_total_steps = total
         sched = warmup_cosine(opt, hp.warmup_steps, total, hp.warmup_lr, hp.lr, hp.final_lr)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def trainer_attached(self) -> bool:
+        """Whether a Trainer drives this module (``self.trainer`` raises when none does)."""
+        try:
+            return self.trainer is not None
+        except RuntimeError:
+            return False
 
     # --- evaluation -------------------------------------------------------------------
     def eval_mask(self) -> torch.Tensor | None:
@@ -243,6 +263,7 @@ class AHAMaskModule(L.LightningModule):
         checkpoint["ahamask_model"] = self.adapter.describe()
         checkpoint["ahamask_faults"] = {"nonfinite_in_a_row": self.nonfinite_in_a_row,
                                         "nonfinite_total": self.nonfinite_total}
+        checkpoint["ahamask_schedule"] = {"total_steps": self.schedule_total_steps}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("ahamask_model")
@@ -263,3 +284,4 @@ class AHAMaskModule(L.LightningModule):
         faults = checkpoint.get("ahamask_faults") or {}
         self.nonfinite_in_a_row = int(faults.get("nonfinite_in_a_row", 0))
         self.nonfinite_total = int(faults.get("nonfinite_total", 0))
+        self.resumed_schedule = checkpoint.get("ahamask_schedule")

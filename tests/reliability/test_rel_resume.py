@@ -84,3 +84,25 @@ def test_sigint_writes_a_checkpoint_and_exits_cleanly(reference, good_corpus, tm
     ckpt = load_ckpt(tmp_path / "root" / "checkpoints" / "interrupted.ckpt")
     assert ckpt["global_step"] == 3
     assert torch.equal(ckpt["state_dict"]["head_mask.logits"], reference["step"](3))
+
+
+@pytest.mark.fault("resume with a larger max_steps than the run that wrote the checkpoint",
+                   kept="the run continues with that run's learning-rate schedule, saying so in one line "
+                        "(the scheduler state Lightning restores has that schedule's shape)")
+def test_resume_with_more_steps_keeps_the_checkpoints_schedule(good_corpus, tmp_path):
+    root = tmp_path / "root"
+    # 2 steps, within the 3-step warm-up: that schedule is the warm-up alone, another shape than 6 steps'
+    first = Run(fit_command(write_config(tmp_path / "short.yaml", root, good_corpus, every=1, max_steps=2)),
+                tmp_path / "first")
+    assert first.wait() == 0, first.stderr()
+    longer = Run(fit_command(write_config(tmp_path / "long.yaml", root, good_corpus, every=1, max_steps=6),
+                             "--ckpt_path", "last"), tmp_path / "longer")
+    code, err = longer.wait(), longer.stderr()
+    assert code == 0 and "Traceback" not in err, err
+    assert "ahamask: resuming with the checkpoint's learning-rate schedule (over 2 steps), not one over 6: the " \
+           "rate holds its final value past step 2" in ahamask_lines(err)
+    assert sorted(longer.steps()) == [2, 3, 4, 5]
+    last = load_ckpt(root / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 6 and last["ahamask_schedule"] == {"total_steps": 2}
+    # the warm-up's end (the peak, lr 0.5) is where the kept schedule holds
+    assert last["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.5)
