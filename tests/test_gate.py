@@ -26,7 +26,7 @@ def _decoder(kind: str, attn: str, seed: int = 0):
     else:  # grouped-query attention: 6 query heads share 2 KV heads
         cfg = Qwen2Config(num_key_value_heads=2, **common)
         model = Qwen2ForCausalLM(cfg)
-    model.config._attn_implementation = attn
+    model.set_attn_implementation(attn)
     for p in model.parameters():  # larger weights so that a wrong gate changes the argmax
         p.data.normal_(0, 0.2)
     return model.eval()

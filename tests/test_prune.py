@@ -32,7 +32,7 @@ def _decoder(kind: str, attn: str, kv: int = KV, layers: int = 4, seed: int = 0)
     common = dict(vocab_size=97, hidden_size=HIDDEN, intermediate_size=96, num_hidden_layers=layers,
                   num_attention_heads=HEADS, num_key_value_heads=kv, max_position_embeddings=128)
     model = LlamaForCausalLM(LlamaConfig(**common)) if kind == "llama" else Qwen2ForCausalLM(Qwen2Config(**common))
-    model.config._attn_implementation = attn
+    model.set_attn_implementation(attn)
     for p in model.parameters():  # larger weights so that a wrong head changes the argmax
         p.data.normal_(0, 0.2)
     return model.eval()

@@ -35,8 +35,9 @@ TINY_SECONDS = 4.0  # the tiny models' feature window: audio is cut there
 
 def tiny_model(model_cls, config, attn_implementation: str) -> nn.Module:
     """A random model of a transformers class from a tiny config of that class, with the attention kernel set."""
-    config._attn_implementation = attn_implementation
-    return model_cls(config)
+    model = model_cls(config)
+    model.set_attn_implementation(attn_implementation)
+    return model
 
 
 def pretrained_model(model_cls, path: str, dtype: str, attn_implementation: str, **kwargs) -> nn.Module:

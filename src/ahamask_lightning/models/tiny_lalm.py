@@ -180,8 +180,7 @@ class TinyLALM(LALMAdapter):
         self.tokenizer = tokenizer
         llm_cfg = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                              **config.llm)
-        llm_cfg._attn_implementation = attn_implementation
+                              attn_implementation=attn_implementation, **config.llm)
         self.llm = LlamaForCausalLM(llm_cfg)
         self.audio_encoder = AudioEncoder(config, llm_cfg.hidden_size)
         self.frontend = LogMel(config.n_mels, config.hop_ms, self.sample_rate)

@@ -182,8 +182,7 @@ class SalmonnAdapter(LALMAdapter):
         spec = tiny_spec(len(self.tokenizer), layers, heads, hidden)
         tok = self.tokenizer
         llm_cfg = LlamaConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                              pad_token_id=tok.pad_token_id, **spec.llm)
-        llm_cfg._attn_implementation = attn_implementation
+                              pad_token_id=tok.pad_token_id, attn_implementation=attn_implementation, **spec.llm)
         whisper = WhisperEncoder(WhisperConfig(**spec.whisper))
         self._assemble(spec, whisper, BEATs(BEATsConfig.from_dict(spec.beats)), LlamaForCausalLM(llm_cfg))
         self.feature_extractor = WhisperFeatureExtractor(feature_size=80, sampling_rate=self.sample_rate)

@@ -28,8 +28,8 @@ def qformer_config(encoder_width: int, hidden: int = 768, layers: int = 2, heads
         hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=intermediate,
         hidden_act="gelu", layer_norm_eps=1e-12, cross_attention_frequency=1, encoder_hidden_size=encoder_width,
         use_qformer_text_input=False, max_position_embeddings=512, vocab_size=30522,
+        attn_implementation=attn_implementation,
     )
-    cfg._attn_implementation = attn_implementation
     return cfg
 
 
