@@ -10,12 +10,21 @@ import torch
 
 class RankMaskDump(L.Callback):
     """Writes ``rank{N}.json`` per rank: the sample ids it trained on, its mask logits before and
-    after training, a checksum of its frozen weights, and what DDP was told to leave alone."""
+    after training and a checksum of its frozen weights. With ``perturb_rank1``, rank 1 changes one
+    frozen weight and its mask logits in ``setup``, before the strategy wraps the model: what the
+    strategy broadcasts from rank 0 is then visible."""
 
-    def __init__(self, out_dir: str) -> None:
+    def __init__(self, out_dir: str, perturb_rank1: bool = False) -> None:
         self.out_dir = Path(out_dir)
+        self.perturb_rank1 = perturb_rank1
         self.ids: list[str] = []
         self.before: list[list[float]] | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.perturb_rank1 and trainer.global_rank == 1:
+            with torch.no_grad():
+                next(pl_module.adapter.parameters()).add_(1.0)
+                pl_module.head_mask.logits.add_(0.5)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.before = pl_module.head_mask.logits.detach().cpu().tolist()
@@ -30,6 +39,5 @@ class RankMaskDump(L.Callback):
         record = {"rank": trainer.global_rank, "world_size": trainer.world_size, "steps": trainer.global_step,
                   "strategy": type(trainer.strategy).__name__, "ids": self.ids, "before": self.before,
                   "after": pl_module.head_mask.logits.detach().cpu().tolist(), "frozen_checksum": frozen,
-                  "ddp_ignored": len(getattr(pl_module, "_ddp_params_and_buffers_to_ignore", []) or []),
                   "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None}
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))

@@ -3,7 +3,7 @@
 Importing the package registers the Ascend NPU with Lightning (``--trainer.accelerator npu``,
 ``--trainer.strategy npu_single|ddp_npu``); torch_npu itself is imported only when used.
 """
-from .ddp import MaskDDPStrategy, MaskFSDPStrategy, frozen_state_names, ignore_frozen_in_ddp, mask_wrap_policy
+from .ddp import MaskDDPStrategy, MaskFSDPStrategy, broadcast_trainable, frozen_sync_off, mask_wrap_policy
 from .devices import check_devices, parse_devices
 from .npu import (
     NPU_MISSING,
@@ -18,6 +18,6 @@ from .npu import (
 
 __all__ = [
     "NPU_MISSING", "MaskDDPStrategy", "MaskFSDPStrategy", "NPUAccelerator", "NPUDDPStrategy", "NPUMixedPrecision",
-    "NPUSingleDeviceStrategy", "check_devices", "check_trainer_config", "frozen_state_names", "ignore_frozen_in_ddp",
+    "NPUSingleDeviceStrategy", "check_devices", "check_trainer_config", "broadcast_trainable", "frozen_sync_off",
     "mask_wrap_policy", "parse_devices", "require_npu", "uses_npu",
 ]

@@ -1,10 +1,12 @@
 """DDP and FSDP set up for AHAMask, where a frozen multi-billion-parameter LALM carries one trainable
 tensor (the n x h mask logits).
 
-* ``MaskDDPStrategy``: plain DDP, except that the frozen weights and buffers are left out of DDP's
-  start-up broadcast and per-step buffer sync. Every rank loads them from the same files (or, for
-  random test models, from the same seed), so broadcasting 26 GB of SALMONN-13B from rank 0 at
-  start-up buys nothing; the mask gradient is still all-reduced, so the masks stay identical.
+* ``MaskDDPStrategy``: plain DDP, except that DDP's start-up sync of the whole model and its
+  per-step buffer broadcast are off (its public ``init_sync=False`` and ``broadcast_buffers=False``)
+  and only the trainable mask logits are broadcast from rank 0 at set-up. Every rank loads the
+  frozen weights from the same files (or, for random test models, from the same seed), so
+  broadcasting 26 GB of SALMONN-13B from rank 0 buys nothing; the mask gradient is still
+  all-reduced, so the masks stay identical.
 * ``MaskFSDPStrategy``: FSDP that shards each LLM decoder layer (auto-wrap) and keeps the head mask
   in its own un-sharded unit, so the trainable logits are whole on every rank (mask files and the
   logged active-head count read them outside forward) while their gradient is all-reduced.
@@ -15,9 +17,9 @@ import importlib
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 # The decoder layers of the LLM backbones this project gates (SALMONN/TinyLALM: Llama; Qwen2-Audio: Qwen2).
 DEFAULT_LAYER_CLASSES = (
@@ -26,27 +28,28 @@ DEFAULT_LAYER_CLASSES = (
 )
 
 
-def frozen_state_names(module: nn.Module) -> list[str]:
-    """Names of every frozen parameter, and of every buffer of a module without trainable parameters."""
-    trainable_owners = {name.rpartition(".")[0] for name, p in module.named_parameters() if p.requires_grad}
-    names = [name for name, p in module.named_parameters() if not p.requires_grad]
-    names += [name for name, _ in module.named_buffers() if name.rpartition(".")[0] not in trainable_owners]
-    return names
+def frozen_sync_off(ddp_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """DDP keyword arguments that leave the frozen LALM alone (see the module docstring); the
+    caller's own values win."""
+    return {"init_sync": False, "broadcast_buffers": False, **ddp_kwargs}
 
 
-def ignore_frozen_in_ddp(module: nn.Module) -> list[str]:
-    """Tell DDP (through its documented module attribute) to skip the frozen state; returns the names."""
-    names = frozen_state_names(module)
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)
-    return names
+def broadcast_trainable(module: nn.Module) -> None:
+    """Rank 0's trainable parameters (the mask logits) on every rank: the one start-up sync needed."""
+    for param in module.parameters():
+        if param.requires_grad:
+            torch.distributed.broadcast(param.data, src=0)
 
 
 class MaskDDPStrategy(DDPStrategy):
     """``DDPStrategy`` that does not broadcast or sync the frozen LALM (see the module docstring)."""
 
-    def _setup_model(self, model: nn.Module) -> DistributedDataParallel:
-        ignore_frozen_in_ddp(model)
-        return super()._setup_model(model)
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**frozen_sync_off(kwargs))
+
+    def setup(self, trainer: Any) -> None:
+        super().setup(trainer)
+        broadcast_trainable(self.lightning_module)
 
 
 def import_classes(paths: Sequence[str]) -> tuple[type, ...]:

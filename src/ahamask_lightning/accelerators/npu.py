@@ -30,7 +30,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy, StrategyRegistry
 from torch.nn.parallel import DistributedDataParallel
 
-from .ddp import ignore_frozen_in_ddp
+from .ddp import broadcast_trainable, frozen_sync_off
 
 NPU_MISSING = ("npu accelerator: torch_npu is not installed (pip install torch-npu, with the Ascend CANN toolkit); "
                "use --trainer.accelerator cuda|cpu")
@@ -188,11 +188,14 @@ class NPUDDPStrategy(_NPUPrecisionMixin, DDPStrategy):
 
     def __init__(self, process_group_backend: str = "hccl", **kwargs: Any) -> None:
         require_npu()
-        super().__init__(process_group_backend=process_group_backend, **kwargs)
+        super().__init__(process_group_backend=process_group_backend, **frozen_sync_off(kwargs))
+
+    def setup(self, trainer: Any) -> None:
+        super().setup(trainer)
+        broadcast_trainable(self.lightning_module)
 
     def _setup_model(self, model: torch.nn.Module) -> DistributedDataParallel:
         # Lightning's DDPStrategy wraps under torch.cuda.stream(...), which does not exist here.
-        ignore_frozen_in_ddp(model)
         return DistributedDataParallel(module=model, device_ids=self.determine_ddp_device_ids(), **self._ddp_kwargs)
 
     def setup_distributed(self) -> None:
