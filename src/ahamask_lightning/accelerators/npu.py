@@ -12,7 +12,10 @@ Lightning's defaults assume CUDA in three places, each handled here:
 * ``precision="16-mixed"|"bf16-mixed"`` builds ``MixedPrecision(device="cuda")``: the NPU
   strategies swap it for ``NPUMixedPrecision`` (``torch.autocast(device_type="npu")``).
 * DDP picks ``gloo``/``nccl`` from the device type and wraps the model under a CUDA stream:
-  ``NPUDDPStrategy`` uses ``hccl`` and no CUDA stream.
+  ``NPUDDPStrategy`` uses ``hccl`` and no CUDA stream. Lightning (checked: 2.6) has no public hook
+  for either, so this class alone overrides ``DDPStrategy._setup_model`` and ``setup_distributed``
+  and calls ``_init_dist_connection``, the internals its own CUDA path uses; a Lightning upgrade
+  must re-check them (``tests/test_npu.py`` builds the strategy with a stand-in ``torch_npu``).
 
 Without ``torch_npu`` every entry point fails with one line (``NPU_MISSING``).
 """
