@@ -5,7 +5,8 @@ them, and times full epochs of ``ManifestDataModule`` on its Lhotse path (manife
 CutSet -> ``SimpleCutSampler`` in the main process -> decode -> first channel -> resample to
 16 kHz -> pad -> ``collate_audio``). ``--manifests jsonl cuts`` times the user JSONL manifest
 (converted to cuts as it is read, headers probed) and the same samples as a Lhotse cut manifest
-(``CutSet.to_file``, read directly). The pool is small and re-read, so the OS cache serves the
+(``CutSet.to_file``, read directly); ``shar`` and ``shar-wav`` the same samples packed by
+``ahamask data shar`` (FLAC, its default, or WAV in tar shards, read sequentially, decoded from memory). The pool is small and re-read, so the OS cache serves the
 bytes: this measures CPU cost, not disk. ``--workers 0`` runs in-process with one torch thread,
 like a dataloader worker; N > 0 uses N worker processes and divides the rate by N. Each
 configuration runs ``--repeats`` epochs, interleaved with the others; the median is reported.
@@ -62,6 +63,15 @@ def write_cut_manifest(manifest: str, root: str) -> str:
     return out
 
 
+def write_shar(manifest: str, root: str, audio_format: str) -> str:
+    """The same samples as Lhotse Shar shards (what ``ahamask data shar`` writes)."""
+    from ahamask_lightning.data.shar import export_shar
+
+    out = str(Path(root) / f"shar-{audio_format}")
+    export_shar([manifest], out, audio_root=root, audio_format=audio_format)
+    return out
+
+
 def epoch_rate(manifest: str, root: str, workers: int, batch_size: int) -> tuple[int, float, float]:
     """(utterances, audio seconds, wall seconds) of one full epoch."""
     dm = ManifestDataModule(train=manifest, audio_root=root, batch_size=batch_size, num_workers=workers,
@@ -90,7 +100,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rates", type=int, nargs="+", default=[22050, 44100])
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--manifests", nargs="+", choices=["jsonl", "cuts"], default=["jsonl", "cuts"])
+    kinds = ["jsonl", "cuts", "shar", "shar-wav"]
+    ap.add_argument("--manifests", nargs="+", choices=kinds, default=kinds)
     ap.add_argument("--repeats", type=int, default=5, help="epochs per configuration (median reported)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--smoke", action="store_true", help="tiny run (< 10 s) to check the script works")
@@ -102,7 +113,9 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         jsonl = make_pool(Path(tmp), args.clips, args.pool, args.seconds, args.rates)
-        paths = {"jsonl": jsonl, "cuts": write_cut_manifest(jsonl, tmp) if "cuts" in args.manifests else None}
+        paths = {"jsonl": jsonl, "cuts": write_cut_manifest(jsonl, tmp) if "cuts" in args.manifests else None,
+                 "shar": write_shar(jsonl, tmp, "flac") if "shar" in args.manifests else None,
+                 "shar-wav": write_shar(jsonl, tmp, "wav") if "shar-wav" in args.manifests else None}
         configs = [(w, kind) for w in args.workers for kind in args.manifests]
         runs: dict[tuple[int, str], list] = {c: [] for c in configs}
         for _ in range(args.repeats):  # interleaved: a load change on the shared machine hits every configuration
