@@ -128,7 +128,12 @@ def main() -> None:
                   f"({'/'.join(map(str, args.rates))} Hz -> 16 kHz), median of {res['repeats']}: {res['wall_s']} s = "
                   f"{res['utt_per_s']} utt/s, {res['utt_per_s_per_worker']} utt/s/worker "
                   f"({res['audio_s_per_s_per_worker']} audio s/s/worker)")
-    report = {"bench": "data", "clips": args.clips, "clip_seconds": args.seconds, "source_rates": args.rates,
+        sizes = {kind: round(sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20, 1)
+                 for kind, path in paths.items() if kind.startswith("shar") and path}
+        audio_mib = round(sum(f.stat().st_size for f in (Path(tmp) / "audio").iterdir()) / 2**20, 1)
+        print(f"on disk: the {args.pool} distinct WAVs {audio_mib} MiB; " +
+              ", ".join(f"{k} {v} MiB for the {args.clips} clips" for k, v in sizes.items()))
+    report = {"bench": "data", "clips": args.clips, "shar_mib": sizes, "clip_seconds": args.seconds, "source_rates": args.rates,
               "batch_size": args.batch_size, "smoke": args.smoke, "results": results,
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
                           "lhotse": lhotse.__version__, "lightning": lightning.__version__,
