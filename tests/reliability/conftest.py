@@ -198,6 +198,13 @@ class Run:
         return out
 
 
+def finished_fit(tmp_path: Path, name: str, root: Path, corpus: Path, **config) -> Run:
+    """A fit into ``root`` (``write_config`` options), run to its end; its YAML is ``tmp_path/<name>.yaml``."""
+    run = Run(fit_command(write_config(tmp_path / f"{name}.yaml", root, corpus, **config)), tmp_path / name)
+    assert run.wait() == 0, run.stderr()
+    return run
+
+
 def ahamask_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("ahamask: ")]
 

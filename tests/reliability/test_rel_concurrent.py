@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import Run, ahamask_lines, fit_command, load_ckpt, mask_logits, write_config
+from conftest import Run, ahamask_lines, finished_fit, fit_command, load_ckpt, mask_logits, write_config
 
 
 @pytest.mark.fault("a second fit into the same folder while the first is training",
@@ -45,9 +45,7 @@ def _files(folder) -> dict[str, bytes]:
                         "and --ckpt_path last still resumes it")
 def test_new_fit_into_a_finished_fits_folder_is_refused(good_corpus, tmp_path):
     root = tmp_path / "root"
-    first = Run(fit_command(write_config(tmp_path / "fit.yaml", root, good_corpus, every=5, max_steps=10)),
-                tmp_path / "first")
-    assert first.wait() == 0, first.stderr()
+    finished_fit(tmp_path, "first", root, good_corpus, every=5, max_steps=10)
     before = _files(root)
     assert "checkpoints/mask-step10.safetensors" in before and "checkpoints/last.ckpt" in before
     # another experiment (more steps) started in the same folder without --ckpt_path

@@ -13,7 +13,7 @@ import signal
 
 import pytest
 import torch
-from conftest import Run, ahamask_lines, fit_command, load_ckpt, mask_logits, write_config
+from conftest import Run, ahamask_lines, finished_fit, fit_command, load_ckpt, mask_logits, write_config
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -92,9 +92,7 @@ def test_sigint_writes_a_checkpoint_and_exits_cleanly(reference, good_corpus, tm
 def test_resume_with_more_steps_keeps_the_checkpoints_schedule(good_corpus, tmp_path):
     root = tmp_path / "root"
     # 2 steps, within the 3-step warm-up: that schedule is the warm-up alone, another shape than 6 steps'
-    first = Run(fit_command(write_config(tmp_path / "short.yaml", root, good_corpus, every=1, max_steps=2)),
-                tmp_path / "first")
-    assert first.wait() == 0, first.stderr()
+    finished_fit(tmp_path, "short", root, good_corpus, every=1, max_steps=2)
     longer = Run(fit_command(write_config(tmp_path / "long.yaml", root, good_corpus, every=1, max_steps=6),
                              "--ckpt_path", "last"), tmp_path / "longer")
     code, err = longer.wait(), longer.stderr()
