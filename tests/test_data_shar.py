@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lhotse import CutSet
 from test_data_cuts import samples_of, write_corpus
 
 from ahamask_lightning.cli.main import main as ahamask
@@ -41,6 +42,19 @@ def test_export_writes_the_checked_cuts_in_shards(tmp_path: Path, capsys) -> Non
     assert "origin" not in cuts[0].custom  # the reader's bookkeeping is not data
     assert cuts[5].start == 0 and cuts[5].duration == pytest.approx(1.25)  # the segment alone was written
     assert cuts[6].custom["audio_b_unaligned"] is True and cuts[6].load_audio_b().shape[1] > 0
+
+
+def test_a_clip_that_does_not_decode_is_counted_and_the_rest_written(tmp_path: Path, capsys) -> None:
+    """A cut manifest's files are first opened by the writer: an undecodable one is skipped and counted."""
+    _, cuts = write_corpus(tmp_path)
+    manifest = tmp_path / "train.cuts.jsonl.gz"
+    CutSet.from_cuts(cuts).to_file(manifest)
+    (tmp_path / "audio" / "c2.wav").write_bytes(b"RIFF" + bytes(200))  # a WAV header promise and no audio
+    out = tmp_path / "shar"
+    assert ahamask(["data", "shar", str(manifest), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == \
+        f"7 cuts -> {out} (1 shards); 1 rejected (unreadable_audio 1)"
+    assert [c.id for _, c in iter_shar(str(out))] == [f"c{i}" for i in range(8) if i != 2]
 
 
 def test_a_shar_directory_gives_the_jsonl_manifests_batches(tmp_path: Path, capsys) -> None:

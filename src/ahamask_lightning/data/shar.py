@@ -132,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     summary = export_shar(args.manifests, args.out, args.shard_size, args.audio_format, args.audio_root)
     rejected = sum(summary["rejected"].values())
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["rejected"].items()))
-    detail = f" ({reasons}; first: {summary['first_reject']})" if rejected else ""
+    first = f"; first: {summary['first_reject']}" if summary["first_reject"] else ""
+    detail = f" ({reasons}{first})" if rejected else ""
     shards = len(summary["shards"].get("cuts", []))
     print(f"{summary['cuts']} cuts -> {args.out} ({shards} shards); {rejected} rejected{detail}")
     return 0
