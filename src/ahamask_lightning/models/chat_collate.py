@@ -28,7 +28,7 @@ from .base import (
     target_only_loss,
     target_positions,
 )
-from .feature_cache import FeatureCache, clip_key, weights_fingerprint
+from .feature_cache import FeatureCache, refuse_unsupported, weights_fingerprint
 
 TINY_SECONDS = 4.0  # the tiny models' feature window: audio is cut there
 
@@ -146,9 +146,7 @@ class ChatLALMAdapter(LALMAdapter):
 
     def __init__(self, feature_cache: str | None = None, gradient_checkpointing: bool = False) -> None:
         super().__init__()
-        if feature_cache and self.feature_cache_unsupported:
-            raise ValueError(f"feature_cache: not available for {type(self).__name__}: "
-                             f"{self.feature_cache_unsupported} (expected feature_cache unset)")
+        refuse_unsupported(feature_cache, type(self).__name__, self.feature_cache_unsupported)
         self._feature_cache_dir = feature_cache
         self.gradient_checkpointing = bool(gradient_checkpointing)
         self.feature_cache: FeatureCache | None = None
@@ -198,8 +196,7 @@ class ChatLALMAdapter(LALMAdapter):
         batch = pack_prompts(prompt_ids, targets, self._encode_text, self.eos_id, self.pad_id)
         batch.update(audio)
         if self.feature_cache is not None:
-            batch["clip_keys"] = [clip_key(w) for w in waves]
-            batch["cached_audio"] = self.feature_cache.lookup(batch["clip_keys"])
+            batch.update(self.feature_cache.batch_fields(waves))
         return batch
 
     # --- audio ------------------------------------------------------------------------

@@ -47,6 +47,13 @@ def clip_key(waveform: torch.Tensor | np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr, dtype=np.float32).tobytes()).hexdigest()
 
 
+def refuse_unsupported(feature_cache: str | None, adapter: str, unsupported: str | None) -> None:
+    """One line when a cache is asked of an adapter whose encoder output depends on the batch
+    (``unsupported``: why; None: the cache is fine)."""
+    if feature_cache and unsupported:
+        raise ValueError(f"feature_cache: not available for {adapter}: {unsupported} (expected feature_cache unset)")
+
+
 def weights_fingerprint(module: nn.Module) -> str:
     """A digest of a module's parameters and buffers (names, shapes, dtypes, sums and sums of squares).
 
@@ -106,6 +113,12 @@ class FeatureCache:
         """Each clip's cached embeddings (CPU), or None: what the collate reads in the loader workers,
         so that the training step does not wait for the disk."""
         return [self.load(k) for k in keys]
+
+    def batch_fields(self, waveforms: Sequence[torch.Tensor | np.ndarray]) -> dict[str, list]:
+        """What a collate adds to its batch (in the loader workers): ``clip_keys`` (content hashes)
+        and ``cached_audio`` (the entries found, or None)."""
+        keys = [clip_key(w) for w in waveforms]
+        return {"clip_keys": keys, "cached_audio": self.lookup(keys)}
 
     def features(self, keys: Sequence[str], compute: Callable[[list[int]], list[torch.Tensor]],
                  device: torch.device | str, dtype: torch.dtype,

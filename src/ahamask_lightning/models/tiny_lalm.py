@@ -28,7 +28,7 @@ from .base import (
     loss_on_target_logits,
     target_positions,
 )
-from .feature_cache import FeatureCache, clip_key, weights_fingerprint
+from .feature_cache import FeatureCache, weights_fingerprint
 from .splice import splice_embeddings, tokenize_prompts
 
 PROMPT_TEMPLATE = "USER: <Speech><SpeechHere></Speech> {}\nASSISTANT:"
@@ -231,8 +231,7 @@ class TinyLALM(LALMAdapter):
         batch.update(tokenize_prompts(tok, PROMPT_TEMPLATE, list(instructions), targets,
                                       tok.bos_token_id, tok.eos_token_id, tok.pad_token_id))
         if self.feature_cache is not None:  # content keys and the entries found, here in the loader workers
-            batch["clip_keys"] = [clip_key(a) for a in audios]
-            batch["cached_audio"] = self.feature_cache.lookup(batch["clip_keys"])
+            batch.update(self.feature_cache.batch_fields(audios))
         return batch
 
     def encode_audio(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,6 +20,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig, WhisperFe
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from ..base import LALMAdapter, loss_on_target_logits, target_positions
+from ..feature_cache import refuse_unsupported
 from ..splice import splice_embeddings, tokenize_prompts
 from .beats import BEATs, BEATsConfig, load_beats
 from .checkpoint import load_salmonn_state, read_checkpoint
@@ -136,9 +137,7 @@ class SalmonnAdapter(LALMAdapter):
                  tiny_hidden: int = 64, tokenizer: str = "official", beam_search: str = "official",
                  feature_cache: str | None = None) -> None:
         super().__init__()
-        if feature_cache:
-            raise ValueError(f"feature_cache: not available for SalmonnAdapter: {self.feature_cache_unsupported} "
-                             "(expected feature_cache unset)")
+        refuse_unsupported(feature_cache, type(self).__name__, self.feature_cache_unsupported)
         for name, value in (("tokenizer", tokenizer), ("beam_search", beam_search)):
             if value not in RULES:
                 raise ValueError(f"SalmonnAdapter.{name}: expected one of {RULES}, got {value!r}")
