@@ -9,7 +9,8 @@
 
 Parts: ``training`` (target-only vs full logits vs LoRA, forward, MFU), ``cache`` (feature cache),
 ``scaling`` (batch/clip length, activation checkpointing), ``largest`` (largest batch, CUDA),
-``decoding`` (static cache, last-position prefill), ``serving`` (pruned decoding, mixed-task
+``decoding`` (static cache, last-position prefill), ``compile`` (the static-cache step compiled,
+dense and pruned: ``bench/compiled.py``), ``serving`` (pruned decoding, mixed-task
 batches: ``bench/bench_serving.py``). Each part's result is written as soon as it is done, so a run cut short keeps its parts.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-PARTS = ("training", "cache", "scaling", "largest", "decoding", "serving")
+PARTS = ("training", "cache", "scaling", "largest", "decoding", "compile", "serving")
 HERE = Path(__file__).resolve().parent
 
 
@@ -82,6 +83,12 @@ def run_part(part: str, size: dict, args, device: str) -> dict:
     if part == "decoding":
         return decoding.decoding(size, device, max(2, reps // 2) if not args.smoke else 1,
                                  batch_sizes=(1, 2) if args.smoke else (1, 4))
+    if part == "compile":
+        if args.smoke:  # inductor builds C++ for minutes on a CPU: not a smoke test's job
+            return {"skipped": "compiles for minutes; run without --smoke"}
+        from .compiled import compiled_decoding
+
+        return compiled_decoding(size, device, max(2, reps // 2))
     if part == "serving":
         return serving_part(args.smoke, args.full_size, device)
     raise ValueError(part)

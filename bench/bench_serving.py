@@ -48,7 +48,7 @@ PROPORTIONAL_VOCAB = 5300
 LONG_CLIP_S = 30
 
 
-def _clips(n: int, seconds: float, seed: int = 0) -> tuple[list[torch.Tensor], str]:
+def speech_clips(n: int, seconds: float, seed: int = 0) -> tuple[list[torch.Tensor], str]:
     """``n`` clips of speech (espeak-ng) or of the speech-like signal, cut or padded to ``seconds``."""
     length = int(seconds * 16000)
     if shutil.which("espeak-ng") and shutil.which("sox"):
@@ -68,18 +68,6 @@ def _clips(n: int, seconds: float, seed: int = 0) -> tuple[list[torch.Tensor], s
 
 def _log(text: str) -> None:
     print(f"bench_serving: {text}", file=sys.stderr, flush=True)
-
-
-def _tokens(adapter, batch: dict, n: int) -> torch.Tensor:
-    """The greedy token of every decoding step, read at the lm_head (the text may not decode: random vocab)."""
-    head = [m for name, m in adapter.named_modules() if name.endswith("lm_head")][0]
-    steps: list[torch.Tensor] = []
-    handle = head.register_forward_hook(lambda m, a, out: steps.append(out[:, -1].argmax(-1).cpu()))
-    try:
-        adapter.generate(batch, max_new_tokens=n, min_new_tokens=n, num_beams=1, do_sample=False)
-    finally:
-        handle.remove()
-    return torch.stack(steps, dim=1)
 
 
 def _run_fn(adapter, batch: dict, n: int, gate: HeadGate, mask: torch.Tensor | None, blocks=None):
@@ -104,7 +92,7 @@ def _lm_head(adapter) -> torch.nn.Module:
     return [m for name, m in adapter.named_modules() if name.endswith("lm_head")][0]
 
 
-def decoding_steps(adapter, batch: dict, n: int, device: str) -> list[float]:
+def decoding_steps(adapter, batch: dict, n: int, device: str, **generation) -> list[float]:
     """Seconds of each decoding step of one greedy ``generate`` of ``n`` tokens.
 
     The lm_head runs once per forward pass, so the gaps between its calls are the decoding steps
@@ -120,18 +108,19 @@ def decoding_steps(adapter, batch: dict, n: int, device: str) -> list[float]:
 
     handle = _lm_head(adapter).register_forward_hook(stamp)
     try:
-        adapter.generate(batch, max_new_tokens=n, min_new_tokens=n, num_beams=1, do_sample=False)
+        adapter.generate(batch, max_new_tokens=n, min_new_tokens=n, num_beams=1, do_sample=False, **generation)
     finally:
         handle.remove()
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
-def _tokens(adapter, batch: dict, n: int) -> torch.Tensor:
-    """The greedy token of every decoding step, read at the lm_head (the text may not decode: random vocab)."""
+def greedy_tokens(adapter, batch: dict, n: int, **generation) -> torch.Tensor:
+    """The greedy token of every decoding step, read at the lm_head (the text may not decode: random vocab);
+    ``generation``: more ``generate`` arguments (e.g. ``cache_implementation``)."""
     steps: list[torch.Tensor] = []
     handle = _lm_head(adapter).register_forward_hook(lambda m, a, out: steps.append(out[:, -1].argmax(-1).cpu()))
     try:
-        adapter.generate(batch, max_new_tokens=n, min_new_tokens=n, num_beams=1, do_sample=False)
+        adapter.generate(batch, max_new_tokens=n, min_new_tokens=n, num_beams=1, do_sample=False, **generation)
     finally:
         handle.remove()
     return torch.stack(steps, dim=1)
@@ -153,10 +142,10 @@ def pruned_decoding(adapter, clips: list[torch.Tensor], cfg: dict, device: str, 
             variants[f"gated{frac}"] = (mask, None)
             variants[f"pruned{frac}"] = (None, blocks)
             with gate.apply(mask):
-                gated = _tokens(adapter, batch, n)
+                gated = greedy_tokens(adapter, batch, n)
             with use_blocks(adapter, blocks):
-                pruned = _tokens(adapter, batch, n)
-            checks[frac] = (active, torch.equal(gated, pruned), not torch.equal(gated, _tokens(adapter, batch, n)))
+                pruned = greedy_tokens(adapter, batch, n)
+            checks[frac] = (active, torch.equal(gated, pruned), not torch.equal(gated, greedy_tokens(adapter, batch, n)))
         per_run: dict[str, list[float]] = {name: [] for name in variants}  # median step of each run
         for r in range(1 + reps):  # round 0 warms up
             for name, (mask, blocks) in variants.items():
@@ -232,11 +221,11 @@ def mixed_task(adapter, clips: list[torch.Tensor], cfg: dict, device: str, gate:
             _run_fn(adapter, alone_batch, n, gate, None, b)()
 
     with gate.apply(mixed_masks):
-        together = _tokens(adapter, mixed_batch, n)
+        together = greedy_tokens(adapter, mixed_batch, n)
     separate = []
     for m in masks:
         with gate.apply(m):
-            separate.append(_tokens(adapter, alone_batch, n))
+            separate.append(greedy_tokens(adapter, alone_batch, n))
     # reorder mask-by-mask rows (mask-major) to the mixed batch's clip-major order
     reordered = torch.stack([separate[j][i] for i in range(len(audios)) for j in range(len(masks))])
     res = interleaved({"one_batch": one_batch, "by_mask": by_mask, "pruned_by_mask": pruned_by_mask}, reps, device)
@@ -293,8 +282,8 @@ def run(smoke: bool, full_size: str | None, device: str, partial_out: str | None
                                 "layers": size["layers"], "heads": size["heads"], "hidden": size["hidden"],
                                 "vocab": long_vocab, "clip_s": LONG_CLIP_S}))
     published = qwen2_audio(SIZES["qwen2-audio-7b"], None, "meta")
-    clips, source = _clips(max(cfg["batches"] + [cfg["mixed_batch"]]), cfg["clip_s"])
-    long_clips = _clips(max(cfg["batches"]), LONG_CLIP_S)[0] if not smoke and not full_size else []
+    clips, source = speech_clips(max(cfg["batches"] + [cfg["mixed_batch"]]), cfg["clip_s"])
+    long_clips = speech_clips(max(cfg["batches"]), LONG_CLIP_S)[0] if not smoke and not full_size else []
     out = {"device": device, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
            "smoke": smoke, "audio": f"{source}, {cfg['clip_s']} s clips (unless a model says clip_s)",
            "settings": cfg, "models": {},

@@ -23,7 +23,7 @@ def _run(cmd: list[str], env: dict | None = None, timeout: int = 600) -> subproc
 
 def test_bench_smoke_writes_json_and_report(tmp_path):
     out = tmp_path / "smoke.json"
-    proc = _run([sys.executable, "-m", "bench", "--smoke", "--reps", "1", "--parts", "training,cache,decoding",
+    proc = _run([sys.executable, "-m", "bench", "--smoke", "--reps", "1", "--parts", "training,cache,decoding,serving,compile",
                  "--out", str(out)])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -39,6 +39,10 @@ def test_bench_smoke_writes_json_and_report(tmp_path):
     cache = result["parts"]["cache"]
     assert cache["qwen2_audio"]["hits"] > 0 and "encoder_share" in cache["tiny_lalm"]
     assert [r["batch"] for r in result["parts"]["decoding"]["rows"]] == [1, 2]
+    serving = result["parts"]["serving"]["models"]["qwen2-audio-random"]
+    assert all(r["identical_tokens_pruned_vs_gated"] for r in serving["pruned_decoding"])
+    assert serving["mixed_task"]["identical_tokens_one_batch_vs_by_mask"]
+    assert "skipped" in result["parts"]["compile"]  # compiling takes minutes: the CPU bench's job
 
     md = tmp_path / "BENCHMARKS.md"
     md.write_text("# Benchmarks\n\nkept text\n")
@@ -62,3 +66,11 @@ def test_gpu_script_smoke_path_runs_on_cpu(tmp_path):
     salmonn = json.loads((tmp_path / "gpu-smoke-salmonn.json").read_text())
     assert salmonn["parts"]["salmonn"]["rows"][0]["samples_per_s"] > 0
     assert "SALMONN mask training" in (tmp_path / "BENCHMARKS.gpu.md").read_text()
+
+
+def test_report_renders_every_committed_result():
+    """BENCHMARKS.md is regenerated from bench/results/*.json: every file there renders or is named and left out."""
+    proc = _run([sys.executable, "-m", "bench.report", "--stdout"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("### `python -m bench") >= 1 and "Failed:" not in proc.stdout
+    assert "data-shar.json: not a `python -m bench` result" in proc.stderr
