@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from ahamask_lightning.analysis.masks import mask_to_logits, random_mask
-from ahamask_lightning.cli.infer import main as infer_main
 from ahamask_lightning.masking import save_mask
 
 UTTERANCES = [("m3", "the quick brown fox jumps over the lazy dog"), ("f2", "a small cat sat on the red mat"),
@@ -23,11 +22,10 @@ TOKENS = ["--max-new-tokens", "12"]
 
 
 def ahamask(argv: list[str]) -> int:
-    """The console script's entry when ``infer`` is registered there, else the module's own entry."""
-    from ahamask_lightning.cli import main as entry
+    """The console script's entry, in process."""
+    from ahamask_lightning.cli.main import main
 
-    registered = getattr(entry, "REGISTRY", None) or getattr(entry, "TOOLS", {})
-    return entry.main(argv) if "infer" in registered else infer_main(argv[1:])
+    return main(argv)
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +148,14 @@ def test_bad_input_is_one_line_naming_the_file(case, clips, tmp_path, in_repo, c
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and all(e in err for e in expected), err
     assert not out.exists()
+
+
+def test_default_testbed_outside_the_repository_is_one_line(clips, tmp_path, monkeypatch, capsys):
+    """``--model tiny`` names the committed testbed by a repository path: from elsewhere, one line says so."""
+    monkeypatch.chdir(tmp_path)
+    mask = _mask_file(tmp_path / "ok.safetensors", (8, 16), 40, seed=0)
+    assert ahamask(["infer", "--model", "tiny", "--mask", mask, clips[0]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "checkpoints/tiny_lalm_8x16g: no TinyLALM checkpoint folder here" in err
+    assert "run from the repository root" in err

@@ -166,6 +166,11 @@ class TinyLALM(LALMAdapter):
         super().__init__()
         if checkpoint is not None:
             path = Path(checkpoint)
+            if not path.is_dir():  # the committed testbeds live in the repository, not the installed package
+                raise FileNotFoundError(
+                    f"{path}: no TinyLALM checkpoint folder here (looked in {path.resolve().parent}); the committed "
+                    "testbeds are the repository's checkpoints/ folders: run from the repository root or give the "
+                    "folder's path")
             missing = [p.name for p in (path / "config.json", path / "model.safetensors", path / "tokenizer.json")
                        if not p.is_file()]
             if missing:
