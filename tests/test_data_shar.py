@@ -89,3 +89,64 @@ def test_damaged_or_missing_shards_are_one_line(tmp_path: Path, capsys) -> None:
     assert ahamask(["data", "shar", str(tmp_path / "train.jsonl"), "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip() == (f"ahamask: error: --out: {out} is not empty (Shar shards are "
                                                "written into an empty folder)")
+
+
+def _dm_samples(manifest: str) -> list[list[dict]]:
+    dm = ManifestDataModule(train=manifest, known_tasks={"gr"}, min_seconds=0.5, seed=2, shuffle_buffer=4,
+                            batch_size=3)
+    return samples_of(dm.train_dataloader())
+
+
+def test_a_shar_index_reads_shards_through_commands_and_relative_paths(tmp_path: Path, capsys) -> None:
+    """A ``*.shar.json`` index (Lhotse's ``fields``) stands where the folder does: with the absolute
+    paths ``--index`` writes, with ``pipe:`` commands (the route Lhotse takes for URLs and commands,
+    not a local open) and with paths relative to the index; the batches are the folder's."""
+    jsonl, _ = write_corpus(tmp_path)
+    out, written = tmp_path / "shar", tmp_path / "written.shar.json"
+    assert ahamask(["data", "shar", jsonl, "--out", str(out), "--shard-size", "3", "--index", str(written)]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"; index {written}")
+    fields = json.loads(written.read_text())
+    assert set(fields) == {"cuts", "recording", "audio_b"} and len(fields["cuts"]) == 3
+    assert fields["recording"][1] == f"{out.resolve()}/recording.000001.tar"
+    indexes = {"written": written, "piped": tmp_path / "piped.shar.json", "relative": tmp_path / "relative.shar.json"}
+    # a command's output is read as the shard itself: the gzipped cut shards are unpacked by the command
+    indexes["piped"].write_text(json.dumps({k: [f"pipe:{'gunzip -c' if k == 'cuts' else 'cat'} {v}" for v in vs]
+                                            for k, vs in fields.items()}))
+    indexes["relative"].write_text(json.dumps({k: [v.replace(f"{out.resolve()}/", "shar/") for v in vs]
+                                               for k, vs in fields.items()}))
+    by_folder = _dm_samples(str(out))
+    for name, index in indexes.items():
+        check_manifest_file(str(index))
+        by_index = _dm_samples(str(index))
+        assert [[s["id"] for s in x] for x in by_index] == [[s["id"] for s in x] for x in by_folder], name
+        for sa, sb in zip((s for x in by_folder for s in x), (s for x in by_index for s in x)):
+            assert sa["text"] == sb["text"] and torch.equal(sa["audio"], sb["audio"]), (name, sa["id"])
+
+
+@pytest.mark.parametrize("case", ["no_recording", "short_list", "missing_shard", "not_json", "bad_name"])
+def test_a_bad_shar_index_is_one_line_naming_the_key(case: str, tmp_path: Path, capsys) -> None:
+    jsonl, out = _export(tmp_path, capsys)
+    fields = {"cuts": [f"shar/cuts.{i:06d}.jsonl.gz" for i in range(3)],
+              "recording": [f"shar/recording.{i:06d}.tar" for i in range(3)]}
+    index = tmp_path / "bad.shar.json"
+    if case == "no_recording":
+        del fields["recording"]
+        expected = "key 'recording': missing (the audio shards)"
+    elif case == "short_list":
+        fields["recording"] = fields["recording"][:2]
+        expected = "key 'recording': 2 sources for 3 cut shards"
+    elif case == "missing_shard":
+        fields["recording"][2] = "shar/recording.000009.tar"
+        expected = f"key 'recording': shard shar/recording.000009.tar not found (looked at {tmp_path}/shar/"
+    elif case == "bad_name":
+        assert ahamask(["data", "shar", jsonl, "--out", str(tmp_path / "o2"), "--index", str(tmp_path / "i.json")]) == 2
+        assert capsys.readouterr().err.strip() == (f"ahamask: error: --index: {tmp_path / 'i.json'}: expected a file "
+                                                   "name ending in .shar.json")
+        assert not (tmp_path / "o2").exists()
+        return
+    index.write_text("{not json" if case == "not_json" else json.dumps(fields))
+    if case == "not_json":
+        expected = "not a readable Shar index"
+    with pytest.raises((ValueError, FileNotFoundError)) as err:
+        check_manifest_file(str(index))
+    assert str(err.value).startswith(f"{index}: ") and expected in str(err.value) and "\n" not in str(err.value)

@@ -16,8 +16,9 @@ Cut convention (what corpus preparers write with ``CutSet.to_file`` and what thi
 This layer adds ``cut.custom["origin"] = [manifest path, line number]`` when it reads a cut, so a
 bad sample is reported against the line it came from; it is not part of the files.
 
-Which reader a manifest gets: a directory of Lhotse Shar shards is read with ``CutSet.from_shar``
-(:mod:`.shar`; its audio comes in memory with each cut); a Lhotse cut manifest is one whose name
+Which reader a manifest gets: a directory of Lhotse Shar shards, or a Shar index
+(``*.shar.json``), is read with ``CutSet.from_shar`` (:mod:`.shar`; its audio comes in memory
+with each cut); a Lhotse cut manifest is one whose name
 ends in ``.gz`` or holds ``.cuts.`` (``train.cuts.jsonl.gz``), or whose first non-blank line is a
 JSON object with ``"type": "MonoCut"``; it is read directly. Any other file is a user JSONL
 manifest (format at the top of :mod:`.manifest`), converted on read, line by line: every check of
@@ -55,7 +56,7 @@ from .manifest import (
     iter_lines,
     parse_line,
 )
-from .shar import is_shar_dir, iter_shar
+from .shar import is_shar, iter_shar
 
 SUPERVISION_FIELDS = ("speaker", "gender", "language")
 
@@ -142,7 +143,7 @@ class ManifestCuts:
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
-        self.kinds = {m: "shar" if is_shar_dir(m) else "cuts" if is_cut_manifest(m) else "jsonl"
+        self.kinds = {m: "shar" if is_shar(m) else "cuts" if is_cut_manifest(m) else "jsonl"
                       for m in self.manifests}
 
     def set_epoch(self, epoch: int) -> None:

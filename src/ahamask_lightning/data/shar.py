@@ -14,6 +14,17 @@ pair), read sequentially.
   the same text, task and length checks; the audio travels in memory with its cut and is decoded in
   the loader workers (``dataset.cut_audio``).
 
+Shards elsewhere (object stores, HTTP, a command). A Shar index, a JSON file whose name ends in
+``.shar.json``, is Lhotse's ``fields`` argument written down: ``{"cuts": [...], "recording": [...],
+"audio_b": [...]}``, one source per shard in each list, given to ``CutSet.from_shar(fields=...)``.
+A source is a URL Lhotse opens with ``smart_open`` (``s3://``, ``gs://``, ``https://``; install
+``smart_open`` with the cloud extra you need), a ``pipe:COMMAND`` whose standard output is the
+shard, or a path (relative paths are taken from the index's folder). The index file itself is
+local and is checked before training starts (its shape, and that its local paths exist); remote
+sources are first opened by the loader workers. ``ahamask data shar ... --index FILE
+--index-prefix PREFIX`` writes one, naming each shard ``PREFIX`` + its file name (for example
+``s3://bucket/corpus/`` before uploading the folder there).
+
 Clip B of a pair. Lhotse's Shar writer declares a custom recording as long as its cut (it assumes
 custom audio aligned with the cut) while writing the whole clip for an unaligned one, which a pair's
 clip B is (``audio_b_unaligned``). The export therefore records B's length in the cut
@@ -26,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -34,6 +46,8 @@ from lhotse import CutSet, MonoCut, Recording, fastcopy
 
 CUT_SHARDS = "cuts.*.jsonl*"
 SHAR_LAYOUT = "a Lhotse Shar directory (cuts.000000.jsonl.gz beside recording.000000.tar, ...)"
+INDEX_SUFFIX = ".shar.json"
+REMOTE = ("pipe:", "://")  # a command or a URL: opened by Lhotse, not checked here
 
 
 def is_shar_dir(path: str) -> bool:
@@ -41,11 +55,61 @@ def is_shar_dir(path: str) -> bool:
     return os.path.isdir(path) and bool(glob.glob(os.path.join(path, CUT_SHARDS)))
 
 
+def is_shar_index(path: str) -> bool:
+    """Whether ``path`` names a Shar index (see the module docstring)."""
+    return str(path).endswith(INDEX_SUFFIX)
+
+
+def is_shar(path: str) -> bool:
+    """A Shar directory or index: read with ``CutSet.from_shar``."""
+    return is_shar_index(path) or is_shar_dir(path)
+
+
+def read_shar_index(path: str) -> dict[str, list[str]]:
+    """The ``fields`` of a Shar index, relative paths resolved; one line naming the file and the key
+    when it is not one (a missing local shard included)."""
+    try:
+        fields = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: Shar index not found") from None
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable Shar index ({err}); expected a JSON object of shard lists") \
+            from None
+    expected = 'expected {"cuts": [shard, ...], "recording": [shard, ...], ...} with one source per shard'
+    if not isinstance(fields, dict) or not isinstance(fields.get("cuts"), list) or not fields["cuts"]:
+        raise ValueError(f"{path}: key 'cuts': missing or empty; {expected}")
+    if "recording" not in fields:
+        raise ValueError(f"{path}: key 'recording': missing (the audio shards); {expected}")
+    folder = Path(path).parent
+    out: dict[str, list[str]] = {}
+    for field, sources in fields.items():
+        if not isinstance(sources, list) or len(sources) != len(fields["cuts"]) or \
+                not all(isinstance(x, str) and x for x in sources):
+            raise ValueError(f"{path}: key {field!r}: {len(sources) if isinstance(sources, list) else 'no'} "
+                             f"sources for {len(fields['cuts'])} cut shards; {expected}")
+        out[field] = []
+        for source in sources:
+            if not any(mark in source for mark in REMOTE):
+                local = Path(source) if os.path.isabs(source) else folder / source
+                if not local.is_file():
+                    raise FileNotFoundError(f"{path}: key {field!r}: shard {source} not found (looked at {local})")
+                source = str(local)
+            out[field].append(source)
+    return out
+
+
+def write_shar_index(shards: dict[str, list[str]], index: str | Path, prefix: str) -> None:
+    """A Shar index naming each shard ``prefix`` + its file name."""
+    fields = {field: [prefix + Path(p).name for p in paths] for field, paths in shards.items()}
+    Path(index).write_text(json.dumps(fields, indent=1) + "\n")
+
+
 def iter_shar(path: str, limit: int | None = None) -> Iterator[tuple[int, MonoCut]]:
-    """(1-based position, cut) for the cuts of a Shar directory, in shard order, at most ``limit``.
-    A shard Lhotse cannot read stops the iteration with one line naming the directory."""
+    """(1-based position, cut) for the cuts of a Shar directory or index, in shard order, at most
+    ``limit``. A shard Lhotse cannot read stops the iteration with one line naming the manifest."""
     position = 0
-    cuts = iter(CutSet.from_shar(in_dir=path))
+    source = {"fields": read_shar_index(path)} if is_shar_index(path) else {"in_dir": path}
+    cuts = iter(CutSet.from_shar(**source))
     while limit is None or position < limit:
         try:
             cut = next(cuts)
@@ -69,14 +133,18 @@ def _with_clip_b_length(cut: MonoCut) -> MonoCut:
 
 
 def export_shar(manifests: Sequence[str], out: str | Path, shard_size: int = 1000, audio_format: str = "flac",
-                audio_root: str | None = None, allow_outside_root: bool = False) -> dict:
-    """Writes the good cuts of ``manifests`` to ``out`` as Shar; returns the counts and the shard files."""
+                audio_root: str | None = None, allow_outside_root: bool = False, index: str | None = None,
+                index_prefix: str | None = None) -> dict:
+    """Writes the good cuts of ``manifests`` to ``out`` as Shar; returns the counts and the shard files.
+    ``index``: also a Shar index there, each shard named ``index_prefix`` (default: ``out``'s path) + its name."""
     from .audio import AudioConfig
     from .cuts import ManifestCuts
     from .manifest import DEFAULT_MAX_TARGET_CHARS, UNREADABLE_AUDIO, check_manifest_file, default_known_tasks
 
     for manifest in manifests:
         check_manifest_file(manifest)
+    if index is not None and not is_shar_index(index):
+        raise ValueError(f"--index: {index}: expected a file name ending in {INDEX_SUFFIX}")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"--out: {out} is not empty (Shar shards are written into an empty folder)")
@@ -115,6 +183,8 @@ def export_shar(manifests: Sequence[str], out: str | Path, shard_size: int = 100
     if written == 0:
         raise ValueError(f"{', '.join(manifests)}: no valid samples to write ({sum(rejects.values())} rejected"
                          f"{'; first: ' + first_reject[0] if first_reject else ''})")
+    if index is not None:
+        write_shar_index(shards, index, index_prefix if index_prefix is not None else f"{out.resolve()}/")
     return {"cuts": written, "rejected": rejects, "first_reject": first_reject[0] if first_reject else None,
             "shards": {k: [str(p) for p in v] for k, v in shards.items()}}
 
@@ -126,14 +196,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audio-format", default="flac", choices=("flac", "wav", "opus", "mp3"),
                         help="flac (default, lossless at 16 bits) or wav; opus and mp3 are lossy")
     parser.add_argument("--audio-root", default=None, help="as data.init_args.audio_root in a YAML")
+    parser.add_argument("--index", default=None, help=f"also write a Shar index (NAME{INDEX_SUFFIX}), a manifest "
+                        "that names the shards where they will be read from")
+    parser.add_argument("--index-prefix", default=None, help="what the index puts before each shard's file name "
+                        "(e.g. s3://bucket/corpus/; default: the --out folder)")
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = export_shar(args.manifests, args.out, args.shard_size, args.audio_format, args.audio_root)
+    if args.index_prefix is not None and args.index is None:
+        raise ValueError("--index-prefix: given without --index (the index is the file the prefix goes into)")
+    summary = export_shar(args.manifests, args.out, args.shard_size, args.audio_format, args.audio_root,
+                          index=args.index, index_prefix=args.index_prefix)
     rejected = sum(summary["rejected"].values())
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["rejected"].items()))
     first = f"; first: {summary['first_reject']}" if summary["first_reject"] else ""
     detail = f" ({reasons}{first})" if rejected else ""
     shards = len(summary["shards"].get("cuts", []))
-    print(f"{summary['cuts']} cuts -> {args.out} ({shards} shards); {rejected} rejected{detail}")
+    print(f"{summary['cuts']} cuts -> {args.out} ({shards} shards); {rejected} rejected{detail}"
+          + (f"; index {args.index}" if args.index else ""))
     return 0
