@@ -88,7 +88,8 @@ def run_part(part: str, size: dict, args, device: str) -> dict:
             return {"skipped": "compiles for minutes; run without --smoke"}
         from .compiled import compiled_decoding
 
-        return compiled_decoding(size, device, max(2, reps // 2))
+        # full size: batch 1 only (each batch shape compiles anew; batch 1 is where the weights bound decoding)
+        return compiled_decoding(size, device, max(2, reps // 2), batch_sizes=(1,) if args.full_size else (1, 8))
     if part == "serving":
         return serving_part(args.smoke, args.full_size, device)
     raise ValueError(part)

@@ -14,6 +14,9 @@ between lm_head calls (``bench_serving.decoding_steps``), interleaved run by run
 
 Checks: the compiled and eager models give the same tokens, and the pruned ones the gated model's.
 The first ``generate`` of each compiled model (the compile, paid once per shape) is timed apart.
+
+    python -m bench --parts compile --threads 1 --reps 10             # CPU, batch 1 and 8
+    python -m bench --full-size qwen2-audio-7b --parts compile        # GPU, batch 1 (COMPILE=1 bash bench/gpu.sh)
 """
 from __future__ import annotations
 
