@@ -13,7 +13,7 @@ from test_data_cuts import samples_of, write_corpus
 from ahamask_lightning.cli.main import main as ahamask
 from ahamask_lightning.data import ManifestDataModule
 from ahamask_lightning.data.manifest import check_manifest_file
-from ahamask_lightning.data.shar import is_shar_dir, iter_shar
+from ahamask_lightning.data.shar import is_shar_dir, iter_shar, shar_fields
 
 # FLAC stores 16-bit samples: the audio read back differs from the float WAVs by the rounding
 QUANTUM = 1 / 32768
@@ -150,3 +150,52 @@ def test_a_bad_shar_index_is_one_line_naming_the_key(case: str, tmp_path: Path, 
     with pytest.raises((ValueError, FileNotFoundError)) as err:
         check_manifest_file(str(index))
     assert str(err.value).startswith(f"{index}: ") and expected in str(err.value) and "\n" not in str(err.value)
+
+
+def _rank_reads(index: Path, log: Path, rank: int, world: int, epoch: int = 0,
+                resume_after: int | None = None) -> tuple[list[str], set[str]]:
+    """The ids one training rank gets in an epoch (or in its rest, after ``resume_after`` batches),
+    and the shard files it opened (the index logs each open)."""
+    log.unlink(missing_ok=True)
+    dm = ManifestDataModule(train=str(index), known_tasks={"gr"}, min_seconds=0.5, seed=2, shuffle_buffer=4,
+                            batch_size=2, rank=rank, world_size=world)
+    if resume_after is not None:
+        dm.load_state_dict({"train": {"epoch": epoch, "batches": {str(rank): resume_after}, "world_size": world}})
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(epoch)
+    ids = [s["id"] for batch in samples_of(loader) for s in batch]
+    return ids, set(log.read_text().split()) if log.exists() else set()
+
+
+def test_training_ranks_read_only_their_own_shards(tmp_path: Path, capsys) -> None:
+    """Two training ranks over 4 shards: each opens only its 2 shards (every field of them), the two
+    share no cut and together have every cut, and the deal changes between epochs; with more ranks
+    than shards every rank reads every shard and keeps its share of the batches, as before."""
+    jsonl, _ = write_corpus(tmp_path)
+    out = tmp_path / "shar"
+    assert ahamask(["data", "shar", jsonl, "--out", str(out), "--shard-size", "2"]) == 0
+    capsys.readouterr()
+    fields, log = shar_fields(str(out)), tmp_path / "opened.log"
+    assert len(fields["cuts"]) == 4
+    index = tmp_path / "logged.shar.json"  # each source a command that notes the file it opens
+    index.write_text(json.dumps({k: [f"pipe:echo {Path(v).name} >> {log}; {'gunzip -c' if k == 'cuts' else 'cat'} {v}"
+                                     for v in vs] for k, vs in fields.items()}))
+    shard_of = {c.id: f"{i:06d}" for i, path in enumerate(fields["cuts"]) for c in CutSet.from_jsonl_lazy(path)}
+    everyone = sorted(shard_of)
+    deals = []
+    for epoch in (0, 1):
+        (ids0, opened0), (ids1, opened1) = (_rank_reads(index, log, r, 2, epoch) for r in (0, 1))
+        assert sorted(ids0 + ids1) == everyone and not set(ids0) & set(ids1)
+        deal = []
+        for ids, opened in ((ids0, opened0), (ids1, opened1)):
+            shards = {shard_of[i] for i in ids}
+            assert len(shards) == 2
+            assert opened == {f"{field}.{n}.{ext}" for n in shards
+                              for field, ext in (("cuts", "jsonl.gz"), ("recording", "tar"), ("audio_b", "tar"))}
+            deal.append(shards)
+        deals.append(deal)
+    assert deals[0] != deals[1]  # reshuffled: a rank's shards change between epochs
+    assert _rank_reads(index, log, 1, 2, 1, resume_after=1)[0] == ids1[2:]  # exact resume: one batch of 2 done
+    ids, opened = zip(*(_rank_reads(index, log, r, 5) for r in range(5)))  # 5 ranks, 4 shards: batches split
+    assert sorted(i for rank_ids in ids for i in rank_ids) == everyone
+    assert all(len(o) == 12 for o in opened)  # every rank read all 4 shards' 3 files

@@ -12,19 +12,33 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 AHAMASK = str(Path(sys.executable).with_name("ahamask"))
 
 
-def test_two_ranks_train_one_mask(synth_corpus, tmp_path):
+@pytest.mark.parametrize("train_as", ["jsonl", "shar"])
+def test_two_ranks_train_one_mask(train_as, synth_corpus, tmp_path):
+    """``shar``: the training manifest as Lhotse Shar shards, which the two ranks split between them
+    (each reads only its own shards; the ranks stop together when the first runs out)."""
     m = synth_corpus / "manifests"
     dump = tmp_path / "dump"
+    train = f"{m}/train/gr.jsonl"
+    if train_as == "shar":
+        train = str(tmp_path / "shar")
+        proc = subprocess.run([AHAMASK, "data", "shar", f"{m}/train/gr.jsonl", "--out", train, "--shard-size", "8"],
+                              check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        shards = int(proc.stdout.split(f"-> {train} (")[1].split(" shards")[0])
+        assert shards >= 2  # enough for a shard each: the ranks read disjoint shards
     callback = json.dumps({"class_path": "ddp_helpers.RankMaskDump",
                            "init_args": {"out_dir": str(dump), "perturb_rank1": True}})
     args = ["fit", "--config", "experiments/gr_qwen2audio_tiny.yaml", "--config", "experiments/accelerators/cpu.yaml",
             "--config", "experiments/strategies/ddp.yaml", "--trainer.devices", "2", "--trainer.max_steps", "3",
             "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(tmp_path / "run"),
-            *[a for s in ("train", "val", "test") for a in (f"--data.init_args.{s}", f"[{m}/{s}/gr.jsonl]")],
+            "--data.init_args.train", f"[{train}]",
+            *[a for s in ("val", "test") for a in (f"--data.init_args.{s}", f"[{m}/{s}/gr.jsonl]")],
             f"--trainer.callbacks+={callback}"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}

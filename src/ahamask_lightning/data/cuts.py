@@ -56,7 +56,7 @@ from .manifest import (
     iter_lines,
     parse_line,
 )
-from .shar import is_shar, iter_shar
+from .shar import is_shar, iter_shar, shard_count
 
 SUPERVISION_FIELDS = ("speaker", "gender", "language")
 
@@ -126,12 +126,15 @@ class ManifestCuts:
 
     Iterated in the main process by the sampler, once per epoch: ``set_epoch`` reorders the
     manifests when ``shuffle`` is set (the sampler's buffer then shuffles cuts within the stream).
+    ``shard_split`` (rank, ranks): of each Shar manifest, read only this rank's shards, a share of
+    an order reshuffled every epoch (see :mod:`.shar`).
     """
 
     def __init__(self, manifests: list[str], audio: AudioConfig, on_reject: Callable[[Reject], None], *,
                  audio_root: str | None = None, allow_outside_root: bool = False,
                  known_tasks: Collection[str] | None = None, max_target_chars: int | None = None,
-                 limit: int | None = None, shuffle: bool = False, seed: int = 0) -> None:
+                 limit: int | None = None, shuffle: bool = False, seed: int = 0,
+                 shard_split: tuple[int, int] | None = None) -> None:
         self.manifests = list(manifests)
         self.audio = audio
         self.on_reject = on_reject
@@ -142,6 +145,7 @@ class ManifestCuts:
         self.limit = limit
         self.shuffle = shuffle
         self.seed = seed
+        self.shard_split = shard_split
         self.epoch = 0
         self.kinds = {m: "shar" if is_shar(m) else "cuts" if is_cut_manifest(m) else "jsonl"
                       for m in self.manifests}
@@ -156,7 +160,7 @@ class ManifestCuts:
         for manifest in order:
             resolve = PathResolver(manifest, self.audio_root, self.allow_outside_root)
             if self.kinds[manifest] == "shar":
-                read, items = self._checked, iter_shar(manifest, self.limit)
+                read, items = self._checked, iter_shar(manifest, self.limit, self._shards_of(manifest))
             else:
                 read, items = (self._read_cut if self.kinds[manifest] == "cuts" else self._convert,
                                iter_lines(manifest, self.limit))
@@ -166,6 +170,15 @@ class ManifestCuts:
                     self.on_reject(cut)
                 else:
                     yield cut
+
+    def _shards_of(self, manifest: str) -> list[int] | None:
+        """This rank's shards of a Shar manifest this epoch (None: all, in order)."""
+        if self.shard_split is None:
+            return None
+        rank, ranks = self.shard_split
+        order = list(range(shard_count(manifest)))
+        random.Random(f"shar-shards-{self.seed}-{self.epoch}-{manifest}").shuffle(order)
+        return order[rank::ranks]
 
     def _too_long(self, cut: MonoCut) -> str | None:
         seconds = sample_seconds(cut)

@@ -27,7 +27,8 @@ audio loaded in DataLoader workers -> batches, with an exact resume position.
   run writes to the same place, is not written again). A batch whose samples were all bad is
   never handed to the training loop.
 * DDP: the samplers split batches over ranks; training ranks get the same number of batches and
-  end each epoch together (see :mod:`.loader`).
+  end each epoch together (see :mod:`.loader`). Training manifests that are all Lhotse Shar, with
+  a shard or more per rank, are split by shard instead: each rank reads only its own (:mod:`.shar`).
 
 Hugging Face ``datasets`` / parquet inputs are not supported (JSONL and Lhotse manifests only).
 """
@@ -55,6 +56,7 @@ from .manifest import (
     recorded_roots,
 )
 from .rejects import RejectLog, count_reasons, read_reject_files
+from .shar import is_shar, shard_count
 
 # val / test / predict: manifest(s), or {held-out set name: manifest(s)}
 EvalManifests = list[str] | str | dict[str, list[str] | str] | None
@@ -266,17 +268,22 @@ class ManifestDataModule(pl.LightningDataModule):
         rank, world = self._coords()
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} out of range for world_size {world}")
-        rejects = RejectLog(self._stage_rejects(stage), self.rejects_path, stage, rank, write=rank == 0)
+        training = stage == "train"
+        # Shar shards dealt out to the training ranks: each reads its own, not every rank all of them
+        split = training and world > 1 and all(is_shar(p) and shard_count(p) >= world for p in paths)
+        # every rank reads every line (and rank 0 writes the rejects) unless each reads its own shards
+        rejects = RejectLog(self._stage_rejects(stage), self.rejects_path, stage, rank, write=rank == 0 or split)
         cuts = ManifestCuts(paths, self.audio, rejects, audio_root=self.audio_root,
                             allow_outside_root=self.allow_outside_root, known_tasks=self.known_tasks,
-                            max_target_chars=self.max_target_chars, limit=self.limit, shuffle=shuffle, seed=self.seed)
-        training = stage == "train"
+                            max_target_chars=self.max_target_chars, limit=self.limit, shuffle=shuffle, seed=self.seed,
+                            shard_split=(rank, world) if split else None)
         shuffle = shuffle and self.shuffle_buffer > 1
         distributed = world > 1 and dist.is_available() and dist.is_initialized()
         sampler = make_sampler(CutSet(cuts), self.audio, batch_size=self.batch_size,
                                max_batch_seconds=self.max_batch_seconds, shuffle=shuffle,
-                               shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank, world_size=world,
-                               drop_last=training and distributed)
+                               shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=0 if split else rank,
+                               world_size=1 if split else world, drop_last=training and distributed and not split)
         dataset = AudioBatches(self.audio, self.collate_fn, stage, rank, self.rejects_path)
+        # a rank's shards may all be bad while the others' are fine: no per-rank "no valid samples"
         return CutLoader(sampler, cuts, dataset, rejects, num_workers=self.num_workers, resume=resume,
-                         track=training, sync_stop=training and distributed)
+                         track=training, sync_stop=training and distributed, check_all_bad=not split)

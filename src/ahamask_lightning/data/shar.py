@@ -25,6 +25,12 @@ sources are first opened by the loader workers. ``ahamask data shar ... --index 
 --index-prefix PREFIX`` writes one, naming each shard ``PREFIX`` + its file name (for example
 ``s3://bucket/corpus/`` before uploading the folder there).
 
+Several training ranks. Under DDP, when every training manifest is Shar with at least as many
+shards as ranks, each rank reads only its own shards (:class:`~.cuts.ManifestCuts`' ``shard_split``:
+the shard order is reshuffled every epoch and dealt out round-robin) instead of reading every shard
+and keeping every n-th batch; the ranks end each epoch together when the first runs out (the
+loader's ``sync_stop``), so the rest of that epoch's shards on the others waits for a later epoch.
+
 Clip B of a pair. Lhotse's Shar writer declares a custom recording as long as its cut (it assumes
 custom audio aligned with the cut) while writing the whole clip for an unaligned one, which a pair's
 clip B is (``audio_b_unaligned``). The export therefore records B's length in the cut
@@ -104,12 +110,37 @@ def write_shar_index(shards: dict[str, list[str]], index: str | Path, prefix: st
     Path(index).write_text(json.dumps(fields, indent=1) + "\n")
 
 
-def iter_shar(path: str, limit: int | None = None) -> Iterator[tuple[int, MonoCut]]:
-    """(1-based position, cut) for the cuts of a Shar directory or index, in shard order, at most
-    ``limit``. A shard Lhotse cannot read stops the iteration with one line naming the manifest."""
+def shar_fields(path: str) -> dict[str, list[str]]:
+    """Each field's shard sources, in shard order, of a Shar directory (grouped by file-name prefix,
+    as ``CutSet.from_shar(in_dir=...)`` groups them) or index."""
+    if is_shar_index(path):
+        return read_shar_index(path)
+    names = sorted(os.listdir(path))
+    fields: dict[str, list[str]] = {"cuts": [n for n in names if n.startswith("cuts.") and ".jsonl" in n]}
+    for name in names:
+        field = name.split(".")[0]
+        if field != "cuts":
+            fields.setdefault(field, []).append(name)
+    return {field: [os.path.join(path, n) for n in shard_names] for field, shard_names in fields.items()}
+
+
+def shard_count(path: str) -> int:
+    """How many shards a Shar directory or index holds."""
+    return len(shar_fields(path)["cuts"])
+
+
+def iter_shar(path: str, limit: int | None = None, shards: Sequence[int] | None = None,
+              ) -> Iterator[tuple[int, MonoCut]]:
+    """(1-based position, cut) for the cuts of a Shar directory or index, in shard order (or of the
+    ``shards`` given, in that order: nothing else is opened), at most ``limit``. A shard Lhotse
+    cannot read stops the iteration with one line naming the manifest."""
     position = 0
-    source = {"fields": read_shar_index(path)} if is_shar_index(path) else {"in_dir": path}
-    cuts = iter(CutSet.from_shar(**source))
+    fields = shar_fields(path)
+    if shards is not None:
+        fields = {field: [sources[i] for i in shards] for field, sources in fields.items()}
+        if not shards:
+            return
+    cuts = iter(CutSet.from_shar(fields=fields))
     while limit is None or position < limit:
         try:
             cut = next(cuts)
