@@ -82,6 +82,9 @@ def test_damaged_or_missing_shards_are_one_line(tmp_path: Path, capsys) -> None:
     with pytest.raises(ValueError, match=rf"^{out}: Shar shards unreadable after cut 3: ") as err:
         list(iter_shar(str(out)))
     assert "\n" not in str(err.value)
+    (out / "audio_b.000002.tar").unlink()  # a copy that missed a file
+    with pytest.raises(ValueError, match=rf"^{out}: 2 audio_b shards for 3 cut shards; expected a Lhotse Shar"):
+        check_manifest_file(str(out))
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="a folder, but not a Lhotse Shar directory"):

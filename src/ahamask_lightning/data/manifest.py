@@ -326,14 +326,12 @@ def iter_lines(manifest: str, limit: int | None = None) -> Iterator[tuple[int, b
 
 def check_manifest_file(manifest: str) -> None:
     """Fails early, in the main process, on a manifest that does not exist or has no lines."""
-    from .shar import SHAR_LAYOUT, is_shar_dir, is_shar_index, read_shar_index
+    from .shar import SHAR_LAYOUT, is_shar, is_shar_dir, shar_fields
 
-    if os.path.isdir(manifest):
-        if not is_shar_dir(manifest):
-            raise FileNotFoundError(f"{manifest}: a folder, but not {SHAR_LAYOUT}")
-        return
-    if is_shar_index(manifest):
-        read_shar_index(manifest)
+    if os.path.isdir(manifest) and not is_shar_dir(manifest):
+        raise FileNotFoundError(f"{manifest}: a folder, but not {SHAR_LAYOUT}")
+    if is_shar(manifest):
+        shar_fields(manifest)  # the shard lists: one line for a missing or extra shard
         return
     if not os.path.isfile(manifest):
         raise FileNotFoundError(f"{manifest}: manifest file not found")

@@ -121,6 +121,10 @@ def shar_fields(path: str) -> dict[str, list[str]]:
         field = name.split(".")[0]
         if field != "cuts":
             fields.setdefault(field, []).append(name)
+    for field, shard_names in fields.items():
+        if len(shard_names) != len(fields["cuts"]):  # e.g. a copy cut short
+            raise ValueError(f"{path}: {len(shard_names)} {field} shards for {len(fields['cuts'])} cut shards; "
+                             f"expected {SHAR_LAYOUT} with one of each per shard")
     return {field: [os.path.join(path, n) for n in shard_names] for field, shard_names in fields.items()}
 
 
