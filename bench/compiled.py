@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import statistics
 import time
 
@@ -44,6 +45,13 @@ def _compiled(adapter, device: str):
     twin = copy.deepcopy(adapter)
     twin.model.get_decoder().compile()
     return twin
+
+
+def _speedup(per_run: dict[str, list[float]], num: str, den: str) -> dict:
+    """``num`` / ``den`` of the median step times, with the median and range of the per-run ratios."""
+    paired = [a / c for a, c in zip(per_run[num], per_run[den])]
+    return {"ratio": statistics.median(per_run[num]) / statistics.median(per_run[den]),
+            "paired_median": statistics.median(paired), "paired_min": min(paired), "paired_max": max(paired)}
 
 
 def compiled_decoding(size: dict, device: str, reps: int, batch_sizes: tuple[int, ...] = (1, 8)) -> dict:
@@ -81,12 +89,7 @@ def compiled_decoding(size: dict, device: str, reps: int, batch_sizes: tuple[int
                     if r:
                         per_run[name].append(statistics.median(steps))
             ms = {name: 1000 * statistics.median(v) for name, v in per_run.items()}
-
-            def speedup(num: str, den: str) -> dict:
-                paired = [a / c for a, c in zip(per_run[num], per_run[den])]
-                return {"ratio": ms[num] / ms[den], "paired_median": statistics.median(paired),
-                        "paired_min": min(paired), "paired_max": max(paired)}
-
+            speedup = functools.partial(_speedup, per_run)
             rows.append({
                 "batch": b, "ms_per_step": ms, "first_call_s": first_call,
                 "speedup": {"compiled_vs_static": speedup("dense_static", "dense_compiled"),
@@ -100,8 +103,9 @@ def compiled_decoding(size: dict, device: str, reps: int, batch_sizes: tuple[int
                     "static_vs_default": bool(torch.equal(tokens["dense_static"], tokens["dense_default"])),
                     "pruned_vs_gated": bool(torch.equal(tokens["pruned_static"], gated))}})
         gate.remove()
-    return {"model": f"Qwen2AudioForConditionalGeneration, random weights, vocab {vocab or adapter.model.config.text_config.vocab_size}",
+    vocab = vocab or adapter.model.config.text_config.vocab_size
+    return {"model": f"Qwen2AudioForConditionalGeneration, random weights, vocab {vocab}",
             "compile": "transformers (static cache)" if device.startswith("cuda") else "decoder.compile() (CPU)",
             "active_heads": active, "heads": shape[0] * shape[1], "new_tokens": n, "reps": reps,
-            "audio": f"{source}, {size['clip_s']} s clips", "weight_bound": weight_bound(adapter, active / (shape[0] * shape[1])),
-            "rows": rows}
+            "audio": f"{source}, {size['clip_s']} s clips",
+            "weight_bound": weight_bound(adapter, active / (shape[0] * shape[1])), "rows": rows}

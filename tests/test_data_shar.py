@@ -2,6 +2,7 @@
 directory is a manifest the data module reads like any other (real WAVs, real tar shards)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -126,9 +127,9 @@ def test_a_shar_index_reads_shards_through_commands_and_relative_paths(tmp_path:
             assert sa["text"] == sb["text"] and torch.equal(sa["audio"], sb["audio"]), (name, sa["id"])
 
 
-@pytest.mark.parametrize("case", ["no_recording", "short_list", "missing_shard", "not_json", "bad_name"])
+@pytest.mark.parametrize("case", ["no_recording", "short_list", "missing_shard", "not_json", "bad_name", "url"])
 def test_a_bad_shar_index_is_one_line_naming_the_key(case: str, tmp_path: Path, capsys) -> None:
-    jsonl, out = _export(tmp_path, capsys)
+    jsonl, _ = _export(tmp_path, capsys)
     fields = {"cuts": [f"shar/cuts.{i:06d}.jsonl.gz" for i in range(3)],
               "recording": [f"shar/recording.{i:06d}.tar" for i in range(3)]}
     index = tmp_path / "bad.shar.json"
@@ -141,6 +142,12 @@ def test_a_bad_shar_index_is_one_line_naming_the_key(case: str, tmp_path: Path, 
     elif case == "missing_shard":
         fields["recording"][2] = "shar/recording.000009.tar"
         expected = f"key 'recording': shard shar/recording.000009.tar not found (looked at {tmp_path}/shar/"
+    elif case == "url":
+        fields["recording"][0] = "s3://bucket/corpus/recording.000000.tar"
+        if importlib.util.find_spec("smart_open") is not None:
+            pytest.skip("smart_open is installed: an s3:// source is then Lhotse's to open")
+        expected = ("key 'recording': s3://bucket/corpus/recording.000000.tar is a URL, which Lhotse opens "
+                    "with smart_open")
     elif case == "bad_name":
         assert ahamask(["data", "shar", jsonl, "--out", str(tmp_path / "o2"), "--index", str(tmp_path / "i.json")]) == 2
         assert capsys.readouterr().err.strip() == (f"ahamask: error: --index: {tmp_path / 'i.json'}: expected a file "

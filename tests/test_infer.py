@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from ahamask_lightning.analysis.masks import mask_to_logits, random_mask
 from ahamask_lightning.masking import save_mask

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib.util
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -95,6 +96,9 @@ def read_shar_index(path: str) -> dict[str, list[str]]:
                              f"sources for {len(fields['cuts'])} cut shards; {expected}")
         out[field] = []
         for source in sources:
+            if "://" in source and not source.startswith("pipe:") and importlib.util.find_spec("smart_open") is None:
+                raise ValueError(f"{path}: key {field!r}: {source} is a URL, which Lhotse opens with smart_open: "
+                                 "pip install 'smart_open[s3]' (or the extra of that store)")
             if not any(mark in source for mark in REMOTE):
                 local = Path(source) if os.path.isabs(source) else folder / source
                 if not local.is_file():
