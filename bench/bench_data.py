@@ -6,8 +6,10 @@ CutSet -> ``SimpleCutSampler`` in the main process -> decode -> first channel ->
 16 kHz -> pad -> ``collate_audio``). ``--manifests jsonl cuts`` times the user JSONL manifest
 (converted to cuts as it is read, headers probed) and the same samples as a Lhotse cut manifest
 (``CutSet.to_file``, read directly); ``shar`` and ``shar-wav`` the same samples packed by
-``ahamask data shar`` (FLAC, its default, or WAV in tar shards, read sequentially, decoded from memory). The pool is small and re-read, so the OS cache serves the
-bytes: this measures CPU cost, not disk. ``--workers 0`` runs in-process with one torch thread,
+``ahamask data shar`` (FLAC, its default, or WAV in tar shards, read sequentially, decoded from
+memory), and ``shar-16k`` FLAC shards written at 16 kHz (``--sample-rate 16000``: nothing to
+resample on load). The pool is small and re-read, so the OS cache serves the bytes: this measures
+CPU cost, not disk. ``--workers 0`` runs in-process with one torch thread,
 like a dataloader worker; N > 0 uses N worker processes and divides the rate by N. Each
 configuration runs ``--repeats`` epochs, interleaved with the others; the median is reported.
 
@@ -63,12 +65,13 @@ def write_cut_manifest(manifest: str, root: str) -> str:
     return out
 
 
-def write_shar(manifest: str, root: str, audio_format: str) -> str:
-    """The same samples as Lhotse Shar shards (what ``ahamask data shar`` writes)."""
+def write_shar(manifest: str, root: str, audio_format: str, sample_rate: int | None = None) -> str:
+    """The same samples as Lhotse Shar shards (what ``ahamask data shar`` writes; ``sample_rate``:
+    with ``--sample-rate``)."""
     from ahamask_lightning.data.shar import export_shar
 
-    out = str(Path(root) / f"shar-{audio_format}")
-    export_shar([manifest], out, audio_root=root, audio_format=audio_format)
+    out = str(Path(root) / f"shar-{audio_format}-{sample_rate or 'source'}")
+    export_shar([manifest], out, audio_root=root, audio_format=audio_format, sample_rate=sample_rate)
     return out
 
 
@@ -100,7 +103,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rates", type=int, nargs="+", default=[22050, 44100])
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1])
-    kinds = ["jsonl", "cuts", "shar", "shar-wav"]
+    kinds = ["jsonl", "cuts", "shar", "shar-wav", "shar-16k"]
     ap.add_argument("--manifests", nargs="+", choices=kinds, default=kinds)
     ap.add_argument("--repeats", type=int, default=5, help="epochs per configuration (median reported)")
     ap.add_argument("--batch-size", type=int, default=8)
@@ -115,7 +118,8 @@ def main() -> None:
         jsonl = make_pool(Path(tmp), args.clips, args.pool, args.seconds, args.rates)
         paths = {"jsonl": jsonl, "cuts": write_cut_manifest(jsonl, tmp) if "cuts" in args.manifests else None,
                  "shar": write_shar(jsonl, tmp, "flac") if "shar" in args.manifests else None,
-                 "shar-wav": write_shar(jsonl, tmp, "wav") if "shar-wav" in args.manifests else None}
+                 "shar-wav": write_shar(jsonl, tmp, "wav") if "shar-wav" in args.manifests else None,
+                 "shar-16k": write_shar(jsonl, tmp, "flac", 16000) if "shar-16k" in args.manifests else None}
         configs = [(w, kind) for w in args.workers for kind in args.manifests]
         runs: dict[tuple[int, str], list] = {c: [] for c in configs}
         for _ in range(args.repeats):  # interleaved: a load change on the shared machine hits every configuration

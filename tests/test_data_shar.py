@@ -209,3 +209,26 @@ def test_training_ranks_read_only_their_own_shards(tmp_path: Path, capsys) -> No
     ids, opened = zip(*(_rank_reads(index, log, r, 5) for r in range(5)))  # 5 ranks, 4 shards: batches split
     assert sorted(i for rank_ids in ids for i in rank_ids) == everyone
     assert all(len(o) == 12 for o in opened)  # every rank read all 4 shards' 3 files
+
+
+def test_export_at_the_models_rate_gives_the_same_batches(tmp_path: Path, capsys) -> None:
+    """``--sample-rate 16000`` resamples at export (the corpus has 8 kHz clips, a segment and a pair):
+    the loader then gets 16 kHz audio with nothing left to resample, and the batches are the JSONL
+    manifest's, which resamples on load, within FLAC's rounding and float error."""
+    jsonl, _ = write_corpus(tmp_path)
+    out = tmp_path / "shar16k"
+    assert ahamask(["data", "shar", jsonl, "--out", str(out), "--sample-rate", "16000"]) == 0
+    capsys.readouterr()
+    cuts = [cut for _, cut in iter_shar(str(out))]
+    assert {c.recording.sampling_rate for c in cuts} == {16000}
+    pair = next(c for c in cuts if c.custom.get("audio_b_unaligned"))
+    assert pair.custom["audio_b"].sampling_rate == 16000 and pair.load_audio_b().shape[1] == \
+        pair.custom["audio_b_samples"]
+    a, b = _dm_samples(jsonl), _dm_samples(str(out))
+    assert [[s["id"] for s in x] for x in a] == [[s["id"] for s in x] for x in b]
+    for sa, sb in zip((s for x in a for s in x), (s for x in b for s in x)):
+        assert sa["audio"].shape == sb["audio"].shape, sa["id"]
+        assert torch.allclose(sa["audio"], sb["audio"], rtol=0, atol=2 * QUANTUM), \
+            (sa["id"], float((sa["audio"] - sb["audio"]).abs().max()))
+    assert ahamask(["data", "shar", jsonl, "--out", str(tmp_path / "x"), "--sample-rate", "0"]) == 2
+    assert "--sample-rate: 0; expected a positive rate in Hz" in capsys.readouterr().err

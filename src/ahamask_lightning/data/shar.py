@@ -173,15 +173,19 @@ def _with_clip_b_length(cut: MonoCut) -> MonoCut:
 
 def export_shar(manifests: Sequence[str], out: str | Path, shard_size: int = 1000, audio_format: str = "flac",
                 audio_root: str | None = None, allow_outside_root: bool = False, index: str | None = None,
-                index_prefix: str | None = None) -> dict:
+                index_prefix: str | None = None, sample_rate: int | None = None) -> dict:
     """Writes the good cuts of ``manifests`` to ``out`` as Shar; returns the counts and the shard files.
-    ``index``: also a Shar index there, each shard named ``index_prefix`` (default: ``out``'s path) + its name."""
+    ``index``: also a Shar index there, each shard named ``index_prefix`` (default: ``out``'s path) + its name.
+    ``sample_rate``: the audio resampled to it before writing (Lhotse's resampler, torchaudio's sinc
+    filter as in training), so the loader neither decodes nor resamples the extra samples each epoch."""
     from .audio import AudioConfig
     from .cuts import ManifestCuts
     from .manifest import DEFAULT_MAX_TARGET_CHARS, UNREADABLE_AUDIO, check_manifest_file, default_known_tasks
 
     for manifest in manifests:
         check_manifest_file(manifest)
+    if sample_rate is not None and sample_rate <= 0:
+        raise ValueError(f"--sample-rate: {sample_rate}; expected a positive rate in Hz, e.g. 16000")
     if index is not None and not is_shar_index(index):
         raise ValueError(f"--index: {index}: expected a file name ending in {INDEX_SUFFIX}")
     out = Path(out)
@@ -207,10 +211,13 @@ def export_shar(manifests: Sequence[str], out: str | Path, shard_size: int = 100
         for cut in source:
             custom = {k: v for k, v in cut.custom.items() if k != "origin"}  # the reader's, not the data's
             if isinstance(custom.get("audio_b"), Recording):
+                if sample_rate is not None:
+                    custom["audio_b"] = custom["audio_b"].resample(sample_rate)
                 custom["audio_b_samples"] = custom["audio_b"].num_samples
             counted["cuts"] += 1
-            yield MonoCut(id=cut.id, start=cut.start, duration=cut.duration, channel=cut.channel,
-                          recording=cut.recording, supervisions=cut.supervisions, custom=custom)
+            kept = MonoCut(id=cut.id, start=cut.start, duration=cut.duration, channel=cut.channel,
+                           recording=cut.recording, supervisions=cut.supervisions, custom=custom)
+            yield kept.resample(sample_rate) if sample_rate is not None else kept
 
     fields = {"recording": audio_format, "audio_b": audio_format}  # a cut without a clip B gets a placeholder
     # fault_tolerant: a cut whose audio does not decode is skipped (Lhotse warns, naming it); counted below
@@ -235,6 +242,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audio-format", default="flac", choices=("flac", "wav", "opus", "mp3"),
                         help="flac (default, lossless at 16 bits) or wav; opus and mp3 are lossy")
     parser.add_argument("--audio-root", default=None, help="as data.init_args.audio_root in a YAML")
+    parser.add_argument("--sample-rate", type=int, default=None, help="resample the audio to this rate before "
+                        "writing (e.g. 16000, the models' rate; default: keep each file's rate)")
     parser.add_argument("--index", default=None, help=f"also write a Shar index (NAME{INDEX_SUFFIX}), a manifest "
                         "that names the shards where they will be read from")
     parser.add_argument("--index-prefix", default=None, help="what the index puts before each shard's file name "
@@ -245,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     if args.index_prefix is not None and args.index is None:
         raise ValueError("--index-prefix: given without --index (the index is the file the prefix goes into)")
     summary = export_shar(args.manifests, args.out, args.shard_size, args.audio_format, args.audio_root,
-                          index=args.index, index_prefix=args.index_prefix)
+                          index=args.index, index_prefix=args.index_prefix, sample_rate=args.sample_rate)
     rejected = sum(summary["rejected"].values())
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["rejected"].items()))
     first = f"; first: {summary['first_reject']}" if summary["first_reject"] else ""
