@@ -34,6 +34,7 @@ from ahamask_lightning.masking.prune import pruned_copies, use_blocks
 
 from .bench_serving import decoding_steps, greedy_tokens, speech_clips, weight_bound
 from .models import qwen2_audio, to_device
+from .timing import ratio
 
 ACTIVE = 0.2
 
@@ -45,13 +46,6 @@ def _compiled(adapter, device: str):
     twin = copy.deepcopy(adapter)
     twin.model.get_decoder().compile()
     return twin
-
-
-def _speedup(per_run: dict[str, list[float]], num: str, den: str) -> dict:
-    """``num`` / ``den`` of the median step times, with the median and range of the per-run ratios."""
-    paired = [a / c for a, c in zip(per_run[num], per_run[den])]
-    return {"ratio": statistics.median(per_run[num]) / statistics.median(per_run[den]),
-            "paired_median": statistics.median(paired), "paired_min": min(paired), "paired_max": max(paired)}
 
 
 def compiled_decoding(size: dict, device: str, reps: int, batch_sizes: tuple[int, ...] = (1, 8)) -> dict:
@@ -89,7 +83,9 @@ def compiled_decoding(size: dict, device: str, reps: int, batch_sizes: tuple[int
                     if r:
                         per_run[name].append(statistics.median(steps))
             ms = {name: 1000 * statistics.median(v) for name, v in per_run.items()}
-            speedup = functools.partial(_speedup, per_run)
+            # bench.timing's ratio over the per-run median steps: the medians' ratio and the paired ratios
+            timed = {name: {"median_s": statistics.median(v), "times": v} for name, v in per_run.items()}
+            speedup = functools.partial(ratio, timed)
             rows.append({
                 "batch": b, "ms_per_step": ms, "first_call_s": first_call,
                 "speedup": {"compiled_vs_static": speedup("dense_static", "dense_compiled"),

@@ -18,10 +18,10 @@ bad sample is reported against the line it came from; it is not part of the file
 
 Which reader a manifest gets: a directory of Lhotse Shar shards, or a Shar index
 (``*.shar.json``), is read with ``CutSet.from_shar`` (:mod:`.shar`; its audio comes in memory
-with each cut); a Lhotse cut manifest is one whose name
-ends in ``.gz`` or holds ``.cuts.`` (``train.cuts.jsonl.gz``), or whose first non-blank line is a
-JSON object with ``"type": "MonoCut"``; it is read directly. Any other file is a user JSONL
-manifest (format at the top of :mod:`.manifest`), converted on read, line by line: every check of
+with each cut); a Lhotse cut manifest is one whose name ends in ``.gz`` or holds ``.cuts.``
+(``train.cuts.jsonl.gz``), or whose first non-blank line is a JSON object with ``"type":
+"MonoCut"``; it is read directly. Any other file is a user JSONL manifest (format at the top
+of :mod:`.manifest`), converted on read, line by line: every check of
 :func:`~.manifest.parse_line` applies, then the audio header is read (``sf.info``: durations and
 rate for the :class:`~lhotse.Recording`, and missing, unreadable, empty, truncated or link-loop
 files are rejected here, without decoding). Cut manifests get the same text, task and path checks;

@@ -42,7 +42,6 @@ clip B, and the CLI.
 from __future__ import annotations
 
 import argparse
-import glob
 import importlib.util
 import json
 import os
@@ -51,15 +50,21 @@ from pathlib import Path
 
 from lhotse import CutSet, MonoCut, Recording, fastcopy
 
-CUT_SHARDS = "cuts.*.jsonl*"
 SHAR_LAYOUT = "a Lhotse Shar directory (cuts.000000.jsonl.gz beside recording.000000.tar, ...)"
 INDEX_SUFFIX = ".shar.json"
-REMOTE = ("pipe:", "://")  # a command or a URL: opened by Lhotse, not checked here
+
+
+def _is_cut_shard(name: str) -> bool:
+    return name.startswith("cuts.") and ".jsonl" in name
+
+
+def _is_url(source: str) -> bool:
+    return "://" in source and not source.startswith("pipe:")
 
 
 def is_shar_dir(path: str) -> bool:
     """Whether ``path`` is a directory holding Shar cut shards."""
-    return os.path.isdir(path) and bool(glob.glob(os.path.join(path, CUT_SHARDS)))
+    return os.path.isdir(path) and any(_is_cut_shard(name) for name in os.listdir(path))
 
 
 def is_shar_index(path: str) -> bool:
@@ -96,10 +101,10 @@ def read_shar_index(path: str) -> dict[str, list[str]]:
                              f"sources for {len(fields['cuts'])} cut shards; {expected}")
         out[field] = []
         for source in sources:
-            if "://" in source and not source.startswith("pipe:") and importlib.util.find_spec("smart_open") is None:
+            if _is_url(source) and importlib.util.find_spec("smart_open") is None:
                 raise ValueError(f"{path}: key {field!r}: {source} is a URL, which Lhotse opens with smart_open: "
                                  "pip install 'smart_open[s3]' (or the extra of that store)")
-            if not any(mark in source for mark in REMOTE):
+            if not _is_url(source) and not source.startswith("pipe:"):  # a path; Lhotse opens the rest
                 local = Path(source) if os.path.isabs(source) else folder / source
                 if not local.is_file():
                     raise FileNotFoundError(f"{path}: key {field!r}: shard {source} not found (looked at {local})")
@@ -120,7 +125,7 @@ def shar_fields(path: str) -> dict[str, list[str]]:
     if is_shar_index(path):
         return read_shar_index(path)
     names = sorted(os.listdir(path))
-    fields: dict[str, list[str]] = {"cuts": [n for n in names if n.startswith("cuts.") and ".jsonl" in n]}
+    fields: dict[str, list[str]] = {"cuts": [n for n in names if _is_cut_shard(n)]}
     for name in names:
         field = name.split(".")[0]
         if field != "cuts":
@@ -142,12 +147,12 @@ def iter_shar(path: str, limit: int | None = None, shards: Sequence[int] | None 
     """(1-based position, cut) for the cuts of a Shar directory or index, in shard order (or of the
     ``shards`` given, in that order: nothing else is opened), at most ``limit``. A shard Lhotse
     cannot read stops the iteration with one line naming the manifest."""
+    if shards is not None and not shards:
+        return
     position = 0
     fields = shar_fields(path)
     if shards is not None:
         fields = {field: [sources[i] for i in shards] for field, sources in fields.items()}
-        if not shards:
-            return
     cuts = iter(CutSet.from_shar(fields=fields))
     while limit is None or position < limit:
         try:
