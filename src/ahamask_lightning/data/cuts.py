@@ -177,7 +177,9 @@ class ManifestCuts:
             return None
         rank, ranks = self.shard_split
         order = list(range(shard_count(manifest)))
-        random.Random(f"shar-shards-{self.seed}-{self.epoch}-{manifest}").shuffle(order)
+        # keyed by the manifest's place in the list, not its path: the deal must not depend on where
+        # the corpus lives
+        random.Random(f"shar-shards-{self.seed}-{self.epoch}-{self.manifests.index(manifest)}").shuffle(order)
         return order[rank::ranks]
 
     def _too_long(self, cut: MonoCut) -> str | None:
