@@ -149,7 +149,7 @@ t = L.Trainer(accelerator="npu", strategy="ddp_npu", devices=-1, precision="16-m
               default_root_dir=sys.argv[1])
 cm = t.precision_plugin.autocast_context_manager()
 out["ddp"] = {"root": str(t.strategy.root_device), "devices": [str(d) for d in t.strategy.parallel_devices],
-              "backend": t.strategy._get_process_group_backend(), "precision": type(t.precision_plugin).__name__,
+              "backend": t.strategy.process_group_backend, "precision": type(t.precision_plugin).__name__,
               "autocast": [cm.device, str(cm.fast_dtype)], "scaler": type(t.precision_plugin.scaler).__name__}
 def cli(*configs, extra=()):
     args = [a for c in configs for a in ("--config", c)] + ["--trainer.logger", "false", *extra,
@@ -159,10 +159,26 @@ def cli(*configs, extra=()):
     s, p = c.trainer.strategy, c.trainer.precision_plugin
     return {"strategy": type(s).__name__, "root": str(s.root_device), "precision": type(p).__name__,
             "autocast": getattr(p, "device", None), "model_on": str(next(c.model.parameters()).device),
-            "backend": s._get_process_group_backend() if hasattr(s, "_get_process_group_backend") else None}
+            "backend": getattr(s, "process_group_backend", None)}
 out["cli_single"] = cli("experiments/gr_qwen2audio_tiny.yaml", "experiments/accelerators/npu.yaml",
                         extra=["--trainer.precision", "bf16-mixed"])
 out["cli_ddp"] = cli("experiments/gr_qwen2audio_tiny.yaml", "experiments/strategies/ddp_npu.yaml")
+# Lightning's own process-group set-up and DDP wrap, with gloo standing in for hccl on the "npu".
+import os, socket, torch.distributed as dist
+dist.Backend.register_backend("hccl", lambda store, rank, size, timeout: dist.ProcessGroupGloo(store, rank, size,
+                                                                                              timeout), devices=["npu"])
+with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(sock.getsockname()[1]))
+s = L.Trainer(accelerator="npu", strategy="ddp_npu", devices=1, logger=False, default_root_dir=sys.argv[1]).strategy
+s.setup_distributed()
+s.model = L.LightningModule()
+s.model.layer = torch.nn.Linear(2, 2)  # stays on the CPU: the stand-in NPU holds no tensors
+s.configure_ddp()
+out["init"] = {"backend": dist.get_backend(), "bound": str(dist.group.WORLD.bound_device_id),
+               "device_ids": s.determine_ddp_device_ids(), "wrapped": type(s.model).__name__,
+               "world": dist.get_world_size()}
+dist.destroy_process_group()
 print("RESULT " + json.dumps(out))
 """
 
@@ -187,3 +203,6 @@ def test_wiring_with_a_renamed_privateuse1_backend(tmp_path):
                                  "backend": None}
     assert out["cli_ddp"]["strategy"] == "NPUDDPStrategy" and out["cli_ddp"]["backend"] == "hccl"
     assert out["cli_ddp"]["root"] == "npu:0" and out["cli_ddp"]["model_on"] == "cpu"  # nothing ran on it
+    # Lightning's own set-up: hccl bound to the rank's NPU, and DDP wrapped without a CUDA stream.
+    assert out["init"] == {"backend": "hccl", "bound": "npu:0", "device_ids": None,
+                           "wrapped": "DistributedDataParallel", "world": 1}

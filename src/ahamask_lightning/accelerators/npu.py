@@ -11,11 +11,12 @@ Lightning's defaults assume CUDA in three places, each handled here:
   accelerator: ``NPUSingleDeviceStrategy`` puts the model on ``npu:0`` explicitly.
 * ``precision="16-mixed"|"bf16-mixed"`` builds ``MixedPrecision(device="cuda")``: the NPU
   strategies swap it for ``NPUMixedPrecision`` (``torch.autocast(device_type="npu")``).
-* DDP picks ``gloo``/``nccl`` from the device type and wraps the model under a CUDA stream:
-  ``NPUDDPStrategy`` uses ``hccl`` and no CUDA stream. Lightning (checked: 2.6) has no public hook
-  for either, so this class alone overrides ``DDPStrategy._setup_model`` and ``setup_distributed``
-  and calls ``_init_dist_connection``, the internals its own CUDA path uses; a Lightning upgrade
-  must re-check them (``tests/test_npu.py`` builds the strategy with a stand-in ``torch_npu``).
+* DDP picks ``gloo``/``nccl`` from the device type and wraps the model under a CUDA stream when it
+  has device ids: ``NPUDDPStrategy`` passes ``process_group_backend="hccl"`` and returns no device
+  ids (DDP's documented form for a module on one device), so Lightning's own set-up runs unchanged.
+  Lightning then calls ``init_process_group("hccl", device_id=npu:<rank>)``, which torch checks
+  against its accelerator API, where torch_npu registers the NPU. Only public Lightning hooks are
+  overridden; ``tests/test_npu.py`` runs that set-up with a stand-in ``torch_npu`` and ``hccl``.
 
 Without ``torch_npu`` every entry point fails with one line (``NPU_MISSING``).
 """
@@ -26,12 +27,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.distributed import _init_dist_connection
-from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.accelerators import Accelerator, AcceleratorRegistry
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy, StrategyRegistry
-from torch.nn.parallel import DistributedDataParallel
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy, Strategy, StrategyRegistry
 
 from .ddp import broadcast_trainable, frozen_sync_off
 
@@ -161,15 +159,16 @@ def to_npu_precision(plugin: Precision | None) -> Precision | None:
 
 
 class _NPUPrecisionMixin:
-    """Strategies set ``precision_plugin`` from the Trainer's flags: intercept it there."""
+    """Strategies set ``precision_plugin`` from the Trainer's flags: intercept it there, storing it
+    through ``Strategy``'s own public property."""
 
     @property
     def precision_plugin(self) -> Precision:
-        return self._precision_plugin if self._precision_plugin is not None else Precision()
+        return Strategy.precision_plugin.fget(self)
 
     @precision_plugin.setter
     def precision_plugin(self, plugin: Precision | None) -> None:
-        self._precision_plugin = to_npu_precision(plugin)
+        Strategy.precision_plugin.fset(self, to_npu_precision(plugin))
 
 
 class NPUSingleDeviceStrategy(_NPUPrecisionMixin, SingleDeviceStrategy):
@@ -197,16 +196,10 @@ class NPUDDPStrategy(_NPUPrecisionMixin, DDPStrategy):
         super().setup(trainer)
         broadcast_trainable(self.lightning_module)
 
-    def _setup_model(self, model: torch.nn.Module) -> DistributedDataParallel:
-        # Lightning's DDPStrategy wraps under torch.cuda.stream(...), which does not exist here.
-        return DistributedDataParallel(module=model, device_ids=self.determine_ddp_device_ids(), **self._ddp_kwargs)
-
-    def setup_distributed(self) -> None:
-        # Lightning passes device_id=root_device (eager NCCL init); HCCL gets the plain lazy init.
-        reset_seed()
-        self.set_world_ranks()
-        self._process_group_backend = self._get_process_group_backend()
-        _init_dist_connection(self.cluster_environment, self._process_group_backend, timeout=self._timeout)
+    def determine_ddp_device_ids(self) -> list[int] | None:
+        # With device ids Lightning wraps DDP under torch.cuda.stream(...), which has no NPU form;
+        # without them DDP uses the device the module is on (one NPU per rank), as on the CPU.
+        return None
 
     @classmethod
     def register_strategies(cls, strategy_registry: Any) -> None:
