@@ -20,22 +20,8 @@ def build(variant: str, device: str) -> SalmonnAdapter:
     if variant == "tiny":
         torch.manual_seed(0)
         return SalmonnAdapter(tiny=True).to(device)
-    from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
-    from ahamask_lightning.models.base import LALMAdapter
-    from ahamask_lightning.models.salmonn.beats import BEATs, BEATsConfig
-    from ahamask_lightning.models.salmonn.configs import full_spec
-
-    spec = full_spec(variant)
-    adapter = SalmonnAdapter.__new__(SalmonnAdapter)
-    LALMAdapter.__init__(adapter)
-    with torch.device(device), default_dtype(torch.bfloat16):  # random init on the GPU: seconds, not minutes
-        adapter._assemble(spec, WhisperEncoder(WhisperConfig(**spec.whisper)),
-                          BEATs(BEATsConfig.from_dict(spec.beats)), LlamaForCausalLM(LlamaConfig(**spec.llm)))
-    adapter.tokenizer = None
-    adapter.model_id = f"salmonn-{variant}"
-    return adapter.freeze()
+    with default_dtype(torch.bfloat16):  # random init on the GPU: seconds, not minutes
+        return SalmonnAdapter.skeleton(variant, device)
 
 
 def random_batch(adapter: SalmonnAdapter, clips: int, device: str, target_tokens: int = 41) -> dict:

@@ -217,12 +217,13 @@ class SalmonnAdapter(LALMAdapter):
         self.model_id = f"salmonn-{variant}"
 
     @classmethod
-    def skeleton(cls, variant: str = "13b") -> SalmonnAdapter:
-        """The full-size module structure on the meta device: no files, no memory, no tokenizer."""
+    def skeleton(cls, variant: str = "13b", device: str | torch.device = "meta") -> SalmonnAdapter:
+        """The full-size module structure, no files and no tokenizer: on the meta device (the default)
+        it takes no memory; on a real device it holds random weights (benchmarks)."""
         spec = full_spec(variant)
         self = cls.__new__(cls)
         LALMAdapter.__init__(self)
-        with torch.device("meta"):
+        with torch.device(device):
             self._assemble(spec, WhisperEncoder(WhisperConfig(**spec.whisper)),
                            BEATs(BEATsConfig.from_dict(spec.beats)), LlamaForCausalLM(LlamaConfig(**spec.llm)))
         self.tokenizer = None
