@@ -12,6 +12,8 @@ resample on load). The pool is small and re-read, so the OS cache serves the byt
 CPU cost, not disk. ``--workers 0`` runs in-process with one torch thread,
 like a dataloader worker; N > 0 uses N worker processes and divides the rate by N. Each
 configuration runs ``--repeats`` epochs, interleaved with the others; the median is reported.
+Beside each manifest it times the batch planning alone (the sampler in the main process, which
+for Shar reads the shards, audio bytes included): the rate the main process can feed workers at.
 
     python bench/bench_data.py --clips 400 --out bench_data.json
     python bench/bench_data.py --smoke
@@ -87,6 +89,17 @@ def epoch_rate(manifest: str, root: str, workers: int, batch_size: int) -> tuple
     return n, seconds, time.perf_counter() - start
 
 
+def planning_rate(manifest: str, root: str, batch_size: int) -> float:
+    """Utterances per second the main process plans batches at (the sampler alone, nothing decoded)."""
+    dm = ManifestDataModule(train=manifest, audio_root=root, batch_size=batch_size, num_workers=0,
+                            shuffle_buffer=1, known_tasks={"asr"}, collate_fn=collate_audio)
+    loader = dm.train_dataloader()
+    loader.cuts.set_epoch(0)
+    start = time.perf_counter()
+    n = sum(len(batch) for batch in loader.sampler)
+    return n / (time.perf_counter() - start)
+
+
 def summarise(workers: int, kind: str, runs: list[tuple[int, float, float]]) -> dict[str, float]:
     n, seconds = runs[0][0], runs[0][1]
     wall = statistics.median(r[2] for r in runs)
@@ -122,9 +135,15 @@ def main() -> None:
                  "shar-16k": write_shar(jsonl, tmp, "flac", 16000) if "shar-16k" in args.manifests else None}
         configs = [(w, kind) for w in args.workers for kind in args.manifests]
         runs: dict[tuple[int, str], list] = {c: [] for c in configs}
+        planning: dict[str, list[float]] = {kind: [] for kind in args.manifests}
         for _ in range(args.repeats):  # interleaved: a load change on the shared machine hits every configuration
             for workers, kind in configs:
                 runs[(workers, kind)].append(epoch_rate(paths[kind], tmp, workers, args.batch_size))
+            for kind in args.manifests:
+                planning[kind].append(planning_rate(paths[kind], tmp, args.batch_size))
+        planning_utt_per_s = {kind: round(statistics.median(r), 1) for kind, r in planning.items()}
+        print("batch planning alone (main process), utt/s: " +
+              ", ".join(f"{k} {v}" for k, v in planning_utt_per_s.items()))
         for workers, kind in configs:
             res = summarise(workers, kind, runs[(workers, kind)])
             results.append(res)
@@ -139,6 +158,7 @@ def main() -> None:
               ", ".join(f"{k} {v} MiB for the {args.clips} clips" for k, v in sizes.items()))
     report = {"bench": "data", "clips": args.clips, "shar_mib": sizes, "clip_seconds": args.seconds, "source_rates": args.rates,
               "batch_size": args.batch_size, "smoke": args.smoke, "results": results,
+              "planning_utt_per_s": planning_utt_per_s,
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
                           "lhotse": lhotse.__version__, "lightning": lightning.__version__,
                           "soundfile": sf.__version__}}

@@ -74,3 +74,17 @@ def test_report_renders_every_committed_result():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("### `python -m bench") >= 1 and "Failed:" not in proc.stdout
     assert "data-shar.json: not a `python -m bench` result" in proc.stderr
+
+
+def test_data_bench_smoke_reads_every_manifest_kind(tmp_path):
+    """``bench/bench_data.py --smoke``: each of the five manifest forms of the same 12 clips loads all 12
+    (nothing rejected on the way), and the main-process planning rate is recorded for each."""
+    out = tmp_path / "data.json"
+    proc = _run([sys.executable, "bench/bench_data.py", "--smoke", "--out", str(out)])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    kinds = {"jsonl", "cuts", "shar", "shar-wav", "shar-16k"}
+    assert {r["manifest"] for r in report["results"]} == kinds
+    assert all(r["utterances"] == report["clips"] == 12 for r in report["results"])
+    assert set(report["planning_utt_per_s"]) == kinds and all(v > 0 for v in report["planning_utt_per_s"].values())
+    assert set(report["shar_mib"]) == {"shar", "shar-wav", "shar-16k"}
