@@ -79,9 +79,9 @@ def full_size_meta(name: str = "audio-flamingo-3"):
     """The full-size model on the meta device: (model, gated attentions, text config)."""
     from transformers import AudioFlamingo3Config, AudioFlamingo3ForConditionalGeneration
 
-    with torch.device("meta"):
-        model = AudioFlamingo3ForConditionalGeneration(AudioFlamingo3Config(**FULL_SIZE_CONFIGS[name]))
-    return model, [layer.self_attn for layer in model.get_decoder().layers], model.config.text_config
+    from .full_size import meta_model
+
+    return meta_model(AudioFlamingo3ForConditionalGeneration, AudioFlamingo3Config(**FULL_SIZE_CONFIGS[name]))
 
 
 class AudioFlamingo3Adapter(ChatLALMAdapter):

@@ -2,10 +2,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
+from torch import nn
 
 from ..masking import HeadGate
+
+
+def meta_model(model_class: type[nn.Module], config: Any) -> tuple[nn.Module, list[nn.Module], Any]:
+    """``model_class(config)`` on the meta device: (model, its decoder's attention modules, text config)."""
+    with torch.device("meta"):
+        model = model_class(config)
+    return model, [layer.self_attn for layer in model.get_decoder().layers], model.config.text_config
 
 
 def qwen2_audio_7b_meta():
@@ -13,9 +22,7 @@ def qwen2_audio_7b_meta():
 
     from .qwen2_audio import full_size_config
 
-    with torch.device("meta"):
-        model = Qwen2AudioForConditionalGeneration(full_size_config())
-    return model, [layer.self_attn for layer in model.get_decoder().layers], model.config.text_config
+    return meta_model(Qwen2AudioForConditionalGeneration, full_size_config())
 
 
 def _salmonn(variant: str):

@@ -118,9 +118,9 @@ def full_size_meta(name: str = "granite-speech-3.3-2b"):
     """
     from transformers import GraniteSpeechConfig, GraniteSpeechForConditionalGeneration
 
-    with torch.device("meta"):
-        model = GraniteSpeechForConditionalGeneration(GraniteSpeechConfig(**FULL_SIZE_CONFIGS[name]))
-    return model, [layer.self_attn for layer in model.get_decoder().layers], model.config.text_config
+    from .full_size import meta_model
+
+    return meta_model(GraniteSpeechForConditionalGeneration, GraniteSpeechConfig(**FULL_SIZE_CONFIGS[name]))
 
 
 class GraniteSpeechAdapter(ChatLALMAdapter):

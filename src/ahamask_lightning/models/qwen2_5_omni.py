@@ -108,10 +108,10 @@ def full_size_meta(name: str = "qwen2.5-omni-7b"):
     """The full-size thinker on the meta device: (model, gated attentions, text config)."""
     from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
-    with torch.device("meta"):
-        config = Qwen2_5OmniThinkerConfig(**FULL_SIZE_CONFIGS[name])
-        model = Qwen2_5OmniThinkerForConditionalGeneration(config)
-    return model, [layer.self_attn for layer in model.get_decoder().layers], model.config.text_config
+    from .full_size import meta_model
+
+    config = Qwen2_5OmniThinkerConfig(**FULL_SIZE_CONFIGS[name])
+    return meta_model(Qwen2_5OmniThinkerForConditionalGeneration, config)
 
 
 class Qwen2_5OmniAdapter(ChatLALMAdapter):

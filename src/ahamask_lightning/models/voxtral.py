@@ -102,9 +102,9 @@ def full_size_meta(name: str = "voxtral-mini-3b"):
     """The full-size model on the meta device: (model, gated attentions, text config)."""
     from transformers import VoxtralConfig, VoxtralForConditionalGeneration
 
-    with torch.device("meta"):
-        model = VoxtralForConditionalGeneration(VoxtralConfig(**FULL_SIZE_CONFIGS[name]))
-    return model, [layer.self_attn for layer in model.get_decoder().layers], model.config.text_config
+    from .full_size import meta_model
+
+    return meta_model(VoxtralForConditionalGeneration, VoxtralConfig(**FULL_SIZE_CONFIGS[name]))
 
 
 class VoxtralAdapter(ChatLALMAdapter):
