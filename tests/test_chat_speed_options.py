@@ -5,7 +5,8 @@ layers recomputed in backward) give the same loss and mask gradients as the plai
 and together; the first pass writes the cache and the second reads it; checkpointed layers really
 run twice. A clip's cached embeddings are its own (the same alone as in a padded batch) for the
 families that allow the cache; Granite Speech's are not, so it refuses the option before loading.
-TinyLALM (which had the cache already) takes ``gradient_checkpointing`` too.
+TinyLALM (which had the cache already) and SALMONN (whose LoRA has dropout inside the layers) take
+``gradient_checkpointing`` too; only the layer modules switch to training mode, so that dropout stays off.
 """
 from __future__ import annotations
 
@@ -95,14 +96,66 @@ def test_granite_refuses_the_cache_before_loading(tmp_path, monkeypatch):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-def test_checkpointing_refuses_dropout_in_the_layers():
-    """Checkpointed layers run in training mode: a LoRA with dropout would change the function."""
+def test_checkpointing_keeps_dropout_inside_the_layers_off():
+    """Only the layer modules switch to training mode: a LoRA with dropout inside them stays a no-op,
+    so the checkpointed loss and mask gradients equal the plain adapter's bit for bit."""
     from peft import LoraConfig
 
-    adapter = _build("Qwen2AudioAdapter")
-    adapter.model.add_adapter(LoraConfig(r=2, lora_alpha=4, lora_dropout=0.1, target_modules=["q_proj"]))
-    with pytest.raises(ValueError, match="^gradient_checkpointing: .*lora_dropout"):
-        enable_llm_checkpointing(adapter.model.get_decoder())
+    lora = LoraConfig(r=2, lora_alpha=4, lora_dropout=0.5, target_modules=["q_proj"], init_lora_weights=False)
+    plain, fast = _build("Qwen2AudioAdapter"), _build("Qwen2AudioAdapter")
+    for adapter in (plain, fast):
+        torch.manual_seed(1)  # the same random LoRA weights in both
+        adapter.model.add_adapter(lora)
+        adapter.freeze()
+    enable_llm_checkpointing(fast.model.get_decoder())
+    fast.gradient_checkpointing = True
+    calls = []
+    handle = fast.model.get_decoder().layers[0].mlp.register_forward_pre_hook(lambda *args: calls.append(1))
+    loss, grad = mask_loss_and_grad(fast, _batch(fast))
+    handle.remove()
+    assert len(calls) == 2  # checkpointed: run again in backward
+    ref_loss, ref_grad = mask_loss_and_grad(plain, _batch(plain))
+    assert ref_grad.abs().max() > 0
+    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=0)
+    torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
+    assert not any(m.training for m in fast.model.modules())  # back in eval mode after the step
+
+
+def test_checkpointing_refuses_layers_that_drop_out_in_their_own_forward():
+    """Whisper's decoder layers apply dropout in the layer's forward: training mode there would change
+    the function, so it is refused in one line; with dropout 0 the same decoder is accepted."""
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperDecoder
+
+    small = dict(d_model=16, decoder_layers=2, decoder_attention_heads=2, decoder_ffn_dim=32, vocab_size=50,
+                 max_target_positions=32, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+    with pytest.raises(ValueError, match="^gradient_checkpointing: LLM layer 0 .*dropout=0.1") as err:
+        enable_llm_checkpointing(WhisperDecoder(WhisperConfig(dropout=0.1, **small)))
+    assert "\n" not in str(err.value)
+    enable_llm_checkpointing(WhisperDecoder(WhisperConfig(dropout=0.0, activation_dropout=0.0, **small)))
+
+
+def test_salmonn_checkpointing_keeps_loss_and_mask_gradients():
+    """SALMONN's Vicuna carries a LoRA with dropout 0.1 on q/v (the released configuration): checkpointed,
+    the loss and mask gradients equal the plain adapter's, and the layers really run twice."""
+    from ahamask_lightning.models.salmonn import SalmonnAdapter
+
+    adapters = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        adapters.append(SalmonnAdapter(tiny=True, gradient_checkpointing=checkpointing))
+    plain, fast = adapters
+    assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in fast.llm.model.layers.modules())
+    batch = fast.collate(_audios(), [None, None], ["male", "the quick brown fox"])
+    calls = []
+    handle = fast.llm.model.layers[0].mlp.register_forward_pre_hook(lambda *args: calls.append(1))
+    loss, grad = mask_loss_and_grad(fast, batch)
+    handle.remove()
+    assert len(calls) == 2  # run again in backward
+    ref_loss, ref_grad = mask_loss_and_grad(plain, batch)
+    assert ref_grad.abs().max() > 0
+    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=0)
+    torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
 
 
 def test_tiny_lalm_checkpointing_keeps_loss_and_mask_gradients():

@@ -155,25 +155,26 @@ def enable_llm_checkpointing(decoder: nn.Module) -> None:
     """Activation checkpointing of a transformers decoder's layers (``activation_checkpointing_enable``,
     non-reentrant: the mask's gradient reaches through frozen layers without inputs that need grad).
 
-    transformers checkpoints a layer only in training mode; the frozen LALM stays in eval mode,
-    so :func:`llm_checkpointing_active` switches the layers to training mode for the loss's
-    forward. That is only the same function when nothing in the layers drops out (the attention's
-    own dropout, or a ``Dropout`` module such as a LoRA's ``lora_dropout``): checked here.
+    transformers checkpoints a layer only when the layer module itself is in training mode; the
+    frozen LALM stays in eval mode, so :func:`llm_checkpointing_active` sets that one flag on each
+    layer for the loss's forward and leaves every module inside in eval mode (attention dropout and a
+    LoRA's ``lora_dropout`` stay off). A layer class whose own forward drops out (a ``dropout`` or
+    ``activation_dropout`` > 0 on the layer, as Whisper's decoder layers have) would then run
+    another function: refused here. The gated LLMs (Llama, Qwen2, Mistral, Granite) have none.
     """
-    dropout = float(getattr(decoder.config, "attention_dropout", 0.0) or 0.0)
-    if dropout:
-        raise ValueError(f"gradient_checkpointing: the LLM has attention_dropout={dropout}; the checkpointed "
-                         "layers would run with dropout (expected 0)")
-    dropping = [name for name, m in decoder.layers.named_modules() if isinstance(m, nn.Dropout) and m.p > 0]
-    if dropping:
-        raise ValueError(f"gradient_checkpointing: the LLM layers hold dropout with p > 0 ({dropping[0]}); the "
-                         "checkpointed layers would run with dropout (expected p = 0)")
+    for index, layer in enumerate(decoder.layers):
+        for name, value in vars(layer).items():
+            if "dropout" in name and isinstance(value, float) and value > 0:
+                raise ValueError(f"gradient_checkpointing: LLM layer {index} ({type(layer).__name__}) drops out "
+                                 f"in its own forward ({name}={value}); checkpointing runs it in training mode "
+                                 "(expected no layer-level dropout)")
     decoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 @contextmanager
 def llm_checkpointing_active(decoder: nn.Module, on: bool) -> Iterator[None]:
-    """Training mode for the decoder layers inside the block when ``on`` (see :func:`enable_llm_checkpointing`).
+    """The decoder layer modules (only them, not what they hold) in training mode inside the block when
+    ``on``: transformers then checkpoints them (see :func:`enable_llm_checkpointing`).
 
     The recomputation runs in the backward pass: the head gate must still hold the step's mask
     then (``AHAMaskModule.backward`` keeps it applied).
@@ -181,12 +182,12 @@ def llm_checkpointing_active(decoder: nn.Module, on: bool) -> Iterator[None]:
     layers = list(decoder.layers) if on else []
     before = [layer.training for layer in layers]
     for layer in layers:
-        layer.train(True)
+        layer.training = True  # not layer.train(): that would switch the dropouts inside on too
     try:
         yield
     finally:
         for layer, mode in zip(layers, before):
-            layer.train(mode)
+            layer.training = mode
 
 
 def weights_dir(pretrained: str | None, env_var: str, family: str) -> str:

@@ -19,7 +19,13 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig, WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from ..base import LALMAdapter, loss_on_target_logits, target_positions
+from ..base import (
+    LALMAdapter,
+    enable_llm_checkpointing,
+    llm_checkpointing_active,
+    loss_on_target_logits,
+    target_positions,
+)
 from ..feature_cache import refuse_unsupported
 from ..splice import splice_embeddings, tokenize_prompts
 from .beats import BEATs, BEATsConfig, load_beats
@@ -123,11 +129,14 @@ class SalmonnAdapter(LALMAdapter):
         feature_cache: refused (one line): BEATs runs on the batch's zero-padded waveforms, as in the
             released code, so a clip's speech embeddings depend on the longest clip of its batch and
             a per-clip cache would change them.
+        gradient_checkpointing: recompute each Vicuna layer's activations in the backward pass instead
+            of keeping them (less memory, one more LLM forward per step); the LoRA's dropout stays off.
     """
 
     feature_cache_unsupported = ("BEATs runs on the batch's zero-padded waveforms (as in the released code), so a "
                                  "clip's speech embeddings depend on the longest clip of its batch")
 
+    gradient_checkpointing = False  # skeleton() builds without __init__
     default_generation = {"max_new_tokens": 200, "num_beams": 4, "do_sample": False, "min_length": 1,
                           "repetition_penalty": 1.0, "length_penalty": 1.0}
 
@@ -135,7 +144,7 @@ class SalmonnAdapter(LALMAdapter):
                  llm_path: str | None = None, ckpt_path: str | None = None, dtype: str = "float16",
                  tiny: bool = False, attn_implementation: str = "sdpa", tiny_layers: int = 2, tiny_heads: int = 4,
                  tiny_hidden: int = 64, tokenizer: str = "official", beam_search: str = "official",
-                 feature_cache: str | None = None) -> None:
+                 feature_cache: str | None = None, gradient_checkpointing: bool = False) -> None:
         super().__init__()
         refuse_unsupported(feature_cache, type(self).__name__, self.feature_cache_unsupported)
         for name, value in (("tokenizer", tokenizer), ("beam_search", beam_search)):
@@ -155,6 +164,9 @@ class SalmonnAdapter(LALMAdapter):
             paths = resolve_paths(whisper_path=whisper_path, beats_path=beats_path, llm_path=llm_path,
                                   ckpt_path=ckpt_path)
             self._build_real(variant, spec, paths, getattr(torch, dtype), attn_implementation)
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        if self.gradient_checkpointing:
+            enable_llm_checkpointing(self.llm.model)
         self.freeze()
 
     # --- construction ------------------------------------------------------------------
@@ -277,8 +289,9 @@ class SalmonnAdapter(LALMAdapter):
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         embeds, mask, labels = self._inputs(batch)
         # logits only where a target is predicted (LlamaForCausalLM's logits_to_keep, 2-D bool mask)
-        out = self.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=False,
-                       logits_to_keep=target_positions(labels))
+        with llm_checkpointing_active(self.llm.model, self.gradient_checkpointing):
+            out = self.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=False,
+                           logits_to_keep=target_positions(labels))
         return loss_on_target_logits(out.logits, labels)
 
     @torch.no_grad()
