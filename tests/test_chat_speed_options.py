@@ -96,28 +96,32 @@ def test_granite_refuses_the_cache_before_loading(tmp_path, monkeypatch):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+def assert_checkpointed_like_plain(fast, plain, batch: dict, first_layer: torch.nn.Module) -> None:
+    """The checkpointed adapter ``fast`` gives ``plain``'s loss and mask gradients bit for bit, and its
+    first decoder layer really runs again in backward."""
+    calls = []
+    handle = first_layer.mlp.register_forward_pre_hook(lambda *args: calls.append(1))
+    loss, grad = mask_loss_and_grad(fast, batch)
+    handle.remove()
+    assert len(calls) == 2
+    ref_loss, ref_grad = mask_loss_and_grad(plain, batch)
+    assert ref_grad.abs().max() > 0  # not a comparison of zero gradients
+    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=0)
+    torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
+
+
 def test_checkpointing_keeps_dropout_inside_the_layers_off():
     """Only the layer modules switch to training mode: a LoRA with dropout inside them stays a no-op,
     so the checkpointed loss and mask gradients equal the plain adapter's bit for bit."""
     from peft import LoraConfig
 
     lora = LoraConfig(r=2, lora_alpha=4, lora_dropout=0.5, target_modules=["q_proj"], init_lora_weights=False)
-    plain, fast = _build("Qwen2AudioAdapter"), _build("Qwen2AudioAdapter")
+    plain, fast = _build("Qwen2AudioAdapter"), _build("Qwen2AudioAdapter", checkpointing=True)
     for adapter in (plain, fast):
         torch.manual_seed(1)  # the same random LoRA weights in both
         adapter.model.add_adapter(lora)
         adapter.freeze()
-    enable_llm_checkpointing(fast.model.get_decoder())
-    fast.gradient_checkpointing = True
-    calls = []
-    handle = fast.model.get_decoder().layers[0].mlp.register_forward_pre_hook(lambda *args: calls.append(1))
-    loss, grad = mask_loss_and_grad(fast, _batch(fast))
-    handle.remove()
-    assert len(calls) == 2  # checkpointed: run again in backward
-    ref_loss, ref_grad = mask_loss_and_grad(plain, _batch(plain))
-    assert ref_grad.abs().max() > 0
-    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=0)
-    torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
+    assert_checkpointed_like_plain(fast, plain, _batch(fast), fast.model.get_decoder().layers[0])
     assert not any(m.training for m in fast.model.modules())  # back in eval mode after the step
 
 
@@ -147,15 +151,7 @@ def test_salmonn_checkpointing_keeps_loss_and_mask_gradients():
     plain, fast = adapters
     assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in fast.llm.model.layers.modules())
     batch = fast.collate(_audios(), [None, None], ["male", "the quick brown fox"])
-    calls = []
-    handle = fast.llm.model.layers[0].mlp.register_forward_pre_hook(lambda *args: calls.append(1))
-    loss, grad = mask_loss_and_grad(fast, batch)
-    handle.remove()
-    assert len(calls) == 2  # run again in backward
-    ref_loss, ref_grad = mask_loss_and_grad(plain, batch)
-    assert ref_grad.abs().max() > 0
-    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=0)
-    torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
+    assert_checkpointed_like_plain(fast, plain, batch, fast.llm.model.layers[0])
 
 
 def test_tiny_lalm_checkpointing_keeps_loss_and_mask_gradients():
@@ -168,12 +164,4 @@ def test_tiny_lalm_checkpointing_keeps_loss_and_mask_gradients():
     fast.load_state_dict(plain.state_dict())
     fast.freeze()
     batch = _batch(plain)
-    calls = []
-    handle = fast.llm.model.layers[0].mlp.register_forward_pre_hook(lambda *args: calls.append(1))
-    loss, grad = mask_loss_and_grad(fast, batch)
-    handle.remove()
-    assert len(calls) == 2  # run again in backward
-    ref_loss, ref_grad = mask_loss_and_grad(plain, batch)
-    assert ref_grad.abs().max() > 0
-    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=0)
-    torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
+    assert_checkpointed_like_plain(fast, plain, batch, fast.llm.model.layers[0])
