@@ -125,6 +125,32 @@ def test_checkpointing_keeps_dropout_inside_the_layers_off():
     assert not any(m.training for m in fast.model.modules())  # back in eval mode after the step
 
 
+class LayerWrapper(torch.nn.Module):
+    """What FSDP's auto-wrap leaves in ``decoder.layers``: a module around the layer that forwards calls
+    and attribute reads to it (FSDP itself needs an accelerator, torch refuses the CPU)."""
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, *args, **kwargs):
+        return self.layer(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.layer, name)
+
+
+def test_checkpointing_reaches_layers_inside_a_wrapper():
+    plain, fast = _build("Qwen2AudioAdapter"), _build("Qwen2AudioAdapter", checkpointing=True)
+    layers = fast.model.get_decoder().layers
+    for i, layer in enumerate(layers):
+        layers[i] = LayerWrapper(layer)
+    assert_checkpointed_like_plain(fast, plain, _batch(fast), layers[0].layer)
+
+
 def test_checkpointing_refuses_layers_that_drop_out_in_their_own_forward():
     """Whisper's decoder layers apply dropout in the layer's forward: training mode there would change
     the function, so it is refused in one line; with dropout 0 the same decoder is accepted."""

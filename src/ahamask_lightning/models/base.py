@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 
 class LALMAdapter(nn.Module):
@@ -179,7 +180,8 @@ def llm_checkpointing_active(decoder: nn.Module, on: bool) -> Iterator[None]:
     The recomputation runs in the backward pass: the head gate must still hold the step's mask
     then (``AHAMaskModule.backward`` keeps it applied).
     """
-    layers = list(decoder.layers) if on else []
+    # the layers themselves, found by class: FSDP's auto-wrap puts a wrapper in ``decoder.layers``
+    layers = [m for m in decoder.modules() if isinstance(m, GradientCheckpointingLayer)] if on else []
     before = [layer.training for layer in layers]
     for layer in layers:
         layer.training = True  # not layer.train(): that would switch the dropouts inside on too
