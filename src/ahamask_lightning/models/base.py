@@ -152,6 +152,12 @@ def last_position_logits(lm_head: nn.Module) -> Iterator[None]:
         handle.remove()
 
 
+def checkpointable_layers(decoder: nn.Module) -> list[nn.Module]:
+    """The decoder's layers that transformers can checkpoint, found by class: FSDP's auto-wrap puts a
+    wrapper in ``decoder.layers``."""
+    return [m for m in decoder.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
 def enable_llm_checkpointing(decoder: nn.Module) -> None:
     """Activation checkpointing of a transformers decoder's layers (``activation_checkpointing_enable``,
     non-reentrant: the mask's gradient reaches through frozen layers without inputs that need grad).
@@ -163,7 +169,7 @@ def enable_llm_checkpointing(decoder: nn.Module) -> None:
     ``activation_dropout`` > 0 on the layer, as Whisper's decoder layers have) would then run
     another function: refused here. The gated LLMs (Llama, Qwen2, Mistral, Granite) have none.
     """
-    for index, layer in enumerate(decoder.layers):
+    for index, layer in enumerate(checkpointable_layers(decoder)):
         for name, value in vars(layer).items():
             if "dropout" in name and isinstance(value, float) and value > 0:
                 raise ValueError(f"gradient_checkpointing: LLM layer {index} ({type(layer).__name__}) drops out "
@@ -180,8 +186,7 @@ def llm_checkpointing_active(decoder: nn.Module, on: bool) -> Iterator[None]:
     The recomputation runs in the backward pass: the head gate must still hold the step's mask
     then (``AHAMaskModule.backward`` keeps it applied).
     """
-    # the layers themselves, found by class: FSDP's auto-wrap puts a wrapper in ``decoder.layers``
-    layers = [m for m in decoder.modules() if isinstance(m, GradientCheckpointingLayer)] if on else []
+    layers = checkpointable_layers(decoder) if on else []
     before = [layer.training for layer in layers]
     for layer in layers:
         layer.training = True  # not layer.train(): that would switch the dropouts inside on too
