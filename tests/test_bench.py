@@ -88,3 +88,15 @@ def test_data_bench_smoke_reads_every_manifest_kind(tmp_path):
     assert all(r["utterances"] == report["clips"] == 12 for r in report["results"])
     assert set(report["planning_utt_per_s"]) == kinds and all(v > 0 for v in report["planning_utt_per_s"].values())
     assert set(report["shar_mib"]) == {"shar", "shar-wav", "shar-16k"}
+
+
+def test_full_size_salmonn_bench_builds_the_13b_structure():
+    """The GPU bench's SALMONN-13B path (random weights on the device) builds the published structure;
+    here on the meta device, where it takes no memory, with its batch of 30 s clips."""
+    from bench.salmonn import build, random_batch
+
+    adapter = build("13b", "meta")
+    assert (adapter.num_layers, adapter.num_heads, adapter.head_dim) == (40, 40, 128)
+    assert adapter.llm_dtype.is_floating_point and adapter.llm_dtype.itemsize == 2  # bf16, as on the GPU
+    batch = random_batch(adapter, 2, "meta")
+    assert batch["raw_wav"].shape == (2, 16000 * 30) and batch["input_features"].shape[-1] == 3000
