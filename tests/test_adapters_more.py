@@ -222,3 +222,20 @@ def test_missing_weights_are_one_clear_error(key, monkeypatch):
     monkeypatch.delenv(module.ENV_PATH, raising=False)
     with pytest.raises(FileNotFoundError, match=module.ENV_PATH):
         getattr(models, ADAPTERS[key][0])(pretrained=None)
+
+
+def test_granite_checkpoint_without_its_lora_is_one_clear_error(tmp_path):
+    """A Granite Speech checkpoint whose config asks for the LoRA but lacks adapter_config.json (a copy
+    cut short): one line saying what is missing, not the model running without its adapter."""
+    from transformers import GraniteSpeechForConditionalGeneration
+
+    from ahamask_lightning.models import granite_speech
+
+    processor = granite_speech.tiny_processor()
+    config = granite_speech.tiny_config(processor)
+    assert config.has_lora_adapter
+    GraniteSpeechForConditionalGeneration(config).save_pretrained(tmp_path)  # base weights only
+    processor.save_pretrained(tmp_path)
+    with pytest.raises(RuntimeError, match="asks for a LoRA adapter but none was loaded") as err:
+        models.GraniteSpeechAdapter(pretrained=str(tmp_path), dtype="float32")
+    assert "\n" not in str(err.value) and "adapter_config.json" in str(err.value)

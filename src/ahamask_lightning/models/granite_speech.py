@@ -159,11 +159,12 @@ class GraniteSpeechAdapter(ChatLALMAdapter):
             # from_pretrained finds adapter_config.json beside config.json and loads the LoRA
             self.model = pretrained_model(GraniteSpeechForConditionalGeneration, path, dtype, attn_implementation)
         if self.model.config.has_lora_adapter:
-            if not getattr(self.model, "_hf_peft_config_loaded", False):
+            try:  # transformers refuses (ValueError) when no adapter was loaded, (ImportError) without peft
+                self.model.enable_adapters()
+            except (ValueError, ImportError) as err:
                 raise RuntimeError("Granite Speech: the config asks for a LoRA adapter but none was loaded "
                                    "(is peft installed, and adapter_config.json in the checkpoint "
-                                   "directory?)")
-            self.model.enable_adapters()
+                                   f"directory?): {err}") from None
         self.tokenizer = self.processor.tokenizer
         self.feature_extractor = self.processor.audio_processor
         model_id = "granite-speech-tiny" if tiny else published_name(
