@@ -171,7 +171,7 @@ def enable_llm_checkpointing(decoder: nn.Module) -> None:
     """
     for index, layer in enumerate(checkpointable_layers(decoder)):
         for name, value in vars(layer).items():
-            if "dropout" in name and isinstance(value, float) and value > 0:
+            if not name.startswith("_") and "dropout" in name and isinstance(value, float) and value > 0:
                 raise ValueError(f"gradient_checkpointing: LLM layer {index} ({type(layer).__name__}) drops out "
                                  f"in its own forward ({name}={value}); checkpointing runs it in training mode "
                                  "(expected no layer-level dropout)")
