@@ -31,6 +31,8 @@ and 4.28's ``LlamaTokenizer`` part ways following 4.28's rules instead:
 * ``build_inputs_with_special_tokens``: ``<s>`` before each sequence, no ``</s>``.
 
 The tokenizers-backed class cannot be set to match: its byte-fallback decoder works on whole runs.
+``_tokenize`` and ``_decode`` are the hooks transformers' base classes leave to subclasses (both raise
+``NotImplementedError`` there); nothing private of the library is read.
 """
 from __future__ import annotations
 
