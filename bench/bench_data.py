@@ -77,13 +77,19 @@ def write_shar(manifest: str, root: str, audio_format: str, sample_rate: int | N
     return out
 
 
-def epoch_rate(manifest: str, root: str, workers: int, batch_size: int) -> tuple[int, float, float]:
-    """(utterances, audio seconds, wall seconds) of one full epoch."""
+def train_loader(manifest: str, root: str, workers: int, batch_size: int):
+    """The training loader of ``ManifestDataModule`` on ``manifest``, no shuffling (the same batches every run)."""
     dm = ManifestDataModule(train=manifest, audio_root=root, batch_size=batch_size, num_workers=workers,
                             shuffle_buffer=1, known_tasks={"asr"}, collate_fn=collate_audio)
-    start = time.perf_counter()
+    return dm.train_dataloader()
+
+
+def epoch_rate(manifest: str, root: str, workers: int, batch_size: int) -> tuple[int, float, float]:
+    """(utterances, audio seconds, wall seconds) of one full epoch."""
+    start = time.perf_counter()  # building the loader counts as part of the epoch
+    loader = train_loader(manifest, root, workers, batch_size)
     n, seconds = 0, 0.0
-    for batch in dm.train_dataloader():
+    for batch in loader:
         n += len(batch["ids"])
         seconds += float(batch["lengths"].sum()) / 16000
     return n, seconds, time.perf_counter() - start
@@ -91,9 +97,7 @@ def epoch_rate(manifest: str, root: str, workers: int, batch_size: int) -> tuple
 
 def planning_rate(manifest: str, root: str, batch_size: int) -> float:
     """Utterances per second the main process plans batches at (the sampler alone, nothing decoded)."""
-    dm = ManifestDataModule(train=manifest, audio_root=root, batch_size=batch_size, num_workers=0,
-                            shuffle_buffer=1, known_tasks={"asr"}, collate_fn=collate_audio)
-    loader = dm.train_dataloader()
+    loader = train_loader(manifest, root, 0, batch_size)
     loader.cuts.set_epoch(0)
     start = time.perf_counter()
     n = sum(len(batch) for batch in loader.sampler)

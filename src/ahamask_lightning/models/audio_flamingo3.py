@@ -14,6 +14,7 @@ import torch
 
 from .base import weights_dir
 from .chat_collate import TINY_SECONDS, ChatLALMAdapter, pretrained_model, tiny_model, unpad
+from .full_size import meta_model
 
 # The ChatML template of the converted checkpoint (nvidia/audio-flamingo-3-hf) written out:
 # default system prompt, then the audio placeholder at the start of the user turn, directly
@@ -78,8 +79,6 @@ def tiny_config(processor, layers: int = 2, heads: int = 4, kv_heads: int = 2, h
 def full_size_meta(name: str = "audio-flamingo-3"):
     """The full-size model on the meta device: (model, gated attentions, text config)."""
     from transformers import AudioFlamingo3Config, AudioFlamingo3ForConditionalGeneration
-
-    from .full_size import meta_model
 
     return meta_model(AudioFlamingo3ForConditionalGeneration, AudioFlamingo3Config(**FULL_SIZE_CONFIGS[name]))
 

@@ -23,6 +23,8 @@ class LALMAdapter(nn.Module):
     sample_rate: int = 16000
     min_seconds: float = 1.0
     max_seconds: float = 30.0
+    # recompute the LLM layers in backward (enable_llm_checkpointing); adapters that offer it set it
+    gradient_checkpointing: bool = False
 
     # --- what the gate needs -------------------------------------------------
     def gated_attentions(self) -> Sequence[nn.Module]:

@@ -23,6 +23,7 @@ from .chat_collate import (
     tiny_model,
     unpad,
 )
+from .full_size import meta_model
 
 # Granite 3.3 chat format written out, with the system prompt of the granite-speech-3.3
 # model card (its date is fixed here so that prompts are reproducible: a **choice**).
@@ -117,8 +118,6 @@ def full_size_meta(name: str = "granite-speech-3.3-2b"):
     gate hooks nor the head count.
     """
     from transformers import GraniteSpeechConfig, GraniteSpeechForConditionalGeneration
-
-    from .full_size import meta_model
 
     return meta_model(GraniteSpeechForConditionalGeneration, GraniteSpeechConfig(**FULL_SIZE_CONFIGS[name]))
 

@@ -25,6 +25,7 @@ from .chat_collate import (
     published_name,
     tiny_model,
 )
+from .full_size import meta_model
 
 # Chat template of the Omni family written out: the official system prompt (the one the
 # model card asks for), one user turn holding the audio then the instruction. No instruction
@@ -107,8 +108,6 @@ def tiny_config(tokenizer, layers: int = 2, heads: int = 4, kv_heads: int = 2, h
 def full_size_meta(name: str = "qwen2.5-omni-7b"):
     """The full-size thinker on the meta device: (model, gated attentions, text config)."""
     from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
-
-    from .full_size import meta_model
 
     config = Qwen2_5OmniThinkerConfig(**FULL_SIZE_CONFIGS[name])
     return meta_model(Qwen2_5OmniThinkerForConditionalGeneration, config)

@@ -28,6 +28,7 @@ from .chat_collate import (
     published_name,
     tiny_model,
 )
+from .full_size import meta_model
 
 # One user turn: audio first, then the instruction (no instruction = empty text), then the
 # answer follows [/INST] and ends with </s>. This is the chat form, not the transcription
@@ -101,8 +102,6 @@ def tiny_config(tokenizer, layers: int = 2, heads: int = 4, kv_heads: int = 2, h
 def full_size_meta(name: str = "voxtral-mini-3b"):
     """The full-size model on the meta device: (model, gated attentions, text config)."""
     from transformers import VoxtralConfig, VoxtralForConditionalGeneration
-
-    from .full_size import meta_model
 
     return meta_model(VoxtralForConditionalGeneration, VoxtralConfig(**FULL_SIZE_CONFIGS[name]))
 

@@ -136,7 +136,6 @@ class SalmonnAdapter(LALMAdapter):
     feature_cache_unsupported = ("BEATs runs on the batch's zero-padded waveforms (as in the released code), so a "
                                  "clip's speech embeddings depend on the longest clip of its batch")
 
-    gradient_checkpointing = False  # skeleton() builds without __init__
     default_generation = {"max_new_tokens": 200, "num_beams": 4, "do_sample": False, "min_length": 1,
                           "repetition_penalty": 1.0, "length_penalty": 1.0}
 
