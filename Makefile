@@ -7,7 +7,7 @@ DATA ?= data/synth
 TESTBED ?= checkpoints/tiny_lalm_8x16g
 RUNS ?= runs
 
-.PHONY: help install demo test tiny-data testbed reproduce-tiny reproduce-table1 reproduce-qwen2audio \
+.PHONY: help install demo test tiny-data testbed reproduce-tiny reproduce-table1 reproduce-table1-released reproduce-qwen2audio \
         reproduce-ablations figures bench bench-smoke clean
 
 help: ## list these targets
@@ -37,6 +37,9 @@ reproduce-tiny: tiny-data ## the AHAMask table on TinyLALM (4 conditions x tasks
 
 reproduce-table1: install ## SALMONN-13B Table 1 (needs the released weights; says which paths are missing)
 	$(BIN)/python -m ahamask_lightning.reproduce table1 --out $(RUNS)/table1
+
+reproduce-table1-released: install ## the same, testing the ten masks released with the paper (no training)
+	$(BIN)/python -m ahamask_lightning.reproduce table1 --released --out $(RUNS)/table1_released
 
 reproduce-qwen2audio: install ## Qwen2-Audio-7B GR (Instruct) and ASV (Base) rows (needs the weights)
 	$(BIN)/python -m ahamask_lightning.reproduce qwen2audio --out $(RUNS)/qwen2audio

@@ -2,6 +2,7 @@
 
     python -m ahamask_lightning.reproduce tiny       --out DIR   # TinyLALM: 4 conditions x tasks (CPU)
     python -m ahamask_lightning.reproduce table1     --out DIR   # SALMONN-13B, paper Table 1
+    python -m ahamask_lightning.reproduce table1 --released --out DIR   # the same, testing the released masks
     python -m ahamask_lightning.reproduce qwen2audio --out DIR   # Qwen2-Audio GR (Instruct), ASV (Base), transfer
     python -m ahamask_lightning.reproduce ablations  --out DIR   # lambda, seeds, progressive, wording, OOD
     python -m ahamask_lightning.reproduce figures    --runs DIR --out DIR
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from .analysis import ablations as ab
 from .experiment import CONDITIONS
+from .paper_tables import PAPER_QWEN, PAPER_SALMONN, RELEASED_MASKS
 
 TINY_TASKS = ("gr", "src", "asv", "asr", "aac", "gr_asr", "json")
 PAPER_TASKS = ("asr", "gr", "ser", "asv", "aac", "s2tt", "osr", "gr_asr", "asr_gr", "json")
@@ -28,21 +30,6 @@ TABLE_METRICS = {"asr": ("wer",), "gr": ("acc", "acc_exact", "answered"), "ser":
                  "src": ("acc", "acc_exact", "answered"), "asv": ("acc", "acc_exact", "answered"),
                  "aac": ("meteor", "rouge_l"), "s2tt": ("bleu",), "osr": ("wer",), "gr_asr": ("ifr", "acc", "wer"),
                  "asr_gr": ("ifr", "acc", "wer"), "json": ("ifr", "wer", "acc")}
-# Paper Table 1 (SALMONN-13B) per table column (``report.metric_column``), in CONDITIONS order; None: not
-# reported. ASR: LibriSpeech test-clean / test-other as the sets clean / other; GR, GR|ASR, JSON: test-clean.
-PAPER_SALMONN = {
-    "asr/wer (clean)": (2.10, 12.00, 21.36, 2.10), "asr/wer (other)": (4.95, 17.23, 57.62, 5.08),
-    "gr/acc": (96.79, 0.0, 0.0, 98.05), "ser/acc": (69.70, 0.0, 0.0, 70.02), "asv/acc": (93.49, 0.0, 0.18, 93.24),
-    "aac/meteor": (20.60, 14.90, 14.01, 24.15), "aac/rouge_l": (40.42, 33.69, 32.19, 48.71),
-    "s2tt/bleu": (34.48, 15.14, 13.64, 33.90), "osr/wer": (23.72, 30.95, 47.19, 23.89),
-    "gr_asr/ifr": (98.59, None, None, 99.12), "gr_asr/acc": (68.02, None, None, 97.77),
-    "gr_asr/wer": (3.52, None, None, 2.21), "json/ifr": (69.16, None, None, 98.89),
-    "json/wer": (6.17, None, None, 2.40), "json/acc": (51.05, None, None, 97.30)}
-PAPER_QWEN = {"gr/acc": (91.03, None, None, 94.43), "asv/acc": (49.24, None, None, 85.75)}
-# Released SALMONN-AHAMask checkpoints (reference/official_masks/<stem>.pth) per task.
-OFFICIAL = {"asr": "asr_librispeech", "gr": "gender_librispeech", "ser": "emotion_iemocap", "asv": "asv_voxceleb1",
-            "aac": "aac_audiocaps", "s2tt": "s2tt_covost2", "osr": "osr_libri2mix", "gr_asr": "gender_asr_librispeech",
-            "asr_gr": "asr_gender_librispeech", "json": "asr_gender_json_librispeech"}
 # `reproduce ablations --quick`, as the flags it stands for.
 QUICK_ABLATIONS = ("--steps", "120", "--test-batches", "2", "--set", "model.init_args.lr", "0.1",
                    "--set", "model.init_args.warmup_steps", "10")
@@ -200,11 +187,17 @@ def cmd_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
-def _given_masks(args: argparse.Namespace, tasks: Sequence[str]) -> tuple[dict[str, Path], list[str]]:
+def masks_to_test(args: argparse.Namespace, tasks: Sequence[str]) -> tuple[dict[str, Path], list[str]]:
+    """The given mask of each task (``--released``, ``--official DIR``, ``--masks DIR``), and the files
+    that should be there and are not. No masks given: ({}, []), every task trains its own."""
+    if getattr(args, "released", False):  # the package's copies of the released checkpoints
+        from .released_masks import released_mask
+
+        return {t: released_mask(RELEASED_MASKS[t]) for t in tasks}, []
     if getattr(args, "official", None):
         masks = ab.import_official_masks(Path(args.official), args.out / "official_masks",
-                                         {t: OFFICIAL[t] for t in tasks})
-        return masks, [f"{args.official}/{OFFICIAL[t]}.pth" for t in tasks if t not in masks]
+                                         {t: RELEASED_MASKS[t] for t in tasks})
+        return masks, [f"{args.official}/{RELEASED_MASKS[t]}.pth" for t in tasks if t not in masks]
     if args.masks:
         masks = {t: Path(args.masks) / f"{t}.safetensors" for t in tasks}
         return ({t: p for t, p in masks.items() if p.is_file()},
@@ -215,8 +208,8 @@ def _given_masks(args: argparse.Namespace, tasks: Sequence[str]) -> tuple[dict[s
 def cmd_table1(args: argparse.Namespace) -> int:
     configs = {t: config_path(t, "salmonn") for t in args.tasks}
     missing = salmonn_missing(configs[args.tasks[0]])
-    masks, missing_masks = _given_masks(args, args.tasks) if not missing else ({}, [])
-    stages = ("test",) if (args.masks or args.official) else ("train", "val", "test")
+    masks, missing_masks = masks_to_test(args, args.tasks) if not missing else ({}, [])
+    stages = ("test",) if (args.masks or args.official or args.released) else ("train", "val", "test")
     missing += missing_masks + [m for c in configs.values() for m in manifests_of(c, stages) if not Path(m).is_file()]
     if stop_if_missing("table1", missing):
         return 2
@@ -345,8 +338,11 @@ def parser() -> argparse.ArgumentParser:
                    help="mask YAMLs: <task>_tiny.yaml (lr 0.1, tau over 600 steps) or <task>_tiny_long.yaml "
                         "(the mechanism probe's: lr 1e-2 after 500 warm-up steps, tau over 3000)")
     s = add("table1", PAPER_TASKS, None, None)
-    s.add_argument("--official", help="directory of the released masks (<task>_<corpus>.pth): test those")
-    s.add_argument("--masks", help="directory of <task>.safetensors to test instead of training")
+    given = s.add_mutually_exclusive_group()
+    given.add_argument("--released", action="store_true",
+                       help="test the ten masks released with the paper (shipped with the package) instead of training")
+    given.add_argument("--official", help="directory of the released checkpoints (<task>_<corpus>.pth): test those")
+    given.add_argument("--masks", help="directory of <task>.safetensors to test instead of training")
     s = add("qwen2audio", (), None, None)
     s.add_argument("--jobs", type=_csv(str), default=["instruct:gr", "base:asv"], help="variant:task,...")
     s.add_argument("--instruct", help=f"Qwen2-Audio-7B-Instruct directory (${QWEN_ENV['instruct']})")
