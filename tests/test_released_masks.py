@@ -10,7 +10,7 @@ import torch
 
 from ahamask_lightning.masking import load_mask
 from ahamask_lightning.released_masks import RELEASED_DIR, released_mask, released_names
-from ahamask_lightning.released_masks.convert import convert
+from ahamask_lightning.released_masks.convert import convert, readme
 
 PROVENANCE = json.loads((RELEASED_DIR / "salmonn-13b" / "provenance.json").read_text())
 # the released checkpoints themselves, where the reference folder sits beside the checkout
@@ -28,6 +28,11 @@ def test_ten_masks_of_the_paper_with_their_recorded_counts() -> None:
         assert mf.metadata["model_id"] == "salmonn-13b"
     # the paper's figure for the ASR mask
     assert PROVENANCE["masks"]["asr_librispeech"]["active"] == 1525
+
+
+def test_the_shipped_readme_is_the_generated_one() -> None:
+    """The folder's README is what ``convert`` writes for the shipped provenance (nothing edited by hand)."""
+    assert (RELEASED_DIR / "salmonn-13b" / "README.md").read_text() == readme(PROVENANCE)
 
 
 def test_an_unknown_name_is_one_line_listing_the_released_ones() -> None:

@@ -53,7 +53,11 @@ def readme(record: dict) -> str:
             f"Each file holds one tensor `logits`, float32 [{record['layers']}, {record['heads']}]; "
             f"a head is on iff its logit >= 0.\n\nOrder: {record['order']}.\n\n"
             "| file | source | heads on | source sha256 |\n|---|---|---|---|\n" + rows + "\n\n"
-            "Per-layer counts and the full digests: `provenance.json`.\n")
+            "Per-layer counts and the full digests: `provenance.json`.\n\n"
+            "Test one with the released SALMONN weights: `ahamask test --config experiments/asr_salmonn_official.yaml "
+            "--model.init_args.mask masks/salmonn-13b/asr_librispeech.safetensors`; all ten against the paper's "
+            "Table 1: `make reproduce-table1-released`. From an installed package: "
+            "`ahamask_lightning.released_masks.released_mask(\"asr_librispeech\")`.\n")
 
 
 def main(argv: list[str] | None = None) -> int:
