@@ -75,7 +75,14 @@ def run_part(part: str, size: dict, args, device: str) -> dict:
             out["tiny_lalm"] = training.tiny_lalm_cache_speedup(ckpt, 4 if args.smoke else 16, reps)
         return out
     if part == "scaling":
-        return training.scaling(size, device, max(2, reps // 2) if not args.smoke else 1)
+        out = training.scaling(size, device, max(2, reps // 2) if not args.smoke else 1)
+        if not args.full_size:  # SALMONN's checkpointing at the same LLM size (the 13B's needs a second copy)
+            from .salmonn import checkpointing_trade
+
+            shape = dict(batches=(2,), layers=2, heads=4, hidden=64) if args.smoke else dict(
+                batches=(4, 8), layers=size["layers"], heads=size["heads"], hidden=size["hidden"])
+            out["salmonn"] = checkpointing_trade(device, 1 if args.smoke else max(2, reps // 2), **shape)
+        return out
     if part == "largest":
         if not device.startswith("cuda"):
             return {"skipped": "needs a GPU"}

@@ -100,14 +100,21 @@ def cache(part: dict) -> list[str]:
 
 
 def scaling(part: dict) -> list[str]:
+    out = _step_rows(part["rows"])
+    if "salmonn" in part:  # checkpointing on the paper's model, at the same LLM size
+        out += [f"**{part['salmonn']['model']}**, 30 s clips:", ""] + _step_rows(part["salmonn"]["rows"])
+    return out
+
+
+def _step_rows(records: list[dict]) -> list[str]:
     rows = []
-    for r in part["rows"]:
+    for r in records:
         for name, t in r["times"].items():
             rows.append([r["clips"], r["clip_s"], r["batch"]["padded_tokens"], name, _s(t),
                          _mb(r["memory"][name]["peak_bytes"]),
                          "" if name == "plain" or r["checkpoint_grad_max_abs_diff"] is None
                          else f"{r['checkpoint_grad_max_abs_diff']:.1e}"])
-    kind = part["rows"][0]["memory"]["plain"]["kind"] if part["rows"] else ""
+    kind = records[0]["memory"]["plain"]["kind"] if records else ""
     return _table(["clips", "clip s", "padded tokens", "LLM activations", "mask step", "memory",
                    "max |grad diff| vs plain"], rows) + ["", f"Memory: {kind}.", ""]
 

@@ -3,7 +3,8 @@
 The full-size structure (Whisper-large-v2 encoder, BEATs, window Q-Former, Vicuna-13B with LoRA on
 q/v) is built directly on the device from the published sizes (``salmonn.configs.full_spec``);
 token ids are drawn at random, so no tokenizer or checkpoint is read. ``variant="tiny"`` runs the
-same code on the tiny random SALMONN (CPU smoke test of this path).
+same code on the tiny random SALMONN (CPU smoke test of this path). :func:`checkpointing_trade`
+measures activation checkpointing of its LLM on a CPU-sized random SALMONN.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from ahamask_lightning.models.salmonn import SalmonnAdapter
 
 from .models import default_dtype
 from .timing import interleaved, peak_memory
-from .training import MaskStep
+from .training import MaskStep, compare_steps
 
 
 def build(variant: str, device: str) -> SalmonnAdapter:
@@ -64,3 +65,30 @@ def salmonn_full_size(device: str, reps: int, variant: str = "13b", batches: tup
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
     return {"variant": variant, "weights_bytes": weights, "rows": rows}
+
+
+def checkpointing_trade(device: str, reps: int, batches: tuple[int, ...] = (4, 8), layers: int = 8, heads: int = 8,
+                        hidden: int = 512) -> dict:
+    """The mask step of a random SALMONN (its real encoders' geometry at small widths, 30 s clips; a
+    ``layers`` x ``heads`` LLM of width ``hidden`` with the released LoRA on q/v) with and without
+    activation checkpointing of the LLM: time, memory, and mask gradients compared."""
+    steps = {}
+    for name, checkpointing in (("plain", False), ("checkpointed", True)):
+        torch.manual_seed(0)  # the same random weights for both
+        adapter = SalmonnAdapter(tiny=True, tiny_layers=layers, tiny_heads=heads, tiny_hidden=hidden,
+                                 gradient_checkpointing=checkpointing).to(device)
+        steps[name] = MaskStep(adapter)
+    steps["checkpointed"].mask.load_logits(steps["plain"].mask.logits.detach())
+    rows = []
+    for b in batches:
+        batch = random_batch(steps["plain"].adapter, b, device)
+        rows.append({"clips": b, "clip_s": 30.0, "batch": {"padded_tokens": b * _tokens(steps["plain"].adapter, batch)},
+                     **compare_steps(steps, batch, reps, device)})
+    return {"model": f"SALMONN, random weights, LLM {layers} x {heads} heads, hidden {hidden}", "rows": rows}
+
+
+@torch.no_grad()
+def _tokens(adapter: SalmonnAdapter, batch: dict) -> int:
+    """LLM positions per sample: the speech tokens, the prompt around them and the targets."""
+    speech = adapter.encode_audio(batch).shape[1]
+    return int(speech + sum(batch[k].shape[1] for k in ("prefix_ids", "suffix_ids", "target_ids")))

@@ -211,20 +211,25 @@ def scaling(size: dict, device: str, reps: int) -> dict:
     steps["checkpointed"].mask.load_logits(steps["plain"].mask.logits.detach())
     for clips, seconds in shapes:
         batch = _without_cache_keys(training_batch(plain, clips, seconds, size["target_tokens"], device))
-        variants = {"plain": lambda: steps["plain"].step(batch)}
-        if (clips, seconds) == (size["clips"], size["clip_s"]) or clips == max(size["scaling_batches"]):
-            variants["checkpointed"] = lambda: steps["checkpointed"].step(batch)
-        times = interleaved(variants, reps, device)
-        memory = {name: peak_memory(fn, device) for name, fn in variants.items()}
-        grads = {}
-        for name in variants:  # the same mask sample for both: gradients must agree
-            torch.manual_seed(3)
-            variants[name]()
-            grads[name] = steps[name].mask.logits.grad.clone()
-        agree = (float((grads["checkpointed"] - grads["plain"]).abs().max()) if "checkpointed" in grads else None)
-        rows.append({"clips": clips, "clip_s": seconds, "batch": batch_shape(batch), "times": times,
-                     "memory": memory, "checkpoint_grad_max_abs_diff": agree})
+        both = (clips, seconds) == (size["clips"], size["clip_s"]) or clips == max(size["scaling_batches"])
+        rows.append({"clips": clips, "clip_s": seconds, "batch": batch_shape(batch),
+                     **compare_steps(steps if both else {"plain": steps["plain"]}, batch, reps, device)})
     return {"rows": rows}
+
+
+def compare_steps(steps: dict[str, MaskStep], batch: dict, reps: int, device: str) -> dict:
+    """Times and memory of each ``steps`` variant (``plain``, optionally ``checkpointed``) on ``batch``,
+    interleaved, and the largest difference of the checkpointed step's mask gradients from the plain's."""
+    variants = {name: (lambda ms=ms: ms.step(batch)) for name, ms in steps.items()}
+    times = interleaved(variants, reps, device)
+    memory = {name: peak_memory(fn, device) for name, fn in variants.items()}
+    grads = {}
+    for name in variants:  # the same mask sample for both: gradients must agree
+        torch.manual_seed(3)
+        variants[name]()
+        grads[name] = steps[name].mask.logits.grad.clone()
+    agree = float((grads["checkpointed"] - grads["plain"]).abs().max()) if "checkpointed" in grads else None
+    return {"times": times, "memory": memory, "checkpoint_grad_max_abs_diff": agree}
 
 
 def largest_batch(size: dict, device: str, checkpointing: bool, limit: int = 256) -> dict:

@@ -63,6 +63,10 @@ def test_gpu_script_smoke_path_runs_on_cpu(tmp_path):
     rows = qwen["parts"]["scaling"]["rows"]
     checked = [r for r in rows if r["checkpoint_grad_max_abs_diff"] is not None]
     assert checked and all(r["checkpoint_grad_max_abs_diff"] < 1e-5 for r in checked)
+    # SALMONN's checkpointing at the same LLM size: equal mask gradients, fewer tensors kept for backward
+    for r in qwen["parts"]["scaling"]["salmonn"]["rows"]:
+        assert r["checkpoint_grad_max_abs_diff"] < 1e-5
+        assert r["memory"]["checkpointed"]["peak_bytes"] < r["memory"]["plain"]["peak_bytes"]
     salmonn = json.loads((tmp_path / "gpu-smoke-salmonn.json").read_text())
     assert salmonn["parts"]["salmonn"]["rows"][0]["samples_per_s"] > 0
     assert "SALMONN mask training" in (tmp_path / "BENCHMARKS.gpu.md").read_text()
