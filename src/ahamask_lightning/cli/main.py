@@ -46,7 +46,7 @@ COMMANDS: tuple[Command, ...] = (
             "ahamask model heads --model salmonn-13b", "ahamask_lightning.cli.model"),
     Command("report", "test results of run folders as a Markdown or CSV table",
             "ahamask report runs/tiny/gr/test --format csv", "ahamask_lightning.cli.report"),
-    Command("prune", "what physical pruning by a mask removes from a full-size model",
+    Command("prune", "remove the heads a mask switches off: what it saves, or the pruned model (--out)",
             "ahamask prune --model salmonn-13b --mask masks/salmonn-13b/aac_audiocaps.safetensors --summary",
             "ahamask_lightning.cli.prune"),
 )
