@@ -135,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         from .salmonn import salmonn_full_size
 
         variant, batches = ("tiny", (1,)) if args.smoke else ("13b", (1, 4, 8))
-        parts_run = {"salmonn": lambda: salmonn_full_size(device, args.reps or 5, variant, batches)}
+        reps = args.reps or 5
+        # checkpointed: the largest batch only, on a second model built after the first is freed
+        parts_run = {"salmonn": lambda: salmonn_full_size(device, reps, variant, batches),
+                     "salmonn_checkpointed": lambda: salmonn_full_size(device, reps, variant, batches[-1:], True)}
     else:
         size = SIZES["smoke" if args.smoke else name]
         result["size"] = size

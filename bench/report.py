@@ -234,7 +234,8 @@ TITLES = {"training": "Mask-training step: target-only logits, full logits, forw
           "cache": "Audio-feature cache: an epoch after the first", "scaling": "Scaling and activation checkpointing",
           "largest": "Largest batch", "decoding": "Decoding: transformers' defaults vs the adapter's fast path",
           "compile": "Decoding compiled (bench/compiled.py): static cache, dense and pruned",
-          "serving": "Serving (bench/bench_serving.py)", "salmonn": "SALMONN mask training"}
+          "serving": "Serving (bench/bench_serving.py)", "salmonn": "SALMONN mask training",
+          "salmonn_checkpointed": "SALMONN mask training, LLM activations checkpointed"}
 
 
 def section(result: dict) -> list[str]:

@@ -17,12 +17,12 @@ from .timing import interleaved, peak_memory
 from .training import MaskStep, compare_steps
 
 
-def build(variant: str, device: str) -> SalmonnAdapter:
+def build(variant: str, device: str, gradient_checkpointing: bool = False) -> SalmonnAdapter:
     if variant == "tiny":
         torch.manual_seed(0)
-        return SalmonnAdapter(tiny=True).to(device)
+        return SalmonnAdapter(tiny=True, gradient_checkpointing=gradient_checkpointing).to(device)
     with default_dtype(torch.bfloat16):  # random init on the GPU: seconds, not minutes
-        return SalmonnAdapter.skeleton(variant, device)
+        return SalmonnAdapter.skeleton(variant, device, gradient_checkpointing=gradient_checkpointing)
 
 
 def random_batch(adapter: SalmonnAdapter, clips: int, device: str, target_tokens: int = 41) -> dict:
@@ -45,14 +45,26 @@ def random_batch(adapter: SalmonnAdapter, clips: int, device: str, target_tokens
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def salmonn_full_size(device: str, reps: int, variant: str = "13b", batches: tuple[int, ...] = (1, 4, 8)) -> dict:
-    adapter = build(variant, device)
+def salmonn_full_size(device: str, reps: int, variant: str = "13b", batches: tuple[int, ...] = (1, 4, 8),
+                      checkpointing: bool = False) -> dict:
+    """Samples/s and peak memory of the mask step at each batch size; ``checkpointing``: with
+    activation checkpointing of the LLM (``python -m bench`` runs it as a second part, on a model
+    built after the first is freed: one 13B model fits in memory at a time)."""
+    adapter = build(variant, device, checkpointing)
     weights = (torch.cuda.memory_allocated() if device.startswith("cuda") else
                sum(p.numel() * p.element_size() for p in adapter.parameters()))
-    ms = MaskStep(adapter)
+    out = {"variant": variant, "checkpointing": checkpointing, "weights_bytes": weights,
+           "rows": _step_rows(MaskStep(adapter), batches, reps, device)}
+    del adapter
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return out
+
+
+def _step_rows(ms: MaskStep, batches: tuple[int, ...], reps: int, device: str) -> list[dict]:
     rows = []
     for b in batches:
-        batch = random_batch(adapter, b, device)
+        batch = random_batch(ms.adapter, b, device)
         try:
             times = interleaved({"mask_step": lambda: ms.step(batch), "forward": lambda: ms.forward(batch)},
                                 reps, device)
@@ -60,11 +72,12 @@ def salmonn_full_size(device: str, reps: int, variant: str = "13b", batches: tup
         except torch.OutOfMemoryError as err:
             rows.append({"batch": b, "error": f"out of memory: {err}"[:300]})
             break
-        rows.append({"batch": b, "times": times, "samples_per_s": b / times["mask_step"]["median_s"],
+        rows.append({"batch": b, "times": times,
+                     "samples_per_s": b / times["mask_step"]["median_s"],
                      "step_peak_bytes_above_weights": memory["peak_bytes"], "memory_kind": memory["kind"]})
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
-    return {"variant": variant, "weights_bytes": weights, "rows": rows}
+    return rows
 
 
 def checkpointing_trade(device: str, reps: int, batches: tuple[int, ...] = (4, 8), layers: int = 8, heads: int = 8,

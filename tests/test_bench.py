@@ -69,6 +69,11 @@ def test_gpu_script_smoke_path_runs_on_cpu(tmp_path):
         assert r["memory"]["checkpointed"]["peak_bytes"] < r["memory"]["plain"]["peak_bytes"]
     salmonn = json.loads((tmp_path / "gpu-smoke-salmonn.json").read_text())
     assert salmonn["parts"]["salmonn"]["rows"][0]["samples_per_s"] > 0
+    plain, checkpointed = salmonn["parts"]["salmonn"], salmonn["parts"]["salmonn_checkpointed"]
+    assert not plain["checkpointing"] and checkpointed["checkpointing"]
+    assert checkpointed["rows"][0]["samples_per_s"] > 0
+    # fewer tensors kept for backward at the same batch (the CPU's memory proxy)
+    assert checkpointed["rows"][0]["step_peak_bytes_above_weights"] < plain["rows"][-1]["step_peak_bytes_above_weights"]
     assert "SALMONN mask training" in (tmp_path / "BENCHMARKS.gpu.md").read_text()
 
 
@@ -104,3 +109,7 @@ def test_full_size_salmonn_bench_builds_the_13b_structure():
     assert adapter.llm_dtype.is_floating_point and adapter.llm_dtype.itemsize == 2  # bf16, as on the GPU
     batch = random_batch(adapter, 2, "meta")
     assert batch["raw_wav"].shape == (2, 16000 * 30) and batch["input_features"].shape[-1] == 3000
+    assert not adapter.llm.model.is_gradient_checkpointing
+    # the bench's second part: the same structure with the LLM's activations checkpointed
+    checkpointed = build("13b", "meta", gradient_checkpointing=True)
+    assert checkpointed.gradient_checkpointing and checkpointed.llm.model.is_gradient_checkpointing

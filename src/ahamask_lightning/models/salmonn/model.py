@@ -163,10 +163,13 @@ class SalmonnAdapter(LALMAdapter):
             paths = resolve_paths(whisper_path=whisper_path, beats_path=beats_path, llm_path=llm_path,
                                   ckpt_path=ckpt_path)
             self._build_real(variant, spec, paths, getattr(torch, dtype), attn_implementation)
-        self.gradient_checkpointing = bool(gradient_checkpointing)
+        self._set_checkpointing(gradient_checkpointing)
+        self.freeze()
+
+    def _set_checkpointing(self, on: bool) -> None:
+        self.gradient_checkpointing = bool(on)
         if self.gradient_checkpointing:
             enable_llm_checkpointing(self.llm.model)
-        self.freeze()
 
     # --- construction ------------------------------------------------------------------
     def _assemble(self, spec: SalmonnSpec, speech_encoder: nn.Module, beats: BEATs, llm: LlamaForCausalLM) -> None:
@@ -228,7 +231,8 @@ class SalmonnAdapter(LALMAdapter):
         self.model_id = f"salmonn-{variant}"
 
     @classmethod
-    def skeleton(cls, variant: str = "13b", device: str | torch.device = "meta") -> SalmonnAdapter:
+    def skeleton(cls, variant: str = "13b", device: str | torch.device = "meta",
+                 gradient_checkpointing: bool = False) -> SalmonnAdapter:
         """The full-size module structure, no files and no tokenizer: on the meta device (the default)
         it takes no memory; on a real device it holds random weights (benchmarks)."""
         spec = full_spec(variant)
@@ -239,6 +243,7 @@ class SalmonnAdapter(LALMAdapter):
                            BEATs(BEATsConfig.from_dict(spec.beats)), LlamaForCausalLM(LlamaConfig(**spec.llm)))
         self.tokenizer = None
         self.model_id = f"salmonn-{variant}"
+        self._set_checkpointing(gradient_checkpointing)
         return self.freeze()
 
     # --- adapter interface ---------------------------------------------------------------
