@@ -205,6 +205,17 @@ def test_a_good_segment_is_kept(tmp_path: Path) -> None:
     assert _parse(tmp_path, _row(audio=["a.wav", "b.wav"], meta={"start": 1, "end": 2})).reason == "bad_segment"
 
 
+@pytest.mark.parametrize("refs", ["one caption", [], ["a", ""], ["a", 3], {"0": "a"}])
+def test_bad_references_are_rejected_when_parsed(tmp_path: Path, refs) -> None:
+    rec = _parse(tmp_path, _row(task="gr", meta={"references": refs}))
+    assert rec.reason == "bad_references" and "meta.references" in rec.detail
+
+
+def test_good_references_are_kept(tmp_path: Path) -> None:
+    assert _parse(tmp_path, _row(meta={"references": ["Rain falls", "Heavy rain"]})).meta["references"] == [
+        "Rain falls", "Heavy rain"]
+
+
 def test_encoding_is_checked_per_line(tmp_path: Path) -> None:
     assert _parse(tmp_path, _row(text="Mâle").encode("latin-1")).reason == "bad_encoding"
     assert _parse(tmp_path, _row(text="Mâle").encode("latin-1")).id == "x"  # named in the rejects file

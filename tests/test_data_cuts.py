@@ -93,6 +93,7 @@ def test_bad_lines_of_a_cut_manifest_are_rejected_with_their_reason(tmp_path: Pa
         "silent": json.loads(good.replace('"Male"', '" "').replace('"Female"', '" "')) | {"id": "silent"},
         "gone": json.loads(good.replace("c0.wav", "gone.wav")) | {"id": "gone"},
         "escape": json.loads(good.replace(str(tmp_path / "corpus"), str(tmp_path))) | {"id": "escape"},
+        "refs": json.loads(good) | {"id": "refs", "custom": {"task": "gr", "meta": {"references": "Male"}}},
     }
     lines = [good, "{not json", *(json.dumps(obj) for obj in bad.values())]
     manifest.write_text("\n".join(lines) + "\n")
@@ -101,7 +102,8 @@ def test_bad_lines_of_a_cut_manifest_are_rejected_with_their_reason(tmp_path: Pa
     assert [s["id"] for b in dm.val_dataloader()[0] for s in b] == ["c0"]
     assert read_reject_files(str(rejects)) == {(str(manifest), 2): "malformed_json", (str(manifest), 3): "unknown_task",
                                                (str(manifest), 4): "empty_target", (str(manifest), 5): "missing_file",
-                                               (str(manifest), 6): "path_outside_root"}
+                                               (str(manifest), 6): "path_outside_root",
+                                               (str(manifest), 7): "bad_references"}
 
 
 def test_the_training_batches_come_from_a_lhotse_sampler(tmp_path: Path) -> None:

@@ -230,6 +230,54 @@ def test_coco_caption_scores_on_a_tiny_corpus() -> None:
     assert "spice" not in scores
 
 
+@pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap's jars need Java")
+def test_a_prepared_caption_test_set_is_scored_against_every_reference(tmp_path) -> None:
+    """AudioCaps as ``ahamask data prepare`` writes it (a test clip: its first caption as the target,
+    all its captions in ``meta.references``), through the data module and the model's collate, into
+    the evaluator: METEOR counts a prediction that matches any caption of its clip."""
+    from corpus_helpers import write_audio, write_text
+
+    from ahamask_lightning.data import ManifestDataModule
+    from ahamask_lightning.data.collate import SampleCollate
+    from ahamask_lightning.evaluation import TaskEvaluator
+    from ahamask_lightning.models.tiny_lalm import random_tiny_lalm
+    from data_modules.prepare import prepare
+
+    root = tmp_path / "audiocaps"
+    write_text(root / "test.csv", "audiocap_id,youtube_id,start_time,caption\n"
+               "1,7fmOlUlwoNg,20,Rain falls on a roof\n2,7fmOlUlwoNg,20,Heavy rain pours down on the street\n"
+               "3,r1nicOVtvkQ,0,A dog barks at a passing car\n4,r1nicOVtvkQ,0,Birds sing in the morning\n")
+    write_audio(root / "test" / "7fmOlUlwoNg.wav", 0.3)
+    write_audio(root / "test" / "r1nicOVtvkQ.wav", 0.3)
+    prepare("audiocaps", root, tmp_path / "out")
+    dm = ManifestDataModule(test=str(tmp_path / "out" / "manifests" / "test" / "aac.cuts.jsonl.gz"), batch_size=2,
+                            min_seconds=0.1, collate_fn=SampleCollate(random_tiny_lalm(), "none"))
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()[0]))
+    order = sorted(range(2), key=lambda i: batch["ids"][i])
+    assert [batch["references"][i] for i in order] == [
+        ["Rain falls on a roof", "Heavy rain pours down on the street"],
+        ["A dog barks at a passing car", "Birds sing in the morning"]]
+    # each prediction is the second caption of its clip, never the target (the first)
+    preds = [batch["references"][i][1] for i in range(2)]
+    every, first_only = TaskEvaluator(), TaskEvaluator()
+    every.update(batch, preds)
+    first_only.update({k: v for k, v in batch.items() if k != "references"}, preds)
+    assert every.compute("test")["test/aac/meteor"] > 90 > first_only.compute("test")["test/aac/meteor"]
+    assert every.predictions[0]["references"] == batch["references"][0]
+
+
+def test_only_caption_tasks_take_several_references() -> None:
+    from ahamask_lightning.evaluation import TaskEvaluator
+
+    evaluator = TaskEvaluator()
+    batch = {"tasks": ["asr"], "ids": ["u0"], "instructions": [None], "texts": ["hello world"],
+             "references": [["hello there world"]]}
+    evaluator.update(batch, ["hello world"])
+    assert evaluator.compute("test") == {"test/asr/wer": 0.0}  # scored against its target text
+    assert "references" not in evaluator.predictions[0]
+
+
 # ----------------------------------------------------------------------------- real DDP (gloo)
 
 

@@ -80,20 +80,26 @@ class TaskEvaluator:
     def update(self, batch: dict, preds: list[str], device: torch.device | str = "cpu",
                eval_set: str | None = None) -> None:
         """``eval_set`` keeps apart loaders of the same task (the data module's set name of the
-        loader, e.g. ``ood`` for held-out voices; None: unnamed)."""
-        by_task: dict[str, tuple[list[str], list[str]]] = {}
-        for task, pred, ref, sid, ins in zip(batch["tasks"], preds, batch["texts"], batch["ids"],
-                                             batch["instructions"]):
+        loader, e.g. ``ood`` for held-out voices; None: unnamed). A caption task is scored against
+        every reference of a sample (``batch["references"]``, from ``meta.references``) where it
+        has them, else against its target text."""
+        from .tasks import get_task
+
+        by_task: dict[str, tuple[list[str], list[str | list[str]]]] = {}
+        references = batch.get("references") or [None] * len(preds)
+        for task, pred, ref, refs, sid, ins in zip(batch["tasks"], preds, batch["texts"], references, batch["ids"],
+                                                   batch["instructions"]):
             p, r = by_task.setdefault(task, ([], []))
             p.append(pred)
-            r.append(ref)
+            several = refs is not None and get_task(task).kind == "caption"
+            r.append(list(refs) if several else ref)
             record = {"id": sid, "task": task, "instruction": ins, "prediction": pred, "reference": ref}
+            if several:
+                record["references"] = list(refs)
             self.predictions.append(record if eval_set is None else {**record, "set": eval_set})
         for task, (p, r) in by_task.items():
             key = (task, eval_set)
             if key not in self.metrics:
-                from .tasks import get_task
-
                 self.metrics[key] = get_task(task).metric().to(device)
             self.metrics[key].update(p, r)
 

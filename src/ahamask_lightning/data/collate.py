@@ -14,8 +14,9 @@ Batch schema (every adapter; the one place it is written down):
   by :class:`~ahamask_lightning.data.dataset.AudioBatches`, each ``{"id", "task", "text",
   "audio" (float32 [T] at the adapter's rate), "instruction", "meta"}``.
 * Out, a dict with, from :class:`SampleCollate`: ``ids``, ``tasks``, ``texts`` (the targets
-  trained on), ``instructions`` (the prompt text used, None when instruction-free) - lists of
-  length B. From the adapter's ``collate(audios, instructions, targets)``, the text in one of two
+  trained on), ``instructions`` (the prompt text used, None when instruction-free),
+  ``references`` (a sample's ``meta.references``, every reference text of it, or None) - lists
+  of length B. From the adapter's ``collate(audios, instructions, targets)``, the text in one of two
   layouts, by how the model takes audio:
 
   - chat adapters (``ChatLALMAdapter``: Qwen2-Audio, Qwen2.5-Omni, Voxtral, Granite Speech, Audio
@@ -83,5 +84,6 @@ class SampleCollate:
                  else self.instruction_free_target for s, ins in zip(samples, instructions)]
         batch = self.adapter.collate([s["audio"] for s in samples], instructions, texts)
         batch.update(ids=[s["id"] for s in samples], tasks=[s["task"] for s in samples],
-                     texts=texts, instructions=instructions)
+                     texts=texts, instructions=instructions,
+                     references=[(s.get("meta") or {}).get("references") for s in samples])
         return batch

@@ -41,6 +41,7 @@ from lhotse.serialization import deserialize_item
 
 from .audio import PAIR_GAP_SECONDS, AudioConfig, AudioError, read_header
 from .manifest import (
+    BAD_REFERENCES,
     BAD_SEGMENT,
     EMPTY_TARGET,
     MALFORMED_JSON,
@@ -55,6 +56,7 @@ from .manifest import (
     SampleRecord,
     iter_lines,
     parse_line,
+    references_problem,
 )
 from .shar import is_shar, iter_shar, shard_count
 
@@ -228,6 +230,9 @@ class ManifestCuts:
                           detail=f"{len(text)} characters > max_target_chars={self.max_target_chars}")
         if not 0 <= cut.start < cut.start + cut.duration:
             return Reject(manifest, line, BAD_SEGMENT, cut.id, detail=f"start={cut.start}, duration={cut.duration}")
+        meta = custom.get("meta")
+        if (problem := references_problem(meta if isinstance(meta, dict) else {})) is not None:
+            return Reject(manifest, line, BAD_REFERENCES, cut.id, detail=problem)
         try:
             recording = _confined(cut.recording, resolve)
             other = custom.get("audio_b")

@@ -27,7 +27,9 @@ make a lone surrogate) is rejected as ``bad_encoding`` instead of being trained 
 characters, and the rest of the file still streams. A target longer than ``max_target_chars``
 is rejected as ``target_too_long`` (see :data:`DEFAULT_MAX_TARGET_CHARS`). ``meta.start`` /
 ``meta.end`` (a segment of a long file, in seconds) must be finite numbers with
-``0 <= start < end``, else ``bad_segment``.
+``0 <= start < end``, else ``bad_segment``. ``meta.references`` (every reference text of a
+sample, e.g. the five AudioCaps captions of a test clip; caption metrics score against all of
+them) must be a non-empty list of non-empty strings, else ``bad_references``.
 
 Bad lines are not exceptions the caller has to catch: :func:`parse_line` returns a
 :class:`Reject` naming the reason, so a stream can count it and carry on.
@@ -61,9 +63,10 @@ PATH_OUTSIDE_ROOT = "path_outside_root"
 BAD_SEGMENT = "bad_segment"
 TRUNCATED_AUDIO = "truncated_audio"
 SYMLINK_LOOP = "symlink_loop"
+BAD_REFERENCES = "bad_references"
 REASONS = (MALFORMED_JSON, MISSING_FIELD, UNKNOWN_TASK, EMPTY_TARGET, MISSING_FILE,
            UNREADABLE_AUDIO, EMPTY_AUDIO, NAN_OR_INF, TOO_LONG, BAD_ENCODING, TARGET_TOO_LONG,
-           PATH_OUTSIDE_ROOT, BAD_SEGMENT, TRUNCATED_AUDIO, SYMLINK_LOOP)
+           PATH_OUTSIDE_ROOT, BAD_SEGMENT, TRUNCATED_AUDIO, SYMLINK_LOOP, BAD_REFERENCES)
 
 # Longest target kept by default. The smallest model of the project has 512 positions; at about
 # four characters per BPE token, 2,000 characters already fill that whole context, so a longer
@@ -233,6 +236,15 @@ def _number(value: object) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def references_problem(meta: dict[str, Any]) -> str | None:
+    """Why ``meta.references`` is unusable (a message), or None when it is absent or a non-empty list
+    of non-empty strings."""
+    refs = meta.get("references")
+    if refs is None or (isinstance(refs, list) and refs and all(isinstance(r, str) and r.strip() for r in refs)):
+        return None
+    return f"meta.references={str(refs)[:80]!r}: expected a non-empty list of non-empty strings"
+
+
 def parse_segment(meta: dict[str, Any]) -> tuple[float, float] | None | str:
     """(start, end) from ``meta.start``/``meta.end``; None when neither is given; a message when bad."""
     if "start" not in meta and "end" not in meta:
@@ -292,6 +304,8 @@ def parse_line(text: str | bytes, manifest: str, line: int, resolve: PathResolve
         return Reject(manifest, line, BAD_SEGMENT, sid, detail=segment)
     if segment is not None and len(paths) != 1:
         return Reject(manifest, line, BAD_SEGMENT, sid, detail="a segment (meta.start/end) needs one audio file")
+    if (problem := references_problem(meta)) is not None:
+        return Reject(manifest, line, BAD_REFERENCES, sid, detail=problem)
     try:
         resolved = [resolve(p) for p in paths]
     except OutsideRootError as err:
