@@ -17,8 +17,8 @@ is the tokenizers-backed Llama tokenizer. On the same ``tokenizer.model`` it dif
 ``batch_decode``, ``add_special_tokens``, ``save_pretrained``...), with the methods where that base
 and 4.28's ``LlamaTokenizer`` part ways following 4.28's rules instead:
 
-* ``_tokenize``: ``sp_model.encode(text)``, dummy prefix kept (the base drops it unless ``legacy``);
-* ``tokenize``: split on special and added tokens; around ``<unk>``/``<s>``/``</s>`` nothing is stripped
+* ``tokenize``: split on special and added tokens, each piece between them ``sp_model.encode``d with
+  sentencepiece's dummy prefix kept (the base drops it unless ``legacy``); around ``<unk>``/``<s>``/``</s>`` nothing is stripped
   (4.28's ``LlamaTokenizer`` makes them ``AddedToken(lstrip=False, rstrip=False)``), around any other one
   (SALMONN's ``[PAD]``, added as a plain string) the neighbouring whitespace is stripped on both sides,
   as 4.28 did for tokens given as plain strings (the base strips nothing);
@@ -26,19 +26,20 @@ and 4.28's ``LlamaTokenizer`` part ways following 4.28's rules instead:
   written as they are, and one space before a run that a special token ends unless the run follows
   another special token or starts the text (``male </s>`` ids decode to ``" male</s>"``); the base
   joins the pieces and replaces ``▁``, which leaves byte-fallback pieces as ``<0xE4>``;
-* ``_decode``: added tokens decoded apart from the pieces and joined with spaces
-  (``spaces_between_special_tokens=True``);
+* ``decode`` (and so ``batch_decode``): added tokens decoded apart from the pieces and joined with
+  spaces (``spaces_between_special_tokens=True``);
 * ``build_inputs_with_special_tokens``: ``<s>`` before each sequence, no ``</s>``.
 
 The tokenizers-backed class cannot be set to match: its byte-fallback decoder works on whole runs.
-``_tokenize`` and ``_decode`` are the hooks transformers' base classes leave to subclasses (both raise
-``NotImplementedError`` there); nothing private of the library is read.
+Only public methods of the base are overridden, and only its public attributes are read
+(``added_tokens_encoder`` / ``added_tokens_decoder``, ``tokens_trie``, ``sp_model``).
 """
 from __future__ import annotations
 
 from typing import ClassVar
 
 from transformers.tokenization_utils_base import AddedToken
+from transformers.utils import to_py_obj
 from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
 
 PAD_TOKEN = "[PAD]"  # SALMONN: tokenizer.add_special_tokens({"pad_token": "[PAD]"}) -> id 32000 for Vicuna
@@ -67,7 +68,8 @@ class SalmonnLlamaTokenizer(SentencePieceBackend):
                          clean_up_tokenization_spaces=clean_up_tokenization_spaces, legacy=True, **kwargs)
 
     # --- encoding --------------------------------------------------------------------------
-    def _tokenize(self, text: str, **kwargs) -> list[str]:
+    def sentencepiece_pieces(self, text: str) -> list[str]:
+        """``sp_model.encode`` of one piece of text, sentencepiece's dummy prefix kept."""
         return self.sp_model.encode(text, out_type=str)
 
     def _never_stripped(self) -> set[str]:
@@ -78,13 +80,14 @@ class SalmonnLlamaTokenizer(SentencePieceBackend):
         kwargs.pop("split_special_tokens", None)
         kwargs.pop("add_special_tokens", None)
         text, _ = self.prepare_for_tokenization(text, **kwargs)
-        no_split = set(self._added_tokens_encoder) | set(self.all_special_tokens)
+        added_ids, added_tokens = self.added_tokens_encoder, self.added_tokens_decoder
+        no_split = set(added_ids) | set(self.all_special_tokens)
         keep = self._never_stripped()
         pieces = self.tokens_trie.split(text)
         for i, piece in enumerate(pieces):
             if piece not in no_split or piece in keep:
                 continue
-            token = self._added_tokens_decoder.get(self._added_tokens_encoder.get(piece, -1))
+            token = added_tokens.get(added_ids.get(piece, -1))
             flagged = isinstance(token, AddedToken) and (token.lstrip or token.rstrip)
             strip_right = token.rstrip if flagged else True
             strip_left = token.lstrip if flagged else True
@@ -96,7 +99,7 @@ class SalmonnLlamaTokenizer(SentencePieceBackend):
         for piece in pieces:
             if not piece:
                 continue
-            out.extend([piece] if piece in no_split else self._tokenize(piece))
+            out.extend([piece] if piece in no_split else self.sentencepiece_pieces(piece))
         return out
 
     def build_inputs_with_special_tokens(self, token_ids_0: list[int],
@@ -139,15 +142,23 @@ class SalmonnLlamaTokenizer(SentencePieceBackend):
                 prev_is_special = False
         return out + self.sp_model.decode(run)
 
-    def _decode(self, token_ids: int | list[int], skip_special_tokens: bool = False,
-                clean_up_tokenization_spaces: bool | None = None, spaces_between_special_tokens: bool = True,
-                **kwargs) -> str:
+    def decode(self, token_ids, skip_special_tokens: bool = False, **kwargs) -> str | list[str]:
+        """One sequence of ids, or a batch of them (a list of lists), decoded as 4.28 did."""
+        token_ids = to_py_obj(token_ids)
+        if isinstance(token_ids, (list, tuple)) and token_ids and isinstance(token_ids[0], (list, tuple)):
+            return [self._decode_sequence(seq, skip_special_tokens, **kwargs) for seq in token_ids]
+        return self._decode_sequence(token_ids, skip_special_tokens, **kwargs)
+
+    def _decode_sequence(self, token_ids: int | list[int], skip_special_tokens: bool = False,
+                         clean_up_tokenization_spaces: bool | None = None, spaces_between_special_tokens: bool = True,
+                         **kwargs) -> str:
         tokens = self.convert_ids_to_tokens(token_ids, skip_special_tokens=skip_special_tokens)
         tokens = [tokens] if isinstance(tokens, str) else tokens
+        added_ids, vocab = self.added_tokens_encoder, self.sp_model.get_piece_size()
         sub_texts: list[str] = []
         run: list[str] = []
         for token in tokens:
-            if self._added_tokens_encoder.get(token, -1) >= self.sp_model.get_piece_size():
+            if added_ids.get(token, -1) >= vocab:
                 # a token added beyond the sentencepiece vocabulary ("[PAD]"): 4.28's added_tokens_encoder
                 if run:
                     sub_texts.append(self.convert_tokens_to_string(run))
