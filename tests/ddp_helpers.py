@@ -14,9 +14,10 @@ class RankMaskDump(L.Callback):
     frozen weight and its mask logits in ``setup``, before the strategy wraps the model: what the
     strategy broadcasts from rank 0 is then visible."""
 
-    def __init__(self, out_dir: str, perturb_rank1: bool = False) -> None:
+    def __init__(self, out_dir: str, perturb_rank1: bool = False, nan_on_rank1_at_step: int | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.perturb_rank1 = perturb_rank1
+        self.nan_on_rank1_at_step = nan_on_rank1_at_step  # that step's loss is NaN on rank 1 only
         self.ids: list[str] = []
         self.before: list[list[float]] | None = None
 
@@ -32,6 +33,9 @@ class RankMaskDump(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict,
                              batch_idx: int) -> None:
         self.ids.extend(batch["ids"])
+        if trainer.global_rank == 1 and trainer.global_step == self.nan_on_rank1_at_step:
+            # after TemperatureAnnealing's own batch-start write (the YAML's callbacks run first)
+            pl_module.head_mask.temperature.fill_(float("nan"))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         frozen = sum(float(p.double().sum()) for p in pl_module.adapter.parameters())
@@ -39,5 +43,6 @@ class RankMaskDump(L.Callback):
         record = {"rank": trainer.global_rank, "world_size": trainer.world_size, "steps": trainer.global_step,
                   "strategy": type(trainer.strategy).__name__, "ids": self.ids, "before": self.before,
                   "after": pl_module.head_mask.logits.detach().cpu().tolist(), "frozen_checksum": frozen,
+                  "nonfinite_total": pl_module.nonfinite_total,
                   "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None}
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))

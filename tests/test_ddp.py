@@ -18,6 +18,22 @@ REPO = Path(__file__).resolve().parents[1]
 AHAMASK = str(Path(sys.executable).with_name("ahamask"))
 
 
+def fit_two_ranks(manifests: Path, train: str, tmp_path: Path, dump_args: dict) -> subprocess.CompletedProcess:
+    """``ahamask fit`` of the tiny Qwen2-Audio GR experiment on two gloo ranks, 3 steps, with
+    ``ddp_helpers.RankMaskDump(**dump_args)`` writing what each rank saw."""
+    callback = json.dumps({"class_path": "ddp_helpers.RankMaskDump", "init_args": dump_args})
+    args = ["fit", "--config", "experiments/gr_qwen2audio_tiny.yaml", "--config", "experiments/accelerators/cpu.yaml",
+            "--config", "experiments/strategies/ddp.yaml", "--trainer.devices", "2", "--trainer.max_steps", "3",
+            "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(tmp_path / "run"),
+            "--data.init_args.train", f"[{train}]",
+            *[a for s in ("val", "test") for a in (f"--data.init_args.{s}", f"[{manifests}/{s}/gr.jsonl]")],
+            f"--trainer.callbacks+={callback}"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.run([AHAMASK, *args], check=False, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
 @pytest.mark.parametrize("train_as", ["jsonl", "shar"])
 def test_two_ranks_train_one_mask(train_as, synth_corpus, tmp_path):
     """``shar``: the training manifest as Lhotse Shar shards, which the two ranks split between them
@@ -32,17 +48,7 @@ def test_two_ranks_train_one_mask(train_as, synth_corpus, tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         shards = int(proc.stdout.split(f"-> {train} (")[1].split(" shards")[0])
         assert shards >= 2  # enough for a shard each: the ranks read disjoint shards
-    callback = json.dumps({"class_path": "ddp_helpers.RankMaskDump",
-                           "init_args": {"out_dir": str(dump), "perturb_rank1": True}})
-    args = ["fit", "--config", "experiments/gr_qwen2audio_tiny.yaml", "--config", "experiments/accelerators/cpu.yaml",
-            "--config", "experiments/strategies/ddp.yaml", "--trainer.devices", "2", "--trainer.max_steps", "3",
-            "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(tmp_path / "run"),
-            "--data.init_args.train", f"[{train}]",
-            *[a for s in ("val", "test") for a in (f"--data.init_args.{s}", f"[{m}/{s}/gr.jsonl]")],
-            f"--trainer.callbacks+={callback}"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([AHAMASK, *args], check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = fit_two_ranks(m, train, tmp_path, {"out_dir": str(dump), "perturb_rank1": True})
     if proc.returncode and "Connection closed by peer" in proc.stderr and (dump / "rank1.json").is_file():
         raise AssertionError("training finished on both ranks, then a collective ran on rank 0 alone: "
                              "MaskMonitor.on_fit_end reads trainer.log_dir (a broadcast) after its "
@@ -63,16 +69,47 @@ def test_two_ranks_train_one_mask(train_as, synth_corpus, tmp_path):
     assert ranks[1]["frozen_checksum"] - ranks[0]["frozen_checksum"] > 0.5
 
 
+def test_a_nan_loss_on_one_rank_is_skipped_by_both(synth_corpus, tmp_path):
+    """Step 1's loss is NaN on rank 1 only: both ranks skip that step (a rank running backward alone
+    would wait in the gradient all-reduce, or pair it with the other's next step), count it, and
+    end with one mask."""
+    m = synth_corpus / "manifests"
+    dump = tmp_path / "dump"
+    try:
+        proc = fit_two_ranks(m, f"{m}/train/gr.jsonl", tmp_path, {"out_dir": str(dump), "nan_on_rank1_at_step": 1})
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the two ranks hung: rank 0 ran backward while rank 1 skipped the step") from None
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((dump / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["nonfinite_total"] for r in ranks] == [1, 1]
+    assert ranks[0]["after"] == ranks[1]["after"] != ranks[0]["before"]
+
+
 def test_fsdp_policy_shards_decoder_layers_and_keeps_the_mask_whole():
     # FSDP needs an accelerator (torch refuses CPU), so the wrapping decision itself is checked here.
     from torch.distributed.fsdp import ShardingStrategy
 
-    from ahamask_lightning.accelerators import mask_wrap_policy
+    from torch.distributed.fsdp.wrap import CustomPolicy
+
+    from ahamask_lightning.accelerators import mask_wrap_policy, mask_wrap_rule
     from ahamask_lightning.models import Qwen2AudioAdapter
     from ahamask_lightning.module import AHAMaskModule
 
     module = AHAMaskModule(Qwen2AudioAdapter(tiny=True))
-    units = mask_wrap_policy()._run_policy(module, set(), {"sharding_strategy": ShardingStrategy.FULL_SHARD})
+    assert isinstance(mask_wrap_policy(), CustomPolicy)
+    rule = mask_wrap_rule()
+    units = {m: unit for m in module.modules() if (unit := rule(m))}
     kinds = sorted(type(m).__name__ for m in units)
     assert kinds == ["HeadMask", "Qwen2DecoderLayer", "Qwen2DecoderLayer"]
     assert units[module.head_mask]["sharding_strategy"] == ShardingStrategy.NO_SHARD
+
+
+def test_a_layer_class_that_does_not_import_is_named():
+    """A typo in ``layer_classes`` stops in one line instead of leaving those layers unsharded."""
+    from ahamask_lightning.accelerators import mask_wrap_rule
+
+    with pytest.raises(ValueError, match="cannot import transformers.models.lama.modeling_llama"):
+        mask_wrap_rule(["transformers.models.qwen2.modeling_qwen2.Qwen2DecoderLayer",
+                        "transformers.models.lama.modeling_llama.LlamaDecoderLayer"])
+    with pytest.raises(ValueError, match="has no class LlamaDecoderLayr"):
+        mask_wrap_rule(["transformers.models.llama.modeling_llama.LlamaDecoderLayr"])

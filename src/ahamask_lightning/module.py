@@ -6,7 +6,7 @@ gradients: every weight is frozen, so autograd records nothing before the first 
 Checkpoints hold the mask, optimizer and loop state only, plus the identity of the model
 they belong to.
 
-Faults: a step whose loss is NaN or inf is skipped (no update) and counted; after
+Faults: a step whose loss is NaN or inf (on any rank) is skipped (no update) and counted; after
 ``max_nonfinite_in_a_row`` such steps in a row the fit stops with :class:`NonFiniteLossError`
 (the CLI's ``FaultCheckpoint`` saves a checkpoint first). The counters travel in checkpoints.
 """
@@ -36,6 +36,17 @@ class NonFiniteLossError(RuntimeError):
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint that does not belong to this model, or holds more than the mask (one line)."""
+
+
+def nonfinite_on_any_rank(loss: torch.Tensor) -> bool:
+    """Whether ``loss`` is NaN/inf on this process or, in a distributed run, on any other (one
+    all-reduce of a flag): the ranks then agree on skipping the step."""
+    bad = not bool(torch.isfinite(loss))
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return bad
+    flag = torch.tensor(float(bad), device=loss.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int | None, start: float,
@@ -124,6 +135,7 @@ class AHAMaskModule(L.LightningModule):
             raise ValueError(f"max_nonfinite_in_a_row: expected an integer >= 0, got {max_nonfinite_in_a_row}")
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
+        self._finite_since_update = 0  # finite losses since the last optimizer step (gradient accumulation)
         # the learning-rate schedule's length: saved in checkpoints, kept by a resumed run (configure_optimizers)
         self.schedule_total_steps: int | None = None
         self.resumed_schedule: dict | None = None
@@ -146,13 +158,17 @@ class AHAMaskModule(L.LightningModule):
             ce = self.adapter.loss(batch)
         active = mask.sum() / (b if mask.dim() == 3 else 1)
         loss = ce + self.sparsity_lambda * active
-        if not torch.isfinite(loss):
-            # Skip the step (Lightning skips backward and the update on None) and count it;
-            # on_train_batch_end stops a run that keeps producing them.
+        if nonfinite_on_any_rank(loss):
+            # Skip the step and count it; on_train_batch_end stops a run that keeps producing them.
+            # Every rank skips together (the flag is all-reduced). The step returns a loss with a zero
+            # gradient rather than None, which Lightning refuses under DDP: backward then runs on
+            # every rank alike and on_before_optimizer_step drops the gradient, so the optimizer leaves
+            # the mask and its own state as they were.
             self.nonfinite_in_a_row += 1
             self.nonfinite_total += 1
             self.log("train/nonfinite_total", float(self.nonfinite_total), batch_size=b)
-            return None
+            return self.head_mask.logits.sum() * 0.0
+        self._finite_since_update += 1
         self.nonfinite_in_a_row = 0
         self.log_dict({"train/ce": ce.detach(), "train/loss": loss.detach(), "train/active_sampled": active.detach(),
                        "train/temperature": self.head_mask.temperature, "train/lambda": float(self.sparsity_lambda)},
@@ -166,6 +182,12 @@ class AHAMaskModule(L.LightningModule):
         with self.gate.apply(getattr(self, "_step_mask", None)):
             super().backward(loss, *args, **kwargs)
         self._step_mask = None
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # no finite loss since the last update (every accumulated batch skipped): no update at all
+        if self._finite_since_update == 0:
+            optimizer.zero_grad(set_to_none=True)
+        self._finite_since_update = 0
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # Checked after the callbacks' batch-end hooks (periodic checkpoints included), so the

@@ -3,7 +3,14 @@
 Importing the package registers the Ascend NPU with Lightning (``--trainer.accelerator npu``,
 ``--trainer.strategy npu_single|ddp_npu``); torch_npu itself is imported only when used.
 """
-from .ddp import MaskDDPStrategy, MaskFSDPStrategy, broadcast_trainable, frozen_sync_off, mask_wrap_policy
+from .ddp import (
+    MaskDDPStrategy,
+    MaskFSDPStrategy,
+    broadcast_trainable,
+    frozen_sync_off,
+    mask_wrap_policy,
+    mask_wrap_rule,
+)
 from .devices import check_devices, parse_devices
 from .npu import (
     NPU_MISSING,
@@ -19,5 +26,5 @@ from .npu import (
 __all__ = [
     "NPU_MISSING", "MaskDDPStrategy", "MaskFSDPStrategy", "NPUAccelerator", "NPUDDPStrategy", "NPUMixedPrecision",
     "NPUSingleDeviceStrategy", "check_devices", "check_trainer_config", "broadcast_trainable", "frozen_sync_off",
-    "mask_wrap_policy", "parse_devices", "require_npu", "uses_npu",
+    "mask_wrap_policy", "mask_wrap_rule", "parse_devices", "require_npu", "uses_npu",
 ]

@@ -14,7 +14,7 @@ tensor (the n x h mask logits).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -53,36 +53,44 @@ class MaskDDPStrategy(DDPStrategy):
 
 
 def import_classes(paths: Sequence[str]) -> tuple[type, ...]:
-    """Classes from ``module.Class`` paths; a path whose module is absent is skipped (optional models)."""
+    """Classes from ``module.Class`` paths. A path that does not import is an error, not skipped: a
+    layer class left out silently would leave its layers unsharded, each a whole copy per device."""
+    if not paths:
+        raise ValueError("MaskFSDPStrategy.layer_classes: expected at least one decoder-layer class")
     out = []
     for path in paths:
         module, _, name = path.rpartition(".")
         try:
             out.append(getattr(importlib.import_module(module), name))
-        except ImportError:
-            continue
+        except ImportError as err:
+            raise ValueError(f"MaskFSDPStrategy.layer_classes: cannot import {module} ({err})") from None
         except AttributeError:
             raise ValueError(f"MaskFSDPStrategy.layer_classes: {module} has no class {name}") from None
-    if not out:
-        raise ValueError(f"MaskFSDPStrategy.layer_classes: none of {list(paths)} could be imported")
     return tuple(out)
 
 
-def mask_wrap_policy(layer_classes: Sequence[str] = DEFAULT_LAYER_CLASSES) -> Any:
-    """FSDP ``CustomPolicy``: decoder layers -> their own sharded unit; the HeadMask -> an un-sharded unit."""
+def mask_wrap_rule(layer_classes: Sequence[str] = DEFAULT_LAYER_CLASSES) -> Callable[[nn.Module], bool | dict]:
+    """Which FSDP unit a module becomes: a decoder layer its own sharded unit (True), the HeadMask an
+    un-sharded one (its sharding strategy), anything else none (False)."""
     from torch.distributed.fsdp import ShardingStrategy
-    from torch.distributed.fsdp.wrap import CustomPolicy
 
     from ..masking import HeadMask
 
     layers = import_classes(layer_classes)
 
-    def policy(module: nn.Module) -> bool | dict[str, Any]:
+    def rule(module: nn.Module) -> bool | dict[str, Any]:
         if isinstance(module, HeadMask):
             return {"sharding_strategy": ShardingStrategy.NO_SHARD}
         return isinstance(module, layers)
 
-    return CustomPolicy(policy)
+    return rule
+
+
+def mask_wrap_policy(layer_classes: Sequence[str] = DEFAULT_LAYER_CLASSES) -> Any:
+    """FSDP ``CustomPolicy`` of :func:`mask_wrap_rule`."""
+    from torch.distributed.fsdp.wrap import CustomPolicy
+
+    return CustomPolicy(mask_wrap_rule(layer_classes))
 
 
 class MaskFSDPStrategy(FSDPStrategy):
