@@ -35,6 +35,7 @@ EXPECTED = {
     "loop": "symlink_loop",  # a link to itself
     "segtext": "bad_segment",  # meta.start is a string
     "segnull": "bad_segment",  # meta.start is null
+    "refs": "bad_references",  # meta.references is one string, not a list of them
 }
 
 
@@ -75,7 +76,7 @@ def build(root: Path) -> str:
     files["cut"] = "audio/cut.wav"
     os.symlink("loop.wav", audio / "loop.wav")
     files["loop"] = "audio/loop.wav"
-    for sid in ("latin", "surrogate", "essay", "segtext", "segnull"):
+    for sid in ("latin", "surrogate", "essay", "segtext", "segnull", "refs"):
         files[sid] = "audio/good.wav"
     man = root / "manifests" / "test" / "mixed.jsonl"
     man.parent.mkdir(parents=True)
@@ -92,6 +93,8 @@ def build(root: Path) -> str:
             row["text"] = "word " * 4000
         if sid in ("segtext", "segnull"):
             row["meta"] = {"start": "abc" if sid == "segtext" else None, "end": 0.4}
+        if sid == "refs":
+            row["meta"] = {"references": "Male"}
         text = json.dumps(row).encode()
         if sid == "latin":
             text = text.replace(b'"Male"', b'"M\xe9le"')  # Latin-1 bytes, not UTF-8
@@ -127,7 +130,7 @@ def test_each_bad_case_gets_its_reason(tmp_path: Path, workers: int, caplog: pyt
     assert all(e["manifest"] == man and e["stage"] == "val" for e in entries)
 
     summary = dm.reject_summary()
-    assert summary == {"bad_encoding": 2, "bad_segment": 2, "empty_audio": 1, "empty_target": 2, "malformed_json": 1,
+    assert summary == {"bad_encoding": 2, "bad_references": 1, "bad_segment": 2, "empty_audio": 1, "empty_target": 2, "malformed_json": 1,
                        "missing_file": 1, "nan_or_inf": 2, "path_outside_root": 2, "symlink_loop": 1,
                        "target_too_long": 1, "too_long": 1, "truncated_audio": 1, "unknown_task": 1,
                        "unreadable_audio": 1}
@@ -143,7 +146,7 @@ def test_counts_reach_the_main_process_without_a_rejects_file(tmp_path: Path) ->
     man = build(tmp_path / "data")
     dm = ManifestDataModule(train=man, batch_size=2, num_workers=2, max_seconds=2.0, known_tasks={"gr"})
     assert len([s for b in dm.train_dataloader() for s in b]) == 3
-    assert sum(dm.reject_summary().values()) == 19
+    assert sum(dm.reject_summary().values()) == 20
 
 
 def test_all_bad_manifest_stops_with_a_clear_error(tmp_path: Path) -> None:
@@ -252,6 +255,14 @@ def test_audio_paths_stay_inside_the_corpus(tmp_path: Path) -> None:
     assert _parse(tmp_path, _row(audio="x/a.wav"), audio_root=root).audio == [f"{root}/x/a.wav"]
     assert _parse(tmp_path, _row(audio=f"{root}2/a.wav"), audio_root=root).reason == "path_outside_root"
     assert _parse(tmp_path, _row(audio=str(corpus / "a.wav")), audio_root=root).reason == "path_outside_root"
+
+
+def test_audio_root_with_a_tilde_resolves_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "corpus").mkdir()
+    sf.write(tmp_path / "corpus" / "a.wav", np.zeros(1600, dtype="float32"), 16000)
+    rec = _parse(tmp_path, _row(), audio_root="~/corpus")
+    assert rec.audio == [str(tmp_path / "corpus" / "a.wav")] and Path(rec.audio[0]).is_file()
 
 
 def test_a_corpus_read_from_outside_names_the_option(tmp_path: Path) -> None:

@@ -38,14 +38,11 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
 import math
 import os
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-
-log = logging.getLogger("ahamask_lightning.data")
 
 # Reason strings (stable: tests and the rejects files use them).
 MALFORMED_JSON = "malformed_json"
@@ -158,15 +155,16 @@ class PathResolver:
     """Resolves a manifest's relative audio paths and confines them (see the module docstring)."""
 
     def __init__(self, manifest: str, audio_root: str | None = None, allow_outside_root: bool = False) -> None:
-        self.audio_root = audio_root
+        # the same root for joining relative paths as for confining absolute ones (``~`` expanded)
+        self.audio_root = os.path.abspath(os.path.expanduser(audio_root)) if audio_root is not None else None
         self.allow_outside_root = allow_outside_root
         here = os.path.dirname(os.path.abspath(manifest))
         parent = os.path.dirname(here)
         self.candidates = [here, parent, os.path.dirname(parent)]
         # Where absolute paths must lie: the documented root if given, else the manifest's folder
         # and the roots ``prepare`` recorded (not read when nothing is checked).
-        if audio_root is not None:
-            self.roots = [os.path.abspath(os.path.expanduser(audio_root))]
+        if self.audio_root is not None:
+            self.roots = [self.audio_root]
         else:
             self.roots = [here] + ([] if allow_outside_root else recorded_roots(manifest))
         self._hit: str | None = None  # the candidate that worked last: one stat per line in the usual case

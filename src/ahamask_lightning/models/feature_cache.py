@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -39,6 +37,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
+
+from ..masking.io import atomic_write
 
 
 def clip_key(waveform: torch.Tensor | np.ndarray) -> str:
@@ -82,7 +82,8 @@ class FeatureCache:
         self.root.mkdir(parents=True, exist_ok=True)
         info = self.root / "namespace.json"
         if not info.is_file():
-            self._atomic_write_text(info, json.dumps(namespace, sort_keys=True, indent=1, default=str))
+            readable = json.dumps(namespace, sort_keys=True, indent=1, default=str)
+            atomic_write(info, lambda tmp: Path(tmp).write_text(readable))
         self.hits = 0
         self.misses = 0
 
@@ -104,10 +105,9 @@ class FeatureCache:
     def save(self, key: str, features: torch.Tensor) -> None:
         p = self.path(key)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-        save_file({"features": features.detach().cpu().contiguous()}, str(tmp),
-                  metadata={"namespace": self.namespace, "key": key})
-        os.replace(tmp, p)
+        tensors = {"features": features.detach().cpu().contiguous()}
+        # written beside the entry and renamed onto it (readers see a whole file or none); removed on failure
+        atomic_write(p, lambda tmp: save_file(tensors, tmp, metadata={"namespace": self.namespace, "key": key}))
 
     def lookup(self, keys: Sequence[str]) -> list[torch.Tensor | None]:
         """Each clip's cached embeddings (CPU), or None: what the collate reads in the loader workers,
@@ -142,9 +142,3 @@ class FeatureCache:
                 self.save(keys[i], feats)
                 out[i] = feats
         return [f.to(device=device, dtype=dtype) for f in out]
-
-    @staticmethod
-    def _atomic_write_text(path: Path, text: str) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
