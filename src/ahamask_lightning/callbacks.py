@@ -197,7 +197,8 @@ class FaultCheckpoint(Checkpoint):
     otherwise leave a fresh-state file newer than the real last checkpoint, and (b) it does not make
     every ``fit`` resume by itself: resuming is asked for with ``--ckpt_path last``, which the CLI
     resolves to the newest of ``last*.ckpt`` and ``interrupted.ckpt``. On a fit that ends normally
-    the file is removed. ``saved`` holds ``(path, global_step, exception)`` of the last save.
+    the file is removed. ``saved`` holds ``(path, global_step, exception)`` of the last save,
+    ``failed`` the error of a save that failed (the CLI's stop line names it).
     """
 
     FILENAME = "interrupted.ckpt"

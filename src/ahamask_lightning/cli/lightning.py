@@ -72,6 +72,17 @@ class FitSession:
                 return cb.saved
         return None
 
+    def save_failure(self) -> str | None:
+        """Why the fault callback's checkpoint could not be written, when it tried and failed."""
+        for cb in self.trainer.callbacks if self.trainer is not None else []:
+            if isinstance(cb, FaultCheckpoint) and cb.failed is not None:
+                return f"saving {cb.ckpt_path} failed: {cb.failed}"
+        return None
+
+    def no_checkpoint(self) -> str:
+        failure = self.save_failure()
+        return "no checkpoint written" + (f" ({failure})" if failure else "")
+
     def close(self) -> None:
         if self.lock is not None:
             self.lock.release()
@@ -255,7 +266,8 @@ def _stopped_line(session: FitSession, exc: BaseException) -> tuple[str, int] | 
         return None
     name, code = ("SIGTERM", 143) if isinstance(cause, SIGTERMException) else ("SIGINT", 130)
     where = (f"at step {fault[1]}; checkpoint saved: {fault[0]} (resume with --ckpt_path last)"
-             if fault is not None else "before training began; no checkpoint written")
+             if fault is not None else f"at step {session.trainer.global_step}; {session.no_checkpoint()}"
+             if session.save_failure() else "before training began; no checkpoint written")
     return f"fit stopped by {name} {where}", code
 
 
@@ -271,6 +283,7 @@ def _disk_full_line(session: FitSession, exc: BaseException) -> str:
 
 
 def run_lightning(argv: list[str], parser_kwargs: dict[str, Any] | None = None) -> int:
+    caller_argv = sys.argv
     sys.argv = [sys.argv[0]] + list(argv)  # LightningCLI reads sys.argv (args= with argv set only warns)
     # The frozen LALM is in eval mode on purpose (LALMAdapter.train); the summary says so once.
     warnings.filterwarnings("ignore", message=EVAL_MODE_WARNING, category=PossibleUserWarning)
@@ -296,7 +309,7 @@ def run_lightning(argv: list[str], parser_kwargs: dict[str, Any] | None = None) 
     except NonFiniteLossError as exc:
         fault = session.fault()
         saved = (f"; checkpoint saved: {fault[0]} (resume with --ckpt_path last)" if fault is not None
-                 else "; no checkpoint written")
+                 else f"; {session.no_checkpoint()}")
         print(f"ahamask: error: {exc}{saved}", file=sys.stderr)
         return 2
     except pickle.UnpicklingError as exc:  # a checkpoint reached by ckpt_path=last/best
@@ -319,4 +332,5 @@ def run_lightning(argv: list[str], parser_kwargs: dict[str, Any] | None = None) 
         return 2
     finally:
         session.close()
+        sys.argv = caller_argv  # a caller running several commands in one process gets its own back
     return 0
