@@ -54,7 +54,7 @@ def training(part: dict) -> list[str]:
         out += _table(["variant", "wall, median (min-max)", "CPU time, median", "memory"], rows) + [""]
         out += _table(["ratio", "value"], [[k, _r(r)] for k, r in v["ratios"].items()]) + [""]
         f = v["flops"]
-        out.append(f"Model FLOPs of the mask step (DESIGN section 7): {f['flops'] / 1e9:.1f} GFLOP "
+        out.append(f"Model FLOPs of the mask step (4 P_llm T + 4 P_head T_targets + 2 P_enc T_enc): {f['flops'] / 1e9:.1f} GFLOP "
                    f"(P_llm {f['p_llm'] / 1e6:.1f} M, lm_head {f['p_head'] / 1e6:.1f} M at the targets, "
                    f"P_enc {f['p_enc'] / 1e6:.1f} M over {f['t_enc']} positions); "
                    f"{v['achieved_flops'] / 1e9:.1f} GFLOP/s = {v['mfu_vs_matmul']:.2f} of the measured matmul peak.")

@@ -4,8 +4,8 @@ Variants are timed interleaved (A B C A B C ...) in one process and summarised b
 that load from other processes on a shared machine hits every variant alike; the spread
 (min/max) is recorded with each median. Peak memory: on CUDA ``torch.cuda.max_memory_allocated``
 around the call; on a CPU, which has no allocator statistics, the bytes autograd keeps for
-backward (distinct storages seen by ``torch.autograd.graph.saved_tensors_hooks``), plus the
-largest output the call returns: a proxy of the step's activation memory, not of process RSS.
+backward (distinct storages seen by ``torch.autograd.graph.saved_tensors_hooks``): a proxy of
+the step's activation memory, not of process RSS.
 """
 from __future__ import annotations
 

@@ -79,7 +79,7 @@ def lora_step_fn(adapter, batch: dict):
 
 
 def model_flops(adapter, shape: dict, logits_positions: int) -> dict:
-    """DESIGN section 7: 4 P T for the LLM (forward + activation backward) + 2 P_enc T_enc for the encoder.
+    """Model FLOPs of a mask step: 4 P T for the LLM (forward + activation backward) + 2 P_enc T_enc for the encoder.
 
     P: the decoder layers' parameters (the embedding table is a lookup); the lm_head is counted at
     the positions where it runs (``logits_positions``), also 4 x; T: the padded tokens the step runs
@@ -128,7 +128,7 @@ def step_comparison(size: dict, device: str, reps: int) -> dict:
         f = out["vocabs"][key]["flops"]["flops"]
         out["vocabs"][key]["achieved_flops"] = f / times["mask_step"]["median_s"]
         out["vocabs"][key]["mfu_vs_matmul"] = f / times["mask_step"]["median_s"] / out["matmul_peak_flops"]
-        del adapter, ms, variants
+        adapter = ms = variants = None  # the model freed before the next vocabulary's is built
     return out
 
 

@@ -264,7 +264,7 @@ def test_table_rows():
     assert columns == ["condition", "gr/acc", "gr/acc (ood)", "gr/heads"]
     assert [r["condition"] for r in rows] == list(CONDITIONS)
     assert rows[0]["gr/heads"] == "all" and rows[3]["gr/heads"] == 30 and rows[3]["gr/acc"] == 93.0
-    text = reproduce.markdown(columns, rows, {"gr/acc": (96.79, 0.0, 0.0, 98.05)})
+    text = ab.conditions_markdown(columns, rows, {"gr/acc": (96.79, 0.0, 0.0, 98.05)})
     assert "| AHAMask | 93.00 (98.05) | 83.00 | 30 |" in text
 
 

@@ -124,7 +124,7 @@ npu.is_available = lambda: True
 npu.device_count = lambda: 2
 npu.set_device = lambda device: None
 npu.get_amp_supported_dtype = lambda: [torch.float16, torch.bfloat16]
-torch._register_device_module("npu", npu)
+torch._register_device_module("npu", npu)  # as torch_npu registers itself: the stand-in does what the plug-in does
 sys.modules["torch_npu"] = types.ModuleType("torch_npu")
 sys.modules["torch_npu"].__spec__ = importlib.machinery.ModuleSpec("torch_npu", None)
 """

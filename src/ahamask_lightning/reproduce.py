@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .analysis import ablations as ab
-from .experiment import CONDITIONS
 from .paper_tables import PAPER_QWEN, PAPER_SALMONN, RELEASED_MASKS
 
 TINY_TASKS = ("gr", "src", "asv", "asr", "aac", "gr_asr", "json")
@@ -116,34 +115,8 @@ def salmonn_missing(config: str) -> list[str]:
     return missing_paths(**{k: weights.get(k) for k in ("whisper_path", "beats_path", "llm_path", "ckpt_path")})
 
 
-def _cell(value: object, paper: float | None = None) -> str:
-    ours = "-" if value is None else (f"{value:.2f}" if isinstance(value, float) else str(value))
-    return ours if paper is None else f"{ours} ({paper:.2f})"
-
-
-def markdown(columns: list[str], rows: list[dict], paper: dict[str, tuple] | None = None) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        idx = CONDITIONS.index(row["condition"]) if row["condition"] in CONDITIONS else None
-        cells = [_cell(row.get(c), (paper or {}).get(c, (None,) * 4)[idx] if idx is not None else None)
-                 for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    note = "\n(paper values in brackets)\n" if paper else ""
-    return "\n".join(lines) + "\n" + note
-
-
 def write_table(out: Path, summaries: list[dict], paper: dict | None = None) -> str:
-    import csv
-
-    columns, rows = ab.table_rows(summaries, TABLE_METRICS)
-    text = markdown(columns, rows, paper)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(text)
-    with open(out / "table.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return text
+    return ab.write_conditions_table(out, summaries, TABLE_METRICS, paper)
 
 
 def jaccard_png(summaries: list[dict], path: Path) -> Path | None:
@@ -371,9 +344,11 @@ def parser() -> argparse.ArgumentParser:
 
 def apply_quick(args: argparse.Namespace) -> None:
     """``ablations --quick``: fewer steps and test batches, and the learning-rate warm-up compressed
-    with them -- under the YAML's schedule (1e-2 after 100 warm-up steps) no logit can fall from its
-    initial 4.0 below 0 in ~100 steps, so every mask would keep every head and no study would show
-    anything. Flags given explicitly (``--steps``, ``--test-batches``, ``--set``) win."""
+    with them -- under the paper's schedule (the SALMONN and Qwen2-Audio YAMLs: 1e-2 after 3000
+    warm-up steps) no logit can fall from its initial 4.0 below 0 in ~100 steps, so every mask would
+    keep every head and no study would show anything (the TinyLALM YAMLs already train at 0.1 after
+    10 warm-up steps, which these flags repeat). Flags given explicitly (``--steps``,
+    ``--test-batches``, ``--set``) win."""
     given = {key for key, _ in args.set or []}
     args.steps = args.steps or int(QUICK_ABLATIONS[1])
     args.test_batches = args.test_batches or int(QUICK_ABLATIONS[3])

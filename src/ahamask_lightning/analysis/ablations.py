@@ -269,3 +269,37 @@ def import_official_masks(source: Path, out: Path, names: dict[str, str], layers
                      "-o", str(target)])
             found[task] = target
     return found
+
+
+def _cell(value: object, paper: float | None = None) -> str:
+    ours = "-" if value is None else (f"{value:.2f}" if isinstance(value, float) else str(value))
+    return ours if paper is None else f"{ours} ({paper:.2f})"
+
+
+def conditions_markdown(columns: list[str], rows: list[dict], paper: dict[str, tuple] | None = None) -> str:
+    """:func:`table_rows` as a Markdown table; ``paper``: the published value of a column under each
+    condition (``CONDITIONS`` order, None where unpublished), in brackets beside ours."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        idx = CONDITIONS.index(row["condition"]) if row["condition"] in CONDITIONS else None
+        cells = [_cell(row.get(c), (paper or {}).get(c, (None,) * 4)[idx] if idx is not None else None)
+                 for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    note = "\n(paper values in brackets)\n" if paper else ""
+    return "\n".join(lines) + "\n" + note
+
+
+def write_conditions_table(out: Path, summaries: list[dict], metrics: dict[str, tuple[str, ...]],
+                           paper: dict | None = None) -> str:
+    """``out/table.md`` and ``out/table.csv`` of the four conditions per task; returns the Markdown."""
+    import csv
+
+    columns, rows = table_rows(summaries, metrics)
+    text = conditions_markdown(columns, rows, paper)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(text)
+    with open(out / "table.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return text

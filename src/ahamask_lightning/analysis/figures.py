@@ -19,7 +19,7 @@ def _plt():
     return plt
 
 
-# Every metric is on a 0-100 scale (tasks/metrics.py); the axis says which and which way is better.
+# Every metric is x 100 (tasks/metrics.py); the axis says which and which way is better.
 METRIC_LABELS = {"acc": "accuracy (%)", "wer": "WER (%, lower is better)", "cer": "CER (%, lower is better)",
                  "ifr": "instruction following rate (%)", "bleu": "BLEU-4", "meteor": "METEOR (x100)",
                  "rouge_l": "ROUGE-L (x100)", "cider": "CIDEr (x100)"}

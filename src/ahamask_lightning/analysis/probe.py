@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,10 +27,13 @@ from ..data import ManifestDataModule
 from ..data.collate import SampleCollate
 from ..masking import HeadGate, load_mask
 
+if TYPE_CHECKING:
+    from ..models.tiny_lalm import TinyLALM
+
 
 @torch.no_grad()
-def answer_position_states(adapter, gate: HeadGate, loader, prompt: str, mask: torch.Tensor | None,
-                           max_samples: int) -> tuple[torch.Tensor, list[str]]:
+def answer_position_states(adapter: TinyLALM, gate: HeadGate, loader: Iterable[list[dict]], prompt: str,
+                           mask: torch.Tensor | None, max_samples: int) -> tuple[torch.Tensor, list[str]]:
     """Hidden states ``[N, layers + 1, hidden]`` at the last prompt position, and the labels."""
     collate = SampleCollate(adapter, prompt)
     states, labels = [], []
@@ -73,8 +78,9 @@ def layer_updates(states: torch.Tensor) -> list[float]:
     return delta.mean(0).tolist()
 
 
-def probe_layers(adapter, task: str, manifests: Path, mask_path: str | None, train_samples: int = 640,
-                 test_samples: int = 192, batch_size: int = 16) -> dict[str, list[float]]:
+def probe_layers(adapter: TinyLALM, task: str, manifests: Path, mask_path: str | None,
+                 train_samples: int = 640, test_samples: int = 192,
+                 batch_size: int = 16) -> dict[str, list[float]]:
     """Probe accuracy per hidden state for each condition (instruction / none / mask), and as
     ``update_<condition>`` the relative change each layer makes there (row k: layer k+1)."""
     gate = HeadGate(adapter.gated_attentions(), adapter.num_heads, adapter.head_dim)

@@ -51,7 +51,6 @@ COMMANDS: tuple[Command, ...] = (
             "ahamask_lightning.cli.prune"),
 )
 REGISTRY = {c.name: c for c in COMMANDS}
-LIGHTNING_COMMANDS = tuple(c.name for c in COMMANDS if c.module is None)
 
 
 class ExampleHelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):

@@ -1,6 +1,6 @@
 """Audio decoding for the data layer: first channel, resampled, validated, padded.
 
-Rules (DESIGN.md section 2): 16 kHz, first channel, zero-padded at the end to at least
+Rules (what every adapter's encoder takes): 16 kHz, first channel, zero-padded at the end to at least
 ``min_seconds``, and audio longer than ``max_seconds`` is rejected (``on_too_long="reject"``, the
 default, so a long clip never silently loses its target's content) or cut (``"cut"``). A pair
 (speaker verification) becomes A + 0.1 s of zeros + B; padding and the length limit apply to
@@ -17,7 +17,7 @@ import math
 import os
 import struct
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import soundfile as sf
@@ -134,8 +134,8 @@ def check_not_truncated(path: str) -> None:
         raise AudioError(TRUNCATED_AUDIO, f"{path}: header promises {found[0]} frames, file holds {found[1]}")
 
 
-def read_header(path: str):
-    """The file's checked header (``soundfile.info``), no decoding; raises AudioError like :func:`load_mono`."""
+def read_header(path: str) -> Any:
+    """The file's checked header (``soundfile.info``'s result: frames, samplerate, channels), no decoding; raises AudioError like :func:`load_mono`."""
     check_file(path)
     check_not_truncated(path)
     try:

@@ -6,7 +6,7 @@ Who owns batching: the model knows how to turn audio + prompts into tensors (its
 ``collate_fn`` constructor argument. In the CLI the link is declared in
 ``AHAMaskCLI.add_arguments_to_parser`` (``model`` -> ``data.init_args.collate_fn`` when the
 classes are instantiated); tools that build a datamodule themselves pass it explicitly. The
-model never touches the datamodule.
+model never changes the datamodule (it only reads its evaluation sets' names through the trainer).
 
 Batch schema (every adapter; the one place it is written down):
 

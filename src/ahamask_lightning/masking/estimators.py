@@ -10,8 +10,6 @@ found by gradient descent is likely to fit, so it bounds what head gating can do
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 ESTIMATORS = ("logistic", "official", "hard_concrete", "sigmoid")
@@ -60,16 +58,6 @@ def straight_through(soft: torch.Tensor) -> torch.Tensor:
     """Hard 0/1 gate in the forward pass, gradient of the soft gate in the backward pass."""
     hard = (soft >= 0.5).to(soft.dtype)
     return hard - soft.detach() + soft
-
-
-def expected_on(logits: torch.Tensor, estimator: str = "logistic") -> torch.Tensor:
-    """Probability that each gate is on (without temperature), for the sparsity penalty monitor."""
-    if estimator == "official":
-        return torch.exp(-torch.exp(-logits))
-    if estimator == "hard_concrete":
-        # P(gate > 0) for the stretched concrete at temperature 2/3 (Louizos et al. eq. 12).
-        return torch.sigmoid(logits - (2.0 / 3.0) * math.log(0.1 / 1.1))
-    return torch.sigmoid(logits)
 
 
 def deterministic_mask(logits: torch.Tensor) -> torch.Tensor:

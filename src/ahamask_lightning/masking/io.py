@@ -13,6 +13,7 @@ import os
 import pickle
 import secrets
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def git_revision() -> str:
         return "unknown"
 
 
-def atomic_write(path: str | os.PathLike, write) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
     """Call ``write(tmp_path)`` then rename onto ``path``; remove the temporary file on failure."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")

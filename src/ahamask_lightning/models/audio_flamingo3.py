@@ -8,13 +8,18 @@ per sample and beam search expands it like the text.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from .base import weights_dir
 from .chat_collate import TINY_SECONDS, ChatLALMAdapter, pretrained_model, tiny_model, unpad
 from .full_size import meta_model
+
+if TYPE_CHECKING:
+    from transformers import AudioFlamingo3Config, AudioFlamingo3Processor
 
 # The ChatML template of the converted checkpoint (nvidia/audio-flamingo-3-hf) written out:
 # default system prompt, then the audio placeholder at the start of the user turn, directly
@@ -43,7 +48,7 @@ FULL_SIZE_CONFIGS: dict[str, dict] = {
 }
 
 
-def tiny_processor(chunk_seconds: int = 4):
+def tiny_processor(chunk_seconds: int = 4) -> AudioFlamingo3Processor:
     """The real processor classes with a small BPE tokenizer and a short feature window."""
     from transformers import AudioFlamingo3Processor, WhisperFeatureExtractor
 
@@ -59,8 +64,8 @@ def tiny_processor(chunk_seconds: int = 4):
     return AudioFlamingo3Processor(feature_extractor=fe, tokenizer=tok, audio_token=AUDIO_TOKEN)
 
 
-def tiny_config(processor, layers: int = 2, heads: int = 4, kv_heads: int = 2, hidden: int = 64,
-                chunk_seconds: int = 4):
+def tiny_config(processor: AudioFlamingo3Processor, layers: int = 2, heads: int = 4, kv_heads: int = 2,
+                hidden: int = 64, chunk_seconds: int = 4) -> AudioFlamingo3Config:
     from transformers import AudioFlamingo3Config
 
     tok = processor.tokenizer
@@ -76,7 +81,7 @@ def tiny_config(processor, layers: int = 2, heads: int = 4, kv_heads: int = 2, h
     )
 
 
-def full_size_meta(name: str = "audio-flamingo-3"):
+def full_size_meta(name: str = "audio-flamingo-3") -> tuple[nn.Module, list[nn.Module], Any]:
     """The full-size model on the meta device: (model, gated attentions, text config)."""
     from transformers import AudioFlamingo3Config, AudioFlamingo3ForConditionalGeneration
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,17 +30,22 @@ from .base import (
 )
 from .feature_cache import FeatureCache, refuse_unsupported, weights_fingerprint
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
 TINY_SECONDS = 4.0  # the tiny models' feature window: audio is cut there
 
 
-def tiny_model(model_cls, config, attn_implementation: str) -> nn.Module:
+def tiny_model(model_cls: type[PreTrainedModel], config: PretrainedConfig,
+               attn_implementation: str) -> nn.Module:
     """A random model of a transformers class from a tiny config of that class, with the attention kernel set."""
     model = model_cls(config)
     model.set_attn_implementation(attn_implementation)
     return model
 
 
-def pretrained_model(model_cls, path: str, dtype: str, attn_implementation: str, **kwargs) -> nn.Module:
+def pretrained_model(model_cls: type[PreTrainedModel], path: str, dtype: str, attn_implementation: str,
+                     **kwargs: Any) -> nn.Module:
     """A real checkpoint from a local directory, in ``dtype`` (a torch dtype name) with the attention kernel set."""
     return model_cls.from_pretrained(path, dtype=getattr(torch, dtype), attn_implementation=attn_implementation,
                                      **kwargs)
@@ -51,7 +56,7 @@ def unpad(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.T
     return [input_ids[i, attention_mask[i].bool()] for i in range(input_ids.shape[0])]
 
 
-def published_name(configs: dict[str, dict], text_config, fallback: str) -> str:
+def published_name(configs: dict[str, dict], text_config: PretrainedConfig, fallback: str) -> str:
     """The name of the published configuration whose LLM shape ``text_config`` has, else ``fallback``.
 
     A mask is tied to the model it was trained on; naming real checkpoints by their shape
@@ -64,8 +69,8 @@ def published_name(configs: dict[str, dict], text_config, fallback: str) -> str:
     return fallback
 
 
-def encode_template(tokenizer, template: str, specials: Sequence[str], text: str, audio_token: str,
-                    n_audio: int) -> list[int]:
+def encode_template(tokenizer: PreTrainedTokenizerBase, template: str, specials: Sequence[str], text: str,
+                    audio_token: str, n_audio: int) -> list[int]:
     """Token ids of ``template`` with ``{text}`` filled in and ``audio_token`` repeated ``n_audio`` times.
 
     Special tokens are mapped to their ids one by one and only the plain text between them
@@ -269,7 +274,7 @@ class ChatLALMAdapter(LALMAdapter):
         return target_only_loss(hidden, self.model.get_output_embeddings(), labels)
 
     @torch.no_grad()
-    def generate(self, batch: dict[str, torch.Tensor], **generation) -> list[str]:
+    def generate(self, batch: dict[str, torch.Tensor], **generation: Any) -> list[str]:
         """Decoding with transformers' ``generate`` (``generation`` overrides, e.g. ``cache_implementation:
         static``); the prompt pass computes logits at its last position only: transformers does so via
         ``logits_to_keep`` where ``forward`` takes it, ``last_position_logits`` does it otherwise."""

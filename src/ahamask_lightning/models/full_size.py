@@ -17,7 +17,7 @@ def meta_model(model_class: type[nn.Module], config: Any) -> tuple[nn.Module, li
     return model, [layer.self_attn for layer in model.get_decoder().layers], model.config.text_config
 
 
-def qwen2_audio_7b_meta():
+def qwen2_audio_7b_meta() -> tuple[nn.Module, list[nn.Module], Any]:
     from transformers import Qwen2AudioForConditionalGeneration
 
     from .qwen2_audio import full_size_config

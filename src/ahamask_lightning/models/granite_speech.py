@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from .base import weights_dir
 from .chat_collate import (
@@ -24,6 +26,10 @@ from .chat_collate import (
     unpad,
 )
 from .full_size import meta_model
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
+    from transformers import GraniteSpeechConfig, GraniteSpeechProcessor
 
 # Granite 3.3 chat format written out, with the system prompt of the granite-speech-3.3
 # model card (its date is fixed here so that prompts are reproducible: a **choice**).
@@ -65,7 +71,7 @@ FULL_SIZE_CONFIGS: dict[str, dict] = {
 }
 
 
-def tiny_processor():
+def tiny_processor() -> GraniteSpeechProcessor:
     """The real processor classes with a small BPE tokenizer and 40 mel bins."""
     from transformers import GraniteSpeechFeatureExtractor, GraniteSpeechProcessor
 
@@ -81,7 +87,8 @@ def tiny_processor():
     return GraniteSpeechProcessor(audio_processor=fe, tokenizer=tok, audio_token=AUDIO_TOKEN)
 
 
-def tiny_config(processor, layers: int = 2, heads: int = 4, kv_heads: int = 2, hidden: int = 64):
+def tiny_config(processor: GraniteSpeechProcessor, layers: int = 2, heads: int = 4, kv_heads: int = 2,
+                hidden: int = 64) -> GraniteSpeechConfig:
     """A tiny Granite Speech: 2-block conformer, 1-layer Q-Former, small Granite LLM."""
     from transformers import GraniteSpeechConfig
 
@@ -103,7 +110,7 @@ def tiny_config(processor, layers: int = 2, heads: int = 4, kv_heads: int = 2, h
     )
 
 
-def tiny_lora():
+def tiny_lora() -> LoraConfig:
     """A LoRA like the released one (q_proj, v_proj of the LLM) but small, with random B so it acts."""
     from peft import LoraConfig
 
@@ -111,7 +118,7 @@ def tiny_lora():
                       init_lora_weights=False)
 
 
-def full_size_meta(name: str = "granite-speech-3.3-2b"):
+def full_size_meta(name: str = "granite-speech-3.3-2b") -> tuple[nn.Module, list[nn.Module], Any]:
     """The full-size model on the meta device: (model, gated attentions, text config).
 
     No LoRA is attached here: it wraps q_proj/v_proj, which changes neither the o_proj the

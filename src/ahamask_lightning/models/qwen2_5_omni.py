@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from .base import weights_dir
 from .chat_collate import (
@@ -26,6 +28,9 @@ from .chat_collate import (
     tiny_model,
 )
 from .full_size import meta_model
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen2_5OmniThinkerConfig
 
 # Chat template of the Omni family written out: the official system prompt (the one the
 # model card asks for), one user turn holding the audio then the instruction. No instruction
@@ -69,7 +74,7 @@ def audio_token_count(mel_frames: torch.Tensor) -> torch.Tensor:
     return (after_conv - 2) // 2 + 1
 
 
-def tiny_tokenizer():
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
     from .tiny_lalm import build_tokenizer
 
     texts = ["the quick brown fox jumps over the lazy dog", "male female yes no",
@@ -80,7 +85,8 @@ def tiny_tokenizer():
                            pad="<|endoftext|>", bos=None)
 
 
-def tiny_config(tokenizer, layers: int = 2, heads: int = 4, kv_heads: int = 2, hidden: int = 64):
+def tiny_config(tokenizer: PreTrainedTokenizerBase, layers: int = 2, heads: int = 4, kv_heads: int = 2,
+                hidden: int = 64) -> Qwen2_5OmniThinkerConfig:
     """A tiny thinker of the real classes: 1-layer audio and vision encoders, a small Qwen2.5 LLM."""
     from transformers import Qwen2_5OmniThinkerConfig
 
@@ -105,7 +111,7 @@ def tiny_config(tokenizer, layers: int = 2, heads: int = 4, kv_heads: int = 2, h
     )
 
 
-def full_size_meta(name: str = "qwen2.5-omni-7b"):
+def full_size_meta(name: str = "qwen2.5-omni-7b") -> tuple[nn.Module, list[nn.Module], Any]:
     """The full-size thinker on the meta device: (model, gated attentions, text config)."""
     from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
 

@@ -10,12 +10,16 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .base import weights_dir
 from .chat_collate import TINY_SECONDS, ChatLALMAdapter, pretrained_model, tiny_model, unpad
+
+if TYPE_CHECKING:
+    from transformers import Qwen2AudioConfig, Qwen2AudioProcessor
 
 INSTRUCT_TEMPLATE = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
@@ -31,7 +35,7 @@ ENV_PATH = "AHAMASK_QWEN2AUDIO_PATH"
 FULL_SIZE_CONFIG = Path(__file__).resolve().parent / "configs" / "qwen2_audio_7b.json"
 
 
-def full_size_config(path: str | Path | None = None):
+def full_size_config(path: str | Path | None = None) -> Qwen2AudioConfig:
     """The Qwen2-Audio-7B configuration: ``path``, or the one shipped in the package."""
     from transformers import Qwen2AudioConfig
 
@@ -41,7 +45,7 @@ def full_size_config(path: str | Path | None = None):
     return Qwen2AudioConfig.from_dict(json.loads(p.read_text()))
 
 
-def tiny_processor(chunk_seconds: int = 4):
+def tiny_processor(chunk_seconds: int = 4) -> Qwen2AudioProcessor:
     """A processor of the real classes with a small BPE tokenizer and a short feature window."""
     from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
 
@@ -56,9 +60,9 @@ def tiny_processor(chunk_seconds: int = 4):
     return Qwen2AudioProcessor(feature_extractor=fe, tokenizer=tok)
 
 
-def tiny_config(processor, layers: int = 2, heads: int = 4, kv_heads: int = 2, hidden: int = 64,
-                chunk_seconds: int = 4, vocab_size: int | None = None, intermediate: int | None = None,
-                audio: dict | None = None):
+def tiny_config(processor: Qwen2AudioProcessor, layers: int = 2, heads: int = 4, kv_heads: int = 2,
+                hidden: int = 64, chunk_seconds: int = 4, vocab_size: int | None = None,
+                intermediate: int | None = None, audio: dict | None = None) -> Qwen2AudioConfig:
     """A random-weights configuration of the real classes: the tokenizer's special ids, ``vocab_size``
     rows (default: the tokenizer's size; larger for cost measurements) and the audio encoder
     ``audio`` (Whisper-encoder fields; default a 1-layer, 32-wide encoder)."""

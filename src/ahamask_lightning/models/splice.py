@@ -9,9 +9,13 @@ prompt ends at the last position.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 AUDIO_PLACEHOLDER = "<SpeechHere>"
 
@@ -38,7 +42,7 @@ def render_prompt(template: str, instruction: str | None) -> tuple[str, str]:
 
 
 def tokenize_prompts(
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     template: str,
     instructions: Sequence[str | None],
     targets: Sequence[str] | None,
@@ -99,8 +103,3 @@ def splice_embeddings(
         mask[i, sl] = 1
         out_labels[i, sl] = lab
     return inputs, mask, (out_labels if has_target else None)
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, so a left-padded prompt sees the same RoPE phases."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

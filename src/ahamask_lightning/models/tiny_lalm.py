@@ -110,13 +110,6 @@ class AudioEncoder(nn.Module):
         ang = torch.arange(length).float()[:, None] * inv[None]
         return torch.cat([ang.sin(), ang.cos()], dim=-1)
 
-    @staticmethod
-    def out_lengths(frames: torch.Tensor, stack: int) -> torch.Tensor:
-        n = frames
-        for _ in range(2):
-            n = (n - 1) // 2 + 1
-        return n // stack
-
     def encode(self, feats: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Log-mel [B, T, n_mels] -> (encoder states, convolution features) [B, T/4, d], lengths."""
         conv = self.conv(feats.transpose(1, 2)).transpose(1, 2)  # [B, T/4, d]
@@ -228,7 +221,8 @@ class TinyLALM(LALMAdapter):
     def gated_attentions(self) -> Sequence[nn.Module]:
         return [layer.self_attn for layer in self.llm.model.layers]
 
-    def collate(self, audios, instructions, targets=None) -> dict[str, torch.Tensor]:
+    def collate(self, audios: Sequence[torch.Tensor], instructions: Sequence[str | None],
+                targets: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         feats = [self.frontend(a.float()) for a in audios]
         lens = torch.tensor([f.shape[0] for f in feats], dtype=torch.long)
         batch = {"features": nn.utils.rnn.pad_sequence(feats, batch_first=True), "feature_lens": lens}

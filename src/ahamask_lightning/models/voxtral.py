@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from .base import weights_dir
 from .chat_collate import (
@@ -29,6 +31,14 @@ from .chat_collate import (
     tiny_model,
 )
 from .full_size import meta_model
+
+if TYPE_CHECKING:
+    from transformers import (
+        PreTrainedTokenizerBase,
+        PreTrainedTokenizerFast,
+        VoxtralConfig,
+        VoxtralEncoderConfig,
+    )
 
 # One user turn: audio first, then the instruction (no instruction = empty text), then the
 # answer follows [/INST] and ends with </s>. This is the chat form, not the transcription
@@ -61,12 +71,12 @@ FULL_SIZE_CONFIGS: dict[str, dict] = {
 }
 
 
-def tokens_per_window(audio_config) -> int:
+def tokens_per_window(audio_config: VoxtralEncoderConfig) -> int:
     """[AUDIO] tokens per 30 s window: encoder frames regrouped into projector inputs."""
     return audio_config.max_source_positions * audio_config.hidden_size // audio_config.intermediate_size
 
 
-def tiny_tokenizer():
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
     from .tiny_lalm import build_tokenizer
 
     texts = ["the quick brown fox jumps over the lazy dog", "male female yes no",
@@ -75,8 +85,8 @@ def tiny_tokenizer():
     return build_tokenizer(texts, vocab_size=300, special_tokens=SPECIAL, eos="</s>", pad="<pad>", bos="<s>")
 
 
-def tiny_config(tokenizer, layers: int = 2, heads: int = 4, kv_heads: int = 2, hidden: int = 64,
-                chunk_seconds: int = 4):
+def tiny_config(tokenizer: PreTrainedTokenizerBase, layers: int = 2, heads: int = 4, kv_heads: int = 2,
+                hidden: int = 64, chunk_seconds: int = 4) -> VoxtralConfig:
     """A tiny Voxtral: 1-layer Whisper-style encoder on ``chunk_seconds`` windows, small llama LLM.
 
     Like the real Mini (32 heads x 128 = 4096 > 3072 hidden), heads x head_dim is wider than
@@ -99,7 +109,7 @@ def tiny_config(tokenizer, layers: int = 2, heads: int = 4, kv_heads: int = 2, h
     )
 
 
-def full_size_meta(name: str = "voxtral-mini-3b"):
+def full_size_meta(name: str = "voxtral-mini-3b") -> tuple[nn.Module, list[nn.Module], Any]:
     """The full-size model on the meta device: (model, gated attentions, text config)."""
     from transformers import VoxtralConfig, VoxtralForConditionalGeneration
 

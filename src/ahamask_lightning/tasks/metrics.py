@@ -5,8 +5,8 @@ tensor states summed over ranks. Metrics that need the whole corpus (BLEU,
 and the caption metrics in ``caption.py``) keep their texts as list states of
 UTF-8 byte tensors plus a tensor of lengths, because strings cannot be
 all-gathered; both lists use ``"cat"`` so, after a sync, texts and lengths
-stay aligned rank by rank. Every ``compute()`` returns ``dict[str, float]`` on
-a 0-100 scale, and ``nan`` where a denominator is zero.
+stay aligned rank by rank. Every ``compute()`` returns ``dict[str, float]`` as
+percentages (x 100; error rates and CIDEr can exceed 100), and ``nan`` where a denominator is zero.
 """
 from __future__ import annotations
 

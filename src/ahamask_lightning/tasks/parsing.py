@@ -1,7 +1,7 @@
 """Turning generated text into labels and composite answers.
 
 The paper does not publish its label strings or composite formats, so the
-rules here are this project's documented choice (DESIGN.md section 3):
+rules here are this project's choice, written down here:
 
 * Classification (:func:`parse_label`): case-insensitive, punctuation and
   whitespace ignored. An output counts as label L when its first clause is

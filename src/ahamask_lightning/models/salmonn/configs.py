@@ -30,7 +30,6 @@ VICUNA = {
 LORA = dict(r=8, lora_alpha=32, lora_dropout=0.1, target_modules=["q_proj", "v_proj"])
 
 PROMPT_TEMPLATE = "USER: <Speech><SpeechHere></Speech> {}\nASSISTANT:"
-END_SYM = "</s>"
 
 
 @dataclass

@@ -260,7 +260,8 @@ class SalmonnAdapter(LALMAdapter):
     def gated_attentions(self) -> Sequence[nn.Module]:
         return [layer.self_attn for layer in self.llm.model.layers]
 
-    def collate(self, audios, instructions, targets=None) -> dict[str, torch.Tensor]:
+    def collate(self, audios: Sequence[torch.Tensor], instructions: Sequence[str | None],
+                targets: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         wavs = [prepare_waveform(a, self.sample_rate) for a in audios]
         feats = self.feature_extractor([w.numpy() for w in wavs], sampling_rate=self.sample_rate,
                                        return_tensors="pt")["input_features"]  # [B, 80, 3000]

@@ -6,7 +6,7 @@ text FFN deleted, so only the query path is left. transformers' ``Blip2QFormerMo
 layer, ``intermediate_query`` / ``output_query``), and its parameters map one-to-one onto the
 released keys (see ``checkpoint.KEY_RULES``), so it is reused instead of rewritten.
 
-Window pooling (notes.md, section 2): LayerNorm each stream, zero-pad the shorter one at the end
+Window pooling, as the released SALMONN code does it: LayerNorm each stream, zero-pad the shorter one at the end
 (after its LayerNorm), concatenate on channels, cut the 1500 frames into windows of 17 frames
 with stride 17 (88 windows; the last 4 frames are dropped), one query token per window.
 """
