@@ -16,12 +16,15 @@ import json
 import random
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 from .masking import save_mask
 from .masking.io import atomic_write
@@ -66,7 +69,8 @@ class TemperatureAnnealing(L.Callback):
         t = min(1.0, step / anneal_steps)
         return self.start + (self.end - self.start) * t
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
         pl_module.head_mask.temperature.fill_(self.value(trainer.global_step, self.anneal_steps(trainer)))
 
 
@@ -81,11 +85,12 @@ class SparsityPenalty(L.Callback):
             return self.lam
         return self.lam * min(1.0, step / self.warmup_steps)
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
         pl_module.sparsity_lambda = self.value(trainer.global_step)
 
 
-def heatmap_figure(mask: torch.Tensor, title: str = ""):
+def heatmap_figure(mask: torch.Tensor, title: str = "") -> Figure:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,15 +110,17 @@ class MaskMonitor(L.Callback):
     """Logs active heads per layer and a mask heat map; writes the mask file at the end of fit and
     beside every checkpoint (``mask-step{N}.safetensors`` in the checkpoint directory)."""
 
-    def __init__(self, every_n_steps: int = 100, image_every_n_steps: int = 500, filename: str = "mask.safetensors"):
+    def __init__(self, every_n_steps: int = 100, image_every_n_steps: int = 500,
+                 filename: str = "mask.safetensors") -> None:
         self.every_n_steps, self.image_every_n_steps, self.filename = every_n_steps, image_every_n_steps, filename
 
-    def _metadata(self, pl_module) -> dict:
+    def _metadata(self, pl_module: L.LightningModule) -> dict:
         desc = pl_module.adapter.describe()
         return {"model_id": desc["model_id"], "estimator": pl_module.hparams.estimator,
                 "lambda": pl_module.sparsity_lambda, "step": pl_module.global_step, "prompt": pl_module.prompt}
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
         step = trainer.global_step
         if self.every_n_steps and step % self.every_n_steps == 0:
             hard = pl_module.head_mask.hard()
@@ -122,7 +129,7 @@ class MaskMonitor(L.Callback):
         if self.image_every_n_steps and step % self.image_every_n_steps == 0:
             self._log_image(trainer, pl_module, step)
 
-    def _log_image(self, trainer, pl_module, step: int) -> None:
+    def _log_image(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         experiment = getattr(trainer.logger, "experiment", None)
         if experiment is None or not hasattr(experiment, "add_figure"):
             return
@@ -132,7 +139,7 @@ class MaskMonitor(L.Callback):
         experiment.add_figure("mask/heatmap", fig, global_step=step)
         plt.close(fig)
 
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         ckpt_cb = trainer.checkpoint_callback
         dirpath = getattr(ckpt_cb, "dirpath", None) if ckpt_cb is not None else None
         if dirpath and trainer.is_global_zero:
@@ -140,7 +147,7 @@ class MaskMonitor(L.Callback):
             save_mask(Path(dirpath) / f"mask-step{trainer.global_step}.safetensors", pl_module.head_mask.logits,
                       **self._metadata(pl_module))
 
-    def on_fit_end(self, trainer, pl_module) -> None:
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         out = Path(trainer.log_dir or ".")  # log_dir broadcasts: every rank must ask
         if not trainer.is_global_zero:
             return
@@ -174,7 +181,8 @@ class RNGStateCheckpoint(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending = dict(state_dict)
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
         state, self._pending = self._pending, None
         if not state:
             return
@@ -213,10 +221,11 @@ class FaultCheckpoint(Checkpoint):
     def ckpt_path(self) -> str:
         return str(Path(self.dirpath) / self.FILENAME)
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
         self._training = True
 
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not self._training or is_disk_full(exception):  # a second write would fail the same way
             return
         try:
@@ -227,7 +236,7 @@ class FaultCheckpoint(Checkpoint):
             return
         self.saved = (self.ckpt_path, trainer.global_step, exception)
 
-    def teardown(self, trainer, pl_module, stage: str) -> None:  # called on a normal end only
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:  # called on a normal end only
         if stage == "fit" and trainer.is_global_zero:
             Path(self.ckpt_path).unlink(missing_ok=True)
 
@@ -243,10 +252,11 @@ class RunReport(L.Callback):
         self.report: dict[str, Any] | None = None
         self._training = False
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
         self._training = True
 
-    def _build(self, trainer, pl_module, status: str) -> dict[str, Any]:
+    def _build(self, trainer: L.Trainer, pl_module: L.LightningModule, status: str) -> dict[str, Any]:
         dm = getattr(trainer, "datamodule", None)
         rejected: dict[str, dict[str, int]] = {}
         if dm is not None and hasattr(dm, "reject_summary"):
@@ -264,7 +274,7 @@ class RunReport(L.Callback):
                 "rejected": rejected, "rejected_total": sum(sum(c.values()) for c in rejected.values()),
                 "rejects_files": files}
 
-    def _write(self, trainer, pl_module, status: str, say: bool = True) -> None:
+    def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, status: str, say: bool = True) -> None:
         report = self._build(trainer, pl_module, status)
         self.report = report
         out = Path(trainer.log_dir or trainer.default_root_dir or ".")  # log_dir broadcasts: every rank asks
@@ -281,10 +291,10 @@ class RunReport(L.Callback):
               f"losses skipped; {report['rejected_total']} samples rejected ({rej}); report: {out / self.filename}",
               file=sys.stderr)
 
-    def on_fit_end(self, trainer, pl_module) -> None:
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer, pl_module, "finished")
 
-    def on_exception(self, trainer, pl_module, exception) -> None:
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not self._training:
             return
         try:

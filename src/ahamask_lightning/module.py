@@ -16,6 +16,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -176,7 +177,7 @@ class AHAMaskModule(L.LightningModule):
         self.log("train/active", float(self.head_mask.active_heads()), prog_bar=True, batch_size=b)
         return loss
 
-    def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         # An adapter with activation checkpointing recomputes its LLM layers during backward: the
         # gate must apply the step's mask then too, or the recomputed graph would be ungated.
         with self.gate.apply(getattr(self, "_step_mask", None)):
@@ -189,7 +190,7 @@ class AHAMaskModule(L.LightningModule):
             optimizer.zero_grad(set_to_none=True)
         self._finite_since_update = 0
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Checked after the callbacks' batch-end hooks (periodic checkpoints included), so the
         # state a FaultCheckpoint saves on this error is that of a finished step.
         limit = self.hparams.get("max_nonfinite_in_a_row", 0)
@@ -199,7 +200,7 @@ class AHAMaskModule(L.LightningModule):
                 f"losses in a row (model.init_args.max_nonfinite_in_a_row={limit}; {self.nonfinite_total} skipped "
                 f"in all)")
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         opt = torch.optim.AdamW([self.head_mask.logits], lr=hp.lr, weight_decay=0.0)
         total = hp.total_steps

@@ -23,6 +23,7 @@ import json
 import re
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -245,7 +246,7 @@ class TinyLALMPretrain(L.LightningModule):
         return PretrainCollate(self.adapter, "random", self.hparams.seed, self.hparams.instruction_free,
                                self.hparams.instruction_free_target)
 
-    def train(self, mode: bool = True):  # the adapter pins itself to eval mode; pretraining needs train mode
+    def train(self, mode: bool = True) -> TinyLALMPretrain:  # the adapter pins itself to eval mode; pretraining needs train mode
         super().train(mode)
         torch.nn.Module.train(self.adapter, mode)
         return self
@@ -325,7 +326,7 @@ class TinyLALMPretrain(L.LightningModule):
         if results:
             self.log_dict(results, add_dataloader_idx=False)
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         named = [(n, p) for n, p in self.adapter.named_parameters() if p.requires_grad]
         for prefix in ("ctc_head", "speaker_head", "pair_head"):

@@ -9,7 +9,7 @@
   SIGKILL) on ``<default_root_dir>/.ahamask-fit.lock`` and on every explicit checkpoint folder, taken
   before any model is built; a second fit into the same folder stops with one line instead of
   overwriting the first one's checkpoints, ``mask-step{N}`` files and log version.
-* :func:`earlier_fit_files`: a new fit (no ``--ckpt_path``) into folders that already hold an earlier
+* :func:`refuse_earlier_fit` (with :func:`earlier_fit_files`): a new fit (no ``--ckpt_path``) into folders that already hold an earlier
   fit's checkpoints or ``mask-step{N}`` files stops with one line (resume it with ``--ckpt_path last``,
   or choose another folder): Lightning would version its ``.ckpt`` names but the mask files and
   ``--ckpt_path last`` would mix the two runs. The lock covers fits that overlap in time; this, fits
@@ -113,7 +113,7 @@ def refuse_earlier_fit(root_key: str, root: Path, dirs: Iterable[Path]) -> None:
 
 
 def checkpoint_problem(path: Path) -> tuple[str, str] | None:
-    """None when ``path`` loads with ``weights_only=True``; else ("unsafe"|"unreadable", why)."""
+    """None when ``path`` loads with ``weights_only=True``; else ("missing"|"unsafe"|"unreadable", why)."""
     if not path.is_file():
         return "missing", "checkpoint file not found"
     try:

@@ -39,8 +39,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 from transformers.tokenization_utils_base import AddedToken
-from transformers.utils import to_py_obj
 from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
+from transformers.utils import to_py_obj
 
 PAD_TOKEN = "[PAD]"  # SALMONN: tokenizer.add_special_tokens({"pad_token": "[PAD]"}) -> id 32000 for Vicuna
 
