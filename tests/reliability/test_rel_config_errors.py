@@ -65,3 +65,22 @@ def test_missing_weight_path_is_one_line(config, override, expected, good_corpus
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ahamask:")]
     assert code == 2 and len(err) == 1, err
     assert expected in err[0]
+
+
+@pytest.mark.fault("test: a named test set whose manifest is missing; training manifests that are absent",
+                   kept="the missing test manifest is one line naming its set, before any model is built; "
+                        "absent training manifests do not stop a test")
+def test_test_checks_the_manifests_it_reads(reference, good_corpus, tmp_path, capsys, monkeypatch):
+    common = ["test", "--config", str(reference["config"]), "--trainer.default_root_dir", str(tmp_path / "r"),
+              "--model.init_args.results_dir", str(tmp_path / "results"),
+              "--data.init_args.train", "[/nonexistent/train.jsonl]", "--data.init_args.val", "[/nonexistent/val.jsonl]"]
+    with monkeypatch.context() as patch:
+        import ahamask_lightning.models.qwen2_audio as qa
+
+        patch.setattr(qa, "tiny_config", lambda *a, **k: pytest.fail("the model was built before the error"))
+        code = ahamask([*common, "--data.init_args.test", f"{{ind: [{good_corpus}], ood: [/nonexistent/ood.jsonl]}}"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ahamask:")]
+    assert code == 2 and len(err) == 1, err
+    assert "data.init_args.test.ood: /nonexistent/ood.jsonl: manifest file not found" in err[0]
+    assert ahamask([*common, "--data.init_args.test", f"[{good_corpus}]", "--trainer.limit_test_batches", "1"]) == 0
+    assert (tmp_path / "results" / "test_metrics.json").is_file()

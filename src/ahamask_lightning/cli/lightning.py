@@ -27,6 +27,7 @@ import pickle
 import sys
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,9 @@ class AHAMaskCLI(LightningCLI):
         check_devices(trainer)  # accelerator this machine lacks, devices Lightning would refuse
         if not sub:  # a parse-only or run=False use of the class: nothing runs
             return
-        _check_manifests((cfg.get("data") or {}).get("init_args") or {})
+        from ..data.datamodule import STAGE_MANIFESTS
+
+        _check_manifests((cfg.get("data") or {}).get("init_args") or {}, STAGE_MANIFESTS.get(sub, ()))
         if "weights_only" in cfg:
             if cfg.get("weights_only") is False:
                 raise ValueError("weights_only: false is refused: checkpoints are read with weights_only=True "
@@ -221,19 +224,25 @@ def checkpoint_dirs(cfg) -> list[Path]:
     return dirs
 
 
-def _check_manifests(data_args: dict) -> None:
-    """Every manifest the data module names must exist (one line naming it), before any model loads."""
+def _check_manifests(data_args: dict, keys: Sequence[str]) -> None:
+    """Every manifest of ``keys`` (a list, or named sets ``{name: [...]}``) must exist: one line naming
+    its key and file, before any model loads."""
     from ..data.manifest import as_list, check_manifest_file
 
-    for key in ("train", "val", "test", "predict"):
+    for key in keys:
         value = data_args.get(key)
-        if value is None or not isinstance(value, (str, list, tuple, os.PathLike)):
+        if hasattr(value, "items"):  # named evaluation sets
+            groups = [(f"data.init_args.{key}.{name}", manifests) for name, manifests in value.items()]
+        elif isinstance(value, (str, list, tuple, os.PathLike)):
+            groups = [(f"data.init_args.{key}", value)]
+        else:
             continue
-        for path in as_list(value):
-            try:
-                check_manifest_file(path)
-            except (FileNotFoundError, ValueError) as exc:
-                raise type(exc)(f"data.init_args.{key}: {exc}") from None
+        for where, manifests in groups:
+            for path in as_list(manifests):
+                try:
+                    check_manifest_file(path)
+                except (FileNotFoundError, ValueError) as exc:
+                    raise type(exc)(f"{where}: {exc}") from None
 
 
 def _check_writable(path: Path, key: str) -> None:

@@ -60,6 +60,9 @@ from .shar import is_shar, shard_count
 
 # val / test / predict: manifest(s), or {held-out set name: manifest(s)}
 EvalManifests = list[str] | str | dict[str, list[str] | str] | None
+# The manifests each stage reads (Lightning's ``setup(stage)``; the CLI's subcommands): a test needs
+# no training data, so only these are checked.
+STAGE_MANIFESTS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
 SET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
@@ -159,8 +162,8 @@ class ManifestDataModule(pl.LightningDataModule):
         if self.rejects_path is None and trainer is not None and trainer.log_dir:
             # bad samples are listed beside the logs unless the config says where
             self.rejects_path = os.path.join(trainer.log_dir, "rejects.jsonl")
-        for paths in self.paths.values():
-            for path in paths:
+        for key in STAGE_MANIFESTS.get(stage, tuple(self.paths)):  # a test needs no training manifests
+            for path in self.paths[key]:
                 check_manifest_file(path)  # fail in the main process, before workers start
                 if self.audio_root is None and not self.allow_outside_root:
                     recorded_roots(path)  # likewise for a malformed corpus.json
