@@ -109,7 +109,7 @@ def test_full_size_salmonn_bench_builds_the_13b_structure():
     assert adapter.llm_dtype.is_floating_point and adapter.llm_dtype.itemsize == 2  # bf16, as on the GPU
     batch = random_batch(adapter, 2, "meta")
     assert batch["raw_wav"].shape == (2, 16000 * 30) and batch["input_features"].shape[-1] == 3000
-    assert not adapter.llm.model.is_gradient_checkpointing
+    assert not adapter.llm.model.is_activation_checkpointing
     # the bench's second part: the same structure with the LLM's activations checkpointed
     checkpointed = build("13b", "meta", gradient_checkpointing=True)
-    assert checkpointed.gradient_checkpointing and checkpointed.llm.model.is_gradient_checkpointing
+    assert checkpointed.gradient_checkpointing and checkpointed.llm.model.is_activation_checkpointing

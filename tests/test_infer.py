@@ -158,3 +158,17 @@ def test_default_testbed_outside_the_repository_is_one_line(clips, tmp_path, mon
     assert len(err.splitlines()) == 1, err
     assert "checkpoints/tiny_lalm_8x16g: no TinyLALM checkpoint folder here" in err
     assert "run from the repository root" in err
+
+
+def test_missing_files_and_weights_are_named_before_any_model_loads(clips, tmp_path, in_repo, capsys, monkeypatch):
+    """Every absent mask and audio file in one line, before the weights are looked for; absent weights
+    then name the option of this command (``--weights``)."""
+    monkeypatch.delenv("AHAMASK_QWEN2AUDIO_PATH", raising=False)
+    config = ["infer", "--config", "experiments/gr_qwen2audio_instruct.yaml", "--out", str(tmp_path / "p.jsonl")]
+    assert ahamask([*config, "--mask", str(tmp_path / "gr.safetensors"), clips[0], str(tmp_path / "b.wav")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"ahamask: error: {tmp_path / 'gr.safetensors'}: mask file not found; "
+                   f"{tmp_path / 'b.wav'}: missing_file")
+    assert ahamask([*config, "--mask", "all-on", clips[0]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Qwen2-Audio weights not found" in err and err.endswith("--weights DIR")

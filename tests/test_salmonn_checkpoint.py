@@ -112,7 +112,10 @@ def test_check_checkpoint_and_cli(ckpt_13b: Path, tmp_path: Path, capsys: pytest
     assert cli.run(parser.parse_args(["--model", "salmonn-13b", "--ckpt", str(tmp_path / "bad.pth")])) == 1
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 3 and any(proj in line and "[5120, 768]" in line for line in out)
-    assert check_checkpoint("salmonn-13b", tmp_path / "absent.pth")[0].endswith("not found")
+    assert check_checkpoint("salmonn-13b", tmp_path / "absent.pth") == ["file not found"]
+    (tmp_path / "mask.pth").write_bytes(b"not a pickle, e.g. a safetensors file")  # one line, no unsafe advice
+    assert check_checkpoint("salmonn-13b", tmp_path / "mask.pth") == [
+        "unreadable: not a PyTorch checkpoint that loads with weights_only=True"]
 
 
 def test_real_loading_path_with_tiny_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -47,7 +47,7 @@ def result_files(run_dirs: list[str]) -> list[Path]:
         elif path.is_dir() and (below := sorted(path.rglob("test_metrics.json"))):
             found += below
         else:
-            raise FileNotFoundError(f"{d}: no test_metrics.json (run `ahamask test` with results_dir there)")
+            raise FileNotFoundError(f"{d}: no test_metrics.json below it (`ahamask test` writes one into --model.init_args.results_dir, else its log folder)")
     return list(dict.fromkeys(found))
 
 

@@ -48,9 +48,21 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out).parent
     if not out_dir.is_dir():  # before any model loads
         raise FileNotFoundError(f"--out {args.out}: directory {out_dir} does not exist")
-    adapter = build_adapter(model_spec(args.model, args.weights, args.config))
+    audio = args.audio + args.audio_files
+    missing = [f"{m}: mask file not found" for m in args.mask if m != "all-on" and not Path(m).is_file()]
+    missing += [f"{a}: missing_file" for a in audio if not Path(a).is_file()]
+    if args.manifest and not Path(args.manifest).is_file():
+        missing.append(f"{args.manifest}: manifest file not found")
+    if missing:  # every absent file at once, before any model loads
+        raise FileNotFoundError("; ".join(missing))
+    try:
+        adapter = build_adapter(model_spec(args.model, args.weights, args.config))
+    except FileNotFoundError as err:
+        if args.weights is None and "weights not found" in str(err):
+            raise FileNotFoundError(f"{err}; with ahamask infer: --weights DIR") from None
+        raise
     masks = load_masks(args.mask, (adapter.num_layers, adapter.num_heads))
-    clips = load_clips(args.audio + args.audio_files, args.manifest, adapter, args.instruction)
+    clips = load_clips(audio, args.manifest, adapter, args.instruction)
     adapter.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     generation = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
     records = infer(adapter, masks, clips, prune=args.prune, batch_size=args.batch_size, generation=generation)

@@ -27,7 +27,7 @@ TINY = "experiments/gr_tiny.yaml"
 TINY_MASK = "runs/tiny/gr/lightning_logs/version_0/mask.safetensors"
 COMMANDS: tuple[Command, ...] = (
     Command("fit", "train a head mask on a frozen audio LLM from an experiment YAML",
-            f"ahamask fit --config {TINY}"),
+            f"ahamask fit --config {TINY}   # its data: make tiny-data"),
     Command("validate", "score a model or mask on the validation manifests",
             f"ahamask validate --config {TINY} --model.init_args.mask {TINY_MASK}"),
     Command("test", "score a mask on the test manifests (test_metrics.json, predictions.jsonl)",
@@ -45,7 +45,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("model", "gated heads of a full-size model, or check a released checkpoint",
             "ahamask model heads --model salmonn-13b", "ahamask_lightning.cli.model"),
     Command("report", "test results of run folders as a Markdown or CSV table",
-            "ahamask report runs/tiny/gr/test --format csv", "ahamask_lightning.cli.report"),
+            "ahamask report runs/demo/test --format csv", "ahamask_lightning.cli.report"),
     Command("prune", "remove the heads a mask switches off: what it saves, or the pruned model (--out)",
             "ahamask prune --model salmonn-13b --mask masks/salmonn-13b/aac_audiocaps.safetensors --summary",
             "ahamask_lightning.cli.prune"),

@@ -28,14 +28,13 @@ def qwen2_audio_7b_meta() -> tuple[nn.Module, list[nn.Module], Any]:
 def _salmonn(variant: str):
     def build():
         # Only the LLM carries gated heads: Vicuna as LlamaForCausalLM with SALMONN's LoRA on q/v.
-        from peft import LoraConfig, get_peft_model
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        from .salmonn.configs import LORA, full_spec
+        from .salmonn.configs import full_spec, with_released_lora
 
         cfg = LlamaConfig(**full_spec(variant).llm)
         with torch.device("meta"):
-            llm = get_peft_model(LlamaForCausalLM(cfg), LoraConfig(task_type="CAUSAL_LM", **LORA))
+            llm = with_released_lora(LlamaForCausalLM(cfg))
         return llm, [layer.self_attn for layer in llm.base_model.model.model.layers], cfg
 
     return build

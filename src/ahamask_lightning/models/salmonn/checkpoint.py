@@ -7,6 +7,7 @@ the trained parts must be filled. Whisper, BEATs and Vicuna come from their own 
 """
 from __future__ import annotations
 
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,10 +111,13 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SALMONN checkpoint {path} not found")
-    try:  # mmap avoids a second copy of the tensors; old (non-zip) pickles cannot be mapped
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        try:  # mmap avoids a second copy of the tensors; old (non-zip) pickles cannot be mapped
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message would suggest weights_only=False: never here
+        raise ValueError(f"{path}: not a PyTorch checkpoint that loads with weights_only=True") from None
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a dict with a 'model' state dict of tensors")
@@ -184,6 +188,8 @@ def check_checkpoint(model_name: str, ckpt_path: str | Path) -> list[str]:
 
     try:
         state = read_checkpoint(ckpt_path)
+    except FileNotFoundError:
+        return ["file not found"]
     except (OSError, ValueError, RuntimeError) as err:  # unreadable file: one problem line, no traceback
-        return [f"{ckpt_path}: {err}"]
+        return [f"unreadable: {str(err).removeprefix(f'{ckpt_path}: ')}"]
     return compare(expected_keys(SalmonnAdapter.skeleton(MODEL_VARIANTS[model_name])), state)

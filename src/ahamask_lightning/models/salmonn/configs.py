@@ -5,9 +5,15 @@ versions); they let the full-size structure be built on the meta device without 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .beats import BEATS_ITER3_PLUS_CFG
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
 
 # openai/whisper-large-v2, encoder only (SALMONN never runs the decoder).
 WHISPER_LARGE_V2 = dict(
@@ -28,6 +34,20 @@ VICUNA = {
 
 # LoRA of the released checkpoint: peft's llama default targets, scaling 32 / 8 = 4.
 LORA = dict(r=8, lora_alpha=32, lora_dropout=0.1, target_modules=["q_proj", "v_proj"])
+
+
+
+def with_released_lora(llm: LlamaForCausalLM) -> PeftModel:
+    """``llm`` wrapped by peft with the released LoRA (:data:`LORA`). peft's default keeps the adapters
+    in float32 on a half-precision base, like peft 0.3's fp32 LoRA branch in the released training.
+    While wrapping, peft reads transformers' deprecated ``is_gradient_checkpointing``; that
+    FutureWarning is about peft, not about anything a user of this package can change."""
+    from peft import LoraConfig, get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(llm, LoraConfig(task_type="CAUSAL_LM", **LORA))
+
 
 PROMPT_TEMPLATE = "USER: <Speech><SpeechHere></Speech> {}\nASSISTANT:"
 

@@ -30,7 +30,7 @@ from ..feature_cache import refuse_unsupported
 from ..splice import splice_embeddings, tokenize_prompts
 from .beats import BEATs, BEATsConfig, load_beats
 from .checkpoint import load_salmonn_state, read_checkpoint
-from .configs import LORA, PROMPT_TEMPLATE, SalmonnSpec, full_spec, tiny_spec
+from .configs import LORA, PROMPT_TEMPLATE, SalmonnSpec, full_spec, tiny_spec, with_released_lora
 from .generation import official_beam_search
 from .qformer import SalmonnConnector
 from .tokenizer import load_salmonn_tokenizer
@@ -173,15 +173,11 @@ class SalmonnAdapter(LALMAdapter):
 
     # --- construction ------------------------------------------------------------------
     def _assemble(self, spec: SalmonnSpec, speech_encoder: nn.Module, beats: BEATs, llm: LlamaForCausalLM) -> None:
-        from peft import LoraConfig, get_peft_model
-
         self.speech_encoder = speech_encoder
         self.beats = beats
         self.connector = SalmonnConnector(speech_encoder.config.d_model, beats.out_dim, llm.config.hidden_size,
                                           **spec.qformer)
-        # peft's default keeps the adapters in float32 on a half-precision base, like peft 0.3's
-        # fp32 LoRA branch in the released training.
-        self.llama_model = get_peft_model(llm, LoraConfig(task_type="CAUSAL_LM", **LORA))
+        self.llama_model = with_released_lora(llm)
         cfg = llm.config
         self.num_heads = cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
