@@ -306,24 +306,6 @@ def test_table1_lists_exactly_what_is_missing(tmp_path, in_repo, monkeypatch, ca
     assert not (tmp_path / "t1").exists()
 
 
-def test_table1_released_tests_the_shipped_masks(tmp_path, in_repo, monkeypatch, capsys):
-    from ahamask_lightning.masking import load_mask
-
-    for var, path in (("WHISPER", "w"), ("LLM", "l"), ("BEATS", "b.pt"), ("CKPT", "c.pth")):
-        (tmp_path / path).touch() if "." in path else (tmp_path / path).mkdir()
-        monkeypatch.setenv(f"AHAMASK_SALMONN_{var}", str(tmp_path / path))
-    args = reproduce.parser().parse_args(["table1", "--released", "--out", str(tmp_path / "t1")])
-    masks, missing = reproduce.masks_to_test(args, args.tasks)
-    assert missing == [] and sorted(masks) == sorted(reproduce.PAPER_TASKS)
-    assert load_mask(masks["asr"]).mask.sum() == 1525  # the paper's ASR mask: 1525 of 1600 heads
-    # nothing to train: only the test manifests are asked for, not a mask file nor training data
-    assert reproduce.main(["table1", "--released", "--tasks", "gr", "--out", str(tmp_path / "t1")]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[1:] == ["  data/librispeech/manifests/test-clean/gr.cuts.jsonl.gz"]
-    with pytest.raises(SystemExit):  # one source of masks at a time
-        reproduce.parser().parse_args(["table1", "--released", "--masks", "m", "--out", "o"])
-    assert "not allowed with argument --released" in capsys.readouterr().err
-
-
 def test_qwen2audio_lists_both_checkpoints(tmp_path, in_repo, monkeypatch, capsys):
     for var in ("AHAMASK_QWEN2AUDIO_INSTRUCT", "AHAMASK_QWEN2AUDIO_BASE", "AHAMASK_QWEN2AUDIO_PATH"):
         monkeypatch.delenv(var, raising=False)

@@ -48,3 +48,22 @@ def test_the_shipped_files_are_the_conversion_of_the_released_checkpoints(tmp_pa
         assert entry["source_sha256"] == hashlib.sha256((SOURCES / f"{name}.pth").read_bytes()).hexdigest()
         assert entry == PROVENANCE["masks"][name]
         assert torch.equal(load_mask(tmp_path / f"{name}.safetensors").logits, load_mask(released_mask(name)).logits)
+
+
+def test_table1_released_tests_the_shipped_masks(tmp_path, in_repo, monkeypatch, capsys) -> None:
+    """``reproduce table1 --released``: the shipped masks, no training, only the test manifests asked for."""
+    from ahamask_lightning import reproduce
+
+    for var, path in (("WHISPER", "w"), ("LLM", "l"), ("BEATS", "b.pt"), ("CKPT", "c.pth")):
+        (tmp_path / path).touch() if "." in path else (tmp_path / path).mkdir()
+        monkeypatch.setenv(f"AHAMASK_SALMONN_{var}", str(tmp_path / path))
+    args = reproduce.parser().parse_args(["table1", "--released", "--out", str(tmp_path / "t1")])
+    masks, missing = reproduce.masks_to_test(args, args.tasks)
+    assert missing == [] and sorted(masks) == sorted(reproduce.PAPER_TASKS)
+    assert load_mask(masks["asr"]).mask.sum() == 1525  # the paper's ASR mask: 1525 of 1600 heads
+    # nothing to train: only the test manifests are asked for, not a mask file nor training data
+    assert reproduce.main(["table1", "--released", "--tasks", "gr", "--out", str(tmp_path / "t1")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[1:] == ["  data/librispeech/manifests/test-clean/gr.cuts.jsonl.gz"]
+    with pytest.raises(SystemExit):  # one source of masks at a time
+        reproduce.parser().parse_args(["table1", "--released", "--masks", "m", "--out", "o"])
+    assert "not allowed with argument --released" in capsys.readouterr().err

@@ -222,3 +222,30 @@ def test_missing_paths_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert "beats_path" not in msg and "AHAMASK_SALMONN_" in msg
     with pytest.raises(ValueError, match="variant"):
         SalmonnAdapter(variant="30b")
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_salmonn_decodes_pruned_like_the_gate(tmp_path, num_beams):
+    """The paper's model: its LoRA on q/v pruned with the base weights, decoded greedily and with the
+    released code's beam search (``beam_search: official``); the same text as the gated model."""
+    from ahamask_lightning.analysis.masks import mask_to_logits, random_mask
+    from ahamask_lightning.masking import save_mask
+    from ahamask_lightning.module import AHAMaskModule
+
+    torch.manual_seed(0)
+    adapter = SalmonnAdapter(tiny=True, tiny_layers=2, tiny_heads=4, tiny_hidden=64)
+    for i, block in enumerate(adapter.gated_attentions()):  # LoRA B starts at zero: make every factor count
+        for p in block.parameters():
+            p.data.normal_(0, 0.3, generator=torch.Generator().manual_seed(10 * i + p.numel()))
+    save_mask(tmp_path / "m.safetensors", mask_to_logits(random_mask((2, 4), 3, seed=1)))
+    generation = {"max_new_tokens": 8, "num_beams": num_beams}
+    gated = AHAMaskModule(adapter, mask=str(tmp_path / "m.safetensors"), generation=generation)
+    pruned = AHAMaskModule(copy.deepcopy(adapter), mask=str(tmp_path / "m.safetensors"), prune=True,
+                           generation=generation)
+    g = torch.Generator().manual_seed(5)
+    batch = adapter.collate([0.1 * torch.randn(int(s * 16000), generator=g) for s in (1.0, 1.5)], [None, None])
+    text = pruned._generate(batch)
+    assert [b.q_proj.base_layer.out_features for b in pruned.pruned_eval.blocks] == [16, 2 * 16]
+    assert [b.q_proj.lora_B.default.out_features for b in pruned.pruned_eval.blocks] == [16, 2 * 16]
+    assert text == gated._generate(batch)
+    assert text != AHAMaskModule(adapter, use_mask=False, generation=generation)._generate(batch)
