@@ -96,6 +96,14 @@ def test_mask_cli_import_info_jaccard(tmp_path, capsys):
     assert float(rows[0][2]) == pytest.approx(0.94, abs=0.005)  # paper: Jaccard(ASR, OSR) = 0.94
 
 
+def test_jaccard_labels_tell_apart_masks_of_the_same_file_name():
+    from ahamask_lightning.cli.mask import mask_labels
+
+    assert mask_labels(["m/asr.safetensors", "m/osr.safetensors"]) == ["asr", "osr"]
+    assert mask_labels(["runs/demo/gr/fit/mask.safetensors", "runs/x/version_0/mask.safetensors"]) == [
+        "fit/mask", "version_0/mask"]
+
+
 def test_combine_and_random_keep_counts(tmp_path, capsys):
     a, b = torch.zeros(4, 5), torch.zeros(4, 5)
     a[0, :3] = 1

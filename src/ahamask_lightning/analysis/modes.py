@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -66,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ahamask_lightning.analysis.modes", description=__doc__.split("\n")[0])
     p.add_argument("predictions", nargs="+", help="predictions.jsonl files written by `ahamask test`")
     args = p.parse_args(argv)
+    missing = [path for path in args.predictions if not Path(path).is_file()]
+    if missing:
+        print(f"{p.prog}: error: not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
     for path in args.predictions:
         rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
         print(f"{path} ({len(rows)} predictions)\n{format_mode_table(mode_table(rows))}\n")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -128,9 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-samples", type=int, default=192)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    manifests = Path(args.data) / "manifests"
+    needed = [manifests / split / f"{args.task}.jsonl" for split in ("train", "test")]
+    missing = [str(m) for m in needed + ([Path(args.mask)] if args.mask else []) if not m.is_file()]
+    if missing:  # before the model loads
+        print(f"{p.prog}: error: not found: {', '.join(missing)} "
+              "(--data: a SynthSpeech folder, `make tiny-data`)", file=sys.stderr)
+        return 2
     torch.manual_seed(0)
     adapter = TinyLALM(checkpoint=args.checkpoint).eval()
-    results = probe_layers(adapter, args.task, Path(args.data) / "manifests", args.mask,
+    results = probe_layers(adapter, args.task, manifests, args.mask,
                            args.train_samples, args.test_samples)
     print(write_probe_table(results, Path(args.out), args.task))
     return 0

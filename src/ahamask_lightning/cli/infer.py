@@ -20,13 +20,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Several --mask without --prune run as one stream of batches in which every sample carries its\n"
         "own mask (mixed tasks in one generate call). With --prune, pruning being per mask, each mask\n"
         "gets its own physically pruned model, built in turn; the text is the gated model's.")
-    parser.add_argument("audio", nargs="*", help="audio files (any format soundfile reads; resampled to the model's rate)")
+    parser.add_argument("audio", nargs="*", help="audio files (any format soundfile reads; resampled to the model's rate; "
+                                                 "at most the model's audio window: TinyLALM 12 s, Qwen2-Audio 30 s)")
     parser.add_argument("--audio", nargs="+", dest="audio_files", default=[], metavar="AUDIO",
                         help="audio files, as an option (same as the positional ones)")
     parser.add_argument("--manifest", help='JSONL, one {"audio": PATH, "id"?: ..., "instruction"?: ...} per line')
     parser.add_argument("--mask", action="append", default=[], required=True,
                         help="mask file (.safetensors, logits [layers, heads]) or 'all-on'; repeat for several")
-    parser.add_argument("--model", help="'tiny': the TinyLALM testbed (default checkpoints/tiny_lalm_8x16g)")
+    parser.add_argument("--model", help="'tiny': the TinyLALM testbed (its folder: --weights, default "
+                                        "checkpoints/tiny_lalm_8x16g); other models: --config EXPERIMENT.yaml")
     parser.add_argument("--weights", help="checkpoint directory of the model (TinyLALM: e.g. checkpoints/tiny_lalm)")
     parser.add_argument("--config", help="experiment YAML: the adapter is built as its model.init_args.model says")
     parser.add_argument("--prune", action="store_true",

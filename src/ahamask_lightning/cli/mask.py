@@ -2,9 +2,20 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..analysis.masks import combine, jaccard_matrix, mask_to_logits, random_mask
 from ..masking import import_official, load_mask, save_mask
+
+
+def mask_labels(paths: list[str]) -> list[str]:
+    """Short row labels: file names without ``.safetensors``, with as many parent folders as it takes
+    to tell apart files of the same name (``fit`` writes every mask as ``mask.safetensors``)."""
+    parts = [Path(p).with_suffix("").parts if p.endswith(".safetensors") else Path(p).parts for p in paths]
+    depth = 1
+    while depth < max(len(x) for x in parts) and len({x[-depth:] for x in parts}) < len(parts):
+        depth += 1
+    return ["/".join(x[-depth:]) for x in parts]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         if len(shapes) > 1:
             raise ValueError(f"masks have different shapes {sorted(shapes)}: Jaccard needs one model")
         mat = jaccard_matrix([f.mask for f in files])
-        names = [m.rsplit("/", 1)[-1].removesuffix(".safetensors") for m in args.masks]
+        names = mask_labels(args.masks)
         width = max(8, *(len(n) for n in names))
         print(" " * width + " " + " ".join(f"{n[:width]:>{width}}" for n in names))
         for name, row in zip(names, mat.tolist()):

@@ -6,8 +6,10 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="model_cmd", required=True)
+    from ..models.full_size import FULL_SIZE
+
     p = sub.add_parser("heads", help="gated heads of a full-size model, built on the meta device")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help=f"one of {', '.join(FULL_SIZE)}")
     p = sub.add_parser("check-checkpoint", help="validate a released checkpoint's keys and shapes")
     p.add_argument("--model", required=True, help="salmonn-13b or salmonn-7b")
     p.add_argument("--ckpt", required=True)
