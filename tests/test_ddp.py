@@ -88,7 +88,6 @@ def test_a_nan_loss_on_one_rank_is_skipped_by_both(synth_corpus, tmp_path):
 def test_fsdp_policy_shards_decoder_layers_and_keeps_the_mask_whole():
     # FSDP needs an accelerator (torch refuses CPU), so the wrapping decision itself is checked here.
     from torch.distributed.fsdp import ShardingStrategy
-
     from torch.distributed.fsdp.wrap import CustomPolicy
 
     from ahamask_lightning.accelerators import mask_wrap_policy, mask_wrap_rule
