@@ -18,7 +18,8 @@ def no_model_build(monkeypatch):
 
 
 CASES = [
-    ("unknown key (adapter)", ["--model.init_args.model.init_args.no_such_key", "1"], "no_such_key"),
+    ("unknown key (adapter)", ["--model.init_args.model.init_args.no_such_key", "1"],
+     "--model.init_args.model.init_args.no_such_key: Option 'no_such_key' is not accepted"),
     ("wrong type", ["--data.init_args.batch_size", "two"], "batch_size"),
     ("missing manifest", ["--data.init_args.train", "[/nonexistent/train.jsonl]"],
      "data.init_args.train: /nonexistent/train.jsonl: manifest file not found"),

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
@@ -92,8 +93,13 @@ class FitSession:
 class OneLineErrorParser(LightningArgumentParser):
     """Config errors as one line naming the key, instead of the usage text and a traceback."""
 
-    def error(self, message: str, *args, **kwargs):
+    def error(self, message: str, *args: Any, **kwargs: Any) -> NoReturn:
         text = " ".join(str(message).split())
+        unknown = re.fullmatch(r"Option '([^']+)' is not accepted", text)
+        if unknown:  # jsonargparse names only the last part of the key: name the whole flag given
+            given = [a.split("=", 1)[0] for a in sys.argv[1:] if a.startswith("--")]
+            flags = [a for a in given if a.endswith(f".{unknown[1]}")]
+            text = f"{flags[0]}: {text}" if flags else text
         print(f"ahamask: config error: {text}", file=sys.stderr)
         sys.exit(2)
 
