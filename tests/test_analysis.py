@@ -391,13 +391,3 @@ def test_qwen2audio_transfer_runs_each_mask_on_the_other_variant(tmp_path, in_re
                       "gr: instruct mask on base"),
                      ("experiments/asv_qwen2audio_instruct.yaml", str(weights["instruct"]), "asv", "asv_base",
                       "asv: base mask on instruct")]
-
-
-def test_analysis_tools_name_missing_files_in_one_line(tmp_path, capsys):
-    from ahamask_lightning.analysis import modes, probe
-
-    assert modes.main([str(tmp_path / "nope.jsonl")]) == 2
-    assert probe.main(["--data", str(tmp_path), "--task", "gr", "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err.splitlines()
-    assert len(err) == 2 and f"not found: {tmp_path / 'nope.jsonl'}" in err[0]
-    assert f"not found: {tmp_path / 'manifests' / 'train' / 'gr.jsonl'}" in err[1]

@@ -58,7 +58,8 @@ def test_probe_cli_writes_one_row_per_hidden_state(synth_corpus, tmp_path, capsy
 
 
 def test_answer_modes_name_the_task_a_prediction_belongs_to(tmp_path, capsys):
-    from ahamask_lightning.analysis.modes import answer_mode, main as modes_main
+    from ahamask_lightning.analysis.modes import answer_mode
+    from ahamask_lightning.analysis.modes import main as modes_main
 
     assert [answer_mode(p) for p in ("fast", " Female", "Yes.", "", '{"ASR": "a"}', "Male|the cat",
                                      "a quiet low plucked note", "please read the hat")] == [
@@ -77,3 +78,13 @@ def test_layer_updates_find_an_inert_layer():
     h0 = torch.ones(4, 8)
     states = torch.stack([h0, h0 * 2, h0 * 2], dim=1)  # layer 1 doubles the state, layer 2 does nothing
     assert layer_updates(states) == pytest.approx([1.0, 0.0])
+
+
+def test_analysis_tools_name_missing_files_in_one_line(tmp_path, capsys):
+    from ahamask_lightning.analysis import modes, probe
+
+    assert modes.main([str(tmp_path / "nope.jsonl")]) == 2
+    assert probe.main(["--data", str(tmp_path), "--task", "gr", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and f"not found: {tmp_path / 'nope.jsonl'}" in err[0]
+    assert f"not found: {tmp_path / 'manifests' / 'train' / 'gr.jsonl'}" in err[1]

@@ -28,7 +28,6 @@ import re
 import sys
 import tempfile
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -68,18 +67,20 @@ class FitSession:
         self.lock: FitLock | None = None
         self.checkpoint_dirs: list[Path] = []
 
+    def _fault_callback(self) -> FaultCheckpoint | None:
+        callbacks = self.trainer.callbacks if self.trainer is not None else []
+        return next((cb for cb in callbacks if isinstance(cb, FaultCheckpoint)), None)
+
     def fault(self) -> tuple[str, int, BaseException] | None:
-        for cb in self.trainer.callbacks if self.trainer is not None else []:
-            if isinstance(cb, FaultCheckpoint) and cb.saved is not None:
-                return cb.saved
-        return None
+        cb = self._fault_callback()
+        return cb.saved if cb is not None else None
 
     def save_failure(self) -> str | None:
         """Why the fault callback's checkpoint could not be written, when it tried and failed."""
-        for cb in self.trainer.callbacks if self.trainer is not None else []:
-            if isinstance(cb, FaultCheckpoint) and cb.failed is not None:
-                return f"saving {cb.ckpt_path} failed: {cb.failed}"
-        return None
+        cb = self._fault_callback()
+        if cb is None or cb.failed is None:
+            return None
+        return f"saving {cb.ckpt_path} failed: {cb.failed}"
 
     def no_checkpoint(self) -> str:
         failure = self.save_failure()
@@ -143,9 +144,7 @@ class AHAMaskCLI(LightningCLI):
         check_devices(trainer)  # accelerator this machine lacks, devices Lightning would refuse
         if not sub:  # a parse-only or run=False use of the class: nothing runs
             return
-        from ..data.datamodule import STAGE_MANIFESTS
-
-        _check_manifests((cfg.get("data") or {}).get("init_args") or {}, STAGE_MANIFESTS.get(sub, ()))
+        _check_manifests((cfg.get("data") or {}).get("init_args") or {}, sub)
         if "weights_only" in cfg:
             if cfg.get("weights_only") is False:
                 raise ValueError("weights_only: false is refused: checkpoints are read with weights_only=True "
@@ -230,12 +229,13 @@ def checkpoint_dirs(cfg) -> list[Path]:
     return dirs
 
 
-def _check_manifests(data_args: dict, keys: Sequence[str]) -> None:
-    """Every manifest of ``keys`` (a list, or named sets ``{name: [...]}``) must exist: one line naming
-    its key and file, before any model loads."""
+def _check_manifests(data_args: dict, subcommand: str) -> None:
+    """Every manifest the subcommand reads (a list, or named sets ``{name: [...]}``) must exist: one
+    line naming its key and file, before any model loads."""
+    from ..data.datamodule import STAGE_MANIFESTS
     from ..data.manifest import as_list, check_manifest_file
 
-    for key in keys:
+    for key in STAGE_MANIFESTS.get(subcommand, ()):
         value = data_args.get(key)
         if hasattr(value, "items"):  # named evaluation sets
             groups = [(f"data.init_args.{key}.{name}", manifests) for name, manifests in value.items()]
@@ -280,9 +280,12 @@ def _stopped_line(session: FitSession, exc: BaseException) -> tuple[str, int] | 
     if not isinstance(cause, (SIGTERMException, KeyboardInterrupt)):
         return None
     name, code = ("SIGTERM", 143) if isinstance(cause, SIGTERMException) else ("SIGINT", 130)
-    where = (f"at step {fault[1]}; checkpoint saved: {fault[0]} (resume with --ckpt_path last)"
-             if fault is not None else f"at step {session.trainer.global_step}; {session.no_checkpoint()}"
-             if session.save_failure() else "before training began; no checkpoint written")
+    if fault is not None:
+        where = f"at step {fault[1]}; checkpoint saved: {fault[0]} (resume with --ckpt_path last)"
+    elif session.save_failure():
+        where = f"at step {session.trainer.global_step}; {session.no_checkpoint()}"
+    else:
+        where = "before training began; no checkpoint written"
     return f"fit stopped by {name} {where}", code
 
 
