@@ -239,3 +239,16 @@ def test_granite_checkpoint_without_its_lora_is_one_clear_error(tmp_path):
     with pytest.raises(RuntimeError, match="asks for a LoRA adapter but none was loaded") as err:
         models.GraniteSpeechAdapter(pretrained=str(tmp_path), dtype="float32")
     assert "\n" not in str(err.value) and "adapter_config.json" in str(err.value)
+
+
+def test_voxtral_without_mistral_common_is_one_clear_error(tmp_path, monkeypatch):
+    """Real Voxtral checkpoints load their tekken tokenizer through mistral-common (an optional
+    extra): without it, one line naming the install, before the tokenizer or any weight loads."""
+    import importlib.util
+
+    if importlib.util.find_spec("mistral_common") is not None:
+        pytest.skip("mistral-common is installed here")
+    monkeypatch.delenv("AHAMASK_VOXTRAL_PATH", raising=False)
+    with pytest.raises(RuntimeError, match=r"mistral-common .*pip install 'ahamask-lightning\[voxtral\]'") as err:
+        models.VoxtralAdapter(pretrained=str(tmp_path))
+    assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)

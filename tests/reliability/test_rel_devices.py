@@ -85,3 +85,20 @@ def test_a_type_error_keeps_where_it_was_raised():
         build()
     line = error_line(err.value)
     assert line.startswith("TypeError at ") and "test_rel_devices.py:" in line and "(in build): " in line
+
+
+def test_a_multi_line_message_says_what_was_left_out():
+    """A library error of several lines is cut to its first; the line says so and how to see the rest."""
+    line = error_line(ValueError("the first line\n\n  a detail\n  another detail\n"))
+    assert line == "the first line (2 more lines: AHAMASK_TRACEBACK=1 shows the whole error)"
+    assert error_line(ValueError("one line only")) == "one line only"
+
+
+def test_ahamask_traceback_raises_the_whole_error(tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "trunc.safetensors"
+    bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{")
+    assert ahamask(["mask", "info", str(bad)]) == 2
+    assert "trunc.safetensors" in capsys.readouterr().err
+    monkeypatch.setenv("AHAMASK_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="trunc.safetensors"):
+        ahamask(["mask", "info", str(bad)])

@@ -4,10 +4,14 @@ Which errors become one line (:data:`ONE_LINE_ERRORS`), and how: the message's f
 where it was raised for the error types that carry no key or file of their own (a ``TypeError``
 says what was wrong, not where). An error re-raised from a DataLoader worker (torch's
 ``ExceptionWrapper``: "Caught X in DataLoader worker process N." then the worker's traceback as
-text) keeps the worker's own last frame and message. A full disk is named as such.
+text) keeps the worker's own last frame and message. A full disk is named as such. A message
+cut to its first line says how many lines were left out and how to see them all: with
+``AHAMASK_TRACEBACK=1`` in the environment (:func:`full_traceback_wanted`) the console script
+raises instead, with the whole message and traceback.
 """
 from __future__ import annotations
 
+import os
 import re
 import traceback
 from pathlib import Path
@@ -23,6 +27,14 @@ ONE_LINE_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, KeyErro
 _LOCATED = (TypeError, KeyError, IndexError)  # messages without a file or key: add where they came from
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')
 _WORKER = re.compile(r"^Caught (?P<type>\w+) (?P<where>in [^\n]*?)\.?\nOriginal Traceback")
+
+
+TRACEBACK_ENV = "AHAMASK_TRACEBACK"
+
+
+def full_traceback_wanted() -> bool:
+    """Whether the user asked for whole errors and tracebacks instead of one line."""
+    return os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0")
 
 
 def _short(path: str) -> str:
@@ -59,7 +71,10 @@ def error_line(exc: BaseException) -> str:
         if is_disk_full(exc):
             return f"disk full: {head}"
         return head
-    first = text.splitlines()[0] if text else type(exc).__name__
+    lines = [line for line in text.splitlines() if line.strip()]
+    first = lines[0].strip() if lines else type(exc).__name__
+    if len(lines) > 1:
+        first += f" ({len(lines) - 1} more lines: {TRACEBACK_ENV}=1 shows the whole error)"
     if isinstance(exc, _LOCATED):
         frames = traceback.extract_tb(exc.__traceback__)
         if frames:

@@ -43,7 +43,7 @@ from ..accelerators import check_devices, check_trainer_config  # registers --tr
 from ..callbacks import FaultCheckpoint, RNGStateCheckpoint, RunReport, is_disk_full
 from ..module import NonFiniteLossError
 from ..progress import EVAL_MODE_WARNING, LineProgress, MaskModelSummary
-from .errors import ONE_LINE_ERRORS, error_line
+from .errors import ONE_LINE_ERRORS, error_line, full_traceback_wanted
 from .run_files import (
     AtomicCheckpointIO,
     FitLock,
@@ -338,7 +338,7 @@ def run_lightning(argv: list[str], parser_kwargs: dict[str, Any] | None = None) 
             print(f"ahamask: error: {_disk_full_line(session, exc)}", file=sys.stderr)
             return 2
         line = _union_error_line(str(exc)) if isinstance(exc, ValueError) else None
-        if line is None and not isinstance(exc, ONE_LINE_ERRORS):
+        if full_traceback_wanted() or (line is None and not isinstance(exc, ONE_LINE_ERRORS)):
             fault = session.fault()
             if fault is not None:  # an unexpected error keeps its traceback; say where the state went
                 print(f"ahamask: checkpoint saved: {fault[0]} at step {fault[1]} (resume with --ckpt_path last)",

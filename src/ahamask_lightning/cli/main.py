@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         from .lightning import run_lightning
 
         return run_lightning(argv, parser_kwargs=lightning_parser_kwargs())
-    from .errors import ONE_LINE_ERRORS, error_line
+    from .errors import ONE_LINE_ERRORS, error_line, full_traceback_wanted
 
     try:
         parser = tool_parser(command)
@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(command.module)
         return module.run(parser.parse_args(argv[1:]))
     except ONE_LINE_ERRORS as exc:
+        if full_traceback_wanted():
+            raise
         return _fail(error_line(exc))
 
 

@@ -116,6 +116,19 @@ def full_size_meta(name: str = "voxtral-mini-3b") -> tuple[nn.Module, list[nn.Mo
     return meta_model(VoxtralForConditionalGeneration, VoxtralConfig(**FULL_SIZE_CONFIGS[name]))
 
 
+def require_mistral_common(path: str) -> None:
+    """Stop in one line, before any weight loads, when the tekken tokenizer's library is absent.
+
+    transformers loads a Voxtral checkpoint's ``tekken.json`` only through ``mistral_common``, an
+    optional dependency of both transformers and this package; without it the failure surfaces
+    as a multi-line ImportError from inside ``AutoTokenizer``.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("mistral_common") is None:
+        raise RuntimeError(f"Voxtral weights at {path} need the mistral-common package for their tekken "
+                           "tokenizer: pip install 'ahamask-lightning[voxtral]'")
+
 class VoxtralAdapter(ChatLALMAdapter):
     """Args:
         pretrained: local directory of a Voxtral checkpoint (or env ``AHAMASK_VOXTRAL_PATH``).
@@ -143,6 +156,7 @@ class VoxtralAdapter(ChatLALMAdapter):
             model_id = "voxtral-tiny"
         else:
             path = weights_dir(pretrained, ENV_PATH, "Voxtral")
+            require_mistral_common(path)
             self.tokenizer = AutoTokenizer.from_pretrained(path)  # tekken via mistral-common
             self.feature_extractor = WhisperFeatureExtractor.from_pretrained(path)
             self.model = pretrained_model(VoxtralForConditionalGeneration, path, dtype, attn_implementation)
