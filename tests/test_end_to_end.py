@@ -80,3 +80,25 @@ class _no_raise:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_test_prints_each_sets_metrics_once(synth_corpus, tmp_path, in_repo, capsys):
+    """Two named test sets: each metric is printed once, under its set's name, with where the results
+    went; not Lightning's table, which repeats every metric under every DataLoader. No product tips."""
+    m = synth_corpus / "manifests"
+    out = tmp_path / "test"
+    assert ahamask(["test", "--config", "experiments/gr_qwen2audio_tiny.yaml", "--data.init_args.test",
+                    f"{{ind: [{m}/test/gr.jsonl], ood: [{m}/test_ood/gr.jsonl]}}", "--data.init_args.batch_size", "4",
+                    "--model.init_args.use_mask", "false", "--model.init_args.results_dir", str(out),
+                    "--trainer.logger", "false"]) == 0
+    shown = capsys.readouterr()
+    lines = shown.out.splitlines()
+    metrics = json.loads((out / "test_metrics.json").read_text())["metrics"]
+    head = lines.index(f"test results ({out / 'test_metrics.json'}):")
+    for key, column in (("test_ind/gr/acc", "gr/acc (ind)"), ("test_ood/gr/acc", "gr/acc (ood)")):
+        printed = [line.split() for line in lines[head + 1:] if line.startswith(f"  {column} ")]
+        assert len(printed) == 1 and float(printed[0][-1]) == pytest.approx(metrics[key], abs=0.005)
+    assert "DataLoader 0" not in shown.out and "Tip:" not in shown.out + shown.err
+    n = sum(len((m / part / "gr.jsonl").read_text().splitlines()) for part in ("test", "test_ood"))
+    batches = sum(-(-len((m / p / "gr.jsonl").read_text().splitlines()) // 4) for p in ("test", "test_ood"))
+    assert n > 4 and f"test: {batches} batches in " in shown.out  # over both sets, not the last one's

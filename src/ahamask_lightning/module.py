@@ -265,9 +265,13 @@ class AHAMaskModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         results = self._eval_epoch_end("test")
-        out = Path(self.hparams.results_dir or self.trainer.log_dir or ".")  # log_dir broadcasts: all ranks
+        out = self.results_dir()  # log_dir broadcasts: every rank calls it
         if self.trainer.is_global_zero:
             write_results(out, results, self.evaluator.predictions, self.describe_run())
+
+    def results_dir(self) -> Path:
+        """Where ``test`` writes ``test_metrics.json`` and ``predictions.jsonl``."""
+        return Path(self.hparams.results_dir or self.trainer.log_dir or ".")
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
         preds = self._generate(batch)

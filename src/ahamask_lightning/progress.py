@@ -17,9 +17,11 @@ progress reports where there is no terminal for a progress bar.
 from __future__ import annotations
 
 import datetime
+import logging
 import math
 import sys
 import time
+import warnings
 from typing import Any, TextIO
 
 import lightning as L
@@ -28,6 +30,25 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.model_summary import get_formatted_model_size, get_human_readable_count
 
 EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
+# torch 2.11 deprecates a class that lightning 2.6 still uses internally: nothing a user can act on
+LIBRARY_DEPRECATIONS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+
+
+class NoProductTips(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing litlogger / litmodels" lines (advertising of its
+    cloud services, printed at every start); its other messages (devices, checkpoints) pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_library_noise() -> None:
+    """Silence what the console script's users cannot act on; idempotent (the filter is added once)."""
+    for message in (EVAL_MODE_WARNING, *LIBRARY_DEPRECATIONS):
+        warnings.filterwarnings("ignore", message=message)
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, NoProductTips) for f in logger.filters):
+        logger.addFilter(NoProductTips())
 
 
 class MaskModelSummary(ModelSummary):
@@ -71,8 +92,9 @@ class LineProgress(ProgressBar):
         self._start: tuple[float, int] = (0.0, 0)
         self._last_print = 0.0
         self._last_step = -1
-        self._eval = (0.0, 0.0)  # (start, last line) of the running test / predict loop
-        self._eval_done = 0
+        self._eval = (0.0, 0.0)  # (start, last line) of the running DataLoader of test / predict / validate
+        self._eval_begin = 0.0  # start of the whole test / predict / validate run, over all its DataLoaders
+        self._eval_done = 0  # batches done in that run, over all its DataLoaders
 
     def disable(self) -> None:
         self._enabled = False
@@ -123,7 +145,13 @@ class LineProgress(ProgressBar):
             elapsed = time.monotonic() - self._start[0]
             self._say(f"fit: {trainer.global_step - self._start[1]} steps in {_clock(elapsed)}")
 
-    # test and predict: batches of the current loader, the same kind of line
+    # test, predict and validate: batches of the current DataLoader, the same kind of line
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._eval_begin, self._eval_done = time.monotonic(), 0
+
+    on_predict_start = on_test_start
+    on_validation_start = on_test_start
+
     def on_test_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int,
                             dataloader_idx: int = 0) -> None:
         if batch_idx == 0:
@@ -135,17 +163,21 @@ class LineProgress(ProgressBar):
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
         if trainer.state.fn == TrainerFn.VALIDATING:  # ``ahamask validate``; a fit's validation stays quiet
-            self._eval_batch(trainer, "validate", batch_idx, trainer.num_val_batches[dataloader_idx])
+            self._eval_batch(trainer, "validate", batch_idx, trainer.num_val_batches, dataloader_idx)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.VALIDATING:
             self._eval_end(trainer, "validate")
 
-    def _eval_batch(self, trainer: L.Trainer, stage: str, batch_idx: int, total: float) -> None:
+    def _eval_batch(self, trainer: L.Trainer, stage: str, batch_idx: int, totals: list[float],
+                    dataloader_idx: int) -> None:
         if not self._enabled or not trainer.is_global_zero:
             return
-        done = self._eval_done = batch_idx + 1
+        self._eval_done += 1
+        done, total = batch_idx + 1, totals[dataloader_idx]
         total = int(total) if isinstance(total, (int, float)) and math.isfinite(total) else None
+        if len(totals) > 1:
+            stage = f"{stage} (DataLoader {dataloader_idx + 1}/{len(totals)})"
         every = self.every_n_steps or max(1, (total or 1000) // 20)
         now = time.monotonic()
         if done % every and done != total and now - self._eval[1] < self.every_seconds:
@@ -159,15 +191,16 @@ class LineProgress(ProgressBar):
 
     def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_batch(trainer, "test", batch_idx, trainer.num_test_batches[dataloader_idx])
+        self._eval_batch(trainer, "test", batch_idx, trainer.num_test_batches, dataloader_idx)
 
     def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                              batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_batch(trainer, "predict", batch_idx, trainer.num_predict_batches[dataloader_idx])
+        self._eval_batch(trainer, "predict", batch_idx, trainer.num_predict_batches, dataloader_idx)
 
     def _eval_end(self, trainer: L.Trainer, stage: str) -> None:
         if self._enabled and trainer.is_global_zero and self._eval_done:
-            self._say(f"{stage}: {self._eval_done} batches in {_clock(time.monotonic() - self._eval[0])}")
+            batches = "1 batch" if self._eval_done == 1 else f"{self._eval_done} batches"
+            self._say(f"{stage}: {batches} in {_clock(time.monotonic() - self._eval_begin)}")
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._eval_end(trainer, "test")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import Any
 
 from ..evaluation import parse_metric_key
 from ..results import read_results
@@ -20,6 +21,22 @@ from ..results import read_results
 def metric_column(task: str, metric: str, eval_set: str | None = None) -> str:
     """A table column for a task metric: ``gr/acc``, or ``gr/acc (ood)`` for the named test set ``ood``."""
     return f"{task}/{metric}" if eval_set is None else f"{task}/{metric} ({eval_set})"
+
+
+def metric_lines(metrics: dict[str, Any], stage: str) -> list[str]:
+    """One aligned ``column  value`` line per metric of ``stage`` in ``metrics`` (other keys skipped):
+    what ``ahamask test``/``validate`` print instead of Lightning's per-DataLoader table, which
+    repeats every epoch-level metric under every DataLoader."""
+    rows = []
+    for key, value in metrics.items():
+        try:
+            key_stage, task, metric, eval_set = parse_metric_key(key)
+        except ValueError:
+            continue
+        if key_stage == stage:
+            rows.append((metric_column(task, metric, eval_set), float(value)))
+    width = max((len(column) for column, _ in rows), default=0)
+    return [f"  {column:<{width}}  {value:9.2f}" for column, value in sorted(rows)]
 
 
 def condition(run: dict) -> str:

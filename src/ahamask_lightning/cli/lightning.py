@@ -27,7 +27,6 @@ import pickle
 import re
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -37,12 +36,12 @@ from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from ..accelerators import check_devices, check_trainer_config  # registers --trainer.accelerator npu
+from ..analysis.report import metric_lines
 from ..callbacks import FaultCheckpoint, RNGStateCheckpoint, RunReport, is_disk_full
-from ..module import NonFiniteLossError
-from ..progress import EVAL_MODE_WARNING, LineProgress, MaskModelSummary
+from ..module import AHAMaskModule, NonFiniteLossError
+from ..progress import LineProgress, MaskModelSummary, quiet_library_noise
 from .errors import ONE_LINE_ERRORS, error_line, full_traceback_wanted
 from .run_files import (
     AtomicCheckpointIO,
@@ -105,6 +104,9 @@ class OneLineErrorParser(LightningArgumentParser):
         sys.exit(2)
 
 
+EVAL_STAGES = {"test": "test", "validate": "val"}  # subcommand -> the stage its metric keys carry
+
+
 class AHAMaskCLI(LightningCLI):
     def __init__(self, *args: Any, session: FitSession | None = None, **kwargs: Any) -> None:
         self.session = session if session is not None else FitSession()
@@ -150,6 +152,8 @@ class AHAMaskCLI(LightningCLI):
                 raise ValueError("weights_only: false is refused: checkpoints are read with weights_only=True "
                                  "(they hold tensors and plain values only)")
             cfg["weights_only"] = True
+        if sub in EVAL_STAGES and not any(a.split("=", 1)[0] == "--verbose" for a in sys.argv[1:]):
+            cfg["verbose"] = False  # Lightning's table repeats each set's metrics under every DataLoader
         if sub == "fit":
             self.session.checkpoint_dirs = checkpoint_dirs(cfg)
             folders = [("trainer.default_root_dir", Path(root))]
@@ -158,6 +162,23 @@ class AHAMaskCLI(LightningCLI):
             self.session.lock.acquire()
             if not cfg.get("ckpt_path") and trainer.get("enable_checkpointing", True) is not False:
                 refuse_earlier_fit("trainer.default_root_dir", Path(root), self.session.checkpoint_dirs)
+
+    def after_test(self) -> None:
+        self._print_metrics("test")
+
+    def after_validate(self) -> None:
+        self._print_metrics("validate")
+
+    def _print_metrics(self, sub: str) -> None:
+        """Each metric once, named by its set (``asr/wer (ood)``), where Lightning's table was off."""
+        if self.config_init[sub].get("verbose") or not self.trainer.is_global_zero:
+            return
+        lines = metric_lines(self.trainer.callback_metrics, EVAL_STAGES[sub])
+        module = self.trainer.lightning_module
+        where = f" ({module.results_dir() / 'test_metrics.json'})" if sub == "test" and isinstance(
+            module, AHAMaskModule) else ""
+        if lines:
+            print(f"{sub} results{where}:", *lines, sep="\n")
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
@@ -304,7 +325,7 @@ def run_lightning(argv: list[str], parser_kwargs: dict[str, Any] | None = None) 
     caller_argv = sys.argv
     sys.argv = [sys.argv[0]] + list(argv)  # LightningCLI reads sys.argv (args= with argv set only warns)
     # The frozen LALM is in eval mode on purpose (LALMAdapter.train); the summary says so once.
-    warnings.filterwarnings("ignore", message=EVAL_MODE_WARNING, category=PossibleUserWarning)
+    quiet_library_noise()
     session = FitSession()
     try:
         AHAMaskCLI(
