@@ -85,6 +85,42 @@ def test_a_nan_loss_on_one_rank_is_skipped_by_both(synth_corpus, tmp_path):
     assert ranks[0]["after"] == ranks[1]["after"] != ranks[0]["before"]
 
 
+def run_two_ranks(subcommand: str, args: list[str]) -> subprocess.CompletedProcess:
+    cmd = [AHAMASK, subcommand, "--config", "experiments/gr_qwen2audio_tiny.yaml", "--config",
+           "experiments/accelerators/cpu.yaml", "--config", "experiments/strategies/ddp.yaml", "--trainer.devices", "2",
+           "--trainer.logger", "false", *args]
+    return subprocess.run(cmd, check=False, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_two_ranks_test_and_predict_every_sample_once(synth_corpus, tmp_path):
+    """Five test samples in batches of 2 on two ranks: the last round has one cut, which Lhotse
+    repeats (``_dup0``) so that both ranks get a batch. Each sample is scored and written once:
+    ``predictions.jsonl`` holds both ranks' predictions, and the metric is the one its lines give."""
+    from ahamask_lightning.tasks import get_task
+
+    rows = [json.loads(line) for line in (synth_corpus / "manifests" / "test" / "gr.jsonl").read_text().splitlines()]
+    manifest = tmp_path / "five.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows[:5]))
+    ids = sorted(r["id"] for r in rows[:5])
+    data = ["--data.init_args.batch_size", "2", "--data.init_args.audio_root", str(synth_corpus),
+            "--data.init_args.test", f"[{manifest}]",
+            "--data.init_args.predict", f"[{manifest}]", "--model.init_args.prompt", "task",
+            "--model.init_args.use_mask", "false"]
+    proc = run_two_ranks("test", [*data, "--model.init_args.results_dir", str(tmp_path / "test")])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads(line) for line in (tmp_path / "test" / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == ids
+    metric = get_task("gr").metric()
+    metric.update([r["prediction"] for r in rows], [r["reference"] for r in rows])
+    written = json.loads((tmp_path / "test" / "test_metrics.json").read_text())["metrics"]
+    assert written["test/gr/acc"] == pytest.approx(float(metric.compute()["acc"]))
+    proc = run_two_ranks("predict", [*data, "--model.init_args.results_dir", str(tmp_path / "predict")])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads(line) for line in (tmp_path / "predict" / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == ids and "predict: 5 predictions written to " in proc.stdout
+
+
 def test_fsdp_policy_shards_decoder_layers_and_keeps_the_mask_whole():
     # FSDP needs an accelerator (torch refuses CPU), so the wrapping decision itself is checked here.
     from torch.distributed.fsdp import ShardingStrategy

@@ -142,3 +142,51 @@ def test_a_pretraining_validation_run_keys_its_named_sets(manifests, tmp_path):
     task_keys = {k for k in logged if not k.startswith("val/loss")}
     assert {parse_metric_key(k) for k in task_keys} == {("val", "gr", m, "ood") for m in TASKS["gr"].metric().compute()}
     assert "val_ood/gr/acc" in task_keys
+
+
+def _batch(ids: list[str], task: str, texts: list[str]) -> dict:
+    return {"ids": ids, "tasks": [task] * len(ids), "texts": texts, "instructions": [None] * len(ids)}
+
+
+# rank -> the batches it evaluates: rank 1 never sees an asr sample, and its last gr sample is
+# Lhotse's repeat of rank 0's ("_dup0")
+RANK_BATCHES = {
+    0: [(_batch(["a", "b"], "gr", ["Male", "Female"]), ["Male", "Male"]),
+        (_batch(["s1"], "asr", ["the cat sat"]), ["the cat sat down"])],
+    1: [(_batch(["c", "b_dup0"], "gr", ["Female", "Female"]), ["Female", "Male"])],
+}
+
+
+def _evaluate_on_rank(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    ev = TaskEvaluator()
+    for batch, preds in RANK_BATCHES[rank]:
+        ev.update(batch, preds)
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(ev.compute("test")))
+    dist.destroy_process_group()
+
+
+def test_two_ranks_compute_the_same_metrics_once_per_sample(tmp_path):
+    """A task only one rank saw is still computed by both (each compute syncs across ranks: a rank
+    missing one would leave the other waiting), and a padding repeat is not scored."""
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(_evaluate_on_rank, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2,
+                                 join=False, start_method="spawn")
+    try:
+        for _ in range(120):
+            if context.join(timeout=1):
+                break
+        else:
+            raise AssertionError("the ranks hung in a metric's sync")
+    finally:
+        for process in context.processes:
+            process.kill()
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    single = TaskEvaluator()
+    for batch, preds in [*RANK_BATCHES[0], (_batch(["c"], "gr", ["Female"]), ["Female"])]:
+        single.update(batch, preds)
+    assert ranks[0] == ranks[1] == single.compute("test")
+    assert ranks[0]["test/gr/acc"] == pytest.approx(200 / 3) and "test/asr/wer" in ranks[0]

@@ -82,7 +82,10 @@ class TaskEvaluator:
         """``eval_set`` keeps apart loaders of the same task (the data module's set name of the
         loader, e.g. ``ood`` for held-out voices; None: unnamed). A caption task is scored against
         every reference of a sample (``batch["references"]``, from ``meta.references``) where it
-        has them, else against its target text."""
+        has them, else against its target text. A cut that Lhotse repeated to give every rank a
+        last batch (:func:`~ahamask_lightning.data.is_padding_duplicate`) is neither scored nor
+        recorded: each sample counts once, whatever the number of ranks."""
+        from .data.loader import is_padding_duplicate
         from .tasks import get_task
 
         by_task: dict[str, tuple[list[str], list[str | list[str]]]] = {}
@@ -90,6 +93,8 @@ class TaskEvaluator:
         for task, pred, ref, refs, sid, ins in zip(batch["tasks"], preds, batch["texts"], references, batch["ids"],
                                                    batch["instructions"]):
             p, r = by_task.setdefault(task, ([], []))
+            if is_padding_duplicate(sid):
+                continue
             p.append(pred)
             several = refs is not None and get_task(task).kind == "caption"
             r.append(list(refs) if several else ref)
@@ -101,15 +106,37 @@ class TaskEvaluator:
             key = (task, eval_set)
             if key not in self.metrics:
                 self.metrics[key] = get_task(task).metric().to(device)
-            self.metrics[key].update(p, r)
+            if p:
+                self.metrics[key].update(p, r)
 
-    def compute(self, stage: str) -> dict[str, float]:
-        """``{metric_key(stage, task, metric, set): value}`` over every (task, set) updated."""
+    def compute(self, stage: str, device: torch.device | str = "cpu") -> dict[str, float]:
+        """``{metric_key(stage, task, metric, set): value}`` over every (task, set) updated.
+
+        In a distributed run every rank must compute the same metrics in the same order (each
+        compute syncs its states across ranks): the (task, set) pairs are first gathered from all
+        ranks, and a rank that saw none of a pair's samples adds that metric empty (on ``device``)."""
+        from .tasks import get_task
+
+        for key in sorted(set().union(*gather_objects([list(self.metrics)])), key=lambda k: (k[0], k[1] or "")):
+            if key not in self.metrics:
+                self.metrics[key] = get_task(key[0]).metric().to(device)
         results = {}
         for (task, eval_set), metric in sorted(self.metrics.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
             for name, value in metric.compute().items():
                 results[metric_key(stage, task, name, eval_set)] = float(value)
         return results
+
+
+def gather_objects(items: list) -> list:
+    """``items`` of every rank, concatenated in rank order (one ``all_gather_object`` in a
+    distributed run; the list itself otherwise)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(items)
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, list(items))
+    return [item for part in parts for item in part]
 
 
 def eval_set_of(datamodule: object, stage: str, dataloader_idx: int) -> str | None:

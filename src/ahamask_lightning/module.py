@@ -22,13 +22,14 @@ import lightning as L
 import torch
 
 from .data.collate import SampleCollate
-from .evaluation import TaskEvaluator, eval_set_of
+from .data.loader import is_padding_duplicate
+from .evaluation import TaskEvaluator, eval_set_of, gather_objects
 from .masking import HeadGate, HeadMask, load_mask
 from .masking.estimators import CONTINUOUS
 from .masking.prune import PrunedEval
 from .models.base import LALMAdapter
 from .prompts import check_prompt_mode
-from .results import write_results
+from .results import write_predictions, write_results
 
 
 class NonFiniteLossError(RuntimeError):
@@ -132,6 +133,7 @@ class AHAMaskModule(L.LightningModule):
         self.generation = dict(generation or {})
         self.strict_loading = False  # checkpoints carry the mask only; the LALM comes from its own files
         self.evaluator = TaskEvaluator()
+        self.predictions: list[dict] = []  # predict: this rank's records
         if max_nonfinite_in_a_row < 0:
             raise ValueError(f"max_nonfinite_in_a_row: expected an integer >= 0, got {max_nonfinite_in_a_row}")
         self.nonfinite_in_a_row = 0
@@ -243,7 +245,7 @@ class AHAMaskModule(L.LightningModule):
         self.evaluator.update(batch, self._generate(batch), self.device, eval_set)
 
     def _eval_epoch_end(self, prefix: str) -> dict[str, float]:
-        results = self.evaluator.compute(prefix)
+        results = self.evaluator.compute(prefix, self.device)
         if results:
             self.log_dict(results, add_dataloader_idx=False)
         return results
@@ -266,16 +268,32 @@ class AHAMaskModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         results = self._eval_epoch_end("test")
         out = self.results_dir()  # log_dir broadcasts: every rank calls it
+        predictions = gather_objects(self.evaluator.predictions)  # each rank decoded its own share
         if self.trainer.is_global_zero:
-            write_results(out, results, self.evaluator.predictions, self.describe_run())
+            write_results(out, results, predictions, self.describe_run())
 
     def results_dir(self) -> Path:
-        """Where ``test`` writes ``test_metrics.json`` and ``predictions.jsonl``."""
+        """Where ``test`` writes ``test_metrics.json`` and ``predictions.jsonl`` (``predict``: the latter)."""
         return Path(self.hparams.results_dir or self.trainer.log_dir or ".")
+
+    def on_predict_epoch_start(self) -> None:
+        self.predictions = []
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
         preds = self._generate(batch)
-        return [{"id": i, "task": t, "prediction": p} for i, t, p in zip(batch["ids"], batch["tasks"], preds)]
+        eval_set = eval_set_of(self.trainer.datamodule, "predict", dataloader_idx)
+        records = [{"id": i, "task": t, "instruction": ins, "prediction": p}
+                   for i, t, ins, p in zip(batch["ids"], batch["tasks"], batch["instructions"], preds)
+                   if not is_padding_duplicate(i)]
+        records = records if eval_set is None else [{**r, "set": eval_set} for r in records]
+        self.predictions.extend(records)
+        return records
+
+    def on_predict_epoch_end(self) -> None:
+        out = self.results_dir()  # log_dir broadcasts: every rank calls it
+        predictions = gather_objects(self.predictions)
+        if self.trainer.is_global_zero:
+            write_predictions(out, predictions)
 
     # --- identity and checkpoints ----------------------------------------------------------
     def describe_run(self) -> dict:

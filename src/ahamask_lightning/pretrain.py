@@ -322,7 +322,7 @@ class TinyLALMPretrain(L.LightningModule):
         self.evaluator.reset()
 
     def on_validation_epoch_end(self) -> None:
-        results = self.evaluator.compute("val")
+        results = self.evaluator.compute("val", self.device)
         if results:
             self.log_dict(results, add_dataloader_idx=False)
 

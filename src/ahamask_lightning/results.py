@@ -28,7 +28,15 @@ def write_results(out_dir: Path, metrics: dict[str, float], predictions: list[di
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     path = out_dir / "test_metrics.json"
     path.write_text(json.dumps(record, indent=1))
-    with open(out_dir / "predictions.jsonl", "w") as f:
+    write_predictions(out_dir, predictions)
+    return path
+
+
+def write_predictions(out_dir: Path, predictions: list[dict]) -> Path:
+    """``predictions.jsonl`` in ``out_dir``: one JSON object per sample, in the order given."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "predictions.jsonl"
+    with open(path, "w") as f:
         for p in predictions:
             f.write(json.dumps(p, ensure_ascii=False) + "\n")
     return path

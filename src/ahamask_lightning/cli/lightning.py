@@ -169,6 +169,12 @@ class AHAMaskCLI(LightningCLI):
     def after_validate(self) -> None:
         self._print_metrics("validate")
 
+    def after_predict(self) -> None:
+        module = self.trainer.lightning_module
+        if self.trainer.is_global_zero and isinstance(module, AHAMaskModule):
+            path = module.results_dir() / "predictions.jsonl"
+            print(f"predict: {sum(1 for _ in path.open())} predictions written to {path}")
+
     def _print_metrics(self, sub: str) -> None:
         """Each metric once, named by its set (``asr/wer (ood)``), where Lightning's table was off."""
         if self.config_init[sub].get("verbose") or not self.trainer.is_global_zero:

@@ -31,12 +31,14 @@ partial batches left in its length buckets too). A batch whose samples were all 
 one rank only, so with ``sync_stop`` the ranks also agree before every batch (one tiny
 all-reduce) and all end the epoch when the first one runs dry. Evaluation keeps
 ``drop_last=False``: when a last round has fewer cuts than ranks, Lhotse repeats some (with
-``_dup`` ids) so that every rank gets a batch.
+``_dup`` ids) so that every rank gets a batch; :func:`is_padding_duplicate` tells them apart, and
+evaluation decodes them (the ranks stay in step) but neither scores nor records them.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -54,6 +56,15 @@ from .cuts import ManifestCuts, sample_seconds
 from .dataset import AudioBatches, keep_as_is
 from .manifest import PATH_OUTSIDE_ROOT
 from .rejects import RejectLog, format_reasons
+
+# Lhotse's samplers mark a cut repeated to fill the last round of a distributed epoch by suffixing
+# its id (lhotse.dataset.sampling.base.mark_as_duplicate: "<id>_dup<n>").
+_PADDING_DUPLICATE = re.compile(r"_dup\d+$")
+
+
+def is_padding_duplicate(sample_id: str) -> bool:
+    """Whether ``sample_id`` is a repeat Lhotse added so that every rank gets a last batch."""
+    return bool(_PADDING_DUPLICATE.search(str(sample_id)))
 
 
 @dataclass
