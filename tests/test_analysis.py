@@ -279,8 +279,10 @@ def test_lambda_override_wins_over_the_yaml_callback(tmp_path, in_repo):
                            "--model.init_args.model.init_args.checkpoint", str(tmp_path / "ckpt"),
                            *ab.lambda_args(1e-4)])
     penalties = [c for c in cli.trainer.callbacks if type(c).__name__ == "SparsityPenalty"]
-    assert cli.model.sparsity_lambda == 1e-4
-    assert [p.lam for p in penalties] == [0.0, 1e-4]  # the YAML's, then ours: ours sets it last every batch
+    assert cli.model.sparsity_lambda == 1e-4 and [p.lam for p in penalties] == [None]  # the YAML's, no lam
+    penalties[0].on_fit_start(cli.trainer, cli.model)
+    penalties[0].on_train_batch_start(cli.trainer, cli.model, None, 0)
+    assert cli.model.sparsity_lambda == 1e-4  # what the loss is weighted by at every step
 
 
 def test_table1_lists_exactly_what_is_missing(tmp_path, in_repo, monkeypatch, capsys):

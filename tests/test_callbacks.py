@@ -1,6 +1,9 @@
-"""Schedules: temperature presets, sparsity warm-up, the learning-rate curve."""
+"""Schedules: temperature presets, sparsity warm-up and where lambda is set, the learning-rate curve."""
 from __future__ import annotations
 
+import json
+
+import lightning as L
 import pytest
 
 from ahamask_lightning.callbacks import SparsityPenalty, TemperatureAnnealing
@@ -52,3 +55,15 @@ def test_learning_rate_warmup_then_cosine():
     assert lrs[16500] == pytest.approx((1e-2 + 1e-4) / 2)
     assert lrs[30000] == pytest.approx(1e-4)
     assert lrs[30100] == pytest.approx(1e-4)  # held at the end, not a restarted cosine
+
+
+def test_a_callback_lambda_that_disagrees_with_the_models_is_refused(tmp_path, in_repo):
+    from ahamask_lightning.cli.lightning import AHAMaskCLI
+
+    callback = json.dumps({"class_path": "ahamask_lightning.callbacks.SparsityPenalty", "init_args": {"lam": 1e-3}})
+    with pytest.raises(ValueError, match=r"SparsityPenalty.lam=0.001 and model.init_args.sparsity_lambda=0.0001"):
+        AHAMaskCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                   auto_configure_optimizers=False, run=False,
+                   args=["--config", "experiments/gr_tiny.yaml", "--trainer.default_root_dir", str(tmp_path),
+                         "--model.init_args.sparsity_lambda", "1e-4", f"--trainer.callbacks+={callback}"])
+

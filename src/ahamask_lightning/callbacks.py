@@ -75,19 +75,40 @@ class TemperatureAnnealing(L.Callback):
 
 
 class SparsityPenalty(L.Callback):
-    """Sets the loss weight lambda of sum(mask), optionally ramped up linearly over ``warmup_steps``."""
+    """Sets the loss weight lambda of sum(mask), optionally ramped up linearly over ``warmup_steps``.
 
-    def __init__(self, lam: float = 1e-4, warmup_steps: int = 0) -> None:
+    ``lam`` None (the default) schedules the module's own ``sparsity_lambda``, so a YAML that
+    carries this callback still follows ``--model.init_args.sparsity_lambda``. A ``lam`` given here
+    and a different non-zero ``sparsity_lambda`` are refused (:func:`check_sparsity_settings`)
+    rather than one silently winning.
+    """
+
+    def __init__(self, lam: float | None = None, warmup_steps: int = 0) -> None:
         self.lam, self.warmup_steps = lam, warmup_steps
+        self.target = lam if lam is not None else 0.0
 
     def value(self, step: int) -> float:
         if self.warmup_steps <= 0:
-            return self.lam
-        return self.lam * min(1.0, step / self.warmup_steps)
+            return self.target
+        return self.target * min(1.0, step / self.warmup_steps)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        configured = float(pl_module.hparams.get("sparsity_lambda", 0.0))
+        check_sparsity_settings(self.lam, configured)
+        self.target = configured if self.lam is None else self.lam
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         pl_module.sparsity_lambda = self.value(trainer.global_step)
+
+
+def check_sparsity_settings(callback_lam: float | None, module_lambda: float | None) -> None:
+    """One-line ``ValueError`` when a ``SparsityPenalty.lam`` and the module's ``sparsity_lambda``
+    both set lambda, differently."""
+    if callback_lam is not None and module_lambda and float(callback_lam) != float(module_lambda):
+        raise ValueError(f"SparsityPenalty.lam={callback_lam} and model.init_args.sparsity_lambda={module_lambda} "
+                         "disagree: set lambda in one place (a SparsityPenalty without lam schedules "
+                         "the model's sparsity_lambda)")
 
 
 def heatmap_figure(mask: torch.Tensor, title: str = "") -> Figure:

@@ -7,8 +7,8 @@ duplicated per setting:
 study                  overrides of the experiment YAML
 =====================  ====================================================================
 four conditions        ``--model.init_args.prompt task|none --model.init_args.use_mask ...``
-lambda sweep (Fig. 5)  ``--model.init_args.sparsity_lambda L`` (+ a SparsityPenalty(L) callback
-                       appended, which wins over one the YAML may carry)
+lambda sweep (Fig. 5)  ``--model.init_args.sparsity_lambda L`` (a SparsityPenalty callback the
+                       YAML may carry schedules it)
 seeds                  ``--seed_everything S --{model,data}.init_args.seed S``; intersection by
                        ``ahamask mask combine --op and``
 progressive (Fig. 4)   ``--model.init_args.mask`` = the top share of heads by learned logit
@@ -94,8 +94,7 @@ def metric_value(metrics: dict[str, float], task: str, metric: str | None = None
 
 
 def lambda_args(lam: float) -> list[str]:
-    callback = json.dumps({"class_path": "ahamask_lightning.callbacks.SparsityPenalty", "init_args": {"lam": lam}})
-    return ["--model.init_args.sparsity_lambda", str(lam), f"--trainer.callbacks+={callback}"]
+    return ["--model.init_args.sparsity_lambda", str(lam)]
 
 
 def seed_args(seed: int) -> list[str]:

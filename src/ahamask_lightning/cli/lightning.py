@@ -39,7 +39,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..accelerators import check_devices, check_trainer_config  # registers --trainer.accelerator npu
 from ..analysis.report import metric_lines
-from ..callbacks import FaultCheckpoint, RNGStateCheckpoint, RunReport, is_disk_full
+from ..callbacks import FaultCheckpoint, RNGStateCheckpoint, RunReport, check_sparsity_settings, is_disk_full
 from ..module import AHAMaskModule, NonFiniteLossError
 from ..progress import LineProgress, MaskModelSummary, quiet_library_noise
 from .errors import ONE_LINE_ERRORS, error_line, full_traceback_wanted
@@ -142,6 +142,10 @@ class AHAMaskCLI(LightningCLI):
         model_args = (cfg.get("model") or {}).get("init_args") or {}
         if model_args.get("results_dir"):
             _check_writable(Path(model_args["results_dir"]), "model.init_args.results_dir")
+        for callback in _as_list(trainer.get("callbacks")):
+            if str(callback.get("class_path", "")).endswith(".SparsityPenalty"):
+                lam = (callback.get("init_args") or {}).get("lam")
+                check_sparsity_settings(lam, model_args.get("sparsity_lambda"))
         check_trainer_config(trainer)  # NPU without torch_npu: one line, before any weights load
         check_devices(trainer)  # accelerator this machine lacks, devices Lightning would refuse
         if not sub:  # a parse-only or run=False use of the class: nothing runs
