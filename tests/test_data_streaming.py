@@ -249,3 +249,40 @@ def test_loader_requires_valid_coordinates(tmp_path: Path) -> None:
     man = make_corpus(tmp_path, 2)
     with pytest.raises(ValueError):
         ManifestDataModule(train=man, known_tasks={"gr"}, rank=2, world_size=2).train_dataloader()
+
+
+def _instructions(loader) -> dict[str, str | None]:
+    return {i: ins for batch in loader for i, ins in zip(batch["ids"], batch["instructions"])}
+
+
+def test_instruction_draws_follow_sample_and_epoch_not_workers(tmp_path: Path) -> None:
+    """``prompt: random`` draws each sample's instruction from (seed, epoch, id): the same with 0 or 2
+    workers (each worker used to restart its own stream every epoch), new the next epoch."""
+    from ahamask_lightning.data.collate import SampleCollate
+    from ahamask_lightning.models.tiny_lalm import random_tiny_lalm
+
+    man = make_corpus(tmp_path, 12)
+    collate = SampleCollate(random_tiny_lalm(), "random", seed=0)
+    drawn = {}
+    for workers in (0, 2):
+        dm = ManifestDataModule(train=man, batch_size=3, num_workers=workers, known_tasks={"gr"}, seed=1,
+                                collate_fn=collate)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        for epoch in (0, 1):
+            loader.sampler.set_epoch(epoch)
+            drawn[workers, epoch] = _instructions(loader)
+    assert len(drawn[0, 0]) == 12 and drawn[0, 0] == drawn[2, 0] and drawn[0, 1] == drawn[2, 1]
+    assert drawn[0, 0] != drawn[0, 1] and len(set(drawn[0, 0].values())) > 1
+
+
+def test_dropped_instructions_are_for_training_only(tmp_path: Path) -> None:
+    from ahamask_lightning.data.collate import SampleCollate
+    from ahamask_lightning.models.tiny_lalm import random_tiny_lalm
+
+    man = make_corpus(tmp_path, 6)
+    collate = SampleCollate(random_tiny_lalm(), "task", 0, instruction_free={"gr": 1.0})
+    dm = ManifestDataModule(train=man, val=man, batch_size=3, known_tasks={"gr"}, collate_fn=collate)
+    dm.setup("fit")
+    assert set(_instructions(dm.train_dataloader()).values()) == {None}
+    assert None not in _instructions(dm.val_dataloader()[0]).values()

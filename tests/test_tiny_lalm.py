@@ -133,8 +133,8 @@ def test_instruction_free_examples_can_be_trained_to_stay_silent(tmp_path):
 
     manifest, lines = _speaker_manifest(tmp_path)
     module = TinyLALMPretrain([str(manifest)], vocab_size=120, config=_TINY_PRETRAIN)
-    samples = [{**x, "audio": torch.randn(16000) * 0.1} for x in lines[:2]] + [
-        {"id": "gr-0", "audio": torch.randn(16000) * 0.1, "task": "gr", "text": "Male", "meta": {}}]
+    samples = [{**x, "audio": torch.randn(16000) * 0.1, "stage": "train"} for x in lines[:2]] + [
+        {"id": "gr-0", "audio": torch.randn(16000) * 0.1, "task": "gr", "text": "Male", "meta": {}, "stage": "train"}]
     eos, pad = module.adapter.tokenizer.eos_token_id, module.adapter.tokenizer.pad_token_id
     silent = PretrainCollate(module.adapter, "random", 0, {"asr": 1.0, "gr": 1.0}, "")(samples)
     assert silent["instructions"] == [None, None, None] and silent["texts"] == ["", "", ""]
@@ -143,6 +143,10 @@ def test_instruction_free_examples_can_be_trained_to_stay_silent(tmp_path):
     assert default["instructions"][:2] == [None, None] and default["instructions"][2] is not None
     assert default["texts"] == ["the cat sat", "a dog ran", "Male"]
     assert (default["target_lens"] > 1).all() and pad not in default["target_ids"][0, :2].tolist()
+    # validation keeps every instruction: its metrics measure the tasks as asked
+    asked = PretrainCollate(module.adapter, "random", 0, {"asr": 1.0, "gr": 1.0}, "")(
+        [{**x, "stage": "val"} for x in samples])
+    assert None not in asked["instructions"] and asked["texts"] == ["the cat sat", "a dog ran", "Male"]
 
 
 def _speaker_manifest(tmp_path):

@@ -12,7 +12,7 @@ Batch schema (every adapter; the one place it is written down):
 
 * In: a list of samples, one per cut of a Lhotse sampler's batch, decoded in a dataloader worker
   by :class:`~ahamask_lightning.data.dataset.AudioBatches`, each ``{"id", "task", "text",
-  "audio" (float32 [T] at the adapter's rate), "instruction", "meta"}``.
+  "audio" (float32 [T] at the adapter's rate), "instruction", "meta", "stage", "epoch"}``.
 * Out, a dict with, from :class:`SampleCollate`: ``ids``, ``tasks``, ``texts`` (the targets
   trained on), ``instructions`` (the prompt text used, None when instruction-free),
   ``references`` (a sample's ``meta.references``, every reference text of it, or None) - lists
@@ -42,8 +42,6 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from ..prompts import choose_instruction
 
 if TYPE_CHECKING:  # the workers need the adapter object, not the models package
@@ -51,34 +49,32 @@ if TYPE_CHECKING:  # the workers need the adapter object, not the models package
 
 
 class SampleCollate:
-    """Turns dataset samples into model tensors plus the text fields metrics need (see module docstring)."""
+    """Turns dataset samples into model tensors plus the text fields metrics need (see module docstring).
+
+    Random choices (an instruction variant for ``prompt: random``, dropping the instruction) are
+    drawn per sample from ``(seed, epoch, sample id)``: the same in any worker, with any number
+    of workers, after a resume, and new each epoch. Dropping applies to training samples only
+    (``stage`` ``train``); validation and test keep their instructions.
+    """
 
     def __init__(self, adapter: LALMAdapter, prompt: str, seed: int = 0,
                  instruction_free: dict[str, float] | None = None,
                  instruction_free_target: str | None = None) -> None:
         self.adapter, self.prompt, self.seed = adapter, prompt, seed
-        self.rng, self._worker = random.Random(seed), None
         # task -> probability of dropping the instruction (pretraining experiment only); with
         # instruction_free_target set, such examples are trained to answer that text instead
         # (e.g. "" = stay silent when not asked) rather than to do their task
         self.instruction_free = dict(instruction_free or {})
         self.instruction_free_target = instruction_free_target
 
-    def _reseed_per_worker(self) -> None:
-        # Workers receive copies of this object: give each its own random stream.
-        info = torch.utils.data.get_worker_info()
-        worker = info.id if info is not None else None
-        if worker != self._worker:
-            self._worker = worker
-            self.rng = random.Random(self.seed * 1009 + (worker or 0) + 1)
-
     def _instruction(self, sample: dict) -> str | None:
-        if self.rng.random() < self.instruction_free.get(sample["task"], 0.0):
+        rng = random.Random(f"{self.seed}:{sample.get('epoch', 0)}:{sample['id']}")  # str seeds hash stably
+        drop = self.instruction_free.get(sample["task"], 0.0) if sample.get("stage") == "train" else 0.0
+        if rng.random() < drop:
             return None
-        return choose_instruction(sample, self.prompt, self.rng)
+        return choose_instruction(sample, self.prompt, rng)
 
     def __call__(self, samples: list[dict]) -> dict[str, Any]:
-        self._reseed_per_worker()
         instructions = [self._instruction(s) for s in samples]
         texts = [s["text"] if ins is not None or self.instruction_free_target is None
                  else self.instruction_free_target for s, ins in zip(samples, instructions)]

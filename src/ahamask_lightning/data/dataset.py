@@ -118,8 +118,8 @@ class AudioBatches(Dataset):
         samples, rejects, good = [], [], {}
         for cut in cuts:
             manifest, line = origin(cut)
-            try:
-                samples.append(cut_sample(cut, self.audio))
+            try:  # the stage and epoch let the collate make per-sample draws (see data.collate)
+                samples.append({**cut_sample(cut, self.audio), "stage": self.stage, "epoch": self.epoch})
             except AudioError as err:
                 self.sink(Reject(manifest, line, err.reason, cut.id, err.detail))
                 rejects.append((manifest, line, err.reason))
