@@ -35,6 +35,7 @@ EXPECTED = {
     "loop": "symlink_loop",  # a link to itself
     "segtext": "bad_segment",  # meta.start is a string
     "segnull": "bad_segment",  # meta.start is null
+    "segpast": "bad_segment",  # ends at 1.5 s in a 0.5 s file: would be trained on padded with silence
     "refs": "bad_references",  # meta.references is one string, not a list of them
 }
 
@@ -76,7 +77,7 @@ def build(root: Path) -> str:
     files["cut"] = "audio/cut.wav"
     os.symlink("loop.wav", audio / "loop.wav")
     files["loop"] = "audio/loop.wav"
-    for sid in ("latin", "surrogate", "essay", "segtext", "segnull", "refs"):
+    for sid in ("latin", "surrogate", "essay", "segtext", "segnull", "segpast", "refs"):
         files[sid] = "audio/good.wav"
     man = root / "manifests" / "test" / "mixed.jsonl"
     man.parent.mkdir(parents=True)
@@ -93,6 +94,8 @@ def build(root: Path) -> str:
             row["text"] = "word " * 4000
         if sid in ("segtext", "segnull"):
             row["meta"] = {"start": "abc" if sid == "segtext" else None, "end": 0.4}
+        if sid == "segpast":
+            row["meta"] = {"start": 0.25, "end": 1.5}
         if sid == "refs":
             row["meta"] = {"references": "Male"}
         text = json.dumps(row).encode()
@@ -130,7 +133,7 @@ def test_each_bad_case_gets_its_reason(tmp_path: Path, workers: int, caplog: pyt
     assert all(e["manifest"] == man and e["stage"] == "val" for e in entries)
 
     summary = dm.reject_summary()
-    assert summary == {"bad_encoding": 2, "bad_references": 1, "bad_segment": 2, "empty_audio": 1, "empty_target": 2, "malformed_json": 1,
+    assert summary == {"bad_encoding": 2, "bad_references": 1, "bad_segment": 3, "empty_audio": 1, "empty_target": 2, "malformed_json": 1,
                        "missing_file": 1, "nan_or_inf": 2, "path_outside_root": 2, "symlink_loop": 1,
                        "target_too_long": 1, "too_long": 1, "truncated_audio": 1, "unknown_task": 1,
                        "unreadable_audio": 1}
@@ -146,7 +149,7 @@ def test_counts_reach_the_main_process_without_a_rejects_file(tmp_path: Path) ->
     man = build(tmp_path / "data")
     dm = ManifestDataModule(train=man, batch_size=2, num_workers=2, max_seconds=2.0, known_tasks={"gr"})
     assert len([s for b in dm.train_dataloader() for s in b]) == 3
-    assert sum(dm.reject_summary().values()) == 20
+    assert sum(dm.reject_summary().values()) == len([r for r in EXPECTED.values() if r]) + 1  # + the malformed line
 
 
 def test_all_bad_manifest_stops_with_a_clear_error(tmp_path: Path) -> None:

@@ -94,6 +94,7 @@ def test_bad_lines_of_a_cut_manifest_are_rejected_with_their_reason(tmp_path: Pa
         "gone": json.loads(good.replace("c0.wav", "gone.wav")) | {"id": "gone"},
         "escape": json.loads(good.replace(str(tmp_path / "corpus"), str(tmp_path))) | {"id": "escape"},
         "refs": json.loads(good) | {"id": "refs", "custom": {"task": "gr", "meta": {"references": "Male"}}},
+        "past": json.loads(good) | {"id": "past", "start": 0.2, "duration": 1.0},  # c0 is 0.6 s long
     }
     lines = [good, "{not json", *(json.dumps(obj) for obj in bad.values())]
     manifest.write_text("\n".join(lines) + "\n")
@@ -103,7 +104,8 @@ def test_bad_lines_of_a_cut_manifest_are_rejected_with_their_reason(tmp_path: Pa
     assert read_reject_files(str(rejects)) == {(str(manifest), 2): "malformed_json", (str(manifest), 3): "unknown_task",
                                                (str(manifest), 4): "empty_target", (str(manifest), 5): "missing_file",
                                                (str(manifest), 6): "path_outside_root",
-                                               (str(manifest), 7): "bad_references"}
+                                               (str(manifest), 7): "bad_references",
+                                               (str(manifest), 8): "bad_segment"}
 
 
 def test_the_training_batches_come_from_a_lhotse_sampler(tmp_path: Path) -> None:

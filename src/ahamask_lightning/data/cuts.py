@@ -97,10 +97,23 @@ def probe_recording(path: str, rid: str) -> Recording:
                      duration=info.frames / info.samplerate)
 
 
+# How far a segment may end past its file: corpus segment times are rounded to 10 ms (STM, RTTM).
+SEGMENT_END_TOLERANCE = 0.01
+
+
+def segment_past_end(start: float, duration: float, recording: Recording) -> str | None:
+    """Why a segment does not fit in its recording (it would be padded with silence), or None."""
+    if start + duration > recording.duration + SEGMENT_END_TOLERANCE:
+        return f"segment {start:g}-{start + duration:g} s ends past the end of the file ({recording.duration:.3f} s)"
+    return None
+
+
 def record_to_cut(rec: SampleRecord) -> MonoCut:
     """The cut of a parsed JSONL line (reads the audio headers; raises AudioError for a bad file)."""
     clip = probe_recording(rec.audio[0], rec.id)
     start, duration = (rec.segment[0], rec.segment[1] - rec.segment[0]) if rec.segment else (0.0, clip.duration)
+    if (problem := segment_past_end(start, duration, clip)) is not None:
+        raise AudioError(BAD_SEGMENT, problem)
     known = {k: str(rec.meta[k]) for k in SUPERVISION_FIELDS if isinstance(rec.meta.get(k), (str, int))}
     custom: dict[str, Any] = {"task": rec.task, "origin": [rec.manifest, rec.line]}
     if rec.instruction is not None:
@@ -230,6 +243,8 @@ class ManifestCuts:
                           detail=f"{len(text)} characters > max_target_chars={self.max_target_chars}")
         if not 0 <= cut.start < cut.start + cut.duration:
             return Reject(manifest, line, BAD_SEGMENT, cut.id, detail=f"start={cut.start}, duration={cut.duration}")
+        if (problem := segment_past_end(cut.start, cut.duration, cut.recording)) is not None:
+            return Reject(manifest, line, BAD_SEGMENT, cut.id, detail=problem)
         meta = custom.get("meta")
         if (problem := references_problem(meta if isinstance(meta, dict) else {})) is not None:
             return Reject(manifest, line, BAD_REFERENCES, cut.id, detail=problem)
