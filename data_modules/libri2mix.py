@@ -8,7 +8,7 @@ Published layout (as written by the LibriMix generation scripts)::
 
 A mixture ID joins the two LibriSpeech utterance ids (``4077-13754-0001_5142-36377-0020``),
 source 1 first. The target is the osr format ``"transcript 1|transcript 2"`` with the
-transcripts taken from LibriSpeech through Lhotse's ``prepare_librispeech``
+transcripts read from LibriSpeech's ``*.trans.txt`` files
 (``librispeech_root``; by default a ``LibriSpeech/`` next to ``Libri2Mix/``, which is where
 the generation scripts put it). The metadata's absolute paths point at the machine that
 generated the mixtures, so the mixture is located from its ID first and ``mixture_path`` is
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ahamask_lightning.tasks.parsing import BAR
 
-from .librispeech import find_root, subsets, utterances
+from .librispeech import find_root, subsets, transcripts
 from .prepare import CutWriter, layout_error, read_recording
 
 LAYOUT = ("Libri2Mix/wav16k/{min,max}/{train-100,dev,test}/mix_clean/*.wav + "
@@ -37,7 +37,7 @@ SOURCE_SUBSET = {"train-100": "train-clean-100", "train-360": "train-clean-360",
 
 
 class Transcripts:
-    """Utterance id -> LibriSpeech transcript, one subset at a time through Lhotse's recipe.
+    """Utterance id -> LibriSpeech transcript, one subset at a time, from its transcript files.
 
     A mixture's sources come from the subset :data:`SOURCE_SUBSET` names; any other subset
     present is read only when a source is not found there.
@@ -52,8 +52,8 @@ class Transcripts:
     def _load(self, parts: list[str]) -> None:
         parts = [p for p in parts if p in self.subsets and p not in self._loaded]
         if parts:
-            for pairs in utterances(self.root, parts).values():
-                self._texts.update((s.id, s.text or "") for _, s in pairs)
+            for part in parts:
+                self._texts.update(transcripts(self.root / part))
             self._loaded.update(parts)
 
     def get(self, utt: str, prefer: str | None = None) -> str | None:

@@ -6,9 +6,13 @@ Published layout (openslr.org/12, one tarball per subset, all unpacking into ``L
     LibriSpeech/{subset}/{speaker}/{chapter}/{speaker}-{chapter}.trans.txt
     LibriSpeech/{subset}/{speaker}/{chapter}/{speaker}-{chapter}-{utt:04d}.flac
 
-Recordings and transcripts come from ``lhotse.recipes.prepare_librispeech``, which reads the
-official subset names (``dev-clean``, ``test-other``, ``train-clean-100``, ... and the mini
-``dev-clean-2``/``train-clean-5``) and drops utterances whose flac is missing (logged by Lhotse).
+Recordings and transcripts come from Lhotse's LibriSpeech recipe: its per-line parser
+(``lhotse.recipes.librispeech.parse_utterance``) over the official subsets (``dev-clean``,
+``test-other``, ``train-clean-100``, ... and the mini ``dev-clean-2``/``train-clean-5``). The
+loop over the transcript lines is here rather than ``prepare_librispeech``'s, because that one
+stops the whole preparation at the first flac no audio backend can read and drops a missing
+flac with only a log line: here each such utterance is skipped and counted (``unreadable_audio``,
+``missing_audio``) and the rest are written.
 Output splits are those subset names, plus ``train``: the union of every ``train-*`` subset
 present, which the experiment YAMLs train on. Transcripts keep LibriSpeech's upper case (WER
 normalisation lower-cases both sides). The recipe does not read SPEAKERS.TXT, so gender is
@@ -20,9 +24,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
-from lhotse.recipes import prepare_librispeech
-from lhotse.recipes.librispeech import LIBRISPEECH, MINI_LIBRISPEECH
+from lhotse import Recording, SupervisionSegment
+from lhotse.audio import AudioLoadingError
+from lhotse.recipes.librispeech import LIBRISPEECH, MINI_LIBRISPEECH, parse_utterance
 
 from ahamask_lightning.tasks import composite_target
 
@@ -62,17 +66,34 @@ def read_speakers(path: Path) -> dict[str, str]:
     return genders
 
 
-def utterances(root: Path, parts: list[str]) -> dict[str, Iterator[tuple[Recording, SupervisionSegment]]]:
-    """Subset -> its ``(recording, supervision)`` pairs in utterance-id order, from Lhotse's recipe."""
-    manifests = prepare_librispeech(root, dataset_parts=parts)
-    return {part: _pairs(manifests[part]["recordings"], manifests[part]["supervisions"])
-            for part in parts if part in manifests}
+def transcript_lines(part_dir: Path) -> list[str]:
+    """Every ``<utterance id> <TRANSCRIPT>`` line of a subset's ``*.trans.txt`` files, in id order
+    (the same across runs and filesystems)."""
+    lines = []
+    for trans in part_dir.rglob("*.trans.txt"):
+        lines += [line.strip() for line in trans.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return sorted(lines)
 
 
-def _pairs(recordings: RecordingSet, supervisions: SupervisionSet) -> Iterator[tuple[Recording, SupervisionSegment]]:
-    # Sorted so the CutSets are the same across runs and filesystems (the recipe walks rglob order).
-    for supervision in sorted(supervisions, key=lambda s: s.id):
-        yield recordings[supervision.recording_id], supervision
+def transcripts(part_dir: Path) -> dict[str, str]:
+    """Utterance id -> transcript of a subset, from its transcript files alone (no audio read)."""
+    return {utt: text[0] if text else "" for utt, *text in (line.split(maxsplit=1) for line in transcript_lines(part_dir))}
+
+
+def utterances(part_dir: Path) -> Iterator[tuple[str, tuple[Recording, SupervisionSegment] | str]]:
+    """``(utterance id, (recording, supervision))`` of a subset in utterance-id order, or
+    ``(utterance id, reason)`` for one that cannot be used."""
+    for line in transcript_lines(part_dir):
+        utt, *text = line.split(maxsplit=1)
+        if not text:
+            yield utt, "empty_target"
+            continue
+        try:
+            parsed = parse_utterance(part_dir, line, {})
+        except AudioLoadingError:  # raised once every audio backend has failed on the flac
+            yield utt, "unreadable_audio"
+            continue
+        yield utt, parsed if parsed is not None else "missing_audio"
 
 
 def prepare_corpus(root: Path, writer: CutWriter) -> None:
@@ -88,10 +109,13 @@ def prepare_corpus(root: Path, writer: CutWriter) -> None:
     parts = [part for part in found if outputs[part]]
     if not parts:
         return
-    for part, pairs in utterances(root, parts).items():
-        for recording, supervision in pairs:
+    for part in parts:
+        for utt, parsed in utterances(root / part):
             for split in outputs[part]:
-                _write_utterance(writer, split, recording, supervision, genders.get(supervision.speaker))
+                if isinstance(parsed, str):
+                    writer.skip(split, utt, parsed)
+                else:
+                    _write_utterance(writer, split, *parsed, genders.get(parsed[1].speaker))
 
 
 def _write_utterance(writer: CutWriter, split: str, recording: Recording, supervision: SupervisionSegment,

@@ -23,8 +23,9 @@ The AHAMask cut convention, which the data loader reads:
 >>> summary["counts"]["test-clean"]["gr"]  # doctest: +SKIP
 2620
 
-Corpora with a Lhotse recipe (``lhotse.recipes``) go through it; the others have small
-readers of their own. Each corpus lives in its own module exposing ``LAYOUT`` (one line,
+Corpora with a Lhotse recipe (``lhotse.recipes``) go through it, or through its per-line
+parser where the whole recipe would stop at one unreadable file (LibriSpeech); the others have
+small readers of their own, each saying why. Each corpus lives in its own module exposing ``LAYOUT`` (one line,
 quoted in the missing-root error) and ``prepare_corpus(root, writer, **options)``. The
 modules import the helpers below, so they are loaded lazily to keep the import acyclic.
 """

@@ -81,11 +81,23 @@ def fake_librispeech(root: Path) -> dict[str, dict]:
 LIBRISPEECH_GENDERS = {"19": "Female", "26": "Male"}
 
 
+def write_covost_tsv(path: Path, rows: list[list[str]]) -> Path:
+    """A table as CoVoST's get_covost_splits.py writes it (pandas ``to_csv`` with ``escapechar="\\"``
+    and no quoting, which is the csv module's writer): a ``"`` of the text becomes ``\\"``."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f, delimiter="\t", escapechar="\\", quoting=csv.QUOTE_NONE, lineterminator="\n").writerows(rows)
+    return path
+
+
 def fake_covost(root: Path, clips: Path) -> dict[str, dict[str, str]]:
-    header = "path\tsentence\ttranslation\tclient_id\n"
-    write_text(root / "covost_v2.en_zh-CN.train.tsv", header + 'common_voice_en_1.wav\tHe said "hi".\t他说"嗨"。\tc1\n')
-    write_text(root / "covost_v2.en_zh-CN.test.tsv", header + "common_voice_en_2.wav\tGood.\t好。\tc2\n"
-          "common_voice_en_3.wav\tLost.\t丢失。\tc3\n")
+    header = ["path", "sentence", "translation", "client_id"]
+    write_covost_tsv(root / "covost_v2.en_zh-CN.train.tsv",
+                     [header, ["common_voice_en_1.wav", 'He said "hi".', '他说"嗨"。', "c1"]])
+    write_covost_tsv(root / "covost_v2.en_zh-CN.test.tsv",
+                     [header, ["common_voice_en_2.wav", "Good.", "好。", "c2"], ["common_voice_en_3.wav", "Lost.", "丢失。", "c3"]])
     write_audio(clips / "common_voice_en_1.wav", 0.2)
     write_audio(clips / "common_voice_en_2.wav", 0.1)
     return {"train": {"covost_common_voice_en_1": '他说"嗨"。'}, "test": {"covost_common_voice_en_2": "好。"}}

@@ -11,7 +11,8 @@ import pytest
 from ahamask_lightning.tasks import format_label, get_task
 from ahamask_lightning.tasks.parsing import BAR
 from data_modules.prepare import CORPORA, prepare
-from corpus_helpers import SR, cut_targets, fake_covost, fake_librispeech, read_cuts, write_audio, write_text
+from corpus_helpers import (SR, cut_targets, fake_covost, fake_librispeech, read_cuts, write_audio, write_covost_tsv,
+                            write_text)
 
 
 def test_iemocap(tmp_path):
@@ -110,6 +111,24 @@ def test_covost(tmp_path):
         assert cut_targets(read_cuts(out, split, "s2tt", [root])) == targets
     train = read_cuts(out, "train", "s2tt", [root])["covost_common_voice_en_1"]
     assert train.custom["meta"]["sentence"] == 'He said "hi".' and train.duration == pytest.approx(0.2)
+    assert '\\"' in (root / "covost_v2.en_zh-CN.train.tsv").read_text()  # the file holds it escaped
+
+
+def test_covost_released_table(tmp_path):
+    """The single released table: train is ``train`` and ``train_covost`` rows (as CoVoST's own
+    split script takes it); sentence and speaker come from Common Voice's validated.tsv."""
+    root = tmp_path / "covost"
+    rows = [["path", "translation", "split"], ["a.wav", '他说"嗨"。', "train"], ["b.wav", "好。", "train_covost"],
+            ["c.wav", "丢。", "dev"], ["d.wav", "拜。", "test"], ["e.wav", "无。", "excluded"]]
+    write_covost_tsv(root / "covost_v2.en_zh-CN.tsv", rows)
+    write_text(root / "validated.tsv", "client_id\tpath\tsentence\nc1\ta.wav\tHe said hi.\nc2\tb.wav\tGood.\n")
+    for name in "abcde":
+        write_audio(root / "clips" / f"{name}.wav", 0.1)
+    summary = prepare("covost", root, tmp_path / "out")
+    assert summary["counts"] == {"train": {"s2tt": 2}, "dev": {"s2tt": 1}, "test": {"s2tt": 1}}
+    train = read_cuts(tmp_path / "out", "train", "s2tt", [root])
+    assert cut_targets(train) == {"covost_a": '他说"嗨"。', "covost_b": "好。"}
+    assert train["covost_b"].custom["meta"]["sentence"] == "Good." and train["covost_b"].supervisions[0].speaker == "c2"
 
 
 def test_libri2mix(tmp_path):

@@ -38,7 +38,8 @@ def test_librispeech(tmp_path):
     utts = fake_librispeech(corpus)
     out = tmp_path / "out"
     summary = prepare("librispeech", tmp_path, out)  # the parent of LibriSpeech/ is accepted too
-    assert summary["skipped"] == {"no_gender": 1}  # speaker 99; the recipe drops the missing flac
+    # speaker 99 has no gender; the missing flac is counted in each split it belongs to
+    assert summary["skipped"] == {"no_gender": 1, "missing_audio": 2}  # train-clean-100 and train
     for split, subsets in (("dev-clean", {"dev-clean"}), ("test-clean", {"test-clean"}),
                            ("train-clean-100", {"train-clean-100"}), ("train", {"train-clean-100"})):
         expected = _expected_librispeech(utts, subsets)
@@ -54,6 +55,19 @@ def test_librispeech(tmp_path):
     assert get_task("json").parse(json_cut.supervisions[0].text) == {"gender": "Male", "transcript": "A MAN SPOKE"}
     assert json.loads((out / "summary.json").read_text())["counts"] == summary["counts"]
     assert json.loads((out / "corpus.json").read_text()) == {"audio_roots": [str(tmp_path)]}
+
+
+def test_librispeech_skips_and_counts_an_unreadable_flac(tmp_path):
+    """One corrupt flac (a download cut short) is counted as unreadable_audio; every other
+    utterance is written (Lhotse's prepare_librispeech stops the whole run at it)."""
+    corpus = tmp_path / "LibriSpeech"
+    utts = fake_librispeech(corpus)
+    bad = corpus / "dev-clean" / "19" / "198" / "19-198-0001.flac"
+    bad.write_bytes(b"fLaC" + bad.read_bytes()[4:40])
+    summary = prepare("librispeech", corpus, tmp_path / "out", splits=["dev-clean"])
+    assert summary["skipped"] == {"unreadable_audio": 1}
+    written = cut_targets(read_cuts(tmp_path / "out", "dev-clean", "asr", [corpus]))
+    assert written == {u: v["text"] for u, v in utts.items() if v["subset"] == "dev-clean" and u != "19-198-0001"}
 
 
 def test_librispeech_splits_filter_and_run(tmp_path, capsys):
@@ -131,7 +145,9 @@ def test_commonvoice(tmp_path):
     root = tmp_path / "cv-corpus-17.0" / "en"
     genders = {"a": "male", "b": "female_feminine", "c": "male_masculine", "d": "do_not_wish_to_say", "e": ""}
     rows = "".join(_cv_row(f"c{k}", f"cv_{k}.mp3", f"Sentence {k}.", g) for k, g in genders.items())
-    write_text(root / "test.tsv", CV_HEADER + rows + _cv_row("cz", "missing.mp3", "Gone.", "male"))
+    write_text(root / "test.tsv", CV_HEADER + rows + _cv_row("cz", "missing.mp3", "Gone.", "male")
+               + _cv_row("cy", "broken.mp3", "Cut short.", "male"))
+    write_text(root / "clips" / "broken.mp3", "ID3 not an mp3")  # a download cut short: unreadable
     write_text(root / "validated.tsv", CV_HEADER + rows)
     for i, k in enumerate(genders):
         write_audio(root / "clips" / f"cv_{k}.mp3", 0.5 + 0.25 * i, fmt="MP3")
@@ -141,7 +157,7 @@ def test_commonvoice(tmp_path):
     expected_gr = {f"cv_en_cv_{k}": {"male": "Male", "male_masculine": "Male", "female_feminine": "Female"}[g]
                    for k, g in genders.items() if g in ("male", "male_masculine", "female_feminine")}
     assert summary["counts"] == {"test": {"asr": 5, "gr": 3}}  # validated only when asked for
-    assert summary["skipped"] == {"missing_audio": 1, "no_gender": 1, "other_gender": 1}
+    assert summary["skipped"] == {"missing_audio": 1, "no_gender": 1, "other_gender": 1, "unreadable_audio": 1}
     assert any("mp3" in note for note in summary["notes"])
     asr = read_cuts(out, "test", "asr", [root])
     assert cut_targets(asr) == expected_asr and cut_targets(read_cuts(out, "test", "gr", [root])) == expected_gr
@@ -152,11 +168,16 @@ def test_commonvoice(tmp_path):
     assert only["counts"] == {"validated": {"asr": 5, "gr": 3}}
 
 
-def test_commonvoice_old_columns_stop_with_one_line(tmp_path):
+def test_commonvoice_older_releases_and_missing_columns(tmp_path):
+    """A release before 15.0 (``accent``, no ``variant``) prepares; a table without the columns
+    read (here ``gender``) stops in one line naming it."""
     root = tmp_path / "en"
     write_text(root / "test.tsv", "client_id\tpath\tsentence\tup_votes\tdown_votes\tage\tgender\taccent\n"
-          "c1\tcv_a.mp3\tHello.\t2\t0\t\tmale\t\n")
-    (root / "clips").mkdir()
-    with pytest.raises(ValueError, match=r"test\.tsv: missing column\(s\) accents, variant;") as err:
-        prepare("commonvoice", root, tmp_path / "out")
+          "c1\tcv_a.wav\tHello.\t2\t0\t\tmale\t\n")
+    write_audio(root / "clips" / "cv_a.wav", 0.3)
+    summary = prepare("commonvoice", root, tmp_path / "out")
+    assert summary["counts"] == {"test": {"asr": 1, "gr": 1}}
+    write_text(root / "dev.tsv", "client_id\tpath\tsentence\tage\taccents\n")
+    with pytest.raises(ValueError, match=r"dev\.tsv: missing column\(s\) gender;") as err:
+        prepare("commonvoice", root, tmp_path / "out2")
     assert "\n" not in str(err.value)
