@@ -1,6 +1,7 @@
 """Test-only callbacks for multi-process runs, importable by the ranks (tests/ on PYTHONPATH)."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -19,6 +20,7 @@ class RankMaskDump(L.Callback):
         self.perturb_rank1 = perturb_rank1
         self.nan_on_rank1_at_step = nan_on_rank1_at_step  # that step's loss is NaN on rank 1 only
         self.ids: list[str] = []
+        self.rng_states: list[str] = []  # the torch generator's state before each step's mask draw
         self.before: list[list[float]] | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -33,6 +35,7 @@ class RankMaskDump(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict,
                              batch_idx: int) -> None:
         self.ids.extend(batch["ids"])
+        self.rng_states.append(hashlib.sha256(torch.random.get_rng_state().numpy().tobytes()).hexdigest())
         if trainer.global_rank == 1 and trainer.global_step == self.nan_on_rank1_at_step:
             # after TemperatureAnnealing's own batch-start write (the YAML's callbacks run first)
             pl_module.head_mask.temperature.fill_(float("nan"))
@@ -41,7 +44,7 @@ class RankMaskDump(L.Callback):
         frozen = sum(float(p.double().sum()) for p in pl_module.adapter.parameters())
         self.out_dir.mkdir(parents=True, exist_ok=True)
         record = {"rank": trainer.global_rank, "world_size": trainer.world_size, "steps": trainer.global_step,
-                  "strategy": type(trainer.strategy).__name__, "ids": self.ids, "before": self.before,
+                  "strategy": type(trainer.strategy).__name__, "ids": self.ids, "rng_states": self.rng_states, "before": self.before,
                   "after": pl_module.head_mask.logits.detach().cpu().tolist(), "frozen_checksum": frozen,
                   "nonfinite_total": pl_module.nonfinite_total,
                   "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None}

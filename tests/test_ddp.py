@@ -62,6 +62,9 @@ def test_two_ranks_train_one_mask(train_as, synth_corpus, tmp_path):
     assert ranks[0]["before"] == ranks[1]["before"]
     assert ranks[0]["after"] == ranks[1]["after"]
     assert ranks[0]["after"] != ranks[0]["before"]
+    # one mask sample per step for the whole global batch, as on one device with batch_size x 2:
+    # the ranks start from one seed and draw the mask noise in step
+    assert ranks[0]["rng_states"] == ranks[1]["rng_states"] and len(set(ranks[0]["rng_states"])) == 3
     # disjoint shards of the manifest
     ids0, ids1 = set(ranks[0]["ids"]), set(ranks[1]["ids"])
     assert len(ids0) == len(ranks[0]["ids"]) == 6 and len(ids1) == 6 and not ids0 & ids1
