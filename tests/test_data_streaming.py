@@ -186,6 +186,42 @@ def test_resume_through_lightning_checkpoint(tmp_path: Path) -> None:
     assert sorted(second.seen[10:]) == sorted(f"gr{i}" for i in range(16))  # epoch 1 is whole
 
 
+@pytest.mark.parametrize("step", [8, 11])  # the last batch of epoch 0; the middle of epoch 1
+def test_a_resume_continues_the_uninterrupted_order_in_any_epoch(tmp_path: Path, step: int) -> None:
+    """Lightning fetches the first batch before it sets the sampler's epoch: a resume in epoch 1
+    used to replay epoch 0's order, and one from an epoch's last batch to skip a whole epoch."""
+    import lightning.pytorch as pl
+
+    man = make_corpus(tmp_path, 16)
+
+    class Recorder(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.seen: list[str] = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen += [s["id"] for s in batch]
+            return (self.w - 1).pow(2).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def fit(module: Recorder, ckpt_path: Path | None = None, **kw) -> None:
+        pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                   default_root_dir=tmp_path, max_epochs=3, **kw).fit(
+            module, datamodule=ManifestDataModule(train=man, batch_size=2, known_tasks={"gr"}, shuffle_buffer=4,
+                                                  seed=7), ckpt_path=ckpt_path)
+
+    every = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=1, save_top_k=-1)
+    whole = Recorder()
+    fit(whole, callbacks=[every])
+    assert len(whole.seen) == 48 and whole.seen[:16] != whole.seen[16:32]  # 3 epochs of 8 batches, reshuffled
+    resumed = Recorder()
+    fit(resumed, enable_checkpointing=False, ckpt_path=next((tmp_path / "ck").glob(f"*-step={step}.ckpt")))
+    assert resumed.seen == whole.seen[2 * step:]
+
+
 def test_resume_with_other_worker_count_continues_exactly(tmp_path: Path) -> None:
     # the sampler plans batches in the main process: the worker count does not change the plan
     man = make_corpus(tmp_path, 8)

@@ -175,8 +175,21 @@ class CutLoader:
         return resume[1] if resume is not None and resume[0] == epoch else 0
 
     def __iter__(self) -> Iterator[Any]:
+        if self._resume is not None and self.sampler.epoch != self._resume[0]:
+            # Lightning starts iterating (its prefetcher fetches a batch) before it sets the
+            # sampler's epoch: a resumed run's first pass is the epoch of the saved position.
+            self.sampler.set_epoch(self._resume[0])
         epoch = self.sampler.epoch
         skip = self._skip_for(epoch)
+        planned = yield from self._epoch(epoch, skip)
+        if skip and planned == skip:
+            # the position was the end of its epoch (a checkpoint at the epoch's last batch): the
+            # loop has moved on to the next epoch, so this pass is that one, from its start
+            yield from self._epoch(self.sampler.epoch, 0)
+
+    def _epoch(self, epoch: int, skip: int) -> Iterator[Any]:
+        """One pass over ``epoch``'s plan after its first ``skip`` batches; returns how many planned
+        batches that pass reached (``skip`` included)."""
         self.cuts.set_epoch(epoch)
         self.rejects.begin_epoch(epoch)
         self._handed_out.clear()
@@ -209,6 +222,7 @@ class CutLoader:
             self.sampler.set_epoch(epoch + 1)  # iterated directly: the next pass is the next epoch
         if full_pass and self.check_all_bad:
             self._raise_if_all_bad(good)
+        return index
 
     def _raise_if_all_bad(self, good: dict[str, int]) -> None:
         for manifest in self.cuts.manifests:
