@@ -27,6 +27,8 @@ def test_official_preset_anneals_over_30_percent_of_the_run():
     assert n == 300
     assert cb.value(150, n) == pytest.approx((4.0 + 0.05) / 2)
     assert cb.value(300, n) == pytest.approx(0.05)
+    # the run's length is the learning-rate schedule's: on a resume, the checkpoint run's
+    assert cb.anneal_steps(FakeTrainer(), run_steps=400) == 120
 
 
 def test_unknown_preset_is_refused():

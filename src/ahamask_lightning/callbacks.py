@@ -43,7 +43,13 @@ def _total_steps(trainer: L.Trainer) -> int | None:
 
 
 class TemperatureAnnealing(L.Callback):
-    """Linear temperature schedule start -> end over ``steps`` (or ``fraction`` of the run), then held."""
+    """Linear temperature schedule start -> end over ``steps`` (or ``fraction`` of the run), then held.
+
+    The run's length for ``fraction`` is the learning-rate schedule's (the module's
+    ``schedule_total_steps``: ``total_steps``, or the trainer's length, or on a resume the length
+    the checkpoint's run was scheduled for), so a resume with another ``max_steps`` keeps both
+    schedules where they were rather than re-stretching the temperature alone.
+    """
 
     def __init__(self, preset: str | None = "paper", start: float | None = None, end: float | None = None,
                  steps: int | None = None, fraction: float | None = None) -> None:
@@ -57,9 +63,9 @@ class TemperatureAnnealing(L.Callback):
             base["fraction"] = fraction
         self.start, self.end, self.steps, self.fraction = base["start"], base["end"], base["steps"], base["fraction"]
 
-    def anneal_steps(self, trainer: L.Trainer) -> int:
+    def anneal_steps(self, trainer: L.Trainer, run_steps: int | None = None) -> int:
         if self.fraction is not None:
-            total = _total_steps(trainer)
+            total = run_steps or _total_steps(trainer)
             if total is None:
                 raise ValueError("TemperatureAnnealing.fraction needs a run with a known length (trainer.max_steps)")
             return max(1, int(self.fraction * total))
@@ -71,7 +77,8 @@ class TemperatureAnnealing(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        pl_module.head_mask.temperature.fill_(self.value(trainer.global_step, self.anneal_steps(trainer)))
+        anneal = self.anneal_steps(trainer, pl_module.schedule_total_steps)
+        pl_module.head_mask.temperature.fill_(self.value(trainer.global_step, anneal))
 
 
 class SparsityPenalty(L.Callback):

@@ -25,6 +25,8 @@ CASES = [
                  id="cpu device indices"),
     pytest.param(["--trainer.accelerator", "cuda", "--trainer.devices", "99"], "trainer.devices: 99 asks for 99 cuda",
                  marks=pytest.mark.skipif(NO_CUDA, reason="needs CUDA"), id="more GPUs than visible"),
+    pytest.param(["--trainer.precision", "bf16-true"],
+                 "trainer.precision: bf16-true would train the mask logits in half precision", id="bf16-true"),
 ]
 
 
@@ -38,8 +40,8 @@ def no_model_build(monkeypatch):
     monkeypatch.setattr(qa, "tiny_config", refuse)
 
 
-@pytest.mark.fault("accelerator this machine lacks; devices -3, 0, -1 or indices on the CPU",
-                   kept="one line naming trainer.accelerator / trainer.devices; no model built")
+@pytest.mark.fault("accelerator this machine lacks; devices -3, 0, -1 or indices on the CPU; mask logits in half precision",
+                   kept="one line naming trainer.accelerator / trainer.devices / trainer.precision; no model built")
 @pytest.mark.parametrize("override, expected", CASES)
 def test_device_errors_are_one_line_before_the_model(override, expected, reference, tmp_path, capsys,
                                                      no_model_build):

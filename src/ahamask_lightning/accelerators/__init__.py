@@ -11,7 +11,7 @@ from .ddp import (
     mask_wrap_policy,
     mask_wrap_rule,
 )
-from .devices import check_devices, parse_devices
+from .devices import check_devices, check_fit_precision, parse_devices
 from .npu import (
     NPU_MISSING,
     NPUAccelerator,
@@ -25,6 +25,6 @@ from .npu import (
 
 __all__ = [
     "NPU_MISSING", "MaskDDPStrategy", "MaskFSDPStrategy", "NPUAccelerator", "NPUDDPStrategy", "NPUMixedPrecision",
-    "NPUSingleDeviceStrategy", "check_devices", "check_trainer_config", "broadcast_trainable", "frozen_sync_off",
+    "NPUSingleDeviceStrategy", "check_devices", "check_fit_precision", "check_trainer_config", "broadcast_trainable", "frozen_sync_off",
     "mask_wrap_policy", "mask_wrap_rule", "parse_devices", "require_npu", "uses_npu",
 ]

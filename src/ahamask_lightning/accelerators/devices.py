@@ -113,3 +113,19 @@ def check_devices(trainer: Mapping[str, Any] | None) -> None:
     if isinstance(devices, list) and max(devices) >= visible:
         raise ValueError(f"trainer.devices: index {max(devices)} does not exist: {visible} {name} devices visible "
                          f"(0 to {visible - 1})")
+
+
+# Lightning's "true" half precisions cast every parameter, the trainable mask logits included.
+HALF_TRUE = ("bf16-true", "16-true")
+
+
+def check_fit_precision(trainer: Mapping[str, Any] | None) -> None:
+    """Refuse, in one line naming ``trainer.precision``, a fit whose mask logits would train in half
+    precision: near their initial value 4.0 bfloat16 steps are 0.03 apart, so the initial noise and
+    updates of lr 1e-2 round away. The frozen model's own dtype is its adapter's ``dtype`` key."""
+    precision = str(_getter(trainer)("precision", None) or "") if trainer else ""
+    if precision in HALF_TRUE:
+        mixed = precision.replace("-true", "-mixed")
+        raise ValueError(f"trainer.precision: {precision} would train the mask logits in half precision, which "
+                         f"rounds their updates away; use {mixed} (the frozen model keeps the dtype its adapter "
+                         "loads it in)")

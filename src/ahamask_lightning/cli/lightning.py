@@ -37,7 +37,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from ..accelerators import check_devices, check_trainer_config  # registers --trainer.accelerator npu
+# importing accelerators registers --trainer.accelerator npu
+from ..accelerators import check_devices, check_fit_precision, check_trainer_config
 from ..analysis.report import metric_lines
 from ..callbacks import FaultCheckpoint, RNGStateCheckpoint, RunReport, check_sparsity_settings, is_disk_full
 from ..module import AHAMaskModule, NonFiniteLossError
@@ -159,6 +160,7 @@ class AHAMaskCLI(LightningCLI):
         if sub in EVAL_STAGES and not any(a.split("=", 1)[0] == "--verbose" for a in sys.argv[1:]):
             cfg["verbose"] = False  # Lightning's table repeats each set's metrics under every DataLoader
         if sub == "fit":
+            check_fit_precision(trainer)
             self.session.checkpoint_dirs = checkpoint_dirs(cfg)
             folders = [("trainer.default_root_dir", Path(root))]
             folders += [("ModelCheckpoint.dirpath", d) for d in self.session.checkpoint_dirs[1:]]
