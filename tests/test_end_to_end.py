@@ -40,6 +40,7 @@ def test_qwen2audio_tiny_fit_then_test(synth_corpus, tmp_path, in_repo):
     rec = json.loads((out / "test_metrics.json").read_text())
     assert 0.0 <= rec["metrics"]["test/gr/acc"] <= 100.0
     assert rec["run"]["active_heads"] == mask.active() and rec["run"]["prompt"] == "none"
+    assert rec["run"]["mask_random"] is False  # a learned mask: its file records no random seed
     assert "torch" in rec["versions"] and rec["git_revision"]
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert preds and all(p["instruction"] is None and p["reference"] in ("Male", "Female") for p in preds)

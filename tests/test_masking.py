@@ -151,6 +151,11 @@ def test_truncated_and_corrupt_files_are_refused(tmp_path, capsys):
                     "-o", str(tmp_path / "o.safetensors")]) == 2
     assert "broken.pth: not a readable torch checkpoint" in _one_error_line(capsys)
     assert not (tmp_path / "o.safetensors").exists()
+    from safetensors.torch import save_file
+
+    save_file({"logits": torch.zeros(0, 16)}, str(tmp_path / "empty.safetensors"))
+    assert ahamask(["mask", "info", str(tmp_path / "empty.safetensors")]) == 2
+    assert "empty.safetensors: 'logits' must be [layers, heads] with at least one head" in _one_error_line(capsys)
 
 
 def test_mask_of_wrong_shape_for_model(tmp_path):

@@ -126,8 +126,11 @@ class AHAMaskModule(L.LightningModule):
         self.adapter = model.freeze()
         self.head_mask = HeadMask(model.num_layers, model.num_heads, estimator, init_mean, init_std, temperature)
         self.gate = HeadGate(model.gated_attentions(), model.num_heads, model.head_dim)
+        self.mask_metadata: dict[str, str] = {}  # of the mask file loaded (``mask random`` records its seed)
         if mask is not None:
-            self.head_mask.load_logits(load_mask(mask, self.head_mask.shape).logits)
+            loaded = load_mask(mask, self.head_mask.shape)
+            self.head_mask.load_logits(loaded.logits)
+            self.mask_metadata = dict(loaded.metadata)
         self.sparsity_lambda = sparsity_lambda
         self.use_mask = use_mask
         self.generation = dict(generation or {})
@@ -301,7 +304,8 @@ class AHAMaskModule(L.LightningModule):
         return {**self.adapter.describe(), "prompt": self.prompt, "use_mask": self.use_mask,
                 "active_heads": self.head_mask.active_heads() if self.use_mask else None,
                 "estimator": hp["estimator"], "sparsity_lambda": float(self.sparsity_lambda),
-                "mask": hp.get("mask"), **({"pruned": True} if self.prune else {})}
+                "mask": hp.get("mask"), **({"pruned": True} if self.prune else {}),
+                **({"mask_random": "random_seed" in self.mask_metadata} if hp.get("mask") else {})}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("head_mask.")}

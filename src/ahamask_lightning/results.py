@@ -43,7 +43,15 @@ def write_predictions(out_dir: Path, predictions: list[dict]) -> Path:
 
 
 def read_results(path: Path) -> dict:
+    """A ``test_metrics.json`` (or the folder holding it); one-line ``ValueError`` naming the file
+    when it is not one (not JSON, or without its ``metrics`` and ``run`` objects)."""
     path = Path(path)
     if path.is_dir():
         path = path / "test_metrics.json"
-    return json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a test_metrics.json ({exc})") from None
+    if not (isinstance(record, dict) and isinstance(record.get("metrics"), dict) and isinstance(record.get("run"), dict)):
+        raise ValueError(f"{path}: not a test_metrics.json (expected an object with 'metrics' and 'run')")
+    return record

@@ -47,7 +47,10 @@ def condition(run: dict) -> str:
             return "no instruction"
         return "with instruction" if prompt in (None, "task") else f"with instruction ({prompt})"
     mask = str(run.get("mask") or "")
-    if "random" in Path(mask).name:
+    # what the mask file says (``mask random`` records its seed); results written before it was
+    # recorded fall back to the file's name
+    random_mask = run["mask_random"] if "mask_random" in run else "random" in Path(mask).name
+    if random_mask:
         return "random mask"
     return "AHAMask" if run.get("prompt") == "none" else f"AHAMask + {run.get('prompt')}"
 

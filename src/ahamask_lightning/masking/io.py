@@ -111,8 +111,9 @@ def load_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
     if "logits" not in tensors:
         raise MaskFileError(f"{path}: expected a tensor named 'logits', found {sorted(tensors)}")
     logits = tensors["logits"].to(torch.float32)
-    if logits.dim() != 2:
-        raise MaskFileError(f"{path}: 'logits' must be [layers, heads], got shape {tuple(logits.shape)}")
+    if logits.dim() != 2 or logits.numel() == 0:
+        raise MaskFileError(f"{path}: 'logits' must be [layers, heads] with at least one head, got shape "
+                            f"{tuple(logits.shape)}")
     if shape is not None and tuple(logits.shape) != tuple(shape):
         raise MaskFileError(
             f"{path}: mask shape {tuple(logits.shape)} does not fit the model, expected {tuple(shape)}"
