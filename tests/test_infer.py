@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from ahamask_lightning.analysis.masks import mask_to_logits, random_mask
 from ahamask_lightning.masking import save_mask
@@ -114,7 +115,11 @@ def test_model_spec_from_name_weights_and_yaml(in_repo):
     assert model_spec("tiny", "checkpoints/tiny_lalm")["init_args"]["checkpoint"] == "checkpoints/tiny_lalm"
     spec = model_spec(config="experiments/gr_qwen2audio_tiny.yaml")
     assert spec == {"class_path": "ahamask_lightning.models.Qwen2AudioAdapter",
-                    "init_args": {"variant": "instruct", "tiny": True}}
+                    "init_args": {"variant": "instruct", "tiny": True}, "seed": 0}  # the YAML's seed_everything
+    from ahamask_lightning.serving import build_adapter
+
+    first, again = build_adapter(spec), build_adapter(spec)  # a random model: the same one each time
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
     assert model_spec(config="experiments/gr_qwen2audio_tiny.yaml", weights="/w")["init_args"]["pretrained"] == "/w"
     with pytest.raises(ValueError, match="--model: expected 'tiny'"):
         model_spec("qwen")
@@ -147,6 +152,12 @@ def test_bad_input_is_one_line_naming_the_file(case, clips, tmp_path, in_repo, c
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and all(e in err for e in expected), err
     assert not out.exists()
+
+
+def test_an_out_that_is_a_directory_is_refused_before_loading(clips, tmp_path, in_repo, capsys):
+    assert ahamask(["infer", "--model", "tiny", "--mask", "all-on", clips[0], "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"ahamask: error: --out {tmp_path}: is a directory; expected the " \
+                                              "JSONL file to write"
 
 
 def test_default_testbed_outside_the_repository_is_one_line(clips, tmp_path, monkeypatch, capsys):

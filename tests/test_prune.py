@@ -287,7 +287,7 @@ def _noise_batch(adapter, seconds=(1.0, 1.5)):
     return adapter.collate([0.1 * torch.randn(int(s * 16000), generator=g) for s in seconds], [None] * len(seconds))
 
 
-def test_prune_out_on_tiny_lalm_loads_back_and_generates_the_gated_tokens(tmp_path, in_repo, capsys):
+def test_prune_out_on_tiny_lalm_loads_back_and_generates_the_gated_tokens(tmp_path, in_repo, capsys, monkeypatch):
     from ahamask_lightning.analysis.masks import mask_to_logits, random_mask
     from ahamask_lightning.models.tiny_lalm import TinyLALM
     from ahamask_lightning.pruned_model import load_pruned
@@ -302,7 +302,9 @@ def test_prune_out_on_tiny_lalm_loads_back_and_generates_the_gated_tokens(tmp_pa
     recorded = json.loads((out / "pruning.json").read_text())
     assert [len(r["kept_heads"]) for r in recorded["layers"]] == [max(1, int(n)) for n in mask.sum(1).tolist()]
     original = TinyLALM("checkpoints/tiny_lalm").freeze()
+    monkeypatch.chdir(tmp_path)  # the folder loads from anywhere: its spec's checkpoint path is absolute
     loaded = load_pruned(out)
+    monkeypatch.chdir(in_repo)
     attn = loaded.gated_attentions()
     assert [a.q_proj.out_features // loaded.head_dim for a in attn] == [len(r["kept_heads"]) for r in recorded["layers"]]
     batch = _noise_batch(original)

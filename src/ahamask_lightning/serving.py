@@ -89,7 +89,11 @@ def spec_from_yaml(path: str) -> dict:
             for part in parents:
                 node = node.setdefault(part, {})
             node[leaf] = value
-    return {"class_path": str(class_path), "init_args": init_args}
+    spec = {"class_path": str(class_path), "init_args": init_args}
+    seed = flat.get("seed_everything")
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        spec["seed"] = seed  # what fit and test seed before they build the model (a tiny: true one is random)
+    return spec
 
 
 _MODEL = "model.init_args.model."
@@ -151,11 +155,17 @@ def _weights_key(class_path: str) -> str:
 
 
 def build_adapter(spec: dict) -> LALMAdapter:
-    """The frozen adapter a spec describes (jsonargparse's class_path/init_args, plain values only)."""
+    """The frozen adapter a spec describes (jsonargparse's class_path/init_args, plain values only),
+    built after seeding with the spec's ``seed`` (the YAML's ``seed_everything``) as ``fit`` and
+    ``test`` do, so a random ``tiny: true`` model is the one a mask was trained on."""
     args = dict(spec.get("init_args") or {})
     nested = [k for k, v in args.items() if isinstance(v, dict) and "class_path" in v]
     if nested:
         raise ValueError(f"{spec['class_path']}: init_args.{nested[0]} is a class; use `ahamask test` for such YAMLs")
+    if spec.get("seed") is not None:
+        from lightning.fabric.utilities.seed import seed_everything
+
+        seed_everything(int(spec["seed"]), verbose=False)
     return _class(spec["class_path"])(**args).freeze()
 
 

@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out).parent
     if not out_dir.is_dir():  # before any model loads
         raise FileNotFoundError(f"--out {args.out}: directory {out_dir} does not exist")
+    if Path(args.out).is_dir():
+        raise IsADirectoryError(f"--out {args.out}: is a directory; expected the JSONL file to write")
     audio = args.audio + args.audio_files
     missing = [f"{m}: mask file not found" for m in args.mask if m != "all-on" and not Path(m).is_file()]
     missing += [f"{a}: missing_file" for a in audio if not Path(a).is_file()]

@@ -50,9 +50,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--model: unknown model {args.model!r}, expected 'tiny' or one of {', '.join(FULL_SIZE)} "
                          "(or --config EXPERIMENT.yaml)")
     from ..masking.prune import prune_adapter
-    from ..pruned_model import save_pruned
+    from ..pruned_model import check_out_dir, save_pruned
     from ..serving import build_adapter, model_spec
 
+    if args.out:
+        check_out_dir(args.out)  # before any model loads
     spec = model_spec(args.model, args.weights, args.config)
     adapter = build_adapter(spec)
     mask = load_mask(args.mask, shape=(adapter.num_layers, adapter.num_heads)).mask
