@@ -156,52 +156,6 @@ def test_grouped_bars_and_layer_profile_skip_nothing(tmp_path, monkeypatch):
     assert ax.collections[0].get_offsets().tolist() == [[25.0, 10.0]]  # the learned mask's own point
 
 
-def test_report_collects_runs_below_a_directory(tmp_path, capsys):
-    from ahamask_lightning.cli.main import main as ahamask
-    from ahamask_lightning.results import write_results
-
-    runs = {"study/test/with_instruction": {"use_mask": False, "prompt": "task"},
-            "study/test/AHAMask": {"use_mask": True, "prompt": "none", "mask": "m.safetensors", "active_heads": 30},
-            "study/prompts/variant_2": {"use_mask": False, "prompt": "variant:2"},
-            # what the mask file recorded decides, not its name
-            "study/test/restart": {"use_mask": True, "prompt": "none", "mask": "gr_random-restart.safetensors",
-                                   "mask_random": False},
-            "study/test/rnd": {"use_mask": True, "prompt": "none", "mask": "r.safetensors", "mask_random": True}}
-    for i, (d, run) in enumerate(runs.items()):
-        write_results(tmp_path / d, {"test/gr/acc": 50.0 + i}, [], run)
-    assert ahamask(["report", str(tmp_path / "study"), "--format", "csv"]) == 0
-    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
-    by_run = {Path(r["run"]).relative_to(tmp_path).as_posix(): r for r in rows}
-    assert set(by_run) == set(runs)
-    assert by_run["study/test/AHAMask"]["condition"] == "AHAMask" and by_run["study/test/AHAMask"]["active_heads"] == "30"
-    assert by_run["study/prompts/variant_2"]["condition"] == "with instruction (variant:2)"
-    assert by_run["study/test/restart"]["condition"] == "AHAMask" and by_run["study/test/rnd"]["condition"] == "random mask"
-    assert by_run["study/test/with_instruction"]["gr/acc"] == "50.0"
-    assert all(r["git"] for r in rows)  # the revision of each result
-    assert ahamask(["report", str(tmp_path / "study" / "test" / "AHAMask")]) == 0
-    assert "| AHAMask | 30 | 51.00 |" in capsys.readouterr().out
-    assert ahamask(["report", str(tmp_path / "nothing_here")]) != 0
-    capsys.readouterr()
-    (tmp_path / "notes.json").write_text('{"metrics": {}}')
-    assert ahamask(["report", str(tmp_path / "notes.json")]) == 2
-    assert "notes.json: not a test_metrics.json" in capsys.readouterr().err
-
-
-def test_report_columns_name_the_test_set_and_old_keys_stop_with_the_file(tmp_path, capsys):
-    from ahamask_lightning.cli.main import main as ahamask
-    from ahamask_lightning.results import write_results
-
-    run = {"use_mask": False, "prompt": "task"}
-    write_results(tmp_path / "new", {"test/gr/acc": 90.0, "test_ood/gr/acc": 70.0, "test_clean/asr/wer": 3.5}, [], run)
-    assert ahamask(["report", str(tmp_path / "new"), "--format", "csv"]) == 0
-    (row,) = csv.DictReader(capsys.readouterr().out.splitlines())
-    assert (row["gr/acc"], row["gr/acc (ood)"], row["asr/wer (clean)"]) == ("90.0", "70.0", "3.5")
-    write_results(tmp_path / "old", {"test/gr/acc": 90.0, "test/gr_test_ood/acc": 70.0}, [], run)
-    assert ahamask(["report", str(tmp_path / "old")]) != 0
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "old/test_metrics.json" in err[0] and "'test/gr_test_ood/acc'" in err[0]
-
-
 def test_quick_ablations_and_the_makefile_line(in_repo):
     args = reproduce.parser().parse_args(["ablations", "--out", "x", "--quick", "--set", "model.init_args.lr", "0.05"])
     reproduce.apply_quick(args)
@@ -275,6 +229,13 @@ def test_table_rows():
     assert rows[0]["gr/heads"] == "all" and rows[3]["gr/heads"] == 30 and rows[3]["gr/acc"] == 93.0
     text = ab.conditions_markdown(columns, rows, {"gr/acc": (96.79, 0.0, 0.0, 98.05)})
     assert "| AHAMask | 93.00 (98.05) | 83.00 | 30 |" in text
+    # one task on two models (Qwen2-Audio Instruct and Base): a column each, none overwritten
+    base = {**s, "label": "gr_base", "conditions": {c: {**r, "metrics": {"test/gr/acc": 50.0}}
+                                                    for c, r in s["conditions"].items()}}
+    columns, rows = ab.table_rows([{**s, "label": "gr_instruct"}, base], reproduce.TABLE_METRICS)
+    assert columns == ["condition", "gr/acc [gr_instruct]", "gr/acc (ood) [gr_instruct]", "gr/heads [gr_instruct]",
+                       "gr/acc [gr_base]", "gr/heads [gr_base]"]
+    assert (rows[3]["gr/acc [gr_instruct]"], rows[3]["gr/acc [gr_base]"]) == (93.0, 50.0)
 
 
 def test_lambda_override_wins_over_the_yaml_callback(tmp_path, in_repo):

@@ -18,7 +18,8 @@ PAPER_SALMONN = {
     "gr_asr/wer": (3.52, None, None, 2.21), "json/ifr": (69.16, None, None, 98.89),
     "json/wer": (6.17, None, None, 2.40), "json/acc": (51.05, None, None, 97.30)}
 # Qwen2-Audio-7B: GR with the Instruct model, ASV with the Base model.
-PAPER_QWEN = {"gr/acc": (91.03, None, None, 94.43), "asv/acc": (49.24, None, None, 85.75)}
+PAPER_QWEN = {("instruct", "gr"): {"gr/acc": (91.03, None, None, 94.43)},
+              ("base", "asv"): {"asv/acc": (49.24, None, None, 85.75)}}
 # The released SALMONN-AHAMask mask of each task: its checkpoint is <name>.pth, the package's copy
 # ``released_masks.released_mask(name)``.
 RELEASED_MASKS = {"asr": "asr_librispeech", "gr": "gender_librispeech", "ser": "emotion_iemocap",

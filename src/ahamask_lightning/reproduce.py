@@ -136,7 +136,7 @@ def run_table(jobs: list[tuple[str, str, ab.Runner, Path | None]], out: Path, pa
     summaries = []
     for label, task, runner, mask in jobs:
         print(f"[reproduce] {label}: {'testing ' + str(mask) if mask else 'training a mask'}", flush=True)
-        summaries.append(ab.four_conditions(runner, task, out / label, mask=mask))
+        summaries.append({**ab.four_conditions(runner, task, out / label, mask=mask), "label": label})
     print(write_table(out, summaries, paper))
     return summaries
 
@@ -213,7 +213,12 @@ def cmd_qwen2audio(args: argparse.Namespace) -> int:
         return ab.Runner(config_path(t, f"qwen2audio_{v}"), ["--model.init_args.model.init_args.pretrained",
                                                                paths[v]], fit, test)
 
-    summaries = run_table([(f"{t}_{v}", t, runner(v, t), masks.get((v, t))) for v, t in jobs], args.out, PAPER_QWEN)
+    # the paper's numbers beside a job only where the paper measured that model variant on that task
+    # (a task of several jobs has a column per job, named by the job: see ablations.table_rows)
+    tasks = [t for _, t in jobs]
+    paper = {col + (f" [{t}_{v}]" if tasks.count(t) > 1 else ""): values
+             for v, t in jobs for col, values in PAPER_QWEN.get((v, t), {}).items()}
+    summaries = run_table([(f"{t}_{v}", t, runner(v, t), masks.get((v, t))) for v, t in jobs], args.out, paper)
     if args.transfer:  # the paper: masks do not transfer between Instruct and Base
         for (v, t), s in zip(jobs, summaries):
             other = "base" if v == "instruct" else "instruct"

@@ -235,23 +235,27 @@ def transfer(target: Runner, task: str, mask: Path, out: Path, label: str) -> di
 
 def table_rows(summaries: list[dict], metrics: dict[str, tuple[str, ...]]) -> tuple[list[str], list[dict]]:
     """Rows = the four conditions; columns = ``report.metric_column`` (``<task>/<metric>``, plus
-    `` (<set>)`` for a named test set) per task, plus ``<task>/heads``."""
+    `` (<set>)`` for a named test set) per task, plus ``<task>/heads``. A task that several summaries
+    share (e.g. GR on Qwen2-Audio Instruct and Base) gets columns per summary, suffixed with its
+    ``label`` (`` [gr_base]``), instead of one summary's values overwriting another's."""
     columns: list[str] = []
     rows = {name: {"condition": name} for name in CONDITIONS}
+    shared = {t for t in (s["task"] for s in summaries) if sum(x["task"] == t for x in summaries) > 1}
     for s in summaries:
         task = s["task"]
+        suffix = f" [{s.get('label', task)}]" if task in shared else ""
         wanted = metrics.get(task, (get_task(task).primary,))
         for name, res in s["conditions"].items():
             entries = metric_entries(res["metrics"], f"{task}, {name}")
             for t, metric, eval_set, value in sorted(entries, key=lambda e: (e[2] or "", e[1])):
                 if t != task or metric not in wanted:
                     continue
-                col = metric_column(task, metric, eval_set)
+                col = metric_column(task, metric, eval_set) + suffix
                 rows[name][col] = value
                 if col not in columns:
                     columns.append(col)
-            rows[name][f"{task}/heads"] = res["active_heads"] if res["active_heads"] is not None else "all"
-        columns.append(f"{task}/heads")
+            rows[name][f"{task}/heads{suffix}"] = res["active_heads"] if res["active_heads"] is not None else "all"
+        columns.append(f"{task}/heads{suffix}")
     return ["condition", *columns], list(rows.values())
 
 
