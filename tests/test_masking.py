@@ -94,6 +94,10 @@ def test_mask_cli_import_info_jaccard(tmp_path, capsys):
     rows = [line.split() for line in capsys.readouterr().out.strip().splitlines()[1:]]
     assert len(rows) == 3 and all(row[i + 1] == "1.000" for i, row in enumerate(rows))
     assert float(rows[0][2]) == pytest.approx(0.94, abs=0.005)  # paper: Jaccard(ASR, OSR) = 0.94
+    plot = tmp_path / "heatmap"  # no suffix: written as PNG, and the line names the file written
+    assert ahamask(["mask", "jaccard", *(str(tmp_path / f"{n}.safetensors") for n in names), "--plot", str(plot)]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"wrote {plot}.png")
+    assert (tmp_path / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_jaccard_labels_tell_apart_masks_of_the_same_file_name():
@@ -156,6 +160,8 @@ def test_truncated_and_corrupt_files_are_refused(tmp_path, capsys):
     save_file({"logits": torch.zeros(0, 16)}, str(tmp_path / "empty.safetensors"))
     assert ahamask(["mask", "info", str(tmp_path / "empty.safetensors")]) == 2
     assert "empty.safetensors: 'logits' must be [layers, heads] with at least one head" in _one_error_line(capsys)
+    assert ahamask(["mask", "random", "--like", str(good), "-o", str(tmp_path)]) == 2  # -o names a folder
+    assert f"{tmp_path}: is a directory; expected the file to write" in _one_error_line(capsys)
 
 
 def test_mask_of_wrong_shape_for_model(tmp_path):

@@ -70,6 +70,13 @@ def test_answer_modes_name_the_task_a_prediction_belongs_to(tmp_path, capsys):
     assert modes_main([str(preds)]) == 0
     out = capsys.readouterr().out
     assert "| slow | 1 | 1 | 0 | 2 |" in out and "| all | 1 | 1 | 1 | 3 |" in out
+    # infer / predict output holds no reference; a line that is not a prediction is named
+    inferred = tmp_path / "infer.jsonl"
+    inferred.write_text(json.dumps({"clip": "a", "prediction": "Male"}) + "\n")
+    assert modes_main([str(inferred)]) == 0 and "| - | 1 | 1 |" in capsys.readouterr().out
+    inferred.write_text(json.dumps({"clip": "a", "prediction": "Male"}) + "\nnot json\n")
+    assert modes_main([str(inferred)]) == 2
+    assert f"{inferred}:2: expected a JSON object with 'prediction'" in capsys.readouterr().err
 
 
 def test_layer_updates_find_an_inert_layer():

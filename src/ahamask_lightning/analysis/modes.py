@@ -46,8 +46,8 @@ def answer_mode(prediction: str, tasks: Sequence[str] = CLASSIFICATION_TASKS,
 def mode_table(rows: Iterable[dict]) -> dict[str, collections.Counter]:
     """reference -> Counter of answer modes."""
     table: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    for row in rows:
-        table[str(row["reference"])][answer_mode(str(row["prediction"]))] += 1
+    for row in rows:  # infer and predict outputs have no reference: their answers count under "-"
+        table[str(row.get("reference", "-"))][answer_mode(str(row["prediction"]))] += 1
     return dict(table)
 
 
@@ -72,9 +72,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{p.prog}: error: not found: {', '.join(missing)}", file=sys.stderr)
         return 2
     for path in args.predictions:
-        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(Path(path).read_text(errors="replace").splitlines(), 1):
+            row = _json_or_none(line) if line.strip() else {}
+            if row == {}:
+                continue
+            if not isinstance(row, dict) or "prediction" not in row:
+                print(f"{p.prog}: error: {path}:{number}: expected a JSON object with 'prediction' "
+                      "(a predictions.jsonl of ahamask test, predict or infer)", file=sys.stderr)
+                return 2
+            rows.append(row)
         print(f"{path} ({len(rows)} predictions)\n{format_mode_table(mode_table(rows))}\n")
     return 0
+
+
+def _json_or_none(line: str) -> object:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
 
 
 if __name__ == "__main__":

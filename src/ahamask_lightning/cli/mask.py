@@ -67,8 +67,11 @@ def run(args: argparse.Namespace) -> int:
         if args.plot:
             from ..analysis.figures import jaccard_heatmap
 
-            jaccard_heatmap(mat, names, args.plot)
-            print(f"wrote {args.plot}")
+            plot = Path(args.plot) if Path(args.plot).suffix else Path(args.plot).with_suffix(".png")
+            if plot.is_dir():
+                raise ValueError(f"--plot {args.plot}: is a directory; expected an image file (.png, .pdf, .svg)")
+            jaccard_heatmap(mat, names, str(plot))  # matplotlib picks the format from the suffix
+            print(f"wrote {plot}")
         return 0
     if cmd == "combine":
         files = [load_mask(m) for m in args.masks]

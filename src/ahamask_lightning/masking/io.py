@@ -60,6 +60,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise MaskFileError(f"{path}: output directory {parent} does not exist")
+    if path.is_dir():
+        raise MaskFileError(f"{path}: is a directory; expected the file to write")
     # os.open with 0o666 rather than tempfile.mkstemp: mkstemp always makes 0600 files, while the
     # kernel applies the umask to this mode, so the mask file ends up like any other new file.
     # The mode is set again after writing: a writer may replace the file (safetensors makes 0600).
