@@ -180,7 +180,7 @@ def masks_to_test(args: argparse.Namespace, tasks: Sequence[str]) -> tuple[dict[
 
 def cmd_table1(args: argparse.Namespace) -> int:
     configs = {t: config_path(t, "salmonn") for t in args.tasks}
-    missing = salmonn_missing(configs[args.tasks[0]])
+    missing = list(dict.fromkeys(m for c in configs.values() for m in salmonn_missing(c)))  # each YAML's weights
     masks, missing_masks = masks_to_test(args, args.tasks) if not missing else ({}, [])
     stages = ("test",) if (args.masks or args.official or args.released) else ("train", "val", "test")
     missing += missing_masks + [m for c in configs.values() for m in manifests_of(c, stages) if not Path(m).is_file()]
