@@ -108,6 +108,21 @@ def test_weights_and_manifest_pick_the_6x8_testbed(clips, tmp_path, in_repo, cap
     assert capsys.readouterr().out.splitlines()[0].startswith(f"utt0  {mask}  ")
 
 
+def test_a_manifest_may_name_audio_anywhere_and_a_bad_line_is_named(clips, tmp_path, in_repo, capsys):
+    """infer's manifest is the user's list of files, like --audio: absolute paths elsewhere are
+    taken; a clip that cannot be used is named with its manifest line."""
+    manifest = tmp_path / "lists" / "mine.jsonl"
+    manifest.parent.mkdir()
+    manifest.write_text(json.dumps({"id": "far", "audio": clips[0]}) + "\n")
+    out = tmp_path / "p.jsonl"
+    assert ahamask(["infer", "--model", "tiny", "--mask", "all-on", "--manifest", str(manifest), "--out", str(out),
+                    *TOKENS]) == 0
+    assert [r["clip"] for r in _records(out)] == ["far"]
+    manifest.write_text(json.dumps({"id": "far", "audio": clips[0]}) + "\n" + json.dumps({"audio": "gone.wav"}) + "\n")
+    assert ahamask(["infer", "--model", "tiny", "--mask", "all-on", "--manifest", str(manifest), "--out", str(out)]) == 2
+    assert f"{manifest}:2: " in capsys.readouterr().err
+
+
 def test_model_spec_from_name_weights_and_yaml(in_repo):
     from ahamask_lightning.serving import TINY_DEFAULT, model_spec
 

@@ -187,26 +187,29 @@ def load_clips(paths: Sequence[str], manifest: str | None, adapter: LALMAdapter,
                instruction: str | None = None) -> list[Clip]:
     """Audio files and manifest lines (``{"audio": path, "id"?: ..., "instruction"?: ...}``) as clips."""
     cfg = AudioConfig(adapter.sample_rate, adapter.min_seconds, adapter.max_seconds, "reject")
-    items: list[tuple[str, list[str], str | None]] = [(p, [p], instruction) for p in paths]
+    items: list[tuple[str, list[str], str | None, str]] = [(p, [p], instruction, "") for p in paths]
     if manifest is not None:
         items += _manifest_items(manifest, instruction)
     if not items:
         raise ValueError("no audio: give audio files or --manifest FILE")
     clips = []
-    for name, files, ins in items:
+    for name, files, ins, line in items:
         try:
             clips.append(Clip(name, load_audio(files, cfg), ins))
         except AudioError as exc:
-            where = files[0] if len(files) == 1 else " + ".join(files)
+            where = (f"{line}: " if line else "") + (files[0] if len(files) == 1 else " + ".join(files))
             raise ValueError(f"{where}: cannot use this audio ({exc.reason}: {exc.detail or 'no detail'}); expected "
                              f"a readable audio file of at most {adapter.max_seconds:g} s") from None
     return clips
 
 
-def _manifest_items(manifest: str, instruction: str | None) -> list[tuple[str, list[str], str | None]]:
+def _manifest_items(manifest: str, instruction: str | None) -> list[tuple[str, list[str], str | None, str]]:
+    """(name, audio files, instruction, ``manifest:line``) per line. Paths relative to the manifest
+    are found as the data layer finds them; absolute ones are taken as given, like ``--audio``
+    files (no corpus root to keep them in: the user names every file of an ``infer`` run)."""
     if not os.path.isfile(manifest):
         raise FileNotFoundError(f"{manifest}: manifest file not found")
-    resolve = PathResolver(manifest)
+    resolve = PathResolver(manifest, allow_outside_root=True)
     items = []
     for line, text in iter_lines(manifest):
         try:
@@ -218,7 +221,7 @@ def _manifest_items(manifest: str, instruction: str | None) -> list[tuple[str, l
         if not (isinstance(files, list) and 1 <= len(files) <= 2 and all(isinstance(f, str) and f for f in files)):
             raise ValueError(f"{manifest}:{line}: expected a JSON object with 'audio' (a path or a list of two)")
         name = str(obj.get("id") or files[0])
-        items.append((name, [resolve(f) for f in files], obj.get("instruction") or instruction))
+        items.append((name, [resolve(f) for f in files], obj.get("instruction") or instruction, f"{manifest}:{line}"))
     return items
 
 
