@@ -1,8 +1,6 @@
 """Test helpers for the CLI's configuration: a parse-only parser and ``--print_config`` as a user runs it."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning.pytorch as L
@@ -32,9 +30,20 @@ def parse_only_parser(config: Path) -> LightningArgumentParser:
 
 
 def resolved_config(argv: list[str]) -> dict:
-    """What ``ahamask ARGV --print_config`` prints (YAML includes and overrides resolved), as a dict."""
-    ahamask = Path(sys.executable).parent / "ahamask"
-    out = subprocess.run([str(ahamask), *argv, "--print_config"], cwd=REPO, capture_output=True, text=True,
-                         timeout=300, check=False)
-    assert out.returncode == 0, out.stderr
-    return yaml.safe_load(out.stdout)
+    """What ``ahamask ARGV --print_config`` prints (YAML includes and overrides resolved), as a dict:
+    the console script's ``main`` run in this process from the repository root (it prints and exits
+    0 while parsing, before any model is built)."""
+    import contextlib
+    import io
+
+    from ahamask_lightning.cli.main import main
+
+    printed = io.StringIO()
+    with contextlib.chdir(REPO), contextlib.redirect_stdout(printed):
+        try:
+            main([*argv, "--print_config"])
+        except SystemExit as done:
+            assert done.code in (0, None), printed.getvalue()[-2000:]
+        else:
+            raise AssertionError("--print_config did not exit")
+    return yaml.safe_load(printed.getvalue())

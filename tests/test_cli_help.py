@@ -65,3 +65,17 @@ def test_tool_example_parses_with_the_tools_own_options(command):
     import shlex
 
     cli_main.tool_parser(command).parse_args(shlex.split(command.example)[2:])  # exits 2 on an unknown option
+
+
+def test_a_closed_pipe_ends_quietly(monkeypatch, capsys, in_repo):
+    """``ahamask mask info M | head -0``: the reader has gone before the output; exit 141 (as a shell
+    reports SIGPIPE), no error line."""
+    import io
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with io.open(write_end, "w", closefd=True) as pipe:
+        monkeypatch.setattr("sys.stdout", pipe)
+        assert main(["mask", "info", "masks/salmonn-13b/asr_librispeech.safetensors"]) == 141
+    assert capsys.readouterr().err == ""

@@ -50,3 +50,17 @@ def test_report_columns_name_the_test_set_and_old_keys_stop_with_the_file(tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "old/test_metrics.json" in err[0] and "'test/gr_test_ood/acc'" in err[0]
 
+
+
+def test_records_on_disk_name_files_by_absolute_paths(tmp_path, monkeypatch):
+    """A study's summary and a pruned model's spec are read later from other directories."""
+    from ahamask_lightning.results import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fit").mkdir()
+    (tmp_path / "fit" / "mask.safetensors").write_bytes(b"")
+    record = {"mask": "fit/mask.safetensors", "rows": [{"mask": "fit/mask.safetensors", "metric": 1.0}],
+              "label": "gr", "prompt": "none"}
+    assert absolute_paths(record) == {"mask": str(tmp_path / "fit" / "mask.safetensors"),
+                                      "rows": [{"mask": str(tmp_path / "fit" / "mask.safetensors"), "metric": 1.0}],
+                                      "label": "gr", "prompt": "none"}  # words that are no file stay

@@ -182,6 +182,9 @@ class MaskMonitor(L.Callback):
         out.mkdir(parents=True, exist_ok=True)
         save_mask(out / self.filename, pl_module.head_mask.logits, **self._metadata(pl_module))
         self._log_image(trainer, pl_module, trainer.global_step)
+        # the folder is the logger's version of this run (a resumed fit writes a new one): say which
+        heads = pl_module.head_mask.logits.numel()
+        print(f"mask: {out / self.filename} ({pl_module.head_mask.active_heads()} of {heads} heads on)", flush=True)
 
 
 # --- reliability ------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_model, save_model
@@ -34,6 +33,7 @@ from safetensors.torch import load_model, save_model
 from .masking import load_mask, save_mask
 from .masking.prune import PruneReport, prune_adapter
 from .models.base import LALMAdapter
+from .results import absolute_paths
 from .serving import build_adapter
 
 FORMAT = "ahamask-pruned-1"
@@ -56,24 +56,12 @@ def check_out_dir(out: str | os.PathLike) -> Path:
     return out
 
 
-def _absolute(value: Any) -> Any:
-    """``value`` with every relative path that exists here made absolute (spec paths such as a
-    TinyLALM ``checkpoint`` are relative to where ``prune`` ran, not to the directory written)."""
-    if isinstance(value, dict):
-        return {k: _absolute(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_absolute(v) for v in value]
-    if isinstance(value, str) and value and not os.path.isabs(value) and os.path.exists(value):
-        return os.path.abspath(value)
-    return value
-
-
 def save_pruned(adapter: LALMAdapter, spec: dict, mask: torch.Tensor, out: str | os.PathLike) -> PruneReport:
     """Prune ``adapter`` (in place) to ``mask`` and write it to the directory ``out`` (created)."""
     out = check_out_dir(out)
     report = prune_adapter(adapter, mask)
     out.mkdir(exist_ok=True)
-    (out / "model.json").write_text(json.dumps({"format": FORMAT, **_absolute(spec)}, indent=1))
+    (out / "model.json").write_text(json.dumps({"format": FORMAT, **absolute_paths(spec)}, indent=1))
     save_mask(out / "mask.safetensors", torch.where(mask > 0.5, 4.0, -4.0), model_id=adapter.model_id)
     (out / "pruning.json").write_text(json.dumps(
         {"format": FORMAT, "model_id": adapter.model_id, "active_heads": int((mask > 0.5).sum()),

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from .masking.io import git_revision
 
@@ -55,3 +57,15 @@ def read_results(path: Path) -> dict:
     if not (isinstance(record, dict) and isinstance(record.get("metrics"), dict) and isinstance(record.get("run"), dict)):
         raise ValueError(f"{path}: not a test_metrics.json (expected an object with 'metrics' and 'run')")
     return record
+
+
+def absolute_paths(value: Any) -> Any:
+    """``value`` (JSON-like) with every relative path that exists here made absolute: records written
+    to disk (a pruned model's spec, a study's summary) are read later from other directories."""
+    if isinstance(value, dict):
+        return {k: absolute_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [absolute_paths(v) for v in value]
+    if isinstance(value, str) and value and not os.path.isabs(value) and os.path.exists(value):
+        return os.path.abspath(value)
+    return value

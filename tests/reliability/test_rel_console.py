@@ -4,6 +4,7 @@ in a terminal, Lightning's own progress bar."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from conftest import Run, fit_command, write_config
 
@@ -22,6 +23,8 @@ def test_fit_off_a_terminal_prints_progress_lines_and_nothing_misleading(good_co
     assert steps == sorted(set(steps)) and steps[-1] == 12
     assert all(float(m[2]) > 0 for m in matches)
     assert "fit: 12 steps in " in out
+    said = re.search(r"^mask: (\S+mask\.safetensors) \((\d+) of 8 heads on\)$", out, re.M)  # where the mask went
+    assert said and Path(said[1]).is_file(), out
     # the summary: parameters counted, the eval mode explained once, no FLOPs that were never measured
     assert "Trainable params" in out and out.count("Modules in eval mode on purpose") == 1
     assert "FLOPs" not in out + err and "Total Flops" not in out + err

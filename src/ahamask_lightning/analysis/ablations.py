@@ -29,6 +29,7 @@ from pathlib import Path
 from ..evaluation import parse_metric_key
 from ..experiment import CONDITIONS, Condition, conditions, fit_mask, random_like, run_cli, test_condition
 from ..masking import load_mask, save_mask
+from ..results import absolute_paths
 from ..tasks import get_task
 from .masks import combine, jaccard_matrix, mask_to_logits, progressive_masks
 from .report import metric_column
@@ -118,8 +119,9 @@ def write_record(path: Path, record: dict) -> dict:
 
 
 def write_summary(out: Path, record: dict) -> dict:
-    """``summary.json`` of one study (``"kind"`` says which), stamped by ``write_record``."""
-    return write_record(out / "summary.json", record)
+    """``summary.json`` of one study (``"kind"`` says which), stamped by ``write_record``; its paths
+    (masks, configs) absolute, so ``reproduce figures`` finds them from any directory."""
+    return write_record(out / "summary.json", absolute_paths(record))
 
 
 def four_conditions(runner: Runner, task: str, out: Path, mask: Path | None = None, seed: int = 0,

@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
         raise IsADirectoryError(f"--out {args.out}: is a directory; expected the JSONL file to write")
     audio = args.audio + args.audio_files
     missing = [f"{m}: mask file not found" for m in args.mask if m != "all-on" and not Path(m).is_file()]
-    missing += [f"{a}: missing_file" for a in audio if not Path(a).is_file()]
+    missing += [f"{a}: {'is a directory, expected an audio file' if Path(a).is_dir() else 'missing_file'}"
+                for a in audio if not Path(a).is_file()]
     if args.manifest and not Path(args.manifest).is_file():
         missing.append(f"{args.manifest}: manifest file not found")
     if missing:  # every absent file at once, before any model loads

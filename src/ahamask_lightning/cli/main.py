@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from dataclasses import dataclass
 
@@ -119,7 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         raise
     try:
         module = importlib.import_module(command.module)
-        return module.run(parser.parse_args(argv[1:]))
+        code = module.run(parser.parse_args(argv[1:]))
+        sys.stdout.flush()  # a closed pipe shows here, where it is handled, rather than at exit
+        return code
+    except BrokenPipeError:  # `ahamask ... | head`: the reader has gone, nothing is wrong to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush would fail again
+        return 141
     except ONE_LINE_ERRORS as exc:
         if full_traceback_wanted():
             raise
