@@ -20,7 +20,7 @@ import csv
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .prepare import CutWriter, layout_error, read_recording
+from .prepare import CutWriter, layout_error
 
 LAYOUT = "AudioCaps {train,val,test}.csv (audiocap_id,youtube_id,start_time,caption) + {split}/{youtube_id}.wav"
 SPLITS = ("train", "val", "test")
@@ -38,9 +38,8 @@ def write_captions(writer: CutWriter, split: str, clips: Iterable[tuple[str, Pat
         if not captions:
             writer.skip(split, clip_id, "no_caption")
             continue
-        recording = read_recording(audio, recording_id=clip_id)
+        recording = writer.recording(split, clip_id, audio)
         if recording is None:
-            writer.skip(split, clip_id, "unreadable_audio")
             continue
         meta = {**meta, "references": captions}  # every caption of the clip, for the caption metrics
         if per_caption:

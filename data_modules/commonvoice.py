@@ -25,7 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .covost import read_tsv
-from .prepare import CutWriter, layout_error, read_recording
+from .prepare import CutWriter, layout_error
 
 LAYOUT = "Common Voice {lang}/{train,dev,test,validated}.tsv (client_id, path, sentence, gender) + {lang}/clips/"
 DEFAULT_TABLES = ("train", "dev", "test")
@@ -62,12 +62,8 @@ def prepare_corpus(root: Path, writer: CutWriter, *, lang: str | None = None) ->
             stem = Path(rel).stem
             sid = f"cv_{lang}_{stem}"
             audio = root / "clips" / rel
-            if not rel or not audio.is_file():
-                writer.skip(split, sid, "missing_audio")
-                continue
-            recording = read_recording(audio, recording_id=stem)
+            recording = writer.recording(split, sid, audio if rel else "", recording_id=stem)
             if recording is None:
-                writer.skip(split, sid, "unreadable_audio")
                 continue
             mp3 = mp3 or audio.suffix.lower() == ".mp3"
             raw_gender = (row.get("gender") or "").strip().lower()

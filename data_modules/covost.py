@@ -27,7 +27,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from .prepare import CutWriter, layout_error, read_recording
+from .prepare import CutWriter, layout_error
 
 LAYOUT = "CoVoST2 covost_v2.en_zh-CN.{train,dev,test}.tsv (path, sentence, translation, client_id) + clips/*.mp3"
 PAIR = "en_zh-CN"
@@ -93,13 +93,8 @@ def prepare_corpus(root: Path, writer: CutWriter, *, clips_dir: str | None = Non
     for split, row in rows():
         rel = (row.get("path") or "").strip()
         sid = f"covost_{Path(rel).stem}"
-        audio = clips / rel
-        if not rel or not audio.is_file():
-            writer.skip(split, sid, "missing_audio")
-            continue
-        recording = read_recording(audio, recording_id=sid)
+        recording = writer.recording(split, sid, clips / rel if rel else "")
         if recording is None:
-            writer.skip(split, sid, "unreadable_audio")
             continue
         meta = {"sentence": (row.get("sentence") or "").strip()}  # the English source, for reference
         writer.add(split, "s2tt", sid, recording, row.get("translation") or "", speaker=row.get("client_id") or None,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ahamask_lightning.tasks import format_label
 
-from .prepare import CutWriter, layout_error, read_recording
+from .prepare import CutWriter, layout_error
 
 LAYOUT = ("IEMOCAP_full_release/Session{1..5}/sentences/wav/{dialog}/{utt}.wav and "
           "Session{n}/dialog/EmoEvaluation/{dialog}.txt")
@@ -68,9 +68,8 @@ def prepare_corpus(root: Path, writer: CutWriter, *, test_session: int = 5) -> N
                     writer.skip(split, utt, f"dropped_label:{code}")
                     continue
                 audio = session / "sentences" / "wav" / dialog / f"{utt}.wav"
-                recording = read_recording(audio, recording_id=utt) if audio.is_file() else None
+                recording = writer.recording(split, utt, audio)
                 if recording is None:
-                    writer.skip(split, utt, "missing_audio")
                     continue
                 letter = utt.rsplit("_", 1)[-1][:1]  # the turn's actor: F or M of this session
                 writer.add(split, "ser", utt, recording, format_label("ser", code),

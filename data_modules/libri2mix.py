@@ -27,7 +27,7 @@ from pathlib import Path
 from ahamask_lightning.tasks.parsing import BAR
 
 from .librispeech import find_root, subsets, transcripts
-from .prepare import CutWriter, layout_error, read_recording
+from .prepare import CutWriter, layout_error
 
 LAYOUT = ("Libri2Mix/wav16k/{min,max}/{train-100,dev,test}/mix_clean/*.wav + "
           "Libri2Mix/wav16k/{min,max}/metadata/mixture_{split}_mix_clean.csv")
@@ -103,9 +103,8 @@ def prepare_corpus(root: Path, writer: CutWriter, *, librispeech_root: str | Non
             audio = base / split / "mix_clean" / f"{mix_id}.wav"
             if not audio.is_file():
                 audio = Path(row.get("mixture_path") or "")
-            recording = read_recording(audio, recording_id=mix_id) if audio.is_file() else None
+            recording = writer.recording(split, mix_id, audio)
             if recording is None:
-                writer.skip(split, mix_id, "missing_audio")
                 continue
             texts = [transcripts.get(u, prefer=SOURCE_SUBSET.get(split)) for u in sources]
             if any(not t for t in texts):

@@ -136,6 +136,18 @@ class CutWriter:
             self._writers[key] = CutSet.open_writer(path, overwrite=True)
         return self._writers[key]
 
+    def recording(self, split: str, id: str, path: str | os.PathLike,
+                  recording_id: str | None = None) -> Recording | None:
+        """The file's Recording, or None after recording the skip: ``missing_audio`` (no such file)
+        or ``unreadable_audio`` (no audio backend reads its header)."""
+        if not str(path) or not os.path.isfile(path):
+            self.skip(split, id, "missing_audio")
+            return None
+        recording = read_recording(path, recording_id=recording_id or id)
+        if recording is None:
+            self.skip(split, id, "unreadable_audio")
+        return recording
+
     def skip(self, split: str, id: str, reason: str, task: str | None = None) -> None:
         """Record an item that was left out, and why (summarised by reason)."""
         if not self.wanted(split):
