@@ -103,3 +103,26 @@ def test_test_prints_each_sets_metrics_once(synth_corpus, tmp_path, in_repo, cap
     n = sum(len((m / part / "gr.jsonl").read_text().splitlines()) for part in ("test", "test_ood"))
     batches = sum(-(-len((m / p / "gr.jsonl").read_text().splitlines()) // 4) for p in ("test", "test_ood"))
     assert n > 4 and f"test: {batches} batches in " in shown.out  # over both sets, not the last one's
+
+
+def test_a_resume_at_an_epoch_end_trains_the_uninterrupted_mask(synth_corpus, tmp_path, in_repo):
+    """Fit B stops at the end of epoch 1, where its last checkpoint is written and validation then
+    runs; resumed, it ends with fit A's mask to the bit. Neither the validation nor the next
+    epoch's start may draw from the RNG stream the mask noise comes from."""
+    n = len((synth_corpus / "manifests" / "train" / "gr.jsonl").read_text().splitlines())
+    epoch = -(-n // 16)
+    every_step = json.dumps({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                             "init_args": {"every_n_train_steps": 1, "save_last": True}})
+    common = ["fit", "--config", "experiments/gr_qwen2audio_tiny.yaml", *_data_args(synth_corpus),
+              "--data.init_args.batch_size", "16", "--model.init_args.total_steps", str(2 * epoch),
+              f"--trainer.callbacks+={every_step}"]
+
+    def last_logits(root: Path) -> torch.Tensor:
+        return torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]["head_mask.logits"]
+
+    assert ahamask([*common, "--trainer.default_root_dir", str(tmp_path / "A"), "--trainer.max_steps",
+                    str(2 * epoch)]) == 0
+    for steps, resume in ((epoch, []), (2 * epoch, ["--ckpt_path", "last"])):
+        assert ahamask([*common, "--trainer.default_root_dir", str(tmp_path / "B"), "--trainer.max_steps", str(steps),
+                        *resume]) == 0
+    assert n > 16 and torch.equal(last_logits(tmp_path / "B"), last_logits(tmp_path / "A"))

@@ -22,6 +22,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.trainer.states import TrainerFn
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -188,43 +189,68 @@ class MaskMonitor(L.Callback):
 
 
 # --- reliability ------------------------------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    """The global torch (and CUDA), numpy and Python RNG states, as tensors and plain values (what
+    ``torch.load(weights_only=True)`` reads)."""
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 class RNGStateCheckpoint(L.Callback):
     """Saves the global RNG states in every checkpoint and restores them on resume.
 
     Lightning does not checkpoint RNG states. They are restored at the first training batch after
     the resume, not when the checkpoint is read: the restarted data loader's ``iter()`` draws a
     seed from the torch RNG in between, which the uninterrupted run drew at the epoch's start.
-    States are stored as tensors and plain values, so ``torch.load(weights_only=True)`` reads them.
+
+    Validation during a fit leaves the RNG states as it found them. A periodic checkpoint is saved
+    at the end of a training batch, before the validation that may follow that batch; the
+    validation's data loaders draw from the torch RNG, so without this the run after it would draw
+    other mask noise than a run resumed from that checkpoint. It also means how often and how much
+    a fit validates does not change the mask it trains.
     """
 
     def __init__(self) -> None:
         self._pending: dict[str, Any] | None = None
+        self._before_validation: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        np_state = np.random.get_state()
-        state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                 "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                           "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])}}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
+        return rng_state()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending = dict(state_dict)
 
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            self._before_validation = rng_state()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        state, self._before_validation = self._before_validation, None
+        if state is not None:
+            set_rng_state(state)
+
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         state, self._pending = self._pending, None
-        if not state:
-            return
-        torch.set_rng_state(state["torch"])
-        version, internal, gauss = state["python"]
-        random.setstate((version, tuple(internal), gauss))
-        n = state["numpy"]
-        np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                             n["cached_gaussian"]))
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+        if state:
+            set_rng_state(state)
 
 
 class FaultCheckpoint(Checkpoint):

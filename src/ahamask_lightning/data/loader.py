@@ -194,8 +194,12 @@ class CutLoader:
         self.rejects.begin_epoch(epoch)
         self._handed_out.clear()
         dataset = dataclasses.replace(self.dataset, epoch=epoch, known=frozenset(self.rejects.rejected))
+        # The workers' base seed comes from a generator of its own, not the global torch RNG: starting
+        # an epoch then draws nothing from the stream the mask noise comes from, so a run resumed at
+        # an epoch's end continues that stream exactly (the collate's draws are per sample anyway).
         loader = DataLoader(dataset, sampler=_After(self.sampler, skip) if skip else self.sampler, batch_size=None,
-                            num_workers=self.num_workers, collate_fn=keep_as_is)
+                            num_workers=self.num_workers, collate_fn=keep_as_is,
+                            generator=torch.Generator().manual_seed(epoch))
         good: dict[str, int] = {}
         index, full_pass = skip, skip == 0
         try:
