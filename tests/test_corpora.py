@@ -61,23 +61,29 @@ def test_audiocaps(tmp_path):
     root = tmp_path / "audiocaps"
     write_text(root / "train.csv", "audiocap_id,youtube_id,start_time,caption\n"
           '91139,r1nicOVtvkQ,130,"A woman talks, then a dog barks"\n'
-          "58146,UDGBjjwyaqE,20,Water flows\n")
+          "58146,UDGBjjwyaqE,20,Water flows\n"
+          "70001,wholeVideo0,2,A car passes\n70002,shortVideo0,9,A bell rings\n")
     write_text(root / "test.csv", "audiocap_id,youtube_id,start_time,caption\n"
           "103549,7fmOlUlwoNg,20,Rain falls on a roof\n103548,7fmOlUlwoNg,20,Heavy rain pours\n"
           "103541,gone0000000,0,Never downloaded\n")
     write_audio(root / "train" / "91139.wav", 0.2)  # named by audiocap_id
     write_audio(root / "test" / "7fmOlUlwoNg.wav", 0.3)  # named by youtube id
+    write_audio(root / "train" / "wholeVideo0.wav", 14.0)  # a whole video, not the 10 s clip
+    write_audio(root / "train" / "shortVideo0.wav", 14.0)  # ... ending before start_time + 10 s
     out = tmp_path / "out"
     summary = prepare("audiocaps", root, out)
-    assert summary["counts"] == {"test": {"aac": 1}, "train": {"aac": 1}}
-    assert summary["skipped"] == {"missing_audio": 2}
+    assert summary["counts"] == {"test": {"aac": 1}, "train": {"aac": 2}}
+    assert summary["skipped"] == {"missing_audio": 2, "start_time_past_end": 1}
+    whole = read_cuts(out, "train", "aac", [root])["audiocaps_wholeVideo0"]
+    assert (whole.start, whole.duration) == (2.0, 10.0)  # the clip the captions describe
     test = read_cuts(out, "test", "aac", [root])
     # val/test: one cut per clip, the first caption as target and all of them as references
     assert cut_targets(test) == {"audiocaps_7fmOlUlwoNg": "Rain falls on a roof"}
     assert test["audiocaps_7fmOlUlwoNg"].custom["meta"]["references"] == ["Rain falls on a roof", "Heavy rain pours"]
     assert test["audiocaps_7fmOlUlwoNg"].duration == pytest.approx(0.3)
     train = read_cuts(out, "train", "aac", [root])
-    assert cut_targets(train) == {"audiocaps_r1nicOVtvkQ": "A woman talks, then a dog barks"}
+    assert cut_targets(train) == {"audiocaps_r1nicOVtvkQ": "A woman talks, then a dog barks",
+                                  "audiocaps_wholeVideo0": "A car passes"}
     assert train["audiocaps_r1nicOVtvkQ"].duration == pytest.approx(0.2)
 
 
