@@ -49,7 +49,8 @@ def read_covost_tsv(path: Path) -> Iterator[dict[str, str]]:
 
 
 def common_voice_rows(clips: Path) -> dict[str, dict[str, str]]:
-    """path -> the Common Voice ``validated.tsv`` row beside ``clips`` (empty when there is none)."""
+    """path -> the Common Voice ``validated.tsv`` row beside ``clips`` (empty when there is none),
+    read as ``get_covost_splits.py`` reads it: with CoVoST's escape character too."""
     validated = clips.parent / "validated.tsv"
     if not validated.is_file():
         return {}

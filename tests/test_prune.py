@@ -304,7 +304,6 @@ def test_prune_out_on_tiny_lalm_loads_back_and_generates_the_gated_tokens(tmp_pa
     original = TinyLALM("checkpoints/tiny_lalm").freeze()
     monkeypatch.chdir(tmp_path)  # the folder loads from anywhere: its spec's checkpoint path is absolute
     loaded = load_pruned(out)
-    monkeypatch.chdir(in_repo)
     attn = loaded.gated_attentions()
     assert [a.q_proj.out_features // loaded.head_dim for a in attn] == [len(r["kept_heads"]) for r in recorded["layers"]]
     batch = _noise_batch(original)

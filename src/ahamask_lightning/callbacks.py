@@ -217,14 +217,15 @@ class RNGStateCheckpoint(L.Callback):
     """Saves the global RNG states in every checkpoint and restores them on resume.
 
     Lightning does not checkpoint RNG states. They are restored at the first training batch after
-    the resume, not when the checkpoint is read: the restarted data loader's ``iter()`` draws a
-    seed from the torch RNG in between, which the uninterrupted run drew at the epoch's start.
+    the resume, not when the checkpoint is read, so that whatever runs in between (restoring the
+    loops, starting a data loader that is not a ``CutLoader``) cannot move them.
 
     Validation during a fit leaves the RNG states as it found them. A periodic checkpoint is saved
-    at the end of a training batch, before the validation that may follow that batch; the
-    validation's data loaders draw from the torch RNG, so without this the run after it would draw
-    other mask noise than a run resumed from that checkpoint. It also means how often and how much
-    a fit validates does not change the mask it trains.
+    at the end of a training batch, before the validation that may follow it; anything that
+    validation draws (decoding with sampling, a data loader seeded from the global RNG) would
+    otherwise give the run after it other mask noise than a run resumed from that checkpoint.
+    ``CutLoader`` itself draws nothing from the global RNG (its worker seed has its own generator).
+    So how often a fit validates does not change the mask it trains.
     """
 
     def __init__(self) -> None:

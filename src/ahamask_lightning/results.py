@@ -54,7 +54,7 @@ def read_results(path: Path) -> dict:
         record = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not a test_metrics.json ({exc})") from None
-    if not (isinstance(record, dict) and isinstance(record.get("metrics"), dict) and isinstance(record.get("run"), dict)):
+    if not (isinstance(record, dict) and all(isinstance(record.get(k), dict) for k in ("metrics", "run"))):
         raise ValueError(f"{path}: not a test_metrics.json (expected an object with 'metrics' and 'run')")
     return record
 
