@@ -124,22 +124,47 @@ def test_two_ranks_test_and_predict_every_sample_once(synth_corpus, tmp_path):
     assert sorted(r["id"] for r in rows) == ids and "predict: 5 predictions written to " in proc.stdout
 
 
-def test_fsdp_policy_shards_decoder_layers_and_keeps_the_mask_whole():
-    # FSDP needs an accelerator (torch refuses CPU), so the wrapping decision itself is checked here.
+FSDP_ADAPTERS = {
+    "qwen2-audio": ("Qwen2AudioAdapter", {"tiny": True}),
+    "qwen2.5-omni": ("Qwen2_5OmniAdapter", {"tiny": True}),
+    "granite-speech": ("GraniteSpeechAdapter", {"tiny": True}),
+    "voxtral": ("VoxtralAdapter", {"tiny": True}),
+    "audio-flamingo-3": ("AudioFlamingo3Adapter", {"tiny": True}),
+    "salmonn": ("SalmonnAdapter", {"tiny": True}),
+    "tiny-lalm": ("TinyLALM", {"checkpoint": str(REPO / "checkpoints" / "tiny_lalm")}),
+}
+
+
+@pytest.mark.parametrize("name", FSDP_ADAPTERS)
+def test_fsdp_policy_shards_every_decoder_layer_and_keeps_the_mask_whole(name):
+    """With fsdp.yaml's default layer classes, every adapter's LLM layers are each a sharded unit
+    (none left in one whole-model unit) and the mask is an un-sharded one. FSDP needs an
+    accelerator (torch refuses CPU), so the wrapping decision itself is checked here."""
     from torch.distributed.fsdp import ShardingStrategy
     from torch.distributed.fsdp.wrap import CustomPolicy
 
-    from ahamask_lightning.accelerators import mask_wrap_policy, mask_wrap_rule
-    from ahamask_lightning.models import Qwen2AudioAdapter
+    from ahamask_lightning import models
+    from ahamask_lightning.accelerators import check_wraps_layers, mask_wrap_policy, mask_wrap_rule
     from ahamask_lightning.module import AHAMaskModule
 
-    module = AHAMaskModule(Qwen2AudioAdapter(tiny=True))
+    adapter_class, kwargs = FSDP_ADAPTERS[name]
+    module = AHAMaskModule(getattr(models, adapter_class)(**kwargs))
     assert isinstance(mask_wrap_policy(), CustomPolicy)
     rule = mask_wrap_rule()
     units = {m: unit for m in module.modules() if (unit := rule(m))}
-    kinds = sorted(type(m).__name__ for m in units)
-    assert kinds == ["HeadMask", "Qwen2DecoderLayer", "Qwen2DecoderLayer"]
+    layers = [m for m in units if m is not module.head_mask]
+    assert len(layers) == module.adapter.num_layers == check_wraps_layers(module)
+    assert len({type(m) for m in layers}) == 1 and type(layers[0]).__name__.endswith("DecoderLayer")
     assert units[module.head_mask]["sharding_strategy"] == ShardingStrategy.NO_SHARD
+
+
+def test_fsdp_refuses_a_model_none_of_whose_layers_it_would_shard():
+    from ahamask_lightning.accelerators import check_wraps_layers
+    from ahamask_lightning.models import Qwen2AudioAdapter
+
+    with pytest.raises(ValueError, match=r"no module of the model is one of \['LlamaDecoderLayer'\]; "
+                                         r"its layer classes: \[.*'Qwen2DecoderLayer'"):
+        check_wraps_layers(Qwen2AudioAdapter(tiny=True), ["transformers.models.llama.modeling_llama.LlamaDecoderLayer"])
 
 
 def test_a_layer_class_that_does_not_import_is_named():

@@ -21,10 +21,13 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from torch import nn
 
-# The decoder layers of the LLM backbones this project gates (SALMONN/TinyLALM: Llama; Qwen2-Audio: Qwen2).
+# The decoder layers of the LLM backbones every adapter gates (SALMONN, TinyLALM, Voxtral: Llama;
+# Qwen2-Audio, Audio Flamingo 3: Qwen2; Qwen2.5-Omni's thinker; Granite Speech: Granite).
 DEFAULT_LAYER_CLASSES = (
     "transformers.models.llama.modeling_llama.LlamaDecoderLayer",
     "transformers.models.qwen2.modeling_qwen2.Qwen2DecoderLayer",
+    "transformers.models.qwen2_5_omni.modeling_qwen2_5_omni.Qwen2_5OmniDecoderLayer",
+    "transformers.models.granite.modeling_granite.GraniteDecoderLayer",
 )
 
 
@@ -86,6 +89,18 @@ def mask_wrap_rule(layer_classes: Sequence[str] = DEFAULT_LAYER_CLASSES) -> Call
     return rule
 
 
+def check_wraps_layers(module: nn.Module, layer_classes: Sequence[str] = DEFAULT_LAYER_CLASSES) -> int:
+    """How many decoder layers of ``module`` FSDP will shard one by one; none is an error: FSDP would
+    gather the whole frozen model on every rank at every forward, which is what FSDP is there to avoid."""
+    layers = import_classes(layer_classes)
+    count = sum(isinstance(m, layers) for m in module.modules())
+    if count == 0:
+        names = sorted({type(m).__name__ for m in module.modules() if type(m).__name__.endswith("Layer")})
+        raise ValueError("MaskFSDPStrategy.layer_classes: no module of the model is one of "
+                         f"{[p.rpartition('.')[2] for p in layer_classes]}; its layer classes: {names}")
+    return count
+
+
 def mask_wrap_policy(layer_classes: Sequence[str] = DEFAULT_LAYER_CLASSES) -> Any:
     """FSDP ``CustomPolicy`` of :func:`mask_wrap_rule`."""
     from torch.distributed.fsdp.wrap import CustomPolicy
@@ -97,10 +112,16 @@ class MaskFSDPStrategy(FSDPStrategy):
     """FSDP for a frozen LALM too large for one device (SALMONN-13B on < 40 GB devices).
 
     Args:
-        layer_classes: import paths of the decoder-layer classes to shard one by one.
+        layer_classes: import paths of the decoder-layer classes to shard one by one (default: those
+            of every adapter's LLM); a model with none of them stops at set-up.
         **kwargs: any ``FSDPStrategy`` argument (sharding_strategy, cpu_offload, state_dict_type, ...).
     """
 
     def __init__(self, layer_classes: list[str] | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("use_orig_params", True)  # frozen and trainable tensors share the root unit
-        super().__init__(auto_wrap_policy=mask_wrap_policy(layer_classes or DEFAULT_LAYER_CLASSES), **kwargs)
+        self.layer_classes = tuple(layer_classes or DEFAULT_LAYER_CLASSES)
+        super().__init__(auto_wrap_policy=mask_wrap_policy(self.layer_classes), **kwargs)
+
+    def setup(self, trainer: Any) -> None:
+        check_wraps_layers(self.lightning_module, self.layer_classes)  # before anything is sharded
+        super().setup(trainer)
