@@ -231,6 +231,20 @@ def test_coco_caption_scores_on_a_tiny_corpus() -> None:
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap's jars need Java")
+def test_a_line_break_inside_a_caption_leaves_every_clip_paired_with_its_own_references() -> None:
+    """The PTB tokenizer ends a line at \\r, \\v, \\f and U+2028 too: such a character in a model's
+    output must not shift the later clips onto other clips' references."""
+    refs = [["A dog is barking."], ["Rain falls on a roof."], ["People are talking"], ["A bell rings"]]
+    preds = ["a dog is barking", "rain falls on a roof", "people are talking", "a bell rings"]
+    clean = caption_mod.coco_caption_item_scores(preds, refs)
+    broken = ["a dog is\rbarking", "rain falls\u2028on a roof", "people\x0bare\x0ctalking", "a bell\r\nrings"]
+    scores = caption_mod.coco_caption_item_scores(broken, refs)
+    for key in ("meteor", "rouge_l", "cider"):
+        assert scores[key][1] == pytest.approx(clean[key][1]) and scores[key][0] == pytest.approx(clean[key][0])
+    assert scores["rouge_l"][1] == pytest.approx([100.0] * 4)
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap's jars need Java")
 def test_a_prepared_caption_test_set_is_scored_against_every_reference(tmp_path) -> None:
     """AudioCaps as ``ahamask data prepare`` writes it (a test clip: its first caption as the target,
     all its captions in ``meta.references``), through the data module and the model's collate, into

@@ -1,7 +1,7 @@
 """Audio-captioning metrics with the COCO caption toolkit (pycocoevalcap).
 
-METEOR (the bundled meteor-1.5 jar), ROUGE-L and CIDEr(-D-free, the toolkit's
-``Cider``), after the toolkit's PTB tokenizer (CoreNLP 3.4.1 jar). Both jars
+METEOR (the bundled meteor-1.5 jar), ROUGE-L and CIDEr-D (the toolkit's ``Cider``:
+clipped n-gram counts, a length penalty, x 10), after the toolkit's PTB tokenizer (CoreNLP 3.4.1 jar). Both jars
 need Java on the PATH and no network. SPICE downloads CoreNLP models at first
 use, so it runs only when asked for (``spice=True``). All scores are the
 toolkit's corpus scores x 100 (CIDEr's raw scale is 0-10, so its x 100 value
@@ -56,10 +56,12 @@ def coco_caption_item_scores(preds: Sequence[str], references: Sequence[Sequence
     keys = ("meteor", "rouge_l", "cider") + (("spice",) if spice else ())
     if not preds:
         return {k: (math.nan, []) for k in keys}
-    # One tokenizer run (one JVM start) for references and predictions together. The
-    # tokenizer keeps one output line per input line, so newlines inside a text must go.
-    captions = {("ref", i): [{"caption": r.replace("\n", " ")} for r in refs] for i, refs in enumerate(references)}
-    captions.update({("hyp", i): [{"caption": p.replace("\n", " ")}] for i, p in enumerate(preds)})
+    # One tokenizer run (one JVM start) for references and predictions together. The tokenizer
+    # keeps one output line per input line and ends a line at \r, \v, \f and U+2028 as well as
+    # \n: one such character in a text would pair every later caption with the wrong clip, so
+    # every whitespace run becomes one space (str.split's whitespace covers them all).
+    captions = {("ref", i): [{"caption": " ".join(r.split())} for r in refs] for i, refs in enumerate(references)}
+    captions.update({("hyp", i): [{"caption": " ".join(p.split())}] for i, p in enumerate(preds)})
     tokens = PTBTokenizer().tokenize(captions)
     gts = {i: tokens[("ref", i)] for i in range(len(preds))}
     res = {i: tokens[("hyp", i)] for i in range(len(preds))}
