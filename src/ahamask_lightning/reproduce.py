@@ -25,7 +25,7 @@ from .paper_tables import PAPER_QWEN, PAPER_SALMONN, RELEASED_MASKS
 
 TINY_TASKS = ("gr", "src", "asv", "asr", "aac", "gr_asr", "json")
 PAPER_TASKS = ("asr", "gr", "ser", "asv", "aac", "s2tt", "osr", "gr_asr", "asr_gr", "json")
-TABLE_METRICS = {"asr": ("wer",), "gr": ("acc", "acc_exact", "answered"), "ser": ("acc",),
+TABLE_METRICS = {"asr": ("wer",), "gr": ("acc", "acc_exact", "answered"), "ser": ("acc", "acc_exact", "answered"),
                  "src": ("acc", "acc_exact", "answered"), "asv": ("acc", "acc_exact", "answered"),
                  "aac": ("meteor", "rouge_l"), "s2tt": ("bleu",), "osr": ("wer",), "gr_asr": ("ifr", "acc", "wer"),
                  "asr_gr": ("ifr", "acc", "wer"), "json": ("ifr", "wer", "acc")}
