@@ -321,7 +321,7 @@ def test_reproduce_tiny_schedule_picks_the_long_yamls(tmp_path, in_repo, monkeyp
     data = tmp_path / "data"
     for split in ("train", "val", "test"):
         (data / "manifests" / split).mkdir(parents=True)
-        for task in ("src", "asv"):
+        for task in reproduce.TINY_TASKS:
             (data / "manifests" / split / f"{task}.jsonl").write_text("")
     used = []
     monkeypatch.setattr(reproduce, "run_table", lambda jobs, out, paper: used.extend(j[2].config for j in jobs) or [])
@@ -333,6 +333,14 @@ def test_reproduce_tiny_schedule_picks_the_long_yamls(tmp_path, in_repo, monkeyp
                     "experiments/src_tiny.yaml", "experiments/asv_tiny.yaml"]
     with pytest.raises(SystemExit):
         reproduce.main(base + ["--schedule", "tiny_short"])
+    # without --tasks: every task that has a YAML for the schedule (the long one has three)
+    used.clear()
+    no_tasks = [a for a in base if a not in ("--tasks", "src,asv")]
+    assert reproduce.main(no_tasks + ["--schedule", "tiny_long"]) == 0
+    assert used == [f"experiments/{t}_tiny_long.yaml" for t in ("gr", "src", "asv")]
+    used.clear()
+    assert reproduce.main(no_tasks) == 0
+    assert used == [f"experiments/{t}_tiny.yaml" for t in reproduce.TINY_TASKS]
 
 
 def test_qwen2audio_transfer_runs_each_mask_on_the_other_variant(tmp_path, in_repo, monkeypatch):

@@ -35,9 +35,12 @@ QUICK_ABLATIONS = ("--steps", "120", "--test-batches", "2", "--set", "model.init
 QWEN_ENV = {"instruct": "AHAMASK_QWEN2AUDIO_INSTRUCT", "base": "AHAMASK_QWEN2AUDIO_BASE"}
 
 
+def config_candidates(task: str, family: str) -> tuple[Path, Path]:
+    return Path("experiments") / f"{task}_{family}.yaml", Path("experiments") / family / f"{task}_{family}.yaml"
+
+
 def config_path(task: str, family: str) -> str:
-    for candidate in (Path("experiments") / f"{task}_{family}.yaml", Path("experiments") / family /
-                      f"{task}_{family}.yaml"):
+    for candidate in config_candidates(task, family):
         if candidate.is_file():
             return str(candidate)
     raise FileNotFoundError(f"no experiment YAML for task {task!r} and model {family!r} (experiments/{task}_{family}.yaml)")
@@ -142,6 +145,8 @@ def run_table(jobs: list[tuple[str, str, ab.Runner, Path | None]], out: Path, pa
 
 
 def cmd_tiny(args: argparse.Namespace) -> int:
+    if args.tasks is None:  # the probe schedule has YAMLs for some tasks only
+        args.tasks = [t for t in TINY_TASKS if any(Path(c).is_file() for c in config_candidates(t, args.schedule))]
     ckpt = Path(args.checkpoint)
     missing = [] if (ckpt / "model.safetensors").is_file() else [f"{ckpt}/model.safetensors (make testbed RECIPE=6x8)"]
     missing += [str(p) for t in args.tasks for p in (args.data / "manifests" / s / f"{t}.jsonl"
@@ -315,6 +320,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--schedule", choices=("tiny", "tiny_long"), default="tiny",
                    help="mask YAMLs: <task>_tiny.yaml (lr 0.1, tau over 600 steps) or <task>_tiny_long.yaml "
                         "(the mechanism probe's: lr 1e-2 after 500 warm-up steps, tau over 3000)")
+    s.set_defaults(tasks=None)  # every task of TINY_TASKS with a YAML for --schedule
     s = add("table1", PAPER_TASKS, None, None)
     given = s.add_mutually_exclusive_group()
     given.add_argument("--released", action="store_true",
