@@ -11,7 +11,8 @@ RUNS ?= runs
         reproduce-ablations figures bench bench-smoke clean
 
 help: ## list these targets
-	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/; s|$$(DATA)|$(DATA)|g; s|$$(RUNS)|$(RUNS)|g'
+	@echo "(DATA=$(DATA) RUNS=$(RUNS) TESTBED=$(TESTBED): override any of them, e.g. make demo TESTBED=checkpoints/tiny_lalm)"
 
 $(BIN)/ahamask: pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -32,8 +33,10 @@ $(DATA)/summary.json:
 
 tiny-data: install $(DATA)/summary.json ## synthesise the SynthSpeech corpus into $(DATA) (espeak-ng + sox)
 
-reproduce-tiny: tiny-data ## the AHAMask table on TinyLALM (4 conditions x tasks), Markdown + CSV + Jaccard map
-	$(BIN)/python -m ahamask_lightning.reproduce tiny --data $(DATA) --checkpoint $(TESTBED) --out $(RUNS)/reproduce_tiny
+REPRODUCE_ARGS ?=
+reproduce-tiny: tiny-data ## the AHAMask table on TinyLALM (4 conditions x tasks; REPRODUCE_ARGS="--tasks gr,asr" etc.)
+	$(BIN)/python -m ahamask_lightning.reproduce tiny --data $(DATA) --checkpoint $(TESTBED) --out $(RUNS)/reproduce_tiny \
+		$(REPRODUCE_ARGS)
 
 reproduce-table1: install ## SALMONN-13B Table 1 (needs the released weights; says which paths are missing)
 	$(BIN)/python -m ahamask_lightning.reproduce table1 --out $(RUNS)/table1

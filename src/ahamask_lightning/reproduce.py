@@ -309,12 +309,13 @@ def parser() -> argparse.ArgumentParser:
         if tasks:
             s.add_argument("--tasks", type=_csv(str), default=list(tasks))
         s.add_argument("--steps", type=int, default=steps, help="mask training steps (default: the YAML's)")
-        s.add_argument("--test-batches", type=int, default=test_batches, help="test batches per loader")
+        s.add_argument("--test-batches", type=int, default=test_batches,
+                       help=f"test batches per loader (default: {test_batches or 'all'})")
         s.add_argument("--set", nargs=2, action="append", metavar=("KEY", "VALUE"),
                        help="any CLI override for every run, e.g. --set data.init_args.batch_size 4")
         return s
 
-    s = add("tiny", TINY_TASKS, 600, 10)
+    s = add("tiny", TINY_TASKS, None, 6)  # the YAMLs' 1000 steps; 6 x 16 = 96 test samples per task
     s.add_argument("--data", type=Path, default=Path("data/synth"))
     s.add_argument("--checkpoint", default="checkpoints/tiny_lalm_8x16g")
     s.add_argument("--schedule", choices=("tiny", "tiny_long"), default="tiny",

@@ -146,3 +146,19 @@ def test_mask_files_are_safetensors(reference):
         with safe_open(str(path), framework="pt") as f:
             assert list(f.keys()) == ["logits"] and f.metadata()["model_id"] == "qwen2-audio-tiny-instruct"
         assert path.read_bytes()[:2] != b"\x80\x02" and not path.read_bytes().startswith(b"PK")  # no pickle / zip
+
+
+@pytest.mark.parametrize("method", ["fit", "validate", "test", "predict"])
+def test_weights_only_is_described_as_refused_and_still_passed_on(method, capsys):
+    """Lightning's help for ``--weights_only`` advises false, which this CLI refuses: the help says
+    what happens, and the value (made True before the run) still reaches the Trainer method."""
+    from lightning.pytorch import Trainer
+
+    from ahamask_lightning.cli.lightning import OneLineErrorParser
+
+    parser = OneLineErrorParser()
+    assert "weights_only" in parser.add_method_arguments(Trainer, method)
+    parser.print_help()
+    text = " ".join(capsys.readouterr().out.split())
+    assert "always read with weights_only=True" in text and "false is refused" in text
+    assert "use ``weights_only=False``" not in text

@@ -22,13 +22,14 @@ and one progress line every few steps otherwise.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Optional
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
@@ -103,6 +104,20 @@ class OneLineErrorParser(LightningArgumentParser):
             text = f"{flags[0]}: {text}" if flags else text
         print(f"ahamask: config error: {text}", file=sys.stderr)
         sys.exit(2)
+
+    def add_method_arguments(self, class_type: type, method_name: str, *args: Any,
+                             skip: set[str | int] | None = None, **kwargs: Any) -> list[str]:
+        """The Trainer method's arguments, with ``--weights_only`` described as this CLI treats it
+        (Lightning's own help advises ``False``, which is refused here)."""
+        takes_it = "weights_only" in inspect.signature(getattr(class_type, method_name)).parameters
+        added = super().add_method_arguments(class_type, method_name, *args,
+                                             skip={*(skip or ()), "weights_only"}, **kwargs)
+        if not takes_it:
+            return added
+        self.add_argument("--weights_only", type=Optional[bool], default=None,
+                          help="checkpoints are always read with weights_only=True (tensors and plain values "
+                               "only); false is refused")
+        return [*added, "weights_only"]  # still passed on to the Trainer method (as True)
 
 
 EVAL_STAGES = {"test": "test", "validate": "val"}  # subcommand -> the stage its metric keys carry
