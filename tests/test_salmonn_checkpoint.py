@@ -113,6 +113,10 @@ def test_check_checkpoint_and_cli(ckpt_13b: Path, tmp_path: Path, capsys: pytest
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 3 and any(proj in line and "[5120, 768]" in line for line in out)
     assert check_checkpoint("salmonn-13b", tmp_path / "absent.pth") == ["file not found"]
+    from ahamask_lightning.cli.main import main as ahamask
+
+    assert ahamask(["model", "check-checkpoint", "--model", "salmonn-13b", "--ckpt", str(tmp_path / "absent.pth")]) == 2
+    assert capsys.readouterr().err == f"ahamask: error: --ckpt {tmp_path / 'absent.pth'}: file not found\n"
     (tmp_path / "mask.pth").write_bytes(b"not a pickle, e.g. a safetensors file")  # one line, no unsafe advice
     assert check_checkpoint("salmonn-13b", tmp_path / "mask.pth") == [
         "unreadable: not a PyTorch checkpoint that loads with weights_only=True"]

@@ -20,25 +20,37 @@ def mask_labels(paths: list[str]) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="mask_cmd", required=True)
-    p = sub.add_parser("info", help="shape and active heads per layer")
-    p.add_argument("mask")
-    p = sub.add_parser("jaccard", help="pairwise Jaccard matrix of masks")
-    p.add_argument("masks", nargs="+")
-    p.add_argument("--plot", help="write a heat map PNG")
-    p = sub.add_parser("combine", help="intersection or union of masks")
-    p.add_argument("--op", choices=["and", "or"], required=True)
-    p.add_argument("masks", nargs="+")
-    p.add_argument("-o", "--out", required=True)
-    p = sub.add_parser("random", help="random mask with the same number of active heads")
-    p.add_argument("--like", required=True)
-    p.add_argument("--seed", type=int, default=0)
+
+    def command(name: str, text: str, example: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, epilog=f"example:\n  {example}",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    released = "masks/salmonn-13b"
+    p = command("info", "shape, active heads (in all and per layer) and metadata of a mask file",
+                f"ahamask mask info {released}/asr_librispeech.safetensors")
+    p.add_argument("mask", help="a mask .safetensors file")
+    p = command("jaccard", "pairwise Jaccard similarity of the active heads of masks of one model",
+                f"ahamask mask jaccard {released}/*.safetensors --plot jaccard.png")
+    p.add_argument("masks", nargs="+", help="mask .safetensors files of the same shape")
+    p.add_argument("--plot", help="also write the matrix as a heat map image (.png unless another suffix is given)")
+    p = command("combine", "the heads on in every mask (and) or in any of them (or), as a new mask file",
+                f"ahamask mask combine --op and {released}/asr_librispeech.safetensors "
+                f"{released}/gender_librispeech.safetensors -o asr_and_gr.safetensors")
+    p.add_argument("--op", choices=["and", "or"], required=True, help="and: intersection; or: union")
+    p.add_argument("masks", nargs="+", help="mask .safetensors files of the same shape")
+    p.add_argument("-o", "--out", required=True, help="the mask file to write")
+    p = command("random", "a random mask of the same shape and number of active heads (the paper's baseline)",
+                f"ahamask mask random --like {released}/gender_librispeech.safetensors --seed 0 -o random_gr.safetensors")
+    p.add_argument("--like", required=True, help="mask whose shape and active-head count to match")
+    p.add_argument("--seed", type=int, default=0, help="random seed, recorded in the file (default: 0)")
     p.add_argument("--active", type=int, help="number of active heads (default: as --like)")
-    p.add_argument("-o", "--out", required=True)
-    p = sub.add_parser("import-official", help="convert a released SALMONN-AHAMask checkpoint")
-    p.add_argument("pth")
-    p.add_argument("--layers", type=int, required=True)
-    p.add_argument("--heads", type=int, required=True)
-    p.add_argument("-o", "--out", required=True)
+    p.add_argument("-o", "--out", required=True, help="the mask file to write")
+    p = command("import-official", "convert a checkpoint of the released AHAMask training code (.pth) to a mask file",
+                "ahamask mask import-official gender_librispeech.pth --layers 40 --heads 40 -o gr.safetensors")
+    p.add_argument("pth", help="the released checkpoint (its mask logits, with one extra FFN slot per layer)")
+    p.add_argument("--layers", type=int, required=True, help="LLM layers of the model (SALMONN-13B: 40)")
+    p.add_argument("--heads", type=int, required=True, help="attention heads per layer (SALMONN-13B: 40)")
+    p.add_argument("-o", "--out", required=True, help="the mask file to write")
 
 
 def run(args: argparse.Namespace) -> int:

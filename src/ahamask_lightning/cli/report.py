@@ -9,7 +9,7 @@ from ..analysis.report import collect, to_csv, to_markdown
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", help="directories holding test_metrics.json")
-    parser.add_argument("--format", choices=["md", "csv"], default="md")
+    parser.add_argument("--format", choices=["md", "csv"], default="md", help="Markdown table or CSV (default: md)")
     parser.add_argument("-o", "--out", help="write to this file instead of printing")
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .checkpoint import MODEL_VARIANTS, check_checkpoint, read_checkpoint
 
@@ -13,7 +14,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print ``OK: N keys match`` or one line per problem; exit code 1 on problems."""
+    """Print ``OK: N keys match`` or one line per problem; exit code 1 on problems. A file that is
+    not there is an error of the command line, as in every other command."""
+    if not Path(args.ckpt).is_file():
+        raise FileNotFoundError(f"--ckpt {args.ckpt}: " + ("is a directory; expected the checkpoint file"
+                                                           if Path(args.ckpt).is_dir() else "file not found"))
     problems = check_checkpoint(args.model, args.ckpt)
     if problems:
         for line in problems:
