@@ -2,7 +2,6 @@
 description, and every subcommand's own ``--help`` ends with its example."""
 from __future__ import annotations
 
-
 import pytest
 
 from ahamask_lightning.cli import main as cli_main
