@@ -136,16 +136,19 @@ class CutWriter:
             self._writers[key] = CutSet.open_writer(path, overwrite=True)
         return self._writers[key]
 
-    def recording(self, split: str, id: str, path: str | os.PathLike,
-                  recording_id: str | None = None) -> Recording | None:
+    def recording(self, split: str, id: str, path: str | os.PathLike, recording_id: str | None = None,
+                  samples: Iterable[str] | None = None) -> Recording | None:
         """The file's Recording, or None after recording the skip: ``missing_audio`` (no such file)
-        or ``unreadable_audio`` (no audio backend reads its header)."""
+        or ``unreadable_audio`` (no audio backend reads its header). ``samples``: the ids of every
+        sample the file holds (default: ``id``), each recorded as skipped."""
         if not str(path) or not os.path.isfile(path):
-            self.skip(split, id, "missing_audio")
-            return None
-        recording = read_recording(path, recording_id=recording_id or id)
+            reason, recording = "missing_audio", None
+        else:
+            recording = read_recording(path, recording_id=recording_id or id)
+            reason = "unreadable_audio"
         if recording is None:
-            self.skip(split, id, "unreadable_audio")
+            for sample in [id] if samples is None else samples:
+                self.skip(split, sample, reason)
         return recording
 
     def skip(self, split: str, id: str, reason: str, task: str | None = None) -> None:
@@ -209,9 +212,13 @@ def make_cut(id: str, task: str, recording: Recording, text: str, *, start: floa
 
 def read_recording(path: str | os.PathLike, recording_id: str | None = None) -> Recording | None:
     """``Recording.from_file``, or None for a file whose header no audio backend can read."""
+    import soundfile
+
     try:
         return Recording.from_file(os.path.abspath(path), recording_id=recording_id)
     except AudioLoadingError:  # raised once every audio backend has failed on the file
+        return None
+    except soundfile.SoundFileError:  # under one forced backend (audio_backend(...)) its own error comes through
         return None
 
 

@@ -110,6 +110,7 @@ def test_make_help_lists_every_target() -> None:
     shown = subprocess.run(
         # under `make test` the nested make would print "Entering directory" lines
         ["make", "--no-print-directory", "help"], cwd=REPO, capture_output=True, text=True, timeout=60, check=True).stdout
-    listed = {line.split("\t")[0].strip() for line in shown.splitlines() if line.strip()}
+    listed = {line.split("\t")[0].strip() for line in shown.splitlines() if "\t" in line}
     assert set(phony) == listed
+    assert "$(" not in shown and "DATA=data/synth RUNS=runs TESTBED=checkpoints/tiny_lalm_8x16g" in shown
     assert {"install", "demo", "test", "testbed", "reproduce-tiny", "figures", "bench"} <= listed

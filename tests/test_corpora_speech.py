@@ -123,14 +123,23 @@ def test_tedlium(tmp_path, release, split_dir):
     assert expected["gr"]["AlGore_2009_0000050_0000225"] == "Male"
 
 
-def test_tedlium_unmatched_talks_stop_with_one_line(tmp_path):
+def test_tedlium_skips_and_counts_a_talk_whose_sph_is_missing_or_unreadable(tmp_path):
+    """Lhotse's recipe stops the whole preparation at a corrupt .sph (and at a split whose .sph and
+    .stm counts differ); here such a talk's segments are skipped and counted, the others written."""
     d = tmp_path / "legacy" / "dev"
-    write_text(d / "stm" / "A_2001.stm", "A_2001 1 A_2001 0.00 0.50 <o,f0,male> hi\n")
-    write_text(d / "stm" / "B_2002.stm", "B_2002 1 B_2002 0.00 0.50 <o,f0,male> hi\n")
+    two = "{t} 1 {t} 0.00 0.50 <o,f0,male> hi\n{t} 1 {t} 0.50 0.90 <o,f0,female> there\n"
+    for talk in ("A_2001", "B_2002", "C_2003"):
+        write_text(d / "stm" / f"{talk}.stm", two.format(t=talk))
     write_audio(d / "sph" / "A_2001.sph", 1.0, fmt="NIST")
-    with pytest.raises(ValueError, match=r"unmatched: B_2002$") as err:
-        prepare("tedlium", tmp_path, tmp_path / "out")
-    assert "\n" not in str(err.value)
+    write_audio(d / "sph" / "C_2003.sph", 1.0, fmt="NIST")
+    (d / "sph" / "C_2003.sph").write_bytes((d / "sph" / "C_2003.sph").read_bytes()[:100])  # cut short
+    summary = prepare("tedlium", tmp_path, tmp_path / "out")
+    assert summary["counts"] == {"dev": {"asr": 2, "gr": 2}}
+    assert summary["skipped"] == {"missing_audio": 2, "unreadable_audio": 2}
+    skipped = [json.loads(line) for line in (tmp_path / "out" / "skipped.jsonl").read_text().splitlines()]
+    assert sorted((s["id"], s["reason"]) for s in skipped) == [
+        ("B_2002_0000000_0000050", "missing_audio"), ("B_2002_0000050_0000090", "missing_audio"),
+        ("C_2003_0000000_0000050", "unreadable_audio"), ("C_2003_0000050_0000090", "unreadable_audio")]
 
 
 CV_HEADER = "client_id\tpath\tsentence_id\tsentence\tsentence_domain\tup_votes\tdown_votes\tage\tgender\taccents\t" \
