@@ -95,6 +95,20 @@ def test_mixed_mask_batch_equals_mask_by_mask(clips, tmp_path, in_repo):
     assert len({r["text"] for r in mixed}) > len(audio)  # the masks really differ in the batch
 
 
+def test_a_clips_text_does_not_depend_on_its_batch(clips, in_repo):
+    """Batch size 1 and one batch of every clip give each clip the same text (so --prune, which
+    groups clips per mask, gives the gated text at any --batch-size)."""
+    from ahamask_lightning.serving import build_adapter, infer, load_clips, load_masks, model_spec
+
+    adapter = build_adapter(model_spec("tiny"))
+    masks = load_masks(["all-on"], (8, 16))
+    audio = load_clips(clips, None, adapter)
+    gen = {"max_new_tokens": 12}
+    one_by_one = infer(adapter, masks, audio, batch_size=1, generation=gen)
+    together = infer(adapter, masks, audio, batch_size=len(audio), generation=gen)
+    assert [r["text"] for r in together] == [r["text"] for r in one_by_one]
+
+
 def test_weights_and_manifest_pick_the_6x8_testbed(clips, tmp_path, in_repo, capsys):
     mask = _mask_file(tmp_path / "small.safetensors", (6, 8), 20, seed=1)
     manifest = Path(clips[0]).parent / "clips.jsonl"  # beside the audio: paths relative to it

@@ -71,6 +71,22 @@ def test_batched_left_padded_generation_equals_one_by_one():
     assert len(set(alone)) > 1  # the inputs matter
 
 
+@pytest.mark.parametrize("samples", [16000, 16640, 16960, 17920, 18240])
+def test_a_clips_audio_tokens_do_not_depend_on_the_clips_padded_beside_it(samples):
+    """The second stride-2 convolution's last window reads one position past the first one's
+    output: that position must be zero in a padded batch, as it is for the clip alone (whatever the
+    parity of the clip's length)."""
+    m = TinyLALM(checkpoint=str(REPO / "checkpoints" / "tiny_lalm_8x16g"))
+    gen = torch.Generator().manual_seed(samples)
+    clip, longer = (m.frontend(torch.randn(n, generator=gen) * 0.1) for n in (samples, 64000))
+    alone, n_alone = m.audio_encoder(clip[None], torch.tensor([clip.shape[0]]))
+    padded = torch.nn.utils.rnn.pad_sequence([clip, longer], batch_first=True)
+    both, n_both = m.audio_encoder(padded, torch.tensor([clip.shape[0], longer.shape[0]]))
+    k = int(n_alone[0])
+    assert int(n_both[0]) == k
+    torch.testing.assert_close(both[0, :k], alone[0, :k], atol=1e-3, rtol=1e-3)
+
+
 def test_loss_only_on_target_tokens():
     m = _model()
     batch = m.collate([torch.randn(12000) * 0.1, torch.randn(16000) * 0.1], [None, "what"], ["the cat", "a dog ran"])

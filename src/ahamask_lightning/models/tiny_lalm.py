@@ -112,11 +112,15 @@ class AudioEncoder(nn.Module):
 
     def encode(self, feats: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Log-mel [B, T, n_mels] -> (encoder states, convolution features) [B, T/4, d], lengths."""
-        conv = self.conv(feats.transpose(1, 2)).transpose(1, 2)  # [B, T/4, d]
+        # The first convolution's output past a clip's length must be zero, as its own padding is when
+        # the clip is alone: the second convolution's last window reads one position past it, so a
+        # clip's features would otherwise depend on the longer clips padded beside it.
+        half = self.conv[1](self.conv[0](feats.transpose(1, 2)))  # [B, d, T/2]
+        half_lens = (lens - 1) // 2 + 1
+        past = torch.arange(half.shape[-1], device=half.device)[None] >= half_lens[:, None]
+        conv = self.conv[3](self.conv[2](half.masked_fill(past[:, None], 0.0))).transpose(1, 2)  # [B, T/4, d]
         t = conv.shape[1]
-        enc_lens = lens
-        for _ in range(2):
-            enc_lens = (enc_lens - 1) // 2 + 1
+        enc_lens = (half_lens - 1) // 2 + 1
         pad = torch.arange(t, device=conv.device)[None] >= enc_lens[:, None]
         x = self.norm(self.encoder(conv + self.pos[:t].to(conv.dtype), src_key_padding_mask=pad))
         return x, conv, enc_lens
