@@ -373,6 +373,11 @@ def test_module_prune_option_decodes_like_the_gate_and_leaves_the_model_as_it_wa
         pruned.head_mask.logits[1, 0] = 4.0  # the mask moved (e.g. validation during a fit): rebuilt
     pruned._generate(batch)
     assert [b.q_proj.out_features for b in pruned.pruned_eval.blocks] == [2 * 8, 2 * 8]
+    with torch.no_grad():
+        gated.head_mask.logits[1, 0] = 4.0
+    pruned.to(torch.float64), gated.to(torch.float64)  # the copies are no submodules: rebuilt in float64
+    batch = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
+    assert pruned._generate(batch) == gated._generate(batch)
     assert pruned.describe_run()["pruned"] is True and "pruned" not in gated.describe_run()
     with pytest.raises(ValueError, match="prune: needs a binary mask"):
         AHAMaskModule(copy.deepcopy(adapter), estimator="sigmoid", prune=True)

@@ -310,24 +310,32 @@ def use_blocks(adapter: nn.Module, blocks: Sequence[nn.Module]) -> Iterator[None
 
 
 class PrunedEval:
-    """The pruned attention blocks of one evaluation mask, rebuilt only when the mask changes.
+    """The pruned attention blocks of one evaluation mask, rebuilt only when the mask or the
+    adapter's device or dtype changes.
 
     Not an ``nn.Module``: the copies are an inference cache, kept out of ``state_dict`` and
-    checkpoints, built on whatever device the adapter is on when they are first needed.
+    checkpoints (so ``module.to(...)`` does not reach them: they are rebuilt where the adapter
+    then is), built on whatever device the adapter is on when they are first needed.
     """
 
     def __init__(self, adapter: nn.Module) -> None:
         self.adapter = adapter
         self.mask: torch.Tensor | None = None
+        self.placement: tuple[torch.device, torch.dtype] | None = None
         self.blocks: list[nn.Module] = []
         self.report: PruneReport | None = None
+
+    def _placement(self) -> tuple[torch.device, torch.dtype]:
+        weight = find_o_proj(next(iter(self.adapter.gated_attentions()))).weight
+        return weight.device, weight.dtype
 
     @contextmanager
     def use(self, mask: torch.Tensor) -> Iterator[None]:
         mask = (mask.detach().float() > 0.5).float().cpu()
-        if self.mask is None or not torch.equal(self.mask, mask):
-            self.blocks = []  # free the previous mask's copies before building the next
+        placement = self._placement()
+        if self.mask is None or not torch.equal(self.mask, mask) or placement != self.placement:
+            self.blocks = []  # free the previous copies before building the next
             self.blocks, self.report = pruned_copies(self.adapter, mask)
-            self.mask = mask
+            self.mask, self.placement = mask, placement
         with use_blocks(self.adapter, self.blocks):
             yield
