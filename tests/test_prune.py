@@ -244,6 +244,8 @@ def test_prune_cli_on_full_size_meta(tmp_path, capsys):
     logits[2] = -4.0  # layer 2: every head off
     path = tmp_path / "m.safetensors"
     save_mask(path, logits, model_id="voxtral-mini-3b")
+    assert ahamask(["prune", "--model", "voxtral-mini-3b", "--mask", str(path), "--mask", str(path)]) == 2
+    assert "--mask: given 2 times; a pruned model holds one mask" in capsys.readouterr().err
     assert ahamask(["prune", "--model", "voxtral-mini-3b", "--mask", str(path)]) == 0
     out = capsys.readouterr().out
     assert "layer 0: removed 4 of 32 query heads, 1 of 8 KV groups" in out

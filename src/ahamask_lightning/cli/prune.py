@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="a full-size model name (see `ahamask model heads`), or 'tiny' (TinyLALM)")
     parser.add_argument("--weights", help="with --model tiny or --config: the checkpoint directory to load")
     parser.add_argument("--config", help="experiment YAML: build the adapter its model.init_args.model describes")
-    parser.add_argument("--mask", required=True, help="mask file (.safetensors) of that model")
+    parser.add_argument("--mask", required=True, action="append",
+                        help="mask file (.safetensors) of that model (one: a pruned model holds one mask)")
     parser.add_argument("--out", help="write the pruned model to this directory (not with a full-size meta model)")
     parser.add_argument("--summary", action="store_true", help="print the totals only, not every layer")
 
@@ -34,6 +35,11 @@ def _print(title: str, lines: list[str], n_layers: int, summary: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..masking import load_mask
     from ..models.full_size import FULL_SIZE
+
+    if len(args.mask) > 1:  # silently taking the last one would prune by a mask the user may not mean
+        raise ValueError(f"--mask: given {len(args.mask)} times; a pruned model holds one mask: run "
+                         "`ahamask prune` once per mask (`ahamask infer --prune` takes several)")
+    args.mask = args.mask[0]
 
     if args.config is None and args.model in FULL_SIZE:
         if args.out or args.weights:
