@@ -136,6 +136,30 @@ def test_granite_gate_sees_the_lora_adapted_attention():
     assert (gated - _logits(ref, batch)).abs().max() > 1e-4
 
 
+def test_granite_speech_logits_are_the_granite_llms():
+    """Granite divides its LM head's output by ``logits_scaling``; the Granite Speech model of the
+    installed transformers does not, so the adapter does: its logits equal ``GraniteForCausalLM``'s
+    on the same weights (a transformers release that scales by itself would make them 8x smaller)."""
+    from transformers import GraniteForCausalLM, GraniteSpeechForConditionalGeneration
+
+    from ahamask_lightning.models.granite_speech import restore_logits_scaling, tiny_config, tiny_processor
+
+    cfg = tiny_config(tiny_processor())
+    cfg.text_config.logits_scaling = 8.0
+    torch.manual_seed(0)
+    speech = GraniteSpeechForConditionalGeneration(cfg).eval()
+    llm = GraniteForCausalLM(cfg.text_config).eval()
+    llm.model.load_state_dict(speech.model.language_model.state_dict())
+    llm.lm_head.load_state_dict(speech.lm_head.state_dict())
+    ids = torch.tensor([[5, 9, 17, 30, 41]])
+    with torch.no_grad():
+        reference, unscaled = llm(ids).logits, speech(input_ids=ids).logits
+        restore_logits_scaling(speech)
+        scaled = speech(input_ids=ids).logits
+    torch.testing.assert_close(scaled, reference)
+    assert not torch.allclose(unscaled, reference)
+
+
 @pytest.mark.parametrize("key", list(ADAPTERS))
 def test_only_llm_attention_is_gated(key):
     adapter = _tiny(key)
