@@ -160,6 +160,21 @@ def test_granite_speech_logits_are_the_granite_llms():
     assert not torch.allclose(unscaled, reference)
 
 
+@pytest.mark.parametrize("key", ["qwen2_5_omni", "voxtral", "audio_flamingo3"])
+def test_collate_cuts_audio_longer_than_its_window(key):
+    """The Whisper-window models: a clip longer than ``max_seconds`` given to ``collate`` directly
+    (not through the data layer) gives one window, not extra ones that beam search would mix up
+    (Granite's conformer has no window: it takes long audio whole)."""
+    adapter = _tiny(key)
+    sr = adapter.sample_rate
+    long, short = torch.randn(int((adapter.max_seconds + 1.5) * sr)) * 0.1, torch.randn(sr) * 0.1
+    batch = adapter.collate([long, short], [None, None])
+    cut = adapter.collate([long[: int(adapter.max_seconds * sr)], short], [None, None])
+    assert batch.keys() == cut.keys()
+    for name, value in batch.items():
+        assert torch.equal(value, cut[name]) if torch.is_tensor(value) else value == cut[name], name
+
+
 @pytest.mark.parametrize("key", list(ADAPTERS))
 def test_only_llm_attention_is_gated(key):
     adapter = _tiny(key)

@@ -125,7 +125,10 @@ class AudioFlamingo3Adapter(ChatLALMAdapter):
     def collate(self, audios: Sequence[torch.Tensor], instructions: Sequence[str | None],
                 targets: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         prompts = [TEMPLATE.replace("{text}", ins or "") for ins in instructions]
-        waves = [np.asarray(a, dtype=np.float32) for a in audios]
+        # cut here too, not only in the data layer: the processor splits longer audio into more
+        # windows than samples, and generate's beam expansion would then mix up the windows
+        keep = int(self.max_seconds * self.sample_rate)
+        waves = [np.asarray(a, dtype=np.float32)[:keep] for a in audios]
         enc = self.processor(text=prompts, audio=waves, sampling_rate=self.sample_rate)
         return self.pack(unpad(enc["input_ids"], enc["attention_mask"]), targets, waves,
                          input_features=enc["input_features"], input_features_mask=enc["input_features_mask"])
