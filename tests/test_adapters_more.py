@@ -160,6 +160,15 @@ def test_granite_speech_logits_are_the_granite_llms():
     assert not torch.allclose(unscaled, reference)
 
 
+@pytest.mark.parametrize("heads", [2, 4, 8])
+def test_tiny_qwen2_5_omni_runs_with_any_head_count(heads):
+    """The tiny thinker's rotary sections add up to head_dim / 2 for any head count."""
+    torch.manual_seed(0)
+    adapter = models.Qwen2_5OmniAdapter(tiny=True, tiny_heads=heads, tiny_kv_heads=2).freeze()
+    assert sum(adapter.model.config.get_text_config().rope_parameters["mrope_section"]) == 64 // heads // 2
+    assert torch.isfinite(adapter.loss(adapter.collate(_audios()[:1], [None], ["hello"])))
+
+
 @pytest.mark.parametrize("key", ["qwen2_5_omni", "voxtral", "audio_flamingo3"])
 def test_collate_cuts_audio_longer_than_its_window(key):
     """The Whisper-window models: a clip longer than ``max_seconds`` given to ``collate`` directly

@@ -92,7 +92,9 @@ def tiny_config(tokenizer: PreTrainedTokenizerBase, layers: int = 2, heads: int 
 
     ids = tokenizer.convert_tokens_to_ids
     head_dim = hidden // heads
-    section = [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]  # the real split 16/24/24 of 64, scaled
+    # the real split 16/24/24 of 64 = head_dim / 2, scaled; the sections must add up to head_dim / 2
+    half = head_dim // 2
+    section = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
     rope = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": section}
     return Qwen2_5OmniThinkerConfig(
         audio_config={"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
