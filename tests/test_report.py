@@ -59,8 +59,9 @@ def test_records_on_disk_name_files_by_absolute_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "fit").mkdir()
     (tmp_path / "fit" / "mask.safetensors").write_bytes(b"")
+    (tmp_path / "src").mkdir()  # the repository root holds src/, and SRC is a task
     record = {"mask": "fit/mask.safetensors", "rows": [{"mask": "fit/mask.safetensors", "metric": 1.0}],
-              "label": "gr", "prompt": "none"}
+              "label": "src", "task": "src", "prompt": "none"}
     assert absolute_paths(record) == {"mask": str(tmp_path / "fit" / "mask.safetensors"),
                                       "rows": [{"mask": str(tmp_path / "fit" / "mask.safetensors"), "metric": 1.0}],
-                                      "label": "gr", "prompt": "none"}  # words that are no file stay
+                                      "label": "src", "task": "src", "prompt": "none"}  # no path keys: they stay

@@ -59,13 +59,20 @@ def read_results(path: Path) -> dict:
     return record
 
 
-def absolute_paths(value: Any) -> Any:
-    """``value`` (JSON-like) with every relative path that exists here made absolute: records written
-    to disk (a pruned model's spec, a study's summary) are read later from other directories."""
+# Keys whose values are file or folder paths in the records written to disk: study summaries
+# ("mask", "config") and a pruned model's adapter spec (its weight paths and feature cache).
+PATH_KEYS = frozenset({"mask", "config", "checkpoint", "pretrained", "whisper_path", "beats_path", "llm_path",
+                       "ckpt_path", "feature_cache"})
+
+
+def absolute_paths(value: Any, key: str | None = None) -> Any:
+    """``value`` (JSON-like) with every relative path under one of ``PATH_KEYS`` that exists here made
+    absolute: records written to disk (a pruned model's spec, a study's summary) are read later from
+    other directories. Only those keys: a task named ``src`` run in the repository root is no path."""
     if isinstance(value, dict):
-        return {k: absolute_paths(v) for k, v in value.items()}
+        return {k: absolute_paths(v, k) for k, v in value.items()}
     if isinstance(value, list):
-        return [absolute_paths(v) for v in value]
-    if isinstance(value, str) and value and not os.path.isabs(value) and os.path.exists(value):
+        return [absolute_paths(v, key) for v in value]
+    if key in PATH_KEYS and isinstance(value, str) and value and not os.path.isabs(value) and os.path.exists(value):
         return os.path.abspath(value)
     return value
