@@ -7,12 +7,20 @@ from __future__ import annotations
 import json
 
 import pytest
+from corpus_helpers import (
+    SR,
+    cut_targets,
+    fake_covost,
+    fake_librispeech,
+    read_cuts,
+    write_audio,
+    write_covost_tsv,
+    write_text,
+)
 
 from ahamask_lightning.tasks import format_label, get_task
 from ahamask_lightning.tasks.parsing import BAR
 from data_modules.prepare import CORPORA, prepare
-from corpus_helpers import (SR, cut_targets, fake_covost, fake_librispeech, read_cuts, write_audio, write_covost_tsv,
-                            write_text)
 
 
 def test_iemocap(tmp_path):

@@ -10,11 +10,19 @@ from contextlib import nullcontext
 import numpy as np
 import pytest
 import soundfile as sf
+from corpus_helpers import (
+    LIBRISPEECH_GENDERS,
+    SR,
+    cut_targets,
+    fake_librispeech,
+    read_cuts,
+    write_audio,
+    write_text,
+)
 from lhotse.audio import audio_backend
 
 from ahamask_lightning.tasks import composite_target, get_task
 from data_modules.prepare import add_arguments, prepare, run
-from corpus_helpers import LIBRISPEECH_GENDERS, SR, cut_targets, fake_librispeech, read_cuts, write_audio, write_text
 
 
 def _expected_librispeech(utts: dict[str, dict], subsets: set[str]) -> dict[str, dict[str, str]]:

@@ -6,11 +6,11 @@ import argparse
 from pathlib import Path
 
 import pytest
+from corpus_helpers import SR, cut_targets, read_cuts, write_audio, write_text
 from lhotse import MonoCut, Recording
 
 from data_modules import voxceleb
 from data_modules.prepare import add_arguments, prepare, run
-from corpus_helpers import SR, cut_targets, read_cuts, write_audio, write_text
 
 
 def test_voxceleb(tmp_path):

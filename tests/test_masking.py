@@ -9,8 +9,15 @@ import pytest
 import torch
 
 from ahamask_lightning.cli.main import main as ahamask
-from ahamask_lightning.masking import (HeadMask, MaskFileError, import_official, load_mask, save_mask, soft_sample,
-                                       straight_through)
+from ahamask_lightning.masking import (
+    HeadMask,
+    MaskFileError,
+    import_official,
+    load_mask,
+    save_mask,
+    soft_sample,
+    straight_through,
+)
 
 OFFICIAL = Path(__file__).resolve().parents[1] / "../shared/reference/official_masks"
 needs_official = pytest.mark.skipif(not OFFICIAL.is_dir(), reason="shared/reference not beside the checkout")
