@@ -61,6 +61,22 @@ def test_cached_epochs_give_the_same_loss_and_gradients(build, tmp_path):
     assert not list(cache_dir.rglob("*.tmp"))  # written atomically: no temporary file left
 
 
+@pytest.mark.parametrize("build", [_qwen, _tiny], ids=["qwen2_audio", "tiny_lalm"])
+def test_an_entry_written_under_mixed_precision_is_the_full_precision_one(build, tmp_path):
+    """The key cannot hold the trainer's precision (the lookup runs in the loader workers), so the
+    entries are computed with autocast off: a bf16-mixed run writes what a 32-true run computes."""
+    plain, cached = build(None), build(tmp_path / "cache")
+    batch = cached.collate(_audios(), [None, None], ["male", "female"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what Lightning's bf16-mixed wraps the step in
+        cached.loss(batch)
+        assert cached.feature_cache.misses == 2
+    reread = build(tmp_path / "cache")  # a 32-true run of the same configuration
+    again = reread.collate(_audios(), [None, None], ["male", "female"])
+    torch.testing.assert_close(reread.loss(again), plain.loss(plain.collate(_audios(), [None, None], ["male", "female"])),
+                               rtol=0, atol=0)
+    assert (reread.feature_cache.hits, reread.feature_cache.misses) == (2, 0)
+
+
 def test_second_epoch_does_not_run_the_encoder(tmp_path):
     adapter = _tiny(tmp_path)
     batch = adapter.collate(_audios(), [None, None], ["male", "female"])

@@ -13,6 +13,8 @@ Key. A clip's file is ``DIR/<namespace>/<h[:2]>/<h>.safetensors`` where ``h`` is
 the waveform's float32 bytes (computed in the collate step) and ``<namespace>`` is a digest of
 what else decides the output: the model id, the encoder settings (sample rate, feature
 extractor parameters, projector width, dtype) and a fingerprint of the frozen encoder weights.
+Entries are computed with autocast off, so the trainer's precision (``bf16-mixed`` or
+``32-true``) does not change them and needs no place in the key.
 Changing any of them selects another namespace directory, so stale entries are never read;
 ``namespace.json`` beside the entries says what the digest covers. Each entry also records its
 namespace digest and is rejected when it does not match.
@@ -27,6 +29,7 @@ training step, and neither torch nor Lightning ships an on-disk activation cache
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -126,7 +129,9 @@ class FeatureCache:
         """Each clip's embeddings: cached, else ``compute(missing indices)`` (one call for all misses
         of the batch, in index order) and written. ``found``: what :meth:`lookup` read in the collate;
         a clip it did not find is looked up again (an earlier batch may have written it since).
-        Returned on ``device``/``dtype``."""
+        ``compute`` runs with autocast off, in the model's dtype (which the namespace records), so
+        an entry is the same whatever the trainer's precision; the lookup in the loader workers
+        could not tell a ``bf16-mixed`` entry from a ``32-true`` one. Returned on ``device``/``dtype``."""
         if found is not None and len(found) != len(keys):
             raise ValueError(f"feature cache: {len(found)} looked-up clips for {len(keys)} keys")
         out: list[torch.Tensor | None] = [f if f is not None else self.load(k)
@@ -135,10 +140,21 @@ class FeatureCache:
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         if missing:
-            computed = compute(missing)
+            with _autocast_off(device):
+                computed = compute(missing)
             if len(computed) != len(missing):
                 raise RuntimeError(f"feature cache: computed {len(computed)} clips for {len(missing)} misses")
             for i, feats in zip(missing, computed):
                 self.save(keys[i], feats)
                 out[i] = feats
         return [f.to(device=device, dtype=dtype) for f in out]
+
+
+def _autocast_off(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """Autocast switched off for ``device``'s type where it is on (Lightning's mixed precision)."""
+    kind = torch.device(device).type
+    try:
+        active = torch.is_autocast_enabled(kind)
+    except RuntimeError:  # a device type torch has no autocast for
+        return contextlib.nullcontext()
+    return torch.autocast(kind, enabled=False) if active else contextlib.nullcontext()
