@@ -41,6 +41,7 @@ from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
+import soundfile
 from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
 from lhotse.audio import AudioLoadingError
 
@@ -212,8 +213,6 @@ def make_cut(id: str, task: str, recording: Recording, text: str, *, start: floa
 
 def read_recording(path: str | os.PathLike, recording_id: str | None = None) -> Recording | None:
     """``Recording.from_file``, or None for a file whose header no audio backend can read."""
-    import soundfile
-
     try:
         return Recording.from_file(os.path.abspath(path), recording_id=recording_id)
     except AudioLoadingError:  # raised once every audio backend has failed on the file

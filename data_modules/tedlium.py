@@ -6,9 +6,8 @@ Published layout (``TEDLIUM_release-3/``, whose classic split lives under ``lega
     legacy/{train,dev,test}/stm/{talk}.stm     talk 1 speaker start end <o,f0,male> transcript
     legacy/{train,dev,test}/sph/{talk}.sph
 
-Each stm line is read as Lhotse's ``prepare_tedlium``/``prepare_tedlium2`` read it (segment id
-``{talk}-{line index}``, ``ignore_time_segment_in_scoring`` lines dropped, ``{NOISE}`` written
-``[NOISE]``, transcripts otherwise as published: lower case, ``<unk>`` tokens, split contractions
+Each stm line is read as Lhotse's ``prepare_tedlium``/``prepare_tedlium2`` read it
+(``ignore_time_segment_in_scoring`` lines dropped, ``{NOISE}`` written ``[NOISE]``, transcripts otherwise as published: lower case, ``<unk>`` tokens, split contractions
 such as ``it 's``), and each talk's ``.sph`` becomes a Lhotse ``Recording``. The recipes
 themselves are not called: they read every ``.sph`` header of a split first and stop the whole
 preparation at the first unreadable one (and at a split whose ``.sph`` and ``.stm`` counts
@@ -51,9 +50,9 @@ def split_dirs(root: Path) -> tuple[Path, dict[str, Path]]:
 
 
 def read_segments(stm: Path) -> list[dict]:
-    """The scored segments of one talk's stm file (see the module docstring for the rules)."""
+    """The scored segments of one talk's stm file, in time order (see the module docstring)."""
     segments = []
-    for index, line in enumerate(stm.read_text(encoding="utf-8", errors="replace").splitlines()):
+    for line in stm.read_text(encoding="utf-8", errors="replace").splitlines():
         fields = line.split()
         if len(fields) < 6:
             continue
@@ -61,15 +60,15 @@ def read_segments(stm: Path) -> list[dict]:
         if text == "ignore_time_segment_in_scoring":
             continue
         label = fields[5].strip("<>").split(",") if fields[5].startswith("<") else []
-        gender = GENDER.get(label[2].strip().lower()) if len(label) >= 3 else None
         start, end = float(fields[3]), float(fields[4])
-        segments.append({"id": f"{fields[0]}-{index}", "talk": fields[0], "start": start,
-                         "duration": round(end - start, 8), "text": text, "gender": gender})
-    return segments
+        segments.append({"id": f"{fields[0]}_{round(start * 100):07d}_{round(end * 100):07d}", "talk": fields[0],
+                         "start": start, "duration": round(end - start, 8), "text": text,
+                         "gender": GENDER.get(label[2].strip().lower()) if len(label) >= 3 else None})
+    return sorted(segments, key=lambda seg: seg["start"])
 
 
 def prepare_corpus(root: Path, writer: CutWriter) -> None:
-    base, splits = split_dirs(root)
+    _, splits = split_dirs(root)
     if not splits:
         raise layout_error("tedlium", root, LAYOUT, "no legacy/{split}/stm or {split}/stm")
     sph2pipe = shutil.which("sph2pipe") is not None
@@ -79,20 +78,17 @@ def prepare_corpus(root: Path, writer: CutWriter) -> None:
                     "`lhotse install-sph2pipe`")
     for split in (s for s in splits if writer.wanted(s)):
         for stm in sorted((splits[split] / "stm").glob("*.stm")):
-            segments = sorted(read_segments(stm), key=lambda seg: seg["start"])
-            ids = {seg["id"]: f"{seg['talk']}_{round(seg['start'] * 100):07d}_"
-                              f"{round((seg['start'] + seg['duration']) * 100):07d}" for seg in segments}
+            segments = read_segments(stm)
             with nullcontext() if sph2pipe else audio_backend("LibsndfileBackend"):
                 recording = writer.recording(split, stm.stem, splits[split] / "sph" / f"{stm.stem}.sph",
-                                             recording_id=stm.stem, samples=ids.values())
+                                             recording_id=stm.stem, samples=[seg["id"] for seg in segments])
             if recording is None:
                 continue
             for seg in segments:
-                sid = ids[seg["id"]]
                 common = {"start": seg["start"], "duration": seg["duration"], "speaker": seg["talk"],
                           "gender": seg["gender"], "language": "English"}
-                writer.add(split, "asr", sid, recording, seg["text"], **common)
+                writer.add(split, "asr", seg["id"], recording, seg["text"], **common)
                 if seg["gender"] is None:
-                    writer.skip(split, sid, "no_gender", task="gr")
+                    writer.skip(split, seg["id"], "no_gender", task="gr")
                 else:
-                    writer.add(split, "gr", sid, recording, seg["gender"], **common)
+                    writer.add(split, "gr", seg["id"], recording, seg["gender"], **common)

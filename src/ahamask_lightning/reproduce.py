@@ -146,7 +146,7 @@ def run_table(jobs: list[tuple[str, str, ab.Runner, Path | None]], out: Path, pa
 
 def cmd_tiny(args: argparse.Namespace) -> int:
     if args.tasks is None:  # the probe schedule has YAMLs for some tasks only
-        args.tasks = [t for t in TINY_TASKS if any(Path(c).is_file() for c in config_candidates(t, args.schedule))]
+        args.tasks = [t for t in TINY_TASKS if any(c.is_file() for c in config_candidates(t, args.schedule))]
     ckpt = Path(args.checkpoint)
     missing = [] if (ckpt / "model.safetensors").is_file() else [f"{ckpt}/model.safetensors (make testbed RECIPE=6x8)"]
     missing += [str(p) for t in args.tasks for p in (args.data / "manifests" / s / f"{t}.jsonl"

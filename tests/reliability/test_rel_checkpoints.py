@@ -154,7 +154,7 @@ def test_weights_only_is_described_as_refused_and_still_passed_on(method, capsys
     what happens, and the value (made True before the run) still reaches the Trainer method."""
     from lightning.pytorch import Trainer
 
-    from ahamask_lightning.cli.lightning import OneLineErrorParser
+    from ahamask_lightning.cli.parser import OneLineErrorParser
 
     parser = OneLineErrorParser()
     assert "weights_only" in parser.add_method_arguments(Trainer, method)

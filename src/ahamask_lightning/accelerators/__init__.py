@@ -26,6 +26,7 @@ from .npu import (
 
 __all__ = [
     "NPU_MISSING", "MaskDDPStrategy", "MaskFSDPStrategy", "NPUAccelerator", "NPUDDPStrategy", "NPUMixedPrecision",
-    "NPUSingleDeviceStrategy", "check_devices", "check_fit_precision", "check_wraps_layers", "check_trainer_config", "broadcast_trainable", "frozen_sync_off",
-    "mask_wrap_policy", "mask_wrap_rule", "parse_devices", "require_npu", "uses_npu",
+    "NPUSingleDeviceStrategy", "broadcast_trainable", "check_devices", "check_fit_precision", "check_trainer_config",
+    "check_wraps_layers", "frozen_sync_off", "mask_wrap_policy", "mask_wrap_rule", "parse_devices", "require_npu",
+    "uses_npu",
 ]

@@ -94,7 +94,9 @@ def tiny_config(tokenizer: PreTrainedTokenizerBase, layers: int = 2, heads: int 
     head_dim = hidden // heads
     # the real split 16/24/24 of 64 = head_dim / 2, scaled; the sections must add up to head_dim / 2
     half = head_dim // 2
-    section = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
+    temporal = half // 4
+    height = (half - temporal) // 2
+    section = [temporal, height, half - temporal - height]
     rope = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": section}
     return Qwen2_5OmniThinkerConfig(
         audio_config={"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
