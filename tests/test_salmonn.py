@@ -131,6 +131,21 @@ def test_beats_fbank_matches_kaldi() -> None:
     torch.testing.assert_close(beats_fbank(wav.unsqueeze(0))[0], ref)
 
 
+def test_beats_features_stay_finite_under_a_float16_autocast() -> None:
+    """SALMONN's YAMLs run 16-mixed: on CUDA the audio encoders run under a float16 autocast, whose
+    matmul cannot hold the int16-scaled spectrum. CPU autocast casts mm to float16 as CUDA's does."""
+    wav = _wavs(2.0)[0].unsqueeze(0)
+    plain = beats_fbank(wav)
+    beats = _tiny_beats()
+    with torch.no_grad():
+        expected = beats.extract_features(wav)
+        with torch.autocast("cpu", dtype=torch.float16):
+            fbank, features = beats_fbank(wav), beats.extract_features(wav)
+    torch.testing.assert_close(fbank, plain)
+    assert bool(torch.isfinite(features).all())
+    torch.testing.assert_close(features.float(), expected, atol=0.05, rtol=0.05)
+
+
 def test_beats_token_counts_real_patch_geometry() -> None:
     assert num_beats_tokens(30 * SR) == 1496 and num_beats_tokens(10 * SR) == 496
     beats = _tiny_beats()

@@ -79,16 +79,20 @@ def beats_fbank(wav: torch.Tensor, mean: float = FBANK_MEAN, std: float = FBANK_
     """[B, samples] at 16 kHz -> normalised Kaldi fbank [B, frames, 128].
 
     BEATs was trained on int16-scaled audio, hence the 2^15; the normalisation divides by
-    twice the dataset std, as the official preprocessing does.
+    twice the dataset std, as the official preprocessing does. Computed in float32 with autocast
+    off: the int16-scaled power spectrum exceeds float16's range, so under a float16 autocast
+    (SALMONN's 16-mixed on CUDA) fbank's matmul would give inf and every feature NaN. The
+    released code never met this because its waveform is float64, which autocast leaves alone.
     """
     feats = []
-    for w in wav:
-        fb = torchaudio.compliance.kaldi.fbank(
-            w.float().unsqueeze(0) * 2**15, num_mel_bins=128, sample_frequency=16000, frame_length=25,
-            frame_shift=10,
-        )
-        feats.append(fb)
-    return (torch.stack(feats) - mean) / (2 * std)
+    with torch.autocast(wav.device.type, enabled=False):
+        for w in wav:
+            fb = torchaudio.compliance.kaldi.fbank(
+                w.float().unsqueeze(0) * 2**15, num_mel_bins=128, sample_frequency=16000, frame_length=25,
+                frame_shift=10,
+            )
+            feats.append(fb)
+        return (torch.stack(feats) - mean) / (2 * std)
 
 
 def fbank_frames(num_samples: int) -> int:
