@@ -32,6 +32,7 @@ TABLE_METRICS = {"asr": ("wer",), "gr": ("acc", "acc_exact", "answered"), "ser":
 # `reproduce ablations --quick`, as the flags it stands for.
 QUICK_ABLATIONS = ("--steps", "120", "--test-batches", "2", "--set", "model.init_args.lr", "0.1",
                    "--set", "model.init_args.warmup_steps", "10")
+ABLATION_STUDIES = ("lambda", "seeds", "progressive", "prompts", "ood")
 QWEN_ENV = {"instruct": "AHAMASK_QWEN2AUDIO_INSTRUCT", "base": "AHAMASK_QWEN2AUDIO_BASE"}
 
 
@@ -165,14 +166,19 @@ def cmd_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
-def masks_to_test(args: argparse.Namespace, tasks: Sequence[str]) -> tuple[dict[str, Path], list[str]]:
+def masks_to_test(args: argparse.Namespace, tasks: Sequence[str],
+                  convert: bool = True) -> tuple[dict[str, Path], list[str]]:
     """The given mask of each task (``--released``, ``--official DIR``, ``--masks DIR``), and the files
-    that should be there and are not. No masks given: ({}, []), every task trains its own."""
+    that should be there and are not. No masks given: ({}, []), every task trains its own.
+    ``convert`` False only lists what is missing (``--official``'s checkpoints are not imported)."""
     if getattr(args, "released", False):  # the package's copies of the released checkpoints
         from .released_masks import released_mask
 
         return {t: released_mask(RELEASED_MASKS[t]) for t in tasks}, []
     if getattr(args, "official", None):
+        if not convert:
+            sources = {t: Path(args.official) / f"{RELEASED_MASKS[t]}.pth" for t in tasks}
+            return {}, [str(p) for p in sources.values() if not p.is_file()]
         masks = ab.import_official_masks(Path(args.official), args.out / "official_masks",
                                          {t: RELEASED_MASKS[t] for t in tasks})
         return masks, [f"{args.official}/{RELEASED_MASKS[t]}.pth" for t in tasks if t not in masks]
@@ -186,7 +192,7 @@ def masks_to_test(args: argparse.Namespace, tasks: Sequence[str]) -> tuple[dict[
 def cmd_table1(args: argparse.Namespace) -> int:
     configs = {t: config_path(t, "salmonn") for t in args.tasks}
     missing = list(dict.fromkeys(m for c in configs.values() for m in salmonn_missing(c)))  # each YAML's weights
-    masks, missing_masks = masks_to_test(args, args.tasks) if not missing else ({}, [])
+    masks, missing_masks = masks_to_test(args, args.tasks, convert=not missing)  # listed even when weights miss
     stages = ("test",) if (args.masks or args.official or args.released) else ("train", "val", "test")
     missing += missing_masks + [m for c in configs.values() for m in manifests_of(c, stages) if not Path(m).is_file()]
     if stop_if_missing("table1", missing):
@@ -198,10 +204,26 @@ def cmd_table1(args: argparse.Namespace) -> int:
     return 0
 
 
+def qwen_weights(variant: str, given: str | None) -> str | None:
+    """The Qwen2-Audio directory of ``variant``: the flag, else its own variable; the adapter's
+    ``$AHAMASK_QWEN2AUDIO_PATH`` only for Instruct (the README sets it to the Instruct weights, and a
+    Base run on them would give plausible numbers for the wrong model)."""
+    fallback = os.environ.get("AHAMASK_QWEN2AUDIO_PATH") if variant == "instruct" else None
+    return given or os.environ.get(QWEN_ENV[variant]) or fallback
+
+
+def qwen_jobs(jobs: list[str]) -> list[tuple[str, str]]:
+    """``variant:task`` pairs of ``--jobs``, checked."""
+    pairs = [tuple(j.split(":")) for j in jobs]
+    for job, pair in zip(jobs, pairs):
+        if len(pair) != 2 or pair[0] not in QWEN_ENV:
+            raise ValueError(f"--jobs {job!r}: expected variant:task with variant {' or '.join(QWEN_ENV)}")
+    return pairs
+
+
 def cmd_qwen2audio(args: argparse.Namespace) -> int:
-    jobs = [tuple(j.split(":")) for j in args.jobs]
-    paths = {"instruct": args.instruct or os.environ.get(QWEN_ENV["instruct"]) or os.environ.get(
-        "AHAMASK_QWEN2AUDIO_PATH"), "base": args.base or os.environ.get(QWEN_ENV["base"])}
+    jobs = qwen_jobs(args.jobs)
+    paths = {v: qwen_weights(v, getattr(args, v)) for v in QWEN_ENV}
     variants = {v for v, _ in jobs} | ({"instruct", "base"} if args.transfer else set())
     missing = [f"{v} weights: --{v} or ${QWEN_ENV[v]} ({paths[v] or 'not set'})" for v in sorted(variants)
                if not paths[v] or not Path(paths[v]).is_dir()]
@@ -247,11 +269,13 @@ def cmd_ablations(args: argparse.Namespace) -> int:
     if family == "salmonn":
         missing += salmonn_missing(config)
     elif family != "tiny":
-        pretrained = args.pretrained or os.environ.get("AHAMASK_QWEN2AUDIO_PATH")
+        variant = family.removeprefix("qwen2audio_")
+        pretrained = qwen_weights(variant, args.pretrained)
         if pretrained and Path(pretrained).is_dir():
             common = ["--model.init_args.model.init_args.pretrained", pretrained]
         else:
-            missing.append(f"Qwen2-Audio weights: --pretrained or $AHAMASK_QWEN2AUDIO_PATH ({pretrained or 'not set'})")
+            where = f"${QWEN_ENV[variant]}" + (" or $AHAMASK_QWEN2AUDIO_PATH" if variant == "instruct" else "")
+            missing.append(f"Qwen2-Audio-7B {variant} weights: --pretrained or {where} ({pretrained or 'not set'})")
     missing += [m for m in manifests if not Path(m).is_file()]
     if stop_if_missing("ablations", missing):
         return 2
@@ -271,7 +295,7 @@ def cmd_ablations(args: argparse.Namespace) -> int:
                        {"AHAMask": aha, "with instruction": instr})
     if "prompts" in only:
         ab.prompt_sensitivity(runner, task, out / "prompts", ahamask=aha, variants=args.variants)
-    if "ood" in only and family != "tiny":  # TinyLALM's test loaders already hold its held-out voices
+    if "ood" in only and family != "tiny" and task == "gr":  # TinyLALM's test loaders hold its held-out voices
         sets = {k: v for k, v in ab.OOD_GR.items() if Path(v).is_file()}
         if sets:
             ab.held_out(runner, task, mask, sets, out / "ood")
@@ -296,6 +320,16 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 def _csv(kind):
     return lambda text: [kind(v) for v in text.split(",") if v.strip()]
+
+
+def _choices(allowed: Sequence[str]):
+    def parse(text: str) -> list[str]:
+        values = _csv(str)(text)
+        unknown = [v for v in values if v not in allowed]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}; expected some of {','.join(allowed)}")
+        return values
+    return parse
 
 
 def parser() -> argparse.ArgumentParser:
@@ -339,7 +373,9 @@ def parser() -> argparse.ArgumentParser:
                    help=f"a few-minute CPU check of every study: {' '.join(QUICK_ABLATIONS)} (explicit flags win)")
     s.add_argument("--family", default="tiny", help="tiny | salmonn | qwen2audio_instruct | qwen2audio_base")
     s.add_argument("--task", default="gr")
-    s.add_argument("--only", type=_csv(str), default=["lambda", "seeds", "progressive", "prompts", "ood"])
+    s.add_argument("--only", type=_choices(ABLATION_STUDIES), default=list(ABLATION_STUDIES),
+                   help=f"studies to run after the four conditions (default: {','.join(ABLATION_STUDIES)}; "
+                        "ood: GR on the paper models only)")
     s.add_argument("--lambdas", type=_csv(float), help="default: 0,1e-3,1e-2,5e-2 (tiny), 0,1e-5,1e-4,1e-3 (paper)")
     s.add_argument("--seeds", type=_csv(int), default=[0, 1, 2])
     s.add_argument("--fractions", type=_csv(float), default=[round(0.1 * i, 1) for i in range(11)],
@@ -381,8 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.cmd](args)
     except (RuntimeError, FileNotFoundError, ValueError) as exc:
-        print(f"reproduce {args.cmd}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}",
-              file=sys.stderr)
+        message = str(exc).strip()
+        print(f"reproduce {args.cmd}: {message.splitlines()[0] if message else repr(exc)}", file=sys.stderr)
         return 2
 
 

@@ -127,6 +127,7 @@ def write_summary(out: Path, record: dict) -> dict:
 def four_conditions(runner: Runner, task: str, out: Path, mask: Path | None = None, seed: int = 0,
                     fit_extra: list[str] = ()) -> dict:
     """Fit a mask (unless given), draw a random mask with as many heads on, test all four conditions."""
+    out.mkdir(parents=True, exist_ok=True)  # with a given mask no fit makes it
     if mask is None:
         mask = runner.fit(out, list(fit_extra))
     rand = random_like(Path(mask), out / "random_mask.safetensors", seed=seed)

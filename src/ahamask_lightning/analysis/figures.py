@@ -4,6 +4,7 @@ per test set (in-domain and out-of-domain) and mask transfer between models."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -185,7 +186,8 @@ def prompt_spread(per_task: dict[str, list[float]], path: str, ylabel: str = "me
     ax.set_xticks(range(len(tasks)), [f"{t}\n({len(d)} wordings)" for t, d in zip(tasks, data)])
     ax.set_xlabel("task")
     ax.set_ylabel(ylabel)
-    top = max([v for d in data for v in d] + list((ahamask or {}).values()) + [100.0])
+    shown = [v for d in data for v in d] + [v for v in (ahamask or {}).values() if v is not None]
+    top = max([v for v in shown if math.isfinite(v)] + [100.0])  # a NaN metric (empty set) sets no limit
     ax.set_ylim(0, top * 1.08)
     if tasks:
         ax.legend(fontsize=8, loc="lower left")
@@ -248,11 +250,12 @@ def draw_all(run_dirs: Sequence[str | Path], out: str | Path) -> list[Path]:
             metric_vs_share(s["rows"], str(target(f"fig4_progressive_{task}")), metric, s.get("references"),
                             title=f"{task}: progressive activation of the learned mask's heads",
                             own_share=own.active() / own.mask.numel() if own is not None else None)
-        elif kind == "prompts":
-            prompts.setdefault(task, []).extend(r["metric"] for r in s["rows"])
-            prompt_metrics[task] = metric
+        elif kind == "prompts":  # one box per study: a task's second study is named by its run folder
+            key = task if task not in prompts else f"{task} ({path.parent.parent.name})"
+            prompts[key] = [r["metric"] for r in s["rows"]]
+            prompt_metrics[key] = metric
             if s.get("ahamask") is not None:
-                ahamask[task] = s["ahamask"]
+                ahamask[key] = s["ahamask"]
         elif kind == "seeds":
             names = [f"seed {r['seed']} ({r['active']} on)" for r in s["rows"]]
             inter = s.get("intersection") or {}
