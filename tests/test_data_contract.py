@@ -94,7 +94,7 @@ def test_a_run_under_a_trainer_uses_the_model_collate_unchanged(tmp_path):
     from ahamask_lightning.models.tiny_lalm import random_tiny_lalm
     from ahamask_lightning.module import AHAMaskModule
 
-    module = AHAMaskModule(random_tiny_lalm(["male female"], layers=2, heads=4, hidden=32),
+    module = AHAMaskModule(random_tiny_lalm(["male female"], layers=2, heads=4, hidden=32), use_mask=False,
                            generation={"max_new_tokens": 2})
     collate = module.collate()
     assert isinstance(collate, SampleCollate)

@@ -111,7 +111,7 @@ def test_a_validation_run_on_tinylalm_keys_its_named_sets(manifests, tmp_path):
     from ahamask_lightning.models.tiny_lalm import random_tiny_lalm
     from ahamask_lightning.module import AHAMaskModule
 
-    module = AHAMaskModule(random_tiny_lalm(["male female"], layers=2, heads=4, hidden=32),
+    module = AHAMaskModule(random_tiny_lalm(["male female"], layers=2, heads=4, hidden=32), use_mask=False,
                            generation={"max_new_tokens": 2})
     logged, dm = _validate(module, {"ind": [manifests["ind"]], "ood": manifests["ood"]}, tmp_path / "named")
     assert dm.eval_sets("val") == ["ind", "ood"]

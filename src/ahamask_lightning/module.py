@@ -40,6 +40,17 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint that does not belong to this model, or holds more than the mask (one line)."""
 
 
+class NoMaskToEvaluateError(ValueError):
+    """``test``/``validate``/``predict`` with the mask on, but neither a mask file nor a checkpoint
+    gave it: the initial logits keep every head, so the run would be the ungated model (one line)."""
+
+
+# Options of how a run evaluates, not of what the mask learned: left out of the checkpoint's
+# hyperparameters, which LightningCLI applies over the command line when ``--ckpt_path`` is given
+# (``test --ckpt_path X --model.init_args.use_mask false`` would otherwise run the masked condition).
+EVALUATION_OPTIONS = ("prompt", "mask", "use_mask", "generation", "results_dir", "prune")
+
+
 def nonfinite_on_any_rank(loss: torch.Tensor) -> bool:
     """Whether ``loss`` is NaN/inf on this process or, in a distributed run, on any other (one
     all-reduce of a flag): the ranks then agree on skipping the step."""
@@ -49,6 +60,13 @@ def nonfinite_on_any_rank(loss: torch.Tensor) -> bool:
     flag = torch.tensor(float(bad), device=loss.device)
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
     return bool(flag.item())
+
+
+def warn_if_other_model(path: str, mask_model: str | None, model: str | None) -> None:
+    """One line when a mask file was learned on another model (same shape, e.g. Qwen2-Audio-7B
+    Base and Instruct): testing it there is a transfer, which the paper runs on purpose."""
+    if mask_model and model and mask_model != model:
+        print(f"ahamask: {path} was learned on {mask_model}; this model is {model} (a transfer)", file=sys.stderr)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int | None, start: float,
@@ -121,19 +139,24 @@ class AHAMaskModule(L.LightningModule):
         prune: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model"])
+        self.save_hyperparameters(ignore=["model", *EVALUATION_OPTIONS])
         self.prompt = check_prompt_mode(prompt)
         self.adapter = model.freeze()
         self.head_mask = HeadMask(model.num_layers, model.num_heads, estimator, init_mean, init_std, temperature)
         self.gate = HeadGate(model.gated_attentions(), model.num_heads, model.head_dim)
         self.mask_metadata: dict[str, str] = {}  # of the mask file loaded (``mask random`` records its seed)
+        self.mask_file = mask
+        self.mask_source: str | None = None  # what gave the logits: "file", "checkpoint", or None (initial)
         if mask is not None:
             loaded = load_mask(mask, self.head_mask.shape)
             self.head_mask.load_logits(loaded.logits)
             self.mask_metadata = dict(loaded.metadata)
+            self.mask_source = "file"
+            warn_if_other_model(mask, loaded.metadata.get("model_id"), model.describe().get("model_id"))
         self.sparsity_lambda = sparsity_lambda
         self.use_mask = use_mask
         self.generation = dict(generation or {})
+        self.results_dir_option = results_dir
         self.strict_loading = False  # checkpoints carry the mask only; the LALM comes from its own files
         self.evaluator = TaskEvaluator()
         self.predictions: list[dict] = []  # predict: this rank's records
@@ -158,7 +181,10 @@ class AHAMaskModule(L.LightningModule):
     # --- training -----------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         b = len(batch["ids"])
-        mask = self.head_mask(b if self.hparams.per_sample_mask else None)
+        if self.hparams.per_sample_mask:  # one draw per sample of the global batch (see HeadMask.forward)
+            mask = self.head_mask(b, self.global_rank, self.trainer.world_size)
+        else:
+            mask = self.head_mask()
         self._step_mask = mask  # for backward (activation checkpointing recomputes gated layers there)
         with self.gate.apply(mask):
             ce = self.adapter.loss(batch)
@@ -215,14 +241,17 @@ class AHAMaskModule(L.LightningModule):
         if self.resumed_schedule is not None and self.resumed_schedule.get("total_steps") != total:
             # Lightning restores the scheduler's state, whose shape follows the length it was built
             # for: a resumed run keeps the schedule of the run that wrote the checkpoint
-            kept = self.resumed_schedule.get("total_steps")
-            if self.global_rank == 0:
-                print(f"ahamask: resuming with the checkpoint's learning-rate schedule (over {kept} steps), not one "
-                      f"over {total}: the rate holds its final value past step {kept}", file=sys.stderr)
-            total = kept
+            total = self._keep_checkpoint_schedule(total)
         self.schedule_total_steps = total
         sched = warmup_cosine(opt, hp.warmup_steps, total, hp.warmup_lr, hp.lr, hp.final_lr)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _keep_checkpoint_schedule(self, planned: int | None) -> int | None:
+        kept = self.resumed_schedule.get("total_steps")
+        if self.global_rank == 0:
+            print(f"ahamask: resuming with the checkpoint's learning-rate schedule (over {kept} steps), not one "
+                  f"over {planned}: the rate holds its final value past step {kept}", file=sys.stderr)
+        return kept
 
     def trainer_attached(self) -> bool:
         """Whether a Trainer drives this module (``self.trainer`` raises when none does)."""
@@ -253,6 +282,24 @@ class AHAMaskModule(L.LightningModule):
             self.log_dict(results, add_dataloader_idx=False)
         return results
 
+    def check_mask_to_evaluate(self) -> None:
+        """Refuse to evaluate the initial logits (every head on) as if they were a learned mask; a
+        fit's own validation evaluates the mask it is learning."""
+        fitting = self.trainer_attached() and self.trainer.state.fn == "fit"
+        if self.use_mask and self.mask_source is None and not fitting:
+            raise NoMaskToEvaluateError(
+                "model.init_args.mask: no mask to evaluate; give a mask file (--model.init_args.mask FILE) or "
+                "a fit's checkpoint (--ckpt_path), or --model.init_args.use_mask false for the model without a mask")
+
+    def on_validation_start(self) -> None:
+        self.check_mask_to_evaluate()
+
+    def on_test_start(self) -> None:
+        self.check_mask_to_evaluate()
+
+    def on_predict_start(self) -> None:
+        self.check_mask_to_evaluate()
+
     def on_validation_epoch_start(self) -> None:
         self.evaluator.reset()
 
@@ -277,7 +324,7 @@ class AHAMaskModule(L.LightningModule):
 
     def results_dir(self) -> Path:
         """Where ``test`` writes ``test_metrics.json`` and ``predictions.jsonl`` (``predict``: the latter)."""
-        return Path(self.hparams.results_dir or self.trainer.log_dir or ".")
+        return Path(self.results_dir_option or self.trainer.log_dir or ".")
 
     def on_predict_epoch_start(self) -> None:
         self.predictions = []
@@ -304,8 +351,8 @@ class AHAMaskModule(L.LightningModule):
         return {**self.adapter.describe(), "prompt": self.prompt, "use_mask": self.use_mask,
                 "active_heads": self.head_mask.active_heads() if self.use_mask else None,
                 "estimator": hp["estimator"], "sparsity_lambda": float(self.sparsity_lambda),
-                "mask": hp.get("mask"), **({"pruned": True} if self.prune else {}),
-                **({"mask_random": "random_seed" in self.mask_metadata} if hp.get("mask") else {})}
+                "mask": self.mask_file, **({"pruned": True} if self.prune else {}),
+                **({"mask_random": "random_seed" in self.mask_metadata} if self.mask_file else {})}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("head_mask.")}
@@ -334,3 +381,9 @@ class AHAMaskModule(L.LightningModule):
         self.nonfinite_in_a_row = int(faults.get("nonfinite_in_a_row", 0))
         self.nonfinite_total = int(faults.get("nonfinite_total", 0))
         self.resumed_schedule = checkpoint.get("ahamask_schedule")
+        self.mask_source = "checkpoint"
+        kept = (self.resumed_schedule or {}).get("total_steps")
+        if self.schedule_total_steps is not None and kept is not None and kept != self.schedule_total_steps:
+            # strategies that restore after setup (FSDP) configured the optimizers before this hook:
+            # the temperature's schedule follows the checkpoint's, as the restored scheduler does
+            self.schedule_total_steps = self._keep_checkpoint_schedule(self.schedule_total_steps)

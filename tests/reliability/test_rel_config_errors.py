@@ -73,7 +73,7 @@ def test_missing_weight_path_is_one_line(config, override, expected, good_corpus
                         "absent training manifests do not stop a test")
 def test_test_checks_the_manifests_it_reads(reference, good_corpus, tmp_path, capsys, monkeypatch):
     common = ["test", "--config", str(reference["config"]), "--trainer.default_root_dir", str(tmp_path / "r"),
-              "--model.init_args.results_dir", str(tmp_path / "results"),
+              "--model.init_args.results_dir", str(tmp_path / "results"), "--model.init_args.use_mask", "false",
               "--data.init_args.train", "[/nonexistent/train.jsonl]", "--data.init_args.val", "[/nonexistent/val.jsonl]"]
     with monkeypatch.context() as patch:
         import ahamask_lightning.models.qwen2_audio as qa

@@ -37,14 +37,24 @@ class HeadMask(nn.Module):
     def shape(self) -> tuple[int, int]:
         return tuple(self.logits.shape)
 
-    def forward(self, batch_size: int | None = None) -> torch.Tensor:
-        """A gate ``[layers, heads]``, or ``[batch_size, layers, heads]`` with one sample each."""
+    def forward(self, batch_size: int | None = None, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+        """A gate ``[layers, heads]``, or ``[batch_size, layers, heads]`` with one sample each.
+
+        With ``world_size`` > 1 (data-parallel ranks, whose random generators are kept in step so
+        that a shared mask is one draw) the per-sample draws are made for the whole global batch
+        and this rank keeps its own rows: every sample of every rank gets its own mask, as on one
+        device with the global batch.
+        """
         if not self.training:
             return self.eval_gate()
-        logits = self.logits if batch_size is None else self.logits.expand(batch_size, *self.logits.shape)
-        if self.estimator in CONTINUOUS:
-            return soft_sample(logits, float(self.temperature), self.estimator)
-        return straight_through(soft_sample(logits, float(self.temperature), self.estimator))
+        rows = None if batch_size is None else batch_size * world_size
+        logits = self.logits if rows is None else self.logits.expand(rows, *self.logits.shape)
+        gate = soft_sample(logits, float(self.temperature), self.estimator)
+        if self.estimator not in CONTINUOUS:
+            gate = straight_through(gate)
+        if rows is not None and world_size > 1:
+            gate = gate[rank * batch_size:(rank + 1) * batch_size]
+        return gate
 
     def eval_gate(self) -> torch.Tensor:
         """The evaluation gate: the binary mask, or sigmoid(M) for a continuous estimator."""
