@@ -1,7 +1,7 @@
 """How a run's settings reach the AHAMaskModule: the command line's evaluation options win over a
 checkpoint's, a test needs a mask to test, per-sample masks stay independent across data-parallel
-ranks, a resume keeps its temperature schedule under every strategy, and a mask learned on another
-model is named."""
+ranks, a resume keeps its temperature schedule under every strategy and each rank's own CUDA random
+state, and a mask learned on another model is named."""
 from __future__ import annotations
 
 import json
@@ -152,3 +152,23 @@ def test_a_mask_learned_on_another_model_is_named(tmp_path, capsys):
     save_mask(tmp_path / "own.safetensors", torch.ones(2, 4), model_id=_tiny_adapter().describe()["model_id"])
     AHAMaskModule(_tiny_adapter(), mask=str(tmp_path / "own.safetensors"))
     assert capsys.readouterr().err == ""
+
+
+def test_rng_checkpoints_hold_this_processs_cuda_device_state_only(monkeypatch):
+    """No GPU here, so torch.cuda's RNG functions are stand-ins over two devices: a DDP rank draws on
+    its own device; the state rank 0 saves for the other devices (never advanced) must not be restored."""
+    from ahamask_lightning.callbacks import rng_state, set_rng_state
+
+    devices = {0: torch.tensor([7], dtype=torch.uint8), 1: torch.tensor([1], dtype=torch.uint8)}
+    current = {"device": 0}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": devices[current["device"]].clone())
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [devices[0].clone(), devices[1].clone()])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device="cuda": devices.__setitem__(current["device"], s))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: devices.update(enumerate(states)))
+    saved = rng_state()  # rank 0, on cuda:0, seven draws on
+    current["device"] = 1  # rank 1 resumes on cuda:1, whose generator had advanced as cuda:0's had
+    devices[1] = torch.tensor([0], dtype=torch.uint8)
+    set_rng_state(saved)
+    assert int(devices[1]) == 7

@@ -197,7 +197,10 @@ def rng_state() -> dict[str, Any]:
              "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                        "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])}}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # this process's device only: a DDP rank draws on its own cuda:local_rank, and rank 0 writes
+        # the checkpoint for all, so rank 0's states of the other devices (which it never advanced)
+        # would restart those ranks' noise; the ranks' own devices are in step, so one state fits all
+        state["cuda_device"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -209,7 +212,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     n = state["numpy"]
     np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                          n["cached_gaussian"]))
-    if "cuda" in state and torch.cuda.is_available():
+    if "cuda_device" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_device"])
+    elif "cuda" in state and torch.cuda.is_available():  # checkpoints written before: every device's state
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
