@@ -4,7 +4,9 @@ Rules (what every adapter's encoder takes): 16 kHz, first channel, zero-padded a
 ``min_seconds``, and audio longer than ``max_seconds`` is rejected (``on_too_long="reject"``, the
 default, so a long clip never silently loses its target's content) or cut (``"cut"``). A pair
 (speaker verification) becomes A + 0.1 s of zeros + B; padding and the length limit apply to
-the joined waveform. Another sample rate is resampled and many channels keep the first: neither
+the joined waveform, and cutting a pair cuts each clip to its share of the window (both
+speakers stay in the input, see :func:`join_and_fit`). Another sample rate is resampled and many
+channels keep the first (a Lhotse cut keeps its own channel, see ``dataset.cut_audio``): neither
 is a bad sample. Missing, unreadable, empty or non-finite audio raises :class:`AudioError`, and
 so does a file that holds fewer frames than its header promises (``truncated_audio``: a cut
 download would otherwise be trained on, zero-padded) or a symbolic link loop (``symlink_loop``).
@@ -47,6 +49,10 @@ class AudioError(Exception):
         self.detail = detail
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
 @dataclass(frozen=True)
 class AudioConfig:
     sample_rate: int = 16000
@@ -55,6 +61,15 @@ class AudioConfig:
     on_too_long: Literal["reject", "cut"] = "reject"
 
     def __post_init__(self) -> None:
+        # Checked here, at construction: a bad value would otherwise fail later, inside a loader
+        # worker, with an error from the resampler that names no key.
+        rate = self.sample_rate
+        if isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0:
+            raise ValueError(f"sample_rate: {rate!r}; expected a positive whole number of Hz, e.g. 16000")
+        if not _is_number(self.min_seconds) or not self.min_seconds >= 0:
+            raise ValueError(f"min_seconds: {self.min_seconds!r}; expected a number of seconds >= 0")
+        if not _is_number(self.max_seconds) or not self.max_seconds > 0:
+            raise ValueError(f"max_seconds: {self.max_seconds!r}; expected a number of seconds > 0")
         if self.on_too_long not in ("reject", "cut"):
             raise ValueError(f"on_too_long must be 'reject' or 'cut', not {self.on_too_long!r}")
         if self.max_seconds < self.min_seconds:
@@ -205,7 +220,7 @@ def load_audio(paths: list[str], cfg: AudioConfig, segment: tuple[float, float] 
     ``segment``: (start, end) seconds of a single long file (manifest ``meta.start``/``meta.end``).
     """
     sr = cfg.sample_rate
-    max_frames = round(cfg.max_seconds * sr)
+    max_frames = round(cfg.max_seconds * sr) if math.isfinite(cfg.max_seconds) else None
     if segment is not None and len(paths) == 1:
         if segment[1] - segment[0] > cfg.max_seconds + 1.0 / sr and cfg.on_too_long == "reject":
             raise AudioError(TOO_LONG, f"segment {segment[1] - segment[0]:.2f} s > {cfg.max_seconds} s")
@@ -221,17 +236,43 @@ def load_audio(paths: list[str], cfg: AudioConfig, segment: tuple[float, float] 
     return join_and_fit(parts, cfg)
 
 
+def pair_shares(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
+    """How many frames of clips A and B a pair keeps when they must fit in ``budget`` frames together.
+
+    Each clip gets half of the budget; a clip shorter than its half is kept whole and leaves the
+    rest to the other. So both speakers of a verification trial stay in the input, however long
+    one of the clips is.
+    """
+    if len_a + len_b <= budget:
+        return len_a, len_b
+    half = budget // 2
+    if len_b <= half:
+        return budget - len_b, len_b
+    if len_a <= half:
+        return len_a, budget - len_a
+    return half, budget - half
+
+
 def join_and_fit(parts: list[torch.Tensor], cfg: AudioConfig) -> torch.Tensor:
     """One input from decoded parts at ``cfg.sample_rate``: a pair joined with 0.1 s of zeros, then
-    the length rules (too long: rejected or cut; shorter than ``min_seconds``: zero-padded)."""
+    the length rules (too long: rejected or cut; shorter than ``min_seconds``: zero-padded).
+
+    Cutting a pair (``on_too_long="cut"``) cuts each clip to its share of the window less the gap
+    (:func:`pair_shares`), not the joined waveform's end: that would drop clip B whole whenever
+    clip A fills the window, and the trial would be scored on the enrolment clip alone.
+    """
     sr = cfg.sample_rate
-    max_frames = round(cfg.max_seconds * sr)
+    max_frames = round(cfg.max_seconds * sr) if math.isfinite(cfg.max_seconds) else None
     if len(parts) == 2:
         gap = torch.zeros(round(PAIR_GAP_SECONDS * sr), dtype=parts[0].dtype)
-        wave = torch.cat([parts[0], gap, parts[1]])
+        a, b = parts
+        if cfg.on_too_long == "cut" and max_frames is not None and a.numel() + gap.numel() + b.numel() > max_frames:
+            keep_a, keep_b = pair_shares(a.numel(), b.numel(), max(max_frames - gap.numel(), 0))
+            a, b = a[:keep_a], b[:keep_b]
+        wave = torch.cat([a, gap, b])
     else:
         wave = parts[0]
-    if wave.numel() > max_frames:
+    if max_frames is not None and wave.numel() > max_frames:
         # Resampling can round up by one frame: tolerate exactly that before rejecting.
         if cfg.on_too_long == "reject" and wave.numel() > max_frames + 1:
             raise AudioError(TOO_LONG, f"{wave.numel() / sr:.2f} s > {cfg.max_seconds} s")

@@ -24,13 +24,17 @@ with each cut); a Lhotse cut manifest is one whose name ends in ``.gz`` or holds
 of :mod:`.manifest`), converted on read, line by line: every check of
 :func:`~.manifest.parse_line` applies, then the audio header is read (``sf.info``: durations and
 rate for the :class:`~lhotse.Recording`, and missing, unreadable, empty, truncated or link-loop
-files are rejected here, without decoding). Cut manifests get the same text, task and path checks;
-their files are checked when the audio is loaded. A bad line is rejected with its reason (passed to
+files are rejected here, without decoding). Cut manifests get the same text, task, id and path
+checks, and their fields are checked to have the types of the convention above (a line Lhotse
+cannot deserialise, or whose task is not a string, whose ``start``/``duration`` are not numbers,
+whose ``meta`` is not an object or whose source is not a path, is ``malformed_json``); their files
+are checked when the audio is loaded. A bad line is rejected with its reason (passed to
 ``on_reject``) and the rest streams: nothing is read ahead, the CutSet is lazy.
 """
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
@@ -47,6 +51,8 @@ from .manifest import (
     MALFORMED_JSON,
     MISSING_FIELD,
     PATH_OUTSIDE_ROOT,
+    RESERVED_ID,
+    RESERVED_ID_DETAIL,
     TARGET_TOO_LONG,
     TOO_LONG,
     UNKNOWN_TASK,
@@ -57,6 +63,7 @@ from .manifest import (
     iter_lines,
     parse_line,
     references_problem,
+    reserved_id,
 )
 from .shar import is_shar, iter_shar, shard_count
 
@@ -134,6 +141,65 @@ def _confined(rec: Recording, resolve: PathResolver) -> Recording:
                for s in rec.sources]
     return Recording(id=rec.id, sources=sources, sampling_rate=rec.sampling_rate, num_samples=rec.num_samples,
                      duration=rec.duration, channel_ids=rec.channel_ids, transforms=rec.transforms)
+
+
+def _one_line(err: BaseException) -> str:
+    """The first line of an error's message (Lhotse appends "[extra info]" lines), for a rejects entry."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _recording_problem(rec: object, name: str) -> str | None:
+    """Why a deserialised recording cannot be read (the types a hand-edited line can get wrong), or None."""
+    if not isinstance(rec, Recording):
+        return f"{name}: expected a Recording, got {type(rec).__name__}"
+    if not rec.sources:
+        return f"{name}: no audio sources"
+    for source in rec.sources:
+        # in-memory audio (Shar) is bytes; a file, URL or command is named by a string
+        if not isinstance(source.source, bytes if source.type == "memory" else str) or not source.source:
+            return f"{name}: {source.type} source {str(source.source)[:80]!r}: expected a path, URL or command"
+    if not _finite(rec.duration) or rec.duration <= 0:
+        return f"{name}: duration {rec.duration!r}: expected a positive number of seconds"
+    if not _finite(rec.sampling_rate) or rec.sampling_rate <= 0 or not float(rec.sampling_rate).is_integer():
+        return f"{name}: sampling_rate {rec.sampling_rate!r}: expected a positive whole number of Hz"
+    if not isinstance(rec.channel_ids, list) or not rec.channel_ids:
+        return f"{name}: channel_ids {rec.channel_ids!r}: expected a list of channels"
+    return None
+
+
+def _structure_problem(cut: object) -> str | None:
+    """Why a deserialised cut does not follow the cut convention in its types (see the module
+    docstring), or None. Lhotse's ``from_dict`` checks little: a string where a number belongs or a
+    list where a string does would otherwise fail later, mid-epoch, in the sampler or a worker."""
+    if not isinstance(cut, MonoCut):
+        return f"expected a MonoCut, got {type(cut).__name__}"
+    if not isinstance(cut.id, str) or not cut.id:
+        return f"id {cut.id!r}: expected a non-empty string"
+    for key in ("start", "duration"):
+        if not _finite(getattr(cut, key)):
+            return f"{key} {getattr(cut, key)!r}: expected a number of seconds"
+    if isinstance(cut.channel, bool) or not isinstance(cut.channel, int):
+        return f"channel {cut.channel!r}: expected a channel number"
+    if cut.recording is not None and (problem := _recording_problem(cut.recording, "recording")) is not None:
+        return problem
+    if cut.custom is not None and not isinstance(cut.custom, dict):
+        return f"custom: expected a JSON object, got {type(cut.custom).__name__}"
+    custom = cut.custom or {}
+    task = custom.get("task")
+    if task is not None and not isinstance(task, str):
+        return f"custom.task {task!r}: expected a task name (a string)"
+    if custom.get("instruction") is not None and not isinstance(custom["instruction"], str):
+        return f"custom.instruction: expected a string, got {type(custom['instruction']).__name__}"
+    if custom.get("meta") is not None and not isinstance(custom["meta"], dict):
+        return f"custom.meta: expected a JSON object, got {type(custom['meta']).__name__}"
+    if "audio_b" in custom and (problem := _recording_problem(custom["audio_b"], "custom.audio_b")) is not None:
+        return problem
+    return None
 
 
 class ManifestCuts:
@@ -222,17 +288,27 @@ class ManifestCuts:
             sid = str(obj.get("id")) if obj.get("id") is not None else None
             if obj.get("type") != "MonoCut":
                 return Reject(manifest, line, MALFORMED_JSON, sid, detail=f"expected a MonoCut, got {obj.get('type')!r}")
-            cut = deserialize_item(obj)
-        except (ValueError, RecursionError, KeyError, TypeError, AssertionError) as err:
+        except (ValueError, RecursionError) as err:
             return Reject(manifest, line, MALFORMED_JSON, detail=str(err) or type(err).__name__)
+        try:
+            cut = deserialize_item(obj)
+        except Exception as err:  # noqa: BLE001 - Lhotse's from_dict raises many types for one bad field
+            return Reject(manifest, line, MALFORMED_JSON, sid, detail=_one_line(err))
         return self._checked(cut, manifest, line, resolve)
 
     def _checked(self, cut: MonoCut, manifest: str, line: int, resolve: PathResolver) -> MonoCut | Reject:
         """A cut of a cut manifest or Shar directory, checked (``line``: its position there)."""
+        if (problem := _structure_problem(cut)) is not None:
+            return Reject(manifest, line, MALFORMED_JSON, str(cut.id), detail=problem)
+        if reserved_id(str(cut.id)):
+            return Reject(manifest, line, RESERVED_ID, str(cut.id), detail=RESERVED_ID_DETAIL)
         custom = dict(cut.custom or {})
         task = custom.get("task")
         if not task or cut.recording is None:
             return Reject(manifest, line, MISSING_FIELD, cut.id, detail="no 'task'" if not task else "no recording")
+        if cut.channel not in cut.recording.channel_ids:
+            return Reject(manifest, line, MISSING_FIELD, cut.id, detail=f"channel {cut.channel!r} is not one of "
+                          f"recording {cut.recording.id}'s channels {cut.recording.channel_ids}")
         if self.known_tasks is not None and task not in self.known_tasks:
             return Reject(manifest, line, UNKNOWN_TASK, cut.id, detail=f"task {task!r}")
         text = cut.supervisions[0].text if cut.supervisions else None

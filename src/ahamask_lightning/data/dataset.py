@@ -9,6 +9,7 @@ sample was bad) plus the rejects and good counts that the main process adds up.
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -19,7 +20,15 @@ import torch
 from lhotse import CutSet, MonoCut, Recording
 from torch.utils.data import Dataset, get_worker_info
 
-from .audio import AudioConfig, AudioError, checked_wave, join_and_fit, load_mono
+from .audio import (
+    AudioConfig,
+    AudioError,
+    check_file,
+    check_not_truncated,
+    checked_wave,
+    join_and_fit,
+    load_mono,
+)
 from .cuts import origin
 from .manifest import UNREADABLE_AUDIO, Reject
 from .rejects import RejectSink
@@ -61,30 +70,78 @@ def _file(rec: Recording) -> str | None:
     return source.source if source is not None and source.type == "file" else None
 
 
-def cut_audio(cut: MonoCut, cfg: AudioConfig) -> torch.Tensor:
-    """The model input of a cut (float32 [T]): its clip or segment, and clip B of a pair."""
+def _plain_file(rec: Recording, channel: Any) -> str | None:
+    """The file of ``rec`` when reading its first channel raw gives what Lhotse would give for
+    ``channel`` (no speed/volume/resampling transforms, and ``channel`` is the recording's first);
+    else None."""
+    path = _file(rec)
+    if path is None or rec.transforms or not rec.channel_ids or channel != rec.channel_ids[0]:
+        return None
+    return path
+
+
+def _lhotse_wave(load: Callable[[], np.ndarray], rec: Recording, cfg: AudioConfig, name: str) -> torch.Tensor:
+    """Audio Lhotse decodes (``load``), given the project's checks: the file ones first (missing,
+    link loop, truncated: Lhotse would report them as anything or not at all), then empty, NaN/inf
+    and resampling (:func:`~.audio.checked_wave`)."""
+    for source in rec.sources:
+        if source.type == "file" and isinstance(source.source, str):
+            check_file(source.source)
+            check_not_truncated(source.source)
+    try:
+        data = load()
+    except Exception as err:  # noqa: BLE001 - Lhotse's backends raise many types for one bad source
+        detail = str(err).strip().splitlines()
+        raise AudioError(UNREADABLE_AUDIO, f"{name}: {detail[0] if detail else type(err).__name__}") from None
+    # one channel (the cut's, or clip B's first) as [T, 1]
+    return checked_wave(np.atleast_2d(data)[:1].T, rec.sampling_rate, cfg.sample_rate, name)
+
+
+def cut_parts(cut: MonoCut, cfg: AudioConfig) -> list[torch.Tensor]:
+    """The decoded and checked clips of a cut at ``cfg.sample_rate``: its clip or segment, and clip
+    B of a pair (raises :class:`~.audio.AudioError`). No length rule is applied yet."""
     other = (cut.custom or {}).get("audio_b")
-    recordings = [cut.recording] + ([other] if isinstance(other, Recording) else [])
-    whole = cut.start <= 0 and cut.duration >= cut.recording.duration - 1e-6
-    paths = [_file(r) for r in recordings]
-    if all(p is not None for p in paths) and (whole or len(paths) == 1):
+    rec = cut.recording
+    path_a = _plain_file(rec, cut.channel)
+    path_b = _plain_file(other, other.channel_ids[0] if other.channel_ids else None) \
+        if isinstance(other, Recording) else None
+    sr = cfg.sample_rate
+    bound = None
+    if math.isfinite(cfg.max_seconds):
         # The lengths were checked against max_seconds when the cut was read, from its metadata, so
         # the files' headers are not read a second time here; decoding stops two frames past the
         # limit, which join_and_fit still rejects (a manifest whose durations are wrong).
-        sr = cfg.sample_rate
         bound = round(cfg.max_seconds * sr) + (2 if cfg.on_too_long == "reject" else 0)
+    if path_a is not None:
+        whole = cut.start <= 0 and cut.duration >= rec.duration - 1e-6
         segment = None if whole else (cut.start, cut.start + cut.duration)
-        parts = [load_mono(paths[0], sr, bound, segment)] + [load_mono(p, sr, bound) for p in paths[1:]]
-        return join_and_fit(parts, cfg)
-    # Not a plain file (URL, command, in-memory Shar data...): Lhotse decodes, the checks stay ours.
-    parts = []
-    for rec, (offset, duration) in zip(recordings, [(cut.start, cut.duration), (0.0, None)]):
-        try:
-            data = rec.load_audio(channels=0, offset=offset, duration=duration)
-        except Exception as err:  # noqa: BLE001 - Lhotse's backends raise many types for one bad source
-            raise AudioError(UNREADABLE_AUDIO, f"{rec.id}: {err}") from None
-        parts.append(checked_wave(np.atleast_2d(data).T, rec.sampling_rate, cfg.sample_rate, rec.id))
-    return join_and_fit(parts, cfg)
+        parts = [load_mono(path_a, sr, bound, segment)]
+    else:
+        # Not a plain file (URL, command, in-memory Shar data...), a perturbed recording (speed,
+        # volume, resampling) or another channel than the first: Lhotse decodes what the cut
+        # describes (its channel, its transforms), the checks stay ours.
+        parts = [_lhotse_wave(cut.load_audio, rec, cfg, cut.id)]
+    if isinstance(other, Recording):
+        if path_b is not None:
+            parts.append(load_mono(path_b, sr, bound))
+        else:  # clip B is read whole, its first channel
+            channel = other.channel_ids[0] if other.channel_ids else 0
+            parts.append(_lhotse_wave(lambda: other.load_audio(channels=channel), other, cfg, other.id))
+    return parts
+
+
+def cut_audio(cut: MonoCut, cfg: AudioConfig) -> torch.Tensor:
+    """The model input of a cut (float32 [T]): its clip or segment, and clip B of a pair, joined
+    and fitted to the length rules.
+
+    A plain file whose first channel is the cut's, with no transforms, is decoded directly
+    (:func:`~.audio.load_mono`: only the segment, bounded by ``max_seconds``); anything else (the
+    cut's channel is another one, ``perturb_speed``/``perturb_volume``/``resample`` transforms, a
+    Shar or URL source) is decoded by Lhotse (``cut.load_audio()``), so the audio is what the cut
+    describes. Both go through the same checks (missing, truncated, empty, NaN/inf, resampling,
+    length), and a bad clip raises :class:`~.audio.AudioError` with its reason.
+    """
+    return join_and_fit(cut_parts(cut, cfg), cfg)
 
 
 def cut_sample(cut: MonoCut, cfg: AudioConfig) -> Sample:

@@ -29,7 +29,9 @@ is rejected as ``target_too_long`` (see :data:`DEFAULT_MAX_TARGET_CHARS`). ``met
 ``meta.end`` (a segment of a long file, in seconds) must be finite numbers with
 ``0 <= start < end``, else ``bad_segment``. ``meta.references`` (every reference text of a
 sample, e.g. the five AudioCaps captions of a test clip; caption metrics score against all of
-them) must be a non-empty list of non-empty strings, else ``bad_references``.
+them) must be a non-empty list of non-empty strings, else ``bad_references``. An id ending in
+``_dup<N>`` is ``reserved_id``: evaluation leaves such ids out of the scores, as the padding
+duplicates Lhotse adds under DDP (see :data:`RESERVED_ID_DETAIL`).
 
 Bad lines are not exceptions the caller has to catch: :func:`parse_line` returns a
 :class:`Reject` naming the reason, so a stream can count it and carry on.
@@ -40,6 +42,8 @@ import gzip
 import json
 import math
 import os
+import re
+import zlib
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,9 +65,23 @@ BAD_SEGMENT = "bad_segment"
 TRUNCATED_AUDIO = "truncated_audio"
 SYMLINK_LOOP = "symlink_loop"
 BAD_REFERENCES = "bad_references"
+RESERVED_ID = "reserved_id"
 REASONS = (MALFORMED_JSON, MISSING_FIELD, UNKNOWN_TASK, EMPTY_TARGET, MISSING_FILE,
            UNREADABLE_AUDIO, EMPTY_AUDIO, NAN_OR_INF, TOO_LONG, BAD_ENCODING, TARGET_TOO_LONG,
-           PATH_OUTSIDE_ROOT, BAD_SEGMENT, TRUNCATED_AUDIO, SYMLINK_LOOP, BAD_REFERENCES)
+           PATH_OUTSIDE_ROOT, BAD_SEGMENT, TRUNCATED_AUDIO, SYMLINK_LOOP, BAD_REFERENCES, RESERVED_ID)
+
+# Lhotse's samplers mark a cut they repeat to fill the last round of a distributed evaluation with
+# "<id>_dup<n>" (lhotse.dataset.sampling.base.mark_as_duplicate), and evaluation leaves ids of that
+# form out of the scores (:func:`~.loader.is_padding_duplicate`, the same pattern). A real sample
+# named so would be left out silently, so such ids are refused when a manifest is read.
+_RESERVED_ID = re.compile(r"_dup\d+$")
+RESERVED_ID_DETAIL = ("ids ending in '_dup<N>' are reserved for the padding duplicates that distributed "
+                      "evaluation adds (they are not scored); rename the sample")
+
+
+def reserved_id(sample_id: str) -> bool:
+    """Whether ``sample_id`` has the form of a padding duplicate's id (see :data:`RESERVED_ID_DETAIL`)."""
+    return bool(_RESERVED_ID.search(sample_id))
 
 # Longest target kept by default. The smallest model of the project has 512 positions; at about
 # four characters per BPE token, 2,000 characters already fill that whole context, so a longer
@@ -282,6 +300,8 @@ def parse_line(text: str | bytes, manifest: str, line: int, resolve: PathResolve
     for key in ("id", "audio", "task"):
         if obj.get(key) in (None, "", []):
             return Reject(manifest, line, MISSING_FIELD, sid, detail=f"no {key!r}")
+    if reserved_id(sid):
+        return Reject(manifest, line, RESERVED_ID, sid, detail=RESERVED_ID_DETAIL)
     task = str(obj["task"])
     if known_tasks is not None and task not in known_tasks:
         return Reject(manifest, line, UNKNOWN_TASK, sid, detail=f"task {task!r}")
@@ -323,11 +343,23 @@ def iter_lines(manifest: str, limit: int | None = None) -> Iterator[tuple[int, b
 
     Bytes, not text: each line is decoded on its own by :func:`parse_line`, so one line that is
     not UTF-8 is rejected alone instead of failing (or silently altering) the whole file.
+
+    A file that cannot be read to its end (a ``.gz`` cut short by a copy or a killed ``prepare``, or
+    not gzip at all) raises one ValueError naming the manifest and the last line read whole.
     """
     count = 0
+    number = 0
     # a Lhotse cut manifest may be gzipped (CutSet.to_file("x.jsonl.gz"))
     with gzip.open(manifest, "rb") if manifest.endswith(".gz") else open(manifest, "rb") as fh:
-        for number, text in enumerate(fh, start=1):
+        lines = iter(fh)
+        while True:
+            try:
+                text = next(lines)
+            except StopIteration:
+                return
+            except (EOFError, OSError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+                raise ValueError(unreadable_message(manifest, number, err)) from None
+            number += 1
             if not text.strip():
                 continue  # blank lines are layout, not samples
             if limit is not None and count >= limit:
@@ -336,8 +368,27 @@ def iter_lines(manifest: str, limit: int | None = None) -> Iterator[tuple[int, b
             yield number, text
 
 
+def unreadable_message(manifest: str, lines: int, err: BaseException) -> str:
+    """One line for a manifest file that stops being readable after ``lines`` whole lines."""
+    hint = " (a gzip file cut short, or not gzip)" if manifest.endswith(".gz") else ""
+    return f"{manifest}: unreadable after line {lines}{hint}: {type(err).__name__}: {err}"
+
+
+def check_gzip_stream(manifest: str) -> None:
+    """Reads a ``.gz`` manifest through once (no JSON parsing), so a file cut short or not gzip
+    fails before training starts rather than part way through an epoch."""
+    lines = 0
+    try:
+        with gzip.open(manifest, "rb") as fh:
+            while chunk := fh.read(1 << 16):  # small reads: the count stops close to the damage
+                lines += chunk.count(b"\n")
+    except (EOFError, OSError, zlib.error) as err:
+        raise ValueError(unreadable_message(manifest, lines, err)) from None
+
+
 def check_manifest_file(manifest: str) -> None:
-    """Fails early, in the main process, on a manifest that does not exist or has no lines."""
+    """Fails early, in the main process, on a manifest that does not exist, has no lines, or (a
+    ``.gz``) cannot be decompressed to its end."""
     from .shar import SHAR_LAYOUT, is_shar, is_shar_dir, shar_fields
 
     if os.path.isdir(manifest) and not is_shar_dir(manifest):
@@ -347,6 +398,8 @@ def check_manifest_file(manifest: str) -> None:
         return
     if not os.path.isfile(manifest):
         raise FileNotFoundError(f"{manifest}: manifest file not found")
+    if manifest.endswith(".gz"):
+        check_gzip_stream(manifest)
     if next(iter_lines(manifest), None) is None:
         raise ValueError(f"{manifest}: no valid samples: 0 rejected (the manifest has no lines)")
 

@@ -7,8 +7,10 @@ pair), read sequentially.
 
 * ``ahamask data shar MANIFEST... --out DIR`` (:func:`export_shar`) reads the manifests through the
   data layer (:class:`~.cuts.ManifestCuts`: every check of a training run; a bad line is skipped,
-  counted and named) and writes the good cuts with Lhotse's ``CutSet.to_shar``: only each cut's
-  own segment of audio, FLAC by default (lossless at 16 bits).
+  counted and named), decodes each cut's audio with the loader's checks (``dataset.cut_parts``:
+  a missing, truncated, empty or NaN/inf clip is skipped and counted under that reason, never
+  written) and writes the good cuts with Lhotse's ``CutSet.to_shar``: only each cut's own segment
+  of audio, FLAC by default (lossless at 16 bits).
 * A directory in that layout is a manifest like any other (``data.init_args.train: [DIR]``):
   :class:`~.cuts.ManifestCuts` reads it with ``CutSet.from_shar`` (:func:`iter_shar`) and applies
   the same text, task and length checks; the audio travels in memory with its cut and is decoded in
@@ -183,9 +185,17 @@ def export_shar(manifests: Sequence[str], out: str | Path, shard_size: int = 100
     ``index``: also a Shar index there, each shard named ``index_prefix`` (default: ``out``'s path) + its name.
     ``sample_rate``: the audio resampled to it before writing (Lhotse's resampler, torchaudio's sinc
     filter as in training), so the loader neither decodes nor resamples the extra samples each epoch."""
-    from .audio import AudioConfig
-    from .cuts import ManifestCuts
-    from .manifest import DEFAULT_MAX_TARGET_CHARS, UNREADABLE_AUDIO, check_manifest_file, default_known_tasks
+    from .audio import AudioConfig, AudioError
+    from .cuts import ManifestCuts, origin
+    from .dataset import cut_parts
+    from .manifest import (
+        DEFAULT_MAX_TARGET_CHARS,
+        UNREADABLE_AUDIO,
+        Reject,
+        check_manifest_file,
+        default_known_tasks,
+    )
+    from .rejects import RejectSink
 
     for manifest in manifests:
         check_manifest_file(manifest)
@@ -211,9 +221,24 @@ def export_shar(manifests: Sequence[str], out: str | Path, shard_size: int = 100
                           allow_outside_root=allow_outside_root, known_tasks=default_known_tasks(),
                           max_target_chars=DEFAULT_MAX_TARGET_CHARS)
     counted = {"cuts": 0}
+    audio_rejects = RejectSink(None, "shar", "export")
 
     def good_cuts() -> Iterator[MonoCut]:
         for cut in source:
+            # The audio is decoded and checked as a training run would (missing, truncated, empty,
+            # NaN/inf) before Lhotse writes it: its WAV writer would turn NaN/inf into full-scale
+            # samples, and a FLAC it cannot write would be counted as unreadable, not as what it is.
+            # At the cut's own rate: nothing is resampled only to be checked.
+            check = AudioConfig(sample_rate=int(cut.sampling_rate), min_seconds=0.0, max_seconds=float("inf"),
+                                on_too_long="cut")
+            try:
+                cut_parts(cut, check)
+            except AudioError as err:
+                # logged in one line naming manifest:line, as the loader does; the summary's "first"
+                # stays the first line the manifest reader refused
+                rejects[err.reason] = rejects.get(err.reason, 0) + 1
+                audio_rejects(Reject(*origin(cut), err.reason, cut.id, err.detail), 0)
+                continue
             custom = {k: v for k, v in cut.custom.items() if k != "origin"}  # the reader's, not the data's
             if isinstance(custom.get("audio_b"), Recording):
                 if sample_rate is not None:
