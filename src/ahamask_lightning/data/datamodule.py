@@ -5,14 +5,17 @@ audio loaded in DataLoader workers -> batches, with an exact resume position.
   as it is read; a Lhotse cut manifest (``CutSet.to_file``) is read directly. The cut convention
   and how the two are told apart are in :mod:`.cuts`. Nothing is read ahead: the CutSets are lazy.
 * Batches: ``batch_size`` cuts (``SimpleCutSampler``) or, with ``max_batch_seconds``,
-  length-bucketed batches within that many seconds of padded audio (``DynamicBucketingSampler``);
-  see :mod:`.loader`. The sampler splits batches over DDP ranks; the audio is decoded, checked and
-  collated by the workers (:mod:`.dataset`).
+  length-bucketed batches within that many seconds of padded audio (``DynamicBucketingSampler``;
+  a batch's cuts x its longest cut never exceeds the budget, a single longer clip is a batch of
+  one); see :mod:`.loader`. The sampler splits batches over DDP ranks; the audio is decoded,
+  checked and collated by the workers (:mod:`.dataset`).
 * ``train``: shuffled (Lhotse's seeded shuffling, a new order every epoch through the sampler's
   ``set_epoch``), one loader over all training manifests. The position of the last batch the
   training loop consumed is recorded in :meth:`on_before_batch_transfer` and saved through this
   class's :meth:`state_dict` (Lightning stores it in checkpoints); a resumed run skips exactly the
-  batches already trained on, without loading their audio.
+  batches already trained on, without loading their audio. The position is kept only under the
+  same batch plan (manifests, batching, shuffling, seed, limit, length rules, number of ranks);
+  otherwise a warning says what changed and the epoch restarts from its first sample.
 * ``val`` / ``test`` / ``predict``: no shuffling, deterministic order, **one dataloader per
   manifest, in the order given** (a list even for one manifest). Either a list of manifests or
   a mapping ``{set name: manifest(s)}`` naming held-out sets (``{ood: m/test_ood/gr.jsonl}``);
@@ -27,7 +30,9 @@ audio loaded in DataLoader workers -> batches, with an exact resume position.
   run writes to the same place, is not written again). A batch whose samples were all bad is
   never handed to the training loop.
 * DDP: the samplers split batches over ranks; training ranks get the same number of batches and
-  end each epoch together (see :mod:`.loader`). Training manifests that are all Lhotse Shar, with
+  end each epoch together, evaluation ranks run the same number of steps, and the end-of-epoch
+  checks (a manifest with no valid sample, a training epoch with no batch) are decided on counts
+  summed over the ranks (see :mod:`.loader`). Training manifests that are all Lhotse Shar, with
   a shard or more per rank, are split by shard instead: each rank reads only its own (:mod:`.shar`).
 
 Hugging Face ``datasets`` / parquet inputs are not supported (JSONL and Lhotse manifests only).
@@ -47,7 +52,7 @@ from lhotse import CutSet
 from .audio import AudioConfig
 from .cuts import ManifestCuts
 from .dataset import AudioBatches, Sample, identity_collate
-from .loader import CutLoader, make_sampler
+from .loader import PLAN_VERSION, CountedCuts, CutLoader, make_sampler
 from .manifest import (
     DEFAULT_MAX_TARGET_CHARS,
     as_list,
@@ -92,12 +97,14 @@ class ManifestDataModule(pl.LightningDataModule):
     """Lazy Lhotse CutSet data for AHAMask (see the module docstring).
 
     Args beyond the obvious: ``max_batch_seconds`` switches from ``batch_size`` batches to
-    length-bucketed batches whose padded seconds (``len * longest``) stay within the budget;
+    length-bucketed batches whose padded seconds (``len * longest``) never exceed the budget (a
+    single clip longer than it is a batch of one);
     ``shuffle_buffer`` is how many cuts the training sampler's shuffle buffer holds (bucketing
     sampler; the ``batch_size`` sampler uses Lhotse's streaming shuffle), and 1 turns training
     shuffling off (manifest order, as a buffer of one would give);
-    ``limit`` keeps the first ``limit`` lines of every manifest; ``rejects_path`` is the JSONL
-    base name for rejected samples (one file per stage x rank x process is written beside it);
+    ``limit`` (>= 1, or None for every line) keeps the first ``limit`` lines of every manifest;
+    ``rejects_path`` is the JSONL base name for rejected samples (one file per stage x rank x
+    process is written beside it);
     ``on_too_long`` rejects (default) or cuts audio longer than ``max_seconds``; ``known_tasks``
     overrides the task registry (None: ``ahamask_lightning.tasks.TASKS`` when importable);
     ``max_target_chars`` rejects longer targets (None: no limit; the default's reasoning is at
@@ -141,6 +148,9 @@ class ManifestDataModule(pl.LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.rejects_path = rejects_path
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"limit must be a whole number >= 1 (lines kept per manifest) or null (every line), "
+                             f"not {limit!r}")
         self.limit = limit
         if max_target_chars is not None and max_target_chars < 1:
             raise ValueError(f"max_target_chars must be >= 1 or null, not {max_target_chars}")
@@ -195,9 +205,10 @@ class ManifestDataModule(pl.LightningDataModule):
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"train": {"epoch", "batches": {rank: planned batches done}, "world_size"}}`` once training
-        consumed a batch. Under DDP every rank calls this while a checkpoint is dumped (rank 0 writes
-        it), so the positions of all ranks are gathered."""
+        """``{"train": {"epoch", "batches": {rank: planned batches done}, "world_size", "plan"}}`` once
+        training consumed a batch (``plan``: what the batch plan depends on, :meth:`plan`). Under DDP
+        every rank calls this while a checkpoint is dumped (rank 0 writes it), so the positions of all
+        ranks are gathered."""
         rank, world = self._coords()
         mine = self._position
         positions = {rank: mine}
@@ -210,16 +221,38 @@ class ManifestDataModule(pl.LightningDataModule):
             return {}
         epoch = max(p[0] for p in known.values())
         batches = {str(r): p[1] for r, p in known.items() if p[0] == epoch}
-        return {"train": {"epoch": epoch, "batches": batches, "world_size": world}}
+        return {"train": {"epoch": epoch, "batches": batches, "world_size": world, "plan": self.plan()}}
+
+    def plan(self) -> dict[str, Any]:
+        """What the training sampler's plan depends on besides the epoch and the ranks: "batches of
+        the plan done" means nothing under another plan (a resume would repeat or skip samples)."""
+        return {"version": PLAN_VERSION, "manifests": list(self.paths["train"]),
+                # batch_size plans nothing when seconds budgets make the batches
+                "batch_size": self.batch_size if self.max_batch_seconds is None else None,
+                "max_batch_seconds": self.max_batch_seconds, "shuffle_buffer": self.shuffle_buffer,
+                "seed": self.seed, "limit": self.limit, "min_seconds": self.audio.min_seconds,
+                "max_seconds": self.audio.max_seconds, "on_too_long": self.audio.on_too_long}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = state_dict.get("train")
         if not state:
             return
         rank, world = self._coords()
+        restart = f"epoch {state['epoch']} restarts from its first sample"
         if int(state.get("world_size", 1)) != world:
             warnings.warn(f"cannot resume the data position: saved with {state.get('world_size')} rank(s), now "
-                          f"{world}; epoch {state['epoch']} restarts from its first sample", stacklevel=2)
+                          f"{world}; {restart}", stacklevel=2)
+            return
+        saved, plan = state.get("plan"), self.plan()
+        if not isinstance(saved, dict):
+            # saved before plans were recorded (version 1): its batch_size plans are this version's,
+            # its seconds-budget plans are not
+            saved = {**plan, "version": 1} if self.max_batch_seconds is not None else plan
+        if saved != plan:
+            changed = ", ".join(f"{key} was {saved.get(key)!r}, now {plan.get(key)!r}"
+                                for key in sorted(set(saved) | set(plan)) if saved.get(key) != plan.get(key))
+            warnings.warn(f"cannot resume the data position: another batch plan ({changed}); {restart}",
+                          stacklevel=2)
             return
         done = state.get("batches", {}).get(str(rank))
         self._position = (int(state["epoch"]), int(done)) if done is not None else None
@@ -276,17 +309,21 @@ class ManifestDataModule(pl.LightningDataModule):
         split = training and world > 1 and all(is_shar(p) and shard_count(p) >= world for p in paths)
         # every rank reads every line (and rank 0 writes the rejects) unless each reads its own shards
         rejects = RejectLog(self._stage_rejects(stage), self.rejects_path, stage, rank, write=rank == 0 or split)
-        cuts = ManifestCuts(paths, self.audio, rejects, audio_root=self.audio_root,
-                            allow_outside_root=self.allow_outside_root, known_tasks=self.known_tasks,
-                            max_target_chars=self.max_target_chars, limit=self.limit, shuffle=shuffle, seed=self.seed,
-                            shard_split=(rank, world) if split else None)
+        # shuffle_buffer 1 means the manifests' order too, not only the order within them
         shuffle = shuffle and self.shuffle_buffer > 1
+        cuts = CountedCuts(ManifestCuts(paths, self.audio, rejects, audio_root=self.audio_root,
+                                        allow_outside_root=self.allow_outside_root, known_tasks=self.known_tasks,
+                                        max_target_chars=self.max_target_chars, limit=self.limit, shuffle=shuffle,
+                                        seed=self.seed, shard_split=(rank, world) if split else None))
         distributed = world > 1 and dist.is_available() and dist.is_initialized()
         sampler = make_sampler(CutSet(cuts), self.audio, batch_size=self.batch_size,
                                max_batch_seconds=self.max_batch_seconds, shuffle=shuffle,
                                shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=0 if split else rank,
                                world_size=1 if split else world, drop_last=training and distributed and not split)
         dataset = AudioBatches(self.audio, self.collate_fn, stage, rank, self.rejects_path)
-        # a rank's shards may all be bad while the others' are fine: no per-rank "no valid samples"
+        batching = (f"batch_size {self.batch_size}" if self.max_batch_seconds is None
+                    else f"max_batch_seconds {self.max_batch_seconds}")
+        # the end-of-epoch checks sum the ranks' counts: a rank's shards may all be bad while the others' are fine
         return CutLoader(sampler, cuts, dataset, rejects, num_workers=self.num_workers, resume=resume,
-                         track=training, sync_stop=training and distributed, check_all_bad=not split)
+                         track=training, sync_stop=training and distributed, need_batches=training,
+                         batching=batching, distributed=distributed, own_share=split)

@@ -32,34 +32,47 @@ one rank only, so with ``sync_stop`` the ranks also agree before every batch (on
 all-reduce) and all end the epoch when the first one runs dry. Evaluation keeps
 ``drop_last=False``: when a last round has fewer cuts than ranks, Lhotse repeats some (with
 ``_dup`` ids) so that every rank gets a batch; :func:`is_padding_duplicate` tells them apart, and
-evaluation decodes them (the ranks stay in step) but neither scores nor records them.
+evaluation decodes them (the ranks stay in step) but neither scores nor records them. An
+evaluation batch whose samples were all bad is replaced the same way, by a padding duplicate of
+the first sample of the manifests that decodes, so that its rank still runs its step.
+
+After a full pass the loader checks the epoch (under DDP from counts summed over the ranks, so
+every rank decides alike): a manifest that gave nothing but rejects stops the run with its
+reasons, and so does a training epoch that planned no batch at all (e.g. fewer usable samples
+than ranks x ``batch_size``), which would otherwise repeat empty epochs for ever.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from lhotse import CutSet
+from lhotse import CutSet, MonoCut
 from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
-from lhotse.dataset.sampling.base import CutSampler, TimeConstraint
+from lhotse.dataset.sampling.base import CutSampler, TimeConstraint, mark_as_duplicate
 from torch.utils.data import DataLoader
 
 from .audio import AudioConfig
-from .cuts import ManifestCuts, sample_seconds
-from .dataset import AudioBatches, keep_as_is
-from .manifest import PATH_OUTSIDE_ROOT
+from .cuts import ManifestCuts, origin, sample_seconds
+from .dataset import AudioBatches, LoadedBatch, keep_as_is
+from .manifest import PATH_OUTSIDE_ROOT, REASONS
 from .rejects import RejectLog, format_reasons
 
 # Lhotse's samplers mark a cut repeated to fill the last round of a distributed epoch by suffixing
 # its id (lhotse.dataset.sampling.base.mark_as_duplicate: "<id>_dup<n>").
 _PADDING_DUPLICATE = re.compile(r"_dup\d+$")
+
+# Version of the way batches are planned from the manifests; a saved position is only kept under
+# the same plan (see ``ManifestDataModule.load_state_dict``). 2: seconds budgets are never exceeded.
+PLAN_VERSION = 2
 
 
 def is_padding_duplicate(sample_id: str) -> bool:
@@ -70,10 +83,22 @@ def is_padding_duplicate(sample_id: str) -> bool:
 @dataclass
 class PaddedSeconds(TimeConstraint):
     """Lhotse's padded batch cost (cuts x longest) in the seconds the model hears: a pair's joined
-    length, at least ``min_seconds`` (padding), at most ``cut_at`` when long audio is cut."""
+    length, at least ``min_seconds`` (padding), at most ``cut_at`` when long audio is cut.
+
+    Never over the budget: Lhotse's batcher adds a cut, then asks :meth:`close_to_exceeding`
+    whether one more would go over, and never takes a cut back. Lhotse assumes the next cut is no
+    longer than the longest so far, but a bucket holds lengths up to twice its lower edge, so a
+    short first cut followed by long ones went up to about 2x the budget. Here the next cut is
+    counted at the longest length its bucket can hold (every cut of a batch comes from one bucket
+    of ``edges``, the sampler's ``duration_bins``; the last one ends at ``top``). A single cut
+    longer than the budget still makes a batch of one. The price: a batch whose cuts all lie near
+    their bucket's lower edge holds fewer than would fit (down to about half the budget).
+    """
 
     min_seconds: float = 0.0
     cut_at: float | None = None
+    edges: list[float] = field(default_factory=list)
+    top: float = math.inf
 
     def measure_length(self, example: Any) -> float:
         seconds = max(sample_seconds(example), self.min_seconds)
@@ -86,11 +111,28 @@ class PaddedSeconds(TimeConstraint):
             self.longest_seen = max(self.longest_seen, seconds)
         self.num_cuts += 1
 
+    def bucket_ceiling(self, seconds: float) -> float:
+        """The longest length a cut of ``seconds``'s bucket can have."""
+        index = bisect_left(self.edges, seconds)  # Lhotse's select_bucket: edges[i-1] < length <= edges[i]
+        return self.edges[index] if index < len(self.edges) else max(self.top, seconds)
+
+    def close_to_exceeding(self) -> bool:
+        if self.max_duration is None or self.num_cuts == 0:
+            return super().close_to_exceeding()
+        return (super().close_to_exceeding()
+                or (self.num_cuts + 1) * self.bucket_ceiling(self.longest_seen) > self.max_duration)
+
+
+# Bucket edges stop here when max_seconds is unbounded (the last bucket then has no known ceiling:
+# its batches are one cut each).
+_LAST_EDGE_UNBOUNDED = 3600.0
+
 
 def default_bucket_edges(cfg: AudioConfig) -> list[float]:
     """Doubling length buckets from min_seconds up to max_seconds (e.g. 2, 4, 8, 16 s)."""
+    end = cfg.max_seconds if math.isfinite(cfg.max_seconds) else _LAST_EDGE_UNBOUNDED
     edges, edge = [], max(cfg.min_seconds, 0.5) * 2
-    while edge < cfg.max_seconds:
+    while edge < end:
         edges.append(edge)
         edge *= 2
     return edges
@@ -101,7 +143,9 @@ def make_sampler(cuts: CutSet, audio: AudioConfig, *, batch_size: int, max_batch
                  drop_last: bool) -> CutSampler:
     """``batch_size`` batches (``SimpleCutSampler``, ``max_cuts``; Lhotse's streaming shuffle), or
     length-bucketed batches within ``max_batch_seconds`` of padded audio (``DynamicBucketingSampler``
-    whose buffer holds ``shuffle_buffer`` cuts plus room for one full batch per bucket)."""
+    whose buffer holds ``shuffle_buffer`` cuts plus room for one full batch per bucket): a batch's
+    cuts x its longest cut never exceeds the budget, except a single cut longer than the budget,
+    which is a batch of its own (see :class:`PaddedSeconds`)."""
     if max_batch_seconds is None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -112,17 +156,81 @@ def make_sampler(cuts: CutSet, audio: AudioConfig, *, batch_size: int, max_batch
     edges = default_bucket_edges(audio)
     per_batch = math.ceil(max_batch_seconds / max(audio.min_seconds, 0.01))
     constraint = PaddedSeconds(max_duration=max_batch_seconds, min_seconds=audio.min_seconds,
-                               cut_at=audio.max_seconds if audio.on_too_long == "cut" else None)
+                               cut_at=audio.max_seconds if audio.on_too_long == "cut" else None,
+                               edges=edges, top=audio.max_seconds)
     return DynamicBucketingSampler(cuts, constraint=constraint, duration_bins=edges, shuffle=shuffle,
                                    drop_last=drop_last, buffer_size=max(1, shuffle_buffer) + (len(edges) + 1) * per_batch,
                                    world_size=world_size, rank=rank, seed=seed)
 
 
+def collective_device() -> torch.device:
+    """Where the default process group's backend takes the tensors it reduces: the CPU when it
+    handles CPU tensors (gloo), else the current accelerator of the backend's device type (nccl:
+    CUDA; hccl: the NPU, as torch_npu registers it through ``Backend.register_backend``)."""
+    backend = str(dist.get_backend()).lower()
+    if ":" in backend:  # "cpu:gloo,cuda:nccl": a backend per device type
+        devices = [part.split(":", 1)[0] for part in backend.split(",")]
+    else:
+        devices = dist.Backend.backend_capability.get(backend, ["cpu"])
+    if "cpu" in devices:
+        return torch.device("cpu")
+    accelerator = torch.accelerator.current_accelerator(check_available=True)
+    same = accelerator is not None and accelerator.type == devices[0]
+    return torch.device(devices[0], torch.accelerator.current_device_index() if same else 0)
+
+
 def _all_ranks_have_data(mine: bool) -> bool:
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-    flag = torch.tensor([1 if mine else 0], device=device)
+    flag = torch.tensor([1 if mine else 0], device=collective_device())
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
+
+
+class CountedCuts:
+    """A stage's :class:`~.cuts.ManifestCuts` counting, per manifest, the cuts it yields in the
+    current epoch (read and accepted; the lines rejected on reading go to the reject log). The
+    sampler iterates it; the end-of-epoch check compares it with what was loaded, because cuts that
+    a ``drop_last`` sampler left out were never tried."""
+
+    def __init__(self, cuts: ManifestCuts) -> None:
+        self.cuts = cuts
+        self.read: dict[str, int] = {}
+
+    @property
+    def manifests(self) -> list[str]:
+        return self.cuts.manifests
+
+    def set_epoch(self, epoch: int) -> None:
+        self.cuts.set_epoch(epoch)
+        self.read = {}
+
+    def __iter__(self) -> Iterator[MonoCut]:
+        for cut in self.cuts:
+            manifest = origin(cut)[0]
+            self.read[manifest] = self.read.get(manifest, 0) + 1
+            yield cut
+
+
+@dataclass
+class _Tally:
+    """What the workers reported in one pass, per manifest: samples decoded, samples tried, and
+    the reasons of the ones that failed."""
+
+    good: dict[str, int] = field(default_factory=dict)
+    tried: dict[str, int] = field(default_factory=dict)
+    rejects: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, loaded: LoadedBatch) -> None:
+        for manifest, n in loaded.good.items():
+            self.good[manifest] = self.good.get(manifest, 0) + n
+            self.tried[manifest] = self.tried.get(manifest, 0) + n
+        for manifest, _, reason in loaded.rejects:
+            self.tried[manifest] = self.tried.get(manifest, 0) + 1
+            per = self.rejects.setdefault(manifest, {})
+            per[reason] = per.get(reason, 0) + 1
+
+
+_OTHER = "other"
+_REASON_SLOTS = (*REASONS, _OTHER)
 
 
 class _After:
@@ -147,14 +255,20 @@ class CutLoader:
     ``rejects`` the stage's reject record; ``resume`` (epoch, planned batches done) to skip;
     ``track`` whether positions are queued for :meth:`take_consumed` (the training loader);
     ``check_all_bad`` raise after a full pass when a manifest gave nothing but rejects;
-    ``sync_stop`` DDP ranks end the epoch together.
+    ``need_batches`` raise after a full pass that planned no batch (training), naming
+    ``batching`` (e.g. ``"batch_size 8"``); ``sync_stop`` DDP ranks end the epoch together;
+    ``distributed`` a process group of several ranks runs this loader on each (evaluation ranks
+    stay in step; the checks are decided on counts summed over the ranks, every rank calling this
+    loader's collectives at the end of each pass); ``own_share`` each rank reads only its share of
+    the manifests (Shar shards dealt out) rather than every line.
     """
 
     batch_sampler = None  # the DataLoader attribute Lightning reads next to ``sampler``: batches come from ``sampler``
 
-    def __init__(self, sampler: CutSampler, cuts: ManifestCuts, dataset: AudioBatches, rejects: RejectLog, *,
+    def __init__(self, sampler: CutSampler, cuts: CountedCuts, dataset: AudioBatches, rejects: RejectLog, *,
                  num_workers: int = 0, resume: tuple[int, int] | None = None, track: bool = False,
-                 check_all_bad: bool = True, sync_stop: bool = False) -> None:
+                 check_all_bad: bool = True, need_batches: bool = False, batching: str = "",
+                 sync_stop: bool = False, distributed: bool = False, own_share: bool = False) -> None:
         self.sampler = sampler
         self.cuts = cuts
         self.dataset = dataset
@@ -162,9 +276,14 @@ class CutLoader:
         self.num_workers = num_workers
         self.track = track
         self.check_all_bad = check_all_bad
+        self.need_batches = need_batches
+        self.batching = batching
         self.sync_stop = sync_stop
+        self.distributed = distributed
+        self.own_share = own_share
         self._resume = resume
         self._handed_out: deque[tuple[int, int]] = deque()
+        self._padding: CutSet | None = None  # the cut that stands in for an all-bad evaluation batch
 
     def take_consumed(self) -> tuple[int, int] | None:
         """Position reached by the oldest batch handed out and not yet taken (None: none left)."""
@@ -200,22 +319,28 @@ class CutLoader:
         loader = DataLoader(dataset, sampler=_After(self.sampler, skip) if skip else self.sampler, batch_size=None,
                             num_workers=self.num_workers, collate_fn=keep_as_is,
                             generator=torch.Generator().manual_seed(epoch))
-        good: dict[str, int] = {}
+        tally = _Tally()
         index, full_pass = skip, skip == 0
         try:
             for loaded in loader:
                 self.rejects.from_worker(loaded.rejects)
-                for manifest, n in loaded.good.items():
-                    good[manifest] = good.get(manifest, 0) + n
+                tally.add(loaded)
                 index += 1
-                if loaded.batch is None:
-                    continue  # every sample of that planned batch was bad
+                batch = loaded.batch
+                if batch is None:  # every sample of that planned batch was bad
+                    if not self.distributed or self.sync_stop:
+                        continue  # alone, or training ranks that agree before every batch (below)
+                    # an evaluation rank runs a step all the same: the others' steps may wait on it
+                    # (a sharded model gathers its weights in every forward)
+                    batch = self._padding_batch(dataset)
+                    if batch is None:
+                        continue  # no sample of the manifests decodes: every rank skips alike
                 if self.sync_stop and not _all_ranks_have_data(True):
                     full_pass = False  # another rank ran dry: stop together (see module docstring)
                     break
                 if self.track:
                     self._handed_out.append((epoch, index))
-                yield loaded.batch
+                yield batch
             else:
                 if self.sync_stop:
                     _all_ranks_have_data(False)  # the ranks still holding batches wait on this
@@ -224,15 +349,69 @@ class CutLoader:
             self.rejects.close()
         if self.sampler.epoch == epoch:
             self.sampler.set_epoch(epoch + 1)  # iterated directly: the next pass is the next epoch
-        if full_pass and self.check_all_bad:
-            self._raise_if_all_bad(good)
+        if self.check_all_bad or self.need_batches:
+            self._check_epoch(tally, index, full_pass)
         return index
 
-    def _raise_if_all_bad(self, good: dict[str, int]) -> None:
-        for manifest in self.cuts.manifests:
-            counts = self.rejects.epoch_counts.get(manifest)
-            if counts and not good.get(manifest):
+    def _padding_batch(self, dataset: AudioBatches) -> Any:
+        """A batch of one padding duplicate (a Lhotse ``_dup`` id: evaluation neither scores nor
+        records it) of the first sample of the manifests that decodes; None when none does."""
+        if self._padding is not None:
+            loaded = dataset[self._padding]
+            if loaded.batch is not None:
+                return loaded.batch
+        quiet = copy.copy(self.cuts.cuts)
+        quiet.on_reject = lambda reject: None  # this pass has counted its read-time rejects already
+        for cut in quiet:
+            if origin(cut) in self.rejects.rejected:
+                continue
+            padding = CutSet.from_cuts([cut.with_id(mark_as_duplicate(0)(cut.id))])
+            loaded = dataset[padding]
+            for manifest, line, reason in loaded.rejects:
+                self.rejects.rejected.setdefault((manifest, line), reason)  # not tried again
+            if loaded.batch is not None:
+                self._padding = padding
+                return loaded.batch
+        return None
+
+    def _check_epoch(self, tally: _Tally, planned: int, full_pass: bool) -> None:
+        """The end-of-pass checks (module docstring). Under DDP every rank calls this at the end of
+        every pass (the ranks end their passes together) and one all-reduce sums, in the fixed order
+        of the manifests: whether each rank's pass was full, planned batches, and per manifest
+        samples decoded, samples tried, cuts read, and rejects per reason."""
+        manifests = self.cuts.manifests
+        # every rank reads every line (unless each reads its own share): count the reading once
+        reads_here = self.own_share or not self.distributed or dist.get_rank() == 0
+        values = [0 if full_pass else 1, planned]
+        for manifest in manifests:
+            decoding = tally.rejects.get(manifest, {})
+            slots = dict.fromkeys(_REASON_SLOTS, 0)
+            for reason, n in self.rejects.epoch_counts.get(manifest, {}).items():
+                n = n if reads_here else decoding.get(reason, 0)  # epoch_counts holds both kinds
+                slots[reason if reason in slots else _OTHER] += n
+            values += [tally.good.get(manifest, 0), tally.tried.get(manifest, 0),
+                       self.cuts.read.get(manifest, 0) if reads_here else 0, *slots.values()]
+        if self.distributed:
+            summed = torch.tensor(values, dtype=torch.long, device=collective_device())
+            dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+            values = summed.tolist()
+        if values[0]:
+            return  # a pass cut short (a resume, or a rank that ran dry first): nothing to conclude
+        width = 3 + len(_REASON_SLOTS)
+        read_total = 0
+        for i, manifest in enumerate(manifests):
+            good, tried, read, *by_reason = values[2 + i * width: 2 + (i + 1) * width]
+            read_total += read
+            counts = {reason: n for reason, n in zip(_REASON_SLOTS, by_reason) if n}
+            # tried < read: drop_last left good cuts out untried; they may still decode
+            if self.check_all_bad and counts and not good and tried >= read:
                 hint = ("; audio paths must stay inside the corpus root unless the data option "
                         "allow_outside_root is true" if PATH_OUTSIDE_ROOT in counts else "")
                 raise RuntimeError(f"{manifest}: no valid samples: {sum(counts.values())} rejected "
                                    f"({format_reasons(counts)}){hint}")
+        if self.need_batches and values[1] == 0:
+            ranks = dist.get_world_size() if self.distributed else 1
+            raise RuntimeError(
+                f"{', '.join(manifests)}: a training epoch has no batch: {read_total} usable sample(s) for {ranks} "
+                f"rank(s) x {self.batching} (each rank needs a full batch; the last, incomplete round is dropped): "
+                "use more data, fewer ranks or a smaller batch")
