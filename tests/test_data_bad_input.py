@@ -37,6 +37,7 @@ EXPECTED = {
     "segnull": "bad_segment",  # meta.start is null
     "segpast": "bad_segment",  # ends at 1.5 s in a 0.5 s file: would be trained on padded with silence
     "refs": "bad_references",  # meta.references is one string, not a list of them
+    "take_dup3": "reserved_id",  # the form of a padding duplicate's id, which evaluation leaves out
 }
 
 
@@ -77,7 +78,7 @@ def build(root: Path) -> str:
     files["cut"] = "audio/cut.wav"
     os.symlink("loop.wav", audio / "loop.wav")
     files["loop"] = "audio/loop.wav"
-    for sid in ("latin", "surrogate", "essay", "segtext", "segnull", "segpast", "refs"):
+    for sid in ("latin", "surrogate", "essay", "segtext", "segnull", "segpast", "refs", "take_dup3"):
         files[sid] = "audio/good.wav"
     man = root / "manifests" / "test" / "mixed.jsonl"
     man.parent.mkdir(parents=True)
@@ -134,9 +135,9 @@ def test_each_bad_case_gets_its_reason(tmp_path: Path, workers: int, caplog: pyt
 
     summary = dm.reject_summary()
     assert summary == {"bad_encoding": 2, "bad_references": 1, "bad_segment": 3, "empty_audio": 1, "empty_target": 2, "malformed_json": 1,
-                       "missing_file": 1, "nan_or_inf": 2, "path_outside_root": 2, "symlink_loop": 1,
-                       "target_too_long": 1, "too_long": 1, "truncated_audio": 1, "unknown_task": 1,
-                       "unreadable_audio": 1}
+                       "missing_file": 1, "nan_or_inf": 2, "path_outside_root": 2, "reserved_id": 1,
+                       "symlink_loop": 1, "target_too_long": 1, "too_long": 1, "truncated_audio": 1,
+                       "unknown_task": 1, "unreadable_audio": 1}
     if workers == 0:  # worker processes log in their own process, beyond caplog's reach
         assert any(f"{man}:4:" in r.getMessage() and "malformed_json" in r.getMessage() for r in caplog.records)
 
