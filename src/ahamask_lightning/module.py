@@ -45,6 +45,10 @@ class NoMaskToEvaluateError(ValueError):
     gave it: the initial logits keep every head, so the run would be the ungated model (one line)."""
 
 
+NO_MASK_HINT = ("give a mask file (--model.init_args.mask FILE) or a fit's checkpoint (--ckpt_path), or "
+                "--model.init_args.use_mask false for the model without a mask")
+
+
 # Options of how a run evaluates, not of what the mask learned: left out of the checkpoint's
 # hyperparameters, which LightningCLI applies over the command line when ``--ckpt_path`` is given
 # (``test --ckpt_path X --model.init_args.use_mask false`` would otherwise run the masked condition).
@@ -287,9 +291,7 @@ class AHAMaskModule(L.LightningModule):
         fit's own validation evaluates the mask it is learning."""
         fitting = self.trainer_attached() and self.trainer.state.fn == "fit"
         if self.use_mask and self.mask_source is None and not fitting:
-            raise NoMaskToEvaluateError(
-                "model.init_args.mask: no mask to evaluate; give a mask file (--model.init_args.mask FILE) or "
-                "a fit's checkpoint (--ckpt_path), or --model.init_args.use_mask false for the model without a mask")
+            raise NoMaskToEvaluateError(f"model.init_args.mask: no mask to evaluate; {NO_MASK_HINT}")
 
     def on_validation_start(self) -> None:
         self.check_mask_to_evaluate()

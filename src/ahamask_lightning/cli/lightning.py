@@ -40,7 +40,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from ..accelerators import check_devices, check_fit_precision, check_trainer_config
 from ..analysis.report import metric_lines
 from ..callbacks import FaultCheckpoint, RNGStateCheckpoint, RunReport, check_sparsity_settings, is_disk_full
-from ..module import AHAMaskModule, NoMaskToEvaluateError, NonFiniteLossError
+from ..module import NO_MASK_HINT, AHAMaskModule, NoMaskToEvaluateError, NonFiniteLossError
 from ..progress import LineProgress, MaskModelSummary, quiet_library_noise
 from .errors import ONE_LINE_ERRORS, error_line, full_traceback_wanted
 from .parser import OneLineErrorParser
@@ -140,10 +140,8 @@ class AHAMaskCLI(LightningCLI):
         _check_manifests((cfg.get("data") or {}).get("init_args") or {}, sub)
         if sub in EVAL_STAGES and model_args.get("use_mask") is True and not model_args.get("mask") \
                 and not cfg.get("ckpt_path"):
-            raise NoMaskToEvaluateError(  # before any weights load; the module checks again (Python use)
-                f"model.init_args.mask: `{sub}` with the mask on needs one; give a mask file "
-                "(--model.init_args.mask FILE) or a fit's checkpoint (--ckpt_path), or --model.init_args.use_mask "
-                "false for the model without a mask")
+            # before any weights load; the module checks again (Python use)
+            raise NoMaskToEvaluateError(f"model.init_args.mask: `{sub}` with the mask on needs one; {NO_MASK_HINT}")
         if "weights_only" in cfg:
             if cfg.get("weights_only") is False:
                 raise ValueError("weights_only: false is refused: checkpoints are read with weights_only=True "

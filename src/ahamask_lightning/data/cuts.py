@@ -33,8 +33,8 @@ are checked when the audio is loaded. A bad line is rejected with its reason (pa
 """
 from __future__ import annotations
 
+import copy
 import json
-import math
 import random
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
@@ -60,6 +60,7 @@ from .manifest import (
     PathResolver,
     Reject,
     SampleRecord,
+    finite_number,
     iter_lines,
     parse_line,
     references_problem,
@@ -149,10 +150,6 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
-def _finite(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _recording_problem(rec: object, name: str) -> str | None:
     """Why a deserialised recording cannot be read (the types a hand-edited line can get wrong), or None."""
     if not isinstance(rec, Recording):
@@ -163,9 +160,9 @@ def _recording_problem(rec: object, name: str) -> str | None:
         # in-memory audio (Shar) is bytes; a file, URL or command is named by a string
         if not isinstance(source.source, bytes if source.type == "memory" else str) or not source.source:
             return f"{name}: {source.type} source {str(source.source)[:80]!r}: expected a path, URL or command"
-    if not _finite(rec.duration) or rec.duration <= 0:
+    if finite_number(rec.duration) is None or rec.duration <= 0:
         return f"{name}: duration {rec.duration!r}: expected a positive number of seconds"
-    if not _finite(rec.sampling_rate) or rec.sampling_rate <= 0 or not float(rec.sampling_rate).is_integer():
+    if finite_number(rec.sampling_rate) is None or rec.sampling_rate <= 0 or not float(rec.sampling_rate).is_integer():
         return f"{name}: sampling_rate {rec.sampling_rate!r}: expected a positive whole number of Hz"
     if not isinstance(rec.channel_ids, list) or not rec.channel_ids:
         return f"{name}: channel_ids {rec.channel_ids!r}: expected a list of channels"
@@ -181,7 +178,7 @@ def _structure_problem(cut: object) -> str | None:
     if not isinstance(cut.id, str) or not cut.id:
         return f"id {cut.id!r}: expected a non-empty string"
     for key in ("start", "duration"):
-        if not _finite(getattr(cut, key)):
+        if finite_number(getattr(cut, key)) is None:
             return f"{key} {getattr(cut, key)!r}: expected a number of seconds"
     if isinstance(cut.channel, bool) or not isinstance(cut.channel, int):
         return f"channel {cut.channel!r}: expected a channel number"
@@ -233,6 +230,13 @@ class ManifestCuts:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def with_reject_handler(self, on_reject: Callable[[Reject], None]) -> ManifestCuts:
+        """The same cuts, each bad line going to ``on_reject`` instead (a second read of the manifests
+        whose rejects were counted already)."""
+        other = copy.copy(self)
+        other.on_reject = on_reject
+        return other
 
     def __iter__(self) -> Iterator[MonoCut]:
         order = list(self.manifests)

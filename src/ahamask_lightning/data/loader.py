@@ -43,10 +43,8 @@ than ranks x ``batch_size``), which would otherwise repeat empty epochs for ever
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
-import re
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator
@@ -63,12 +61,8 @@ from torch.utils.data import DataLoader
 from .audio import AudioConfig
 from .cuts import ManifestCuts, origin, sample_seconds
 from .dataset import AudioBatches, LoadedBatch, keep_as_is
-from .manifest import PATH_OUTSIDE_ROOT, REASONS
+from .manifest import PATH_OUTSIDE_ROOT, REASONS, reserved_id
 from .rejects import RejectLog, format_reasons
-
-# Lhotse's samplers mark a cut repeated to fill the last round of a distributed epoch by suffixing
-# its id (lhotse.dataset.sampling.base.mark_as_duplicate: "<id>_dup<n>").
-_PADDING_DUPLICATE = re.compile(r"_dup\d+$")
 
 # Version of the way batches are planned from the manifests; a saved position is only kept under
 # the same plan (see ``ManifestDataModule.load_state_dict``). 2: seconds budgets are never exceeded.
@@ -76,8 +70,9 @@ PLAN_VERSION = 2
 
 
 def is_padding_duplicate(sample_id: str) -> bool:
-    """Whether ``sample_id`` is a repeat Lhotse added so that every rank gets a last batch."""
-    return bool(_PADDING_DUPLICATE.search(str(sample_id)))
+    """Whether ``sample_id`` is a repeat Lhotse added so that every rank gets a last batch (its
+    samplers suffix the id: ``<id>_dup<n>``; manifests may not use that form, :func:`~.manifest.reserved_id`)."""
+    return reserved_id(str(sample_id))
 
 
 @dataclass
@@ -360,9 +355,8 @@ class CutLoader:
             loaded = dataset[self._padding]
             if loaded.batch is not None:
                 return loaded.batch
-        quiet = copy.copy(self.cuts.cuts)
-        quiet.on_reject = lambda reject: None  # this pass has counted its read-time rejects already
-        for cut in quiet:
+        # this pass has counted its read-time rejects already
+        for cut in self.cuts.cuts.with_reject_handler(lambda reject: None):
             if origin(cut) in self.rejects.rejected:
                 continue
             padding = CutSet.from_cuts([cut.with_id(mark_as_duplicate(0)(cut.id))])

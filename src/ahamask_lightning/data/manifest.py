@@ -72,7 +72,7 @@ REASONS = (MALFORMED_JSON, MISSING_FIELD, UNKNOWN_TASK, EMPTY_TARGET, MISSING_FI
 
 # Lhotse's samplers mark a cut they repeat to fill the last round of a distributed evaluation with
 # "<id>_dup<n>" (lhotse.dataset.sampling.base.mark_as_duplicate), and evaluation leaves ids of that
-# form out of the scores (:func:`~.loader.is_padding_duplicate`, the same pattern). A real sample
+# form out of the scores (:func:`~.loader.is_padding_duplicate` asks this module). A real sample
 # named so would be left out silently, so such ids are refused when a manifest is read.
 _RESERVED_ID = re.compile(r"_dup\d+$")
 RESERVED_ID_DETAIL = ("ids ending in '_dup<N>' are reserved for the padding duplicates that distributed "
@@ -245,7 +245,8 @@ def _id_of_bad_line(raw: bytes) -> str | None:
     return str(sid).encode("utf-8", errors="replace").decode("utf-8") if sid is not None else None
 
 
-def _number(value: object) -> float | None:
+def finite_number(value: object) -> float | None:
+    """``value`` as a float when it is a finite JSON number (not a bool), else None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     value = float(value)
@@ -265,7 +266,7 @@ def parse_segment(meta: dict[str, Any]) -> tuple[float, float] | None | str:
     """(start, end) from ``meta.start``/``meta.end``; None when neither is given; a message when bad."""
     if "start" not in meta and "end" not in meta:
         return None
-    start, end = _number(meta.get("start")), _number(meta.get("end"))
+    start, end = finite_number(meta.get("start")), finite_number(meta.get("end"))
     if start is None or end is None or not 0 <= start < end:
         return (f"meta.start={meta.get('start')!r}, meta.end={meta.get('end')!r}: expected numbers of "
                 f"seconds with 0 <= start < end")
