@@ -38,7 +38,7 @@ class RankMaskDump(L.Callback):
         self.rng_states.append(hashlib.sha256(torch.random.get_rng_state().numpy().tobytes()).hexdigest())
         if trainer.global_rank == 1 and trainer.global_step == self.nan_on_rank1_at_step:
             # after TemperatureAnnealing's own batch-start write (the YAML's callbacks run first)
-            pl_module.head_mask.temperature.fill_(float("nan"))
+            pl_module.set_temperature(float("nan"))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         frozen = sum(float(p.double().sum()) for p in pl_module.adapter.parameters())

@@ -69,3 +69,18 @@ def test_a_callback_lambda_that_disagrees_with_the_models_is_refused(tmp_path, i
                    args=["--config", "experiments/gr_tiny.yaml", "--trainer.default_root_dir", str(tmp_path),
                          "--model.init_args.sparsity_lambda", "1e-4", f"--trainer.callbacks+={callback}"])
 
+
+
+@pytest.mark.parametrize("callback", [TemperatureAnnealing("paper"), SparsityPenalty()])
+def test_schedule_callbacks_act_through_the_modules_schedule_interface(callback):
+    from ahamask_lightning.models.tiny_lalm import random_tiny_lalm
+    from ahamask_lightning.module import AHAMaskModule
+
+    module = AHAMaskModule(random_tiny_lalm(["male female"], layers=2, heads=4, hidden=32), sparsity_lambda=1e-3)
+    callback.setup(None, module, "fit")  # accepted
+    module.set_temperature(0.25)
+    module.set_sparsity_lambda(2e-3)
+    assert float(module.head_mask.temperature) == 0.25 and module.sparsity_lambda == 2e-3
+    assert module.configured_sparsity_lambda == 1e-3  # the built value stays what SparsityPenalty schedules
+    with pytest.raises(TypeError, match=rf"^{type(callback).__name__} schedules an AHAMaskModule.*got a LightningModule"):
+        callback.setup(None, L.LightningModule(), "fit")

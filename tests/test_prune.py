@@ -217,7 +217,7 @@ def test_prune_adapter_equals_gated_adapter_loss(cls):
     mask = torch.tensor([[1, 0, 0, 0], [0, 0, 1, 1]], dtype=torch.float32)
     pruned = copy.deepcopy(adapter)
     report = prune_adapter(pruned, mask)
-    assert pruned.pruned is report and report.removed_heads == 5 and report.removed_kv_groups == 2
+    assert report.removed_heads == 5 and report.removed_kv_groups == 2
     g = torch.Generator().manual_seed(1)
     audios = [0.1 * torch.randn(16000, generator=g), 0.1 * torch.randn(24000, generator=g)]
     batch = adapter.collate(audios, [None, "What is the gender of the speaker?"], ["Male", "Female"])

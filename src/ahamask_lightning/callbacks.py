@@ -16,7 +16,7 @@ import json
 import random
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import lightning as L
 import numpy as np
@@ -36,6 +36,28 @@ PRESETS = {
     # Released code: 4.0 -> 0.05 over the first 30 % of the steps.
     "official": {"start": 4.0, "end": 0.05, "steps": None, "fraction": 0.3},
 }
+
+
+@runtime_checkable
+class ScheduledMask(Protocol):
+    """What the schedule callbacks need of a module (``AHAMaskModule`` provides it): they act
+    through these public members, as Lightning's own callbacks act on a module through its API."""
+
+    schedule_total_steps: int | None
+
+    @property
+    def configured_sparsity_lambda(self) -> float: ...
+
+    def set_temperature(self, value: float) -> None: ...
+
+    def set_sparsity_lambda(self, value: float) -> None: ...
+
+
+def check_scheduled_module(callback: L.Callback, pl_module: L.LightningModule) -> None:
+    """One-line ``TypeError`` when a schedule callback is given a module it cannot schedule."""
+    if not isinstance(pl_module, ScheduledMask):
+        raise TypeError(f"{type(callback).__name__} schedules an AHAMaskModule's mask training; "
+                        f"got a {type(pl_module).__name__}, which has no set_temperature/set_sparsity_lambda")
 
 
 def _total_steps(trainer: L.Trainer) -> int | None:
@@ -76,10 +98,13 @@ class TemperatureAnnealing(L.Callback):
         t = min(1.0, step / anneal_steps)
         return self.start + (self.end - self.start) * t
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        check_scheduled_module(self, pl_module)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: ScheduledMask, batch: Any,
                              batch_idx: int) -> None:
         anneal = self.anneal_steps(trainer, pl_module.schedule_total_steps)
-        pl_module.head_mask.temperature.fill_(self.value(trainer.global_step, anneal))
+        pl_module.set_temperature(self.value(trainer.global_step, anneal))
 
 
 class SparsityPenalty(L.Callback):
@@ -100,14 +125,17 @@ class SparsityPenalty(L.Callback):
             return self.target
         return self.target * min(1.0, step / self.warmup_steps)
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        configured = float(pl_module.hparams.get("sparsity_lambda", 0.0))
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        check_scheduled_module(self, pl_module)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: ScheduledMask) -> None:
+        configured = pl_module.configured_sparsity_lambda
         check_sparsity_settings(self.lam, configured)
         self.target = configured if self.lam is None else self.lam
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: ScheduledMask, batch: Any,
                              batch_idx: int) -> None:
-        pl_module.sparsity_lambda = self.value(trainer.global_step)
+        pl_module.set_sparsity_lambda(self.value(trainer.global_step))
 
 
 def check_sparsity_settings(callback_lam: float | None, module_lambda: float | None) -> None:

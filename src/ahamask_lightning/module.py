@@ -172,10 +172,25 @@ class AHAMaskModule(L.LightningModule):
         # the learning-rate schedule's length: saved in checkpoints, kept by a resumed run (configure_optimizers)
         self.schedule_total_steps: int | None = None
         self.resumed_schedule: dict | None = None
+        self._step_mask: torch.Tensor | None = None  # the training step's mask, for backward
         if prune and estimator in CONTINUOUS:
             raise ValueError(f"prune: needs a binary mask; estimator {estimator!r} gives a continuous gate")
         self.prune = prune
         self.pruned_eval = PrunedEval(self.adapter)
+
+    # --- schedules: the interface the TemperatureAnnealing and SparsityPenalty callbacks use -------
+    @property
+    def configured_sparsity_lambda(self) -> float:
+        """The ``sparsity_lambda`` this module was built with (what a ``SparsityPenalty`` schedules)."""
+        return float(self.hparams.sparsity_lambda)
+
+    def set_temperature(self, value: float) -> None:
+        """The temperature of the next training mask samples."""
+        self.head_mask.set_temperature(value)
+
+    def set_sparsity_lambda(self, value: float) -> None:
+        """The weight of sum(mask) in the next training steps' loss."""
+        self.sparsity_lambda = float(value)
 
     # --- data plumbing ----------------------------------------------------------------
     def collate(self) -> SampleCollate:
@@ -215,7 +230,7 @@ class AHAMaskModule(L.LightningModule):
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         # An adapter with activation checkpointing recomputes its LLM layers during backward: the
         # gate must apply the step's mask then too, or the recomputed graph would be ungated.
-        with self.gate.apply(getattr(self, "_step_mask", None)):
+        with self.gate.apply(self._step_mask):
             super().backward(loss, *args, **kwargs)
         self._step_mask = None
 

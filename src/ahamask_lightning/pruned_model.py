@@ -72,7 +72,7 @@ def save_pruned(adapter: LALMAdapter, spec: dict, mask: torch.Tensor, out: str |
 
 
 def load_pruned(directory: str | os.PathLike) -> LALMAdapter:
-    """The pruned adapter saved in ``directory`` (frozen, eval mode), with ``.pruned`` set to its report."""
+    """The pruned adapter saved in ``directory`` (frozen, eval mode)."""
     d = Path(directory)
     missing = [name for name in FILES if not (d / name).is_file()]
     if missing:

@@ -53,7 +53,7 @@ class FaultInjector(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         step = trainer.global_step
         if self._nan(step):
-            pl_module.head_mask.temperature.fill_(float("nan"))
+            pl_module.set_temperature(float("nan"))
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
             with open(self.out / "steps.jsonl", "a", encoding="utf-8") as fh:

@@ -12,8 +12,8 @@ class HeadMask(nn.Module):
 
     In training mode ``forward`` returns a straight-through hard sample (0/1 values,
     gradients of the relaxed sample); in eval mode the deterministic mask (logit >= 0).
-    ``temperature`` is a buffer so that it travels with checkpoints and is annealed by
-    the ``TemperatureAnnealing`` callback. A continuous estimator (``sigmoid``) returns
+    ``temperature`` is a buffer so that it travels with checkpoints; :meth:`set_temperature`
+    changes it (the module's temperature schedule calls it). A continuous estimator (``sigmoid``) returns
     sigmoid(M) in both modes: a diagnostic gate, not a binary mask.
     """
 
@@ -36,6 +36,10 @@ class HeadMask(nn.Module):
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.logits.shape)
+
+    def set_temperature(self, value: float) -> None:
+        """The relaxation temperature of the next samples (in place: the buffer stays the one saved)."""
+        self.temperature.fill_(float(value))
 
     def forward(self, batch_size: int | None = None, rank: int = 0, world_size: int = 1) -> torch.Tensor:
         """A gate ``[layers, heads]``, or ``[batch_size, layers, heads]`` with one sample each.

@@ -255,13 +255,11 @@ def prune_heads(attentions: Sequence[nn.Module], mask: torch.Tensor) -> PruneRep
 def prune_adapter(adapter: nn.Module, mask: torch.Tensor) -> PruneReport:
     """Prune the LLM of an LALM adapter (its ``gated_attentions()``) to ``mask``.
 
-    The adapter keeps its ``num_heads`` (mask files still describe the unpruned layout) and
-    records the report as ``adapter.pruned``; a head gate no longer fits the pruned ``o_proj``
-    widths, so do not install one afterwards (``HeadGate`` refuses the widths at forward time).
+    The adapter keeps its ``num_heads`` (mask files still describe the unpruned layout); a head
+    gate no longer fits the pruned ``o_proj`` widths, so do not install one afterwards
+    (``HeadGate`` refuses the widths at forward time).
     """
-    report = prune_heads(adapter.gated_attentions(), mask)
-    adapter.pruned = report
-    return report
+    return prune_heads(adapter.gated_attentions(), mask)
 
 
 # --- pruned copies that can be swapped in and out (inference beside a gated model) ----------

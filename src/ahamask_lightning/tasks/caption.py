@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .metrics import TextStateMetric, add_text_state, append_texts, read_texts
+from .metrics import TextStateMetric, append_texts, read_texts
 
 # Inside the text state, the references of one clip are joined with this.
 _REF_SEP = "\n"
@@ -88,8 +88,8 @@ class CaptionMetrics(TextStateMetric):
     def __init__(self, spice: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.spice = spice
-        add_text_state(self, "preds")
-        add_text_state(self, "refs")
+        self.add_text_state("preds")
+        self.add_text_state("refs")
 
     def update(self, preds: Sequence[str], targets: Sequence[str | Sequence[str]]) -> None:
         if isinstance(preds, str) or len(preds) != len(targets):

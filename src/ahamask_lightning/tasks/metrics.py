@@ -26,7 +26,7 @@ from .parsing import BAR, parse_label
 
 
 class TextStateMetric(Metric):
-    """A metric with list-of-strings states (see :func:`add_text_state`).
+    """A metric with list-of-strings states (see :meth:`add_text_state`).
 
     torchmetrics stands in a float32 empty tensor for a list state a rank never
     filled; all-gathering that against other ranks' uint8/int64 tensors breaks
@@ -35,25 +35,27 @@ class TextStateMetric(Metric):
     is added and again after every ``reset()``.
     """
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.text_states: tuple[str, ...] = ()
+
+    def add_text_state(self, name: str) -> None:
+        """Register a list-of-strings state ``name`` (two ``cat`` list states underneath)."""
+        self.add_state(f"{name}_bytes", default=[], dist_reduce_fx="cat")
+        self.add_state(f"{name}_lens", default=[], dist_reduce_fx="cat")
+        self.text_states = (*self.text_states, name)
+        self._seed_text_state(name)
+
     def reset(self) -> None:
         super().reset()
-        for name in getattr(self, "text_states", ()):
-            _seed_text_state(self, name)
+        for name in self.text_states:
+            self._seed_text_state(name)
 
-
-def _seed_text_state(metric: Metric, name: str) -> None:
-    for suffix, dtype in (("_bytes", torch.uint8), ("_lens", torch.long)):
-        state = getattr(metric, name + suffix)
-        if isinstance(state, list) and not state:
-            state.append(torch.zeros(0, dtype=dtype, device=metric.device))
-
-
-def add_text_state(metric: TextStateMetric, name: str) -> None:
-    """Register a list-of-strings state ``name`` (two ``cat`` list states underneath)."""
-    metric.add_state(f"{name}_bytes", default=[], dist_reduce_fx="cat")
-    metric.add_state(f"{name}_lens", default=[], dist_reduce_fx="cat")
-    metric.text_states = (*getattr(metric, "text_states", ()), name)
-    _seed_text_state(metric, name)
+    def _seed_text_state(self, name: str) -> None:
+        for suffix, dtype in (("_bytes", torch.uint8), ("_lens", torch.long)):
+            state = getattr(self, name + suffix)
+            if isinstance(state, list) and not state:
+                state.append(torch.zeros(0, dtype=dtype, device=self.device))
 
 
 def append_texts(metric: Metric, name: str, texts: Sequence[str]) -> None:
@@ -154,6 +156,8 @@ class WordErrorRate(Metric):
     """Corpus WER in percent: total edits / total reference words, Whisper-normalised both sides.
 
     ``bar_as_space`` (OSR): ``"one|two"`` is read as the concatenation ``"one two"``.
+    The edits are jiwer's alignment; ``torchmetrics.text.WordErrorRate`` (1.9, checked) keeps the
+    same summed states but float32 counts and its own edit distance, and the tables report jiwer's.
     """
 
     full_state_update = False
@@ -217,7 +221,9 @@ class LabelAccuracy(Metric):
 class TranslationMetrics(TextStateMetric):
     """Corpus BLEU-4 (sacrebleu, ``tokenize`` e.g. ``"zh"``) and CER (spaces dropped), both 0-100.
 
-    One reference per sample.
+    One reference per sample. ``torchmetrics.text.SacreBLEUScore`` (1.9, checked) would need no
+    text states, but it offers no smoothing or add-one only, not sacrebleu's default ``exp``
+    smoothing that the published BLEU figures use; so the texts are gathered and sacrebleu scores them.
     """
 
     full_state_update = False
@@ -226,8 +232,8 @@ class TranslationMetrics(TextStateMetric):
     def __init__(self, tokenize: str = "zh", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.tokenize = tokenize
-        add_text_state(self, "preds")
-        add_text_state(self, "targets")
+        self.add_text_state("preds")
+        self.add_text_state("targets")
         self.add_state("char_edits", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("chars", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 

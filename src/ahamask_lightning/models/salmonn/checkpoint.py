@@ -155,23 +155,11 @@ def load_salmonn_state(model: nn.Module, state: dict[str, torch.Tensor], strict:
         report.problems += [f"parameter {n} is not filled by the checkpoint" for n in unfilled]
     if strict and report.problems:
         raise ValueError("salmonn checkpoint does not fit the model:\n  " + "\n  ".join(report.problems))
-    assign = any(params[n].is_meta for n in mapped)
-    with torch.no_grad():
-        if assign:
-            for name, tensor in mapped.items():
-                _assign(model, name, tensor, params[name])
-        else:
-            for name, tensor in mapped.items():
-                params[name].copy_(tensor)
+    # assign: meta parameters are replaced by the loaded tensors (torch keeps their requires_grad);
+    # the mapped keys are the trained parts only, hence strict=False (problems are reported above)
+    model.load_state_dict(mapped, strict=False, assign=any(params[n].is_meta for n in mapped))
     report.loaded = sorted(mapped)
     return report
-
-
-def _assign(model: nn.Module, name: str, tensor: torch.Tensor, old: nn.Parameter) -> None:
-    # Replace a meta parameter by a real one, keeping it frozen or trainable as it was.
-    module_name, _, attr = name.rpartition(".")
-    module = model.get_submodule(module_name)
-    setattr(module, attr, nn.Parameter(tensor.detach().clone(), requires_grad=old.requires_grad))
 
 
 MODEL_VARIANTS = {"salmonn-13b": "13b", "salmonn-7b": "7b"}
