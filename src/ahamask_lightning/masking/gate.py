@@ -6,6 +6,11 @@ that multiplies head ``j`` of layer ``i`` by ``m[i, j]`` is exactly the AHAMask 
 MHA_i(X) = sum_j m_ij Y^(i,j) W_O^(i,j): it works with every attention implementation
 (eager, sdpa, flash), under ``generate`` with a KV cache, and on LoRA-wrapped
 projections (the hook sits on the outer module, after the adapters).
+
+Written by hand because no library gates heads from outside: transformers 5's decoders take no
+``head_mask`` argument and transformers has no ``prune_heads`` any more, and peft's nearest method, IA3 on
+``o_proj``'s input, learns one continuous scale per feature, not a sampled binary per head (nor
+one per batch sample), as AHAMask needs.
 """
 from __future__ import annotations
 

@@ -32,6 +32,10 @@ and swap them in for a while (``ahamask infer --prune``, ``AHAMaskModule(prune=T
 the gated model as it was.
 Projections wrapped by peft LoRA (SALMONN's and Granite Speech's q/v) are pruned in their base
 weights and in the LoRA factors alike.
+
+By hand because the libraries stop short: transformers 5 no longer has ``prune_heads`` (it served
+BERT-style encoders without grouped KV), and ``torch.nn.utils.prune`` masks weights rather than
+removing them, which saves no computation.
 """
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 from .base import (
     LALMAdapter,
@@ -99,13 +100,9 @@ def pack_prompts(prompt_ids: Sequence[torch.Tensor | list[int]], targets: Sequen
     training inputs (``input_ids``/``attention_mask``/``labels``, right-padded; labels are -100
     except on the target tokens and the closing ``eos_id``)."""
     prompts = [torch.as_tensor(p, dtype=torch.long) for p in prompt_ids]
-    width = max(len(p) for p in prompts)
-    gen_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    gen_mask = torch.zeros_like(gen_ids)
-    for i, ids in enumerate(prompts):
-        gen_ids[i, width - len(ids):] = ids
-        gen_mask[i, width - len(ids):] = 1
-    batch = {"gen_input_ids": gen_ids, "gen_attention_mask": gen_mask}
+    ones = [torch.ones_like(p) for p in prompts]
+    batch = {"gen_input_ids": pad_sequence(prompts, batch_first=True, padding_value=pad_id, padding_side="left"),
+             "gen_attention_mask": pad_sequence(ones, batch_first=True, padding_value=0, padding_side="left")}
     if targets is None:
         return batch
     seqs, labels = [], []
@@ -113,12 +110,9 @@ def pack_prompts(prompt_ids: Sequence[torch.Tensor | list[int]], targets: Sequen
         t = torch.tensor(list(encode(tgt)) + [eos_id], dtype=torch.long)
         seqs.append(torch.cat([ids, t]))
         labels.append(torch.cat([torch.full_like(ids, -100), t]))
-    width = max(len(s) for s in seqs)
-    ids_t = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    lab_t = torch.full_like(ids_t, -100)
-    mask_t = torch.zeros_like(ids_t)
-    for i, (s, lab) in enumerate(zip(seqs, labels)):
-        ids_t[i, : len(s)], lab_t[i, : len(s)], mask_t[i, : len(s)] = s, lab, 1
+    ids_t = pad_sequence(seqs, batch_first=True, padding_value=pad_id)
+    lab_t = pad_sequence(labels, batch_first=True, padding_value=-100)
+    mask_t = pad_sequence([torch.ones_like(s) for s in seqs], batch_first=True, padding_value=0)
     batch.update(input_ids=ids_t, attention_mask=mask_t, labels=lab_t)
     return batch
 

@@ -21,6 +21,8 @@ AUDIO_PLACEHOLDER = "<SpeechHere>"
 
 
 def pad_ids(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``[B, max(1, longest)]`` ids and the lengths. By hand rather than torch's
+    ``pad_sequence``: a batch of empty prompts keeps one pad column here (pad_sequence gives width 0)."""
     lens = torch.tensor([len(s) for s in seqs], dtype=torch.long)
     out = torch.full((len(seqs), max(1, int(lens.max()) if len(seqs) else 1)), pad_id, dtype=torch.long)
     for i, s in enumerate(seqs):
