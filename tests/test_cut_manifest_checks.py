@@ -16,7 +16,7 @@ from lhotse import MonoCut, Recording, SupervisionSegment
 from ahamask_lightning.data import ManifestDataModule
 from ahamask_lightning.data.audio import AudioConfig
 from ahamask_lightning.data.cuts import ManifestCuts
-from ahamask_lightning.data.manifest import MALFORMED_JSON, MISSING_FIELD
+from ahamask_lightning.data.manifest import BAD_LABEL, MALFORMED_JSON, MISSING_FIELD
 
 
 def _good(tmp_path: Path, cid: str) -> dict:
@@ -47,6 +47,7 @@ MUTATIONS: dict[str, tuple[Callable[[dict], None], str]] = {
     "source an integer": (lambda d: d["recording"]["sources"][0].__setitem__("source", 5), MALFORMED_JSON),
     "audio_b not a recording": (_set("custom", "audio_b", value={"id": "b"}), MALFORMED_JSON),
     "channel not in the recording": (_set("channel", value=5), MISSING_FIELD),
+    "gr target not a label": (lambda d: d["supervisions"][0].__setitem__("text", "Mail"), BAD_LABEL),
 }
 
 

@@ -38,6 +38,7 @@ EXPECTED = {
     "segpast": "bad_segment",  # ends at 1.5 s in a 0.5 s file: would be trained on padded with silence
     "refs": "bad_references",  # meta.references is one string, not a list of them
     "take_dup3": "reserved_id",  # the form of a padding duplicate's id, which evaluation leaves out
+    "mail": "bad_label",  # a gr target that is no label: its metric would stop the test half-way
 }
 
 
@@ -78,7 +79,7 @@ def build(root: Path) -> str:
     files["cut"] = "audio/cut.wav"
     os.symlink("loop.wav", audio / "loop.wav")
     files["loop"] = "audio/loop.wav"
-    for sid in ("latin", "surrogate", "essay", "segtext", "segnull", "segpast", "refs", "take_dup3"):
+    for sid in ("latin", "surrogate", "essay", "segtext", "segnull", "segpast", "refs", "take_dup3", "mail"):
         files[sid] = "audio/good.wav"
     man = root / "manifests" / "test" / "mixed.jsonl"
     man.parent.mkdir(parents=True)
@@ -99,6 +100,8 @@ def build(root: Path) -> str:
             row["meta"] = {"start": 0.25, "end": 1.5}
         if sid == "refs":
             row["meta"] = {"references": "Male"}
+        if sid == "mail":
+            row["text"] = "Mail"
         text = json.dumps(row).encode()
         if sid == "latin":
             text = text.replace(b'"Male"', b'"M\xe9le"')  # Latin-1 bytes, not UTF-8
@@ -134,7 +137,7 @@ def test_each_bad_case_gets_its_reason(tmp_path: Path, workers: int, caplog: pyt
     assert all(e["manifest"] == man and e["stage"] == "val" for e in entries)
 
     summary = dm.reject_summary()
-    assert summary == {"bad_encoding": 2, "bad_references": 1, "bad_segment": 3, "empty_audio": 1, "empty_target": 2, "malformed_json": 1,
+    assert summary == {"bad_encoding": 2, "bad_label": 1, "bad_references": 1, "bad_segment": 3, "empty_audio": 1, "empty_target": 2, "malformed_json": 1,
                        "missing_file": 1, "nan_or_inf": 2, "path_outside_root": 2, "reserved_id": 1,
                        "symlink_loop": 1, "target_too_long": 1, "too_long": 1, "truncated_audio": 1,
                        "unknown_task": 1, "unreadable_audio": 1}
@@ -190,7 +193,7 @@ def _parse(tmp_path: Path, line: str | bytes, number: int = 2, **kwargs) -> obje
 
     man = str(tmp_path / "corpus" / "m.jsonl")
     resolver = PathResolver(man, kwargs.pop("audio_root", None), kwargs.pop("allow_outside_root", False))
-    return parse_line(line, man, number, resolver, {"gr"}, **kwargs)
+    return parse_line(line, man, number, resolver, {"gr", "asr"}, **kwargs)
 
 
 def _row(**fields) -> str:
@@ -227,7 +230,7 @@ def test_encoding_is_checked_per_line(tmp_path: Path) -> None:
     assert _parse(tmp_path, _row(text="Mâle").encode("latin-1")).reason == "bad_encoding"
     assert _parse(tmp_path, _row(text="Mâle").encode("latin-1")).id == "x"  # named in the rejects file
     assert _parse(tmp_path, _row().replace("Male", "Ma\\udc80le")).reason == "bad_encoding"
-    assert _parse(tmp_path, _row(text="Mâle").encode()).text == "Mâle"
+    assert _parse(tmp_path, _row(task="asr", text="Mâle").encode()).text == "Mâle"
     assert _parse(tmp_path, b"\xef\xbb\xbf" + _row().encode(), number=1).text == "Male"  # a BOM on line 1
 
 
@@ -237,10 +240,10 @@ def test_json_that_breaks_the_parser_is_malformed_not_fatal(tmp_path: Path) -> N
 
 
 def test_target_length_limit(tmp_path: Path) -> None:
-    assert _parse(tmp_path, _row(text="a" * 30), max_target_chars=30).text == "a" * 30
-    rec = _parse(tmp_path, _row(text="a" * 31), max_target_chars=30)
+    assert _parse(tmp_path, _row(task="asr", text="a" * 30), max_target_chars=30).text == "a" * 30
+    rec = _parse(tmp_path, _row(task="asr", text="a" * 31), max_target_chars=30)
     assert rec.reason == "target_too_long" and "31 characters" in rec.detail
-    assert _parse(tmp_path, _row(text="a" * 20_000), max_target_chars=None).text == "a" * 20_000
+    assert _parse(tmp_path, _row(task="asr", text="a" * 20_000), max_target_chars=None).text == "a" * 20_000
     with pytest.raises(ValueError, match="max_target_chars"):
         ManifestDataModule(train="x.jsonl", max_target_chars=0)
 

@@ -45,6 +45,7 @@ from lhotse.serialization import deserialize_item
 
 from .audio import PAIR_GAP_SECONDS, AudioConfig, AudioError, read_header
 from .manifest import (
+    BAD_LABEL,
     BAD_REFERENCES,
     BAD_SEGMENT,
     EMPTY_TARGET,
@@ -65,6 +66,7 @@ from .manifest import (
     parse_line,
     references_problem,
     reserved_id,
+    target_problem,
 )
 from .shar import is_shar, iter_shar, shard_count
 
@@ -321,6 +323,8 @@ class ManifestCuts:
         if self.max_target_chars is not None and len(text) > self.max_target_chars:
             return Reject(manifest, line, TARGET_TOO_LONG, cut.id,
                           detail=f"{len(text)} characters > max_target_chars={self.max_target_chars}")
+        if (problem := target_problem(str(task), text)) is not None:
+            return Reject(manifest, line, BAD_LABEL, cut.id, detail=problem)
         if not 0 <= cut.start < cut.start + cut.duration:
             return Reject(manifest, line, BAD_SEGMENT, cut.id, detail=f"start={cut.start}, duration={cut.duration}")
         if (problem := segment_past_end(cut.start, cut.duration, cut.recording)) is not None:

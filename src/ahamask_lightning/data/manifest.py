@@ -66,9 +66,10 @@ TRUNCATED_AUDIO = "truncated_audio"
 SYMLINK_LOOP = "symlink_loop"
 BAD_REFERENCES = "bad_references"
 RESERVED_ID = "reserved_id"
+BAD_LABEL = "bad_label"
 REASONS = (MALFORMED_JSON, MISSING_FIELD, UNKNOWN_TASK, EMPTY_TARGET, MISSING_FILE,
            UNREADABLE_AUDIO, EMPTY_AUDIO, NAN_OR_INF, TOO_LONG, BAD_ENCODING, TARGET_TOO_LONG,
-           PATH_OUTSIDE_ROOT, BAD_SEGMENT, TRUNCATED_AUDIO, SYMLINK_LOOP, BAD_REFERENCES, RESERVED_ID)
+           PATH_OUTSIDE_ROOT, BAD_SEGMENT, TRUNCATED_AUDIO, SYMLINK_LOOP, BAD_REFERENCES, RESERVED_ID, BAD_LABEL)
 
 # Lhotse's samplers mark a cut they repeat to fill the last round of a distributed evaluation with
 # "<id>_dup<n>" (lhotse.dataset.sampling.base.mark_as_duplicate), and evaluation leaves ids of that
@@ -119,6 +120,17 @@ class Reject:
 
     def to_json(self) -> dict[str, Any]:
         return {"manifest": self.manifest, "line": self.line, "id": self.id, "reason": self.reason}
+
+
+def target_problem(task: str, target: str) -> str | None:
+    """Why ``target`` is no reference of the registered ``task`` (a label task's target that is not a
+    label, a composite's that does not follow its format; reason ``bad_label``), or None. Checked when
+    the line is read, so a bad target is one counted reject rather than a stop in the middle of a test."""
+    try:
+        from ahamask_lightning.tasks import TASKS
+    except ImportError:  # the data layer used without the project's task registry
+        return None
+    return TASKS[task].reference_problem(target) if task in TASKS else None
 
 
 def default_known_tasks() -> frozenset[str] | None:
@@ -312,6 +324,8 @@ def parse_line(text: str | bytes, manifest: str, line: int, resolve: PathResolve
     if max_target_chars is not None and len(target) > max_target_chars:
         return Reject(manifest, line, TARGET_TOO_LONG, sid,
                       detail=f"{len(target)} characters > max_target_chars={max_target_chars}")
+    if (problem := target_problem(task, target)) is not None:
+        return Reject(manifest, line, BAD_LABEL, sid, detail=problem)
     audio = obj["audio"]
     paths = [audio] if isinstance(audio, str) else audio
     if not isinstance(paths, list) or not 1 <= len(paths) <= 2 or not all(isinstance(p, str) and p for p in paths):

@@ -96,6 +96,17 @@ class Task:
             return {"gender": parse_label(obj["GR"], _GENDER_VOCAB), "transcript": obj["ASR"]}
         return output.strip() if isinstance(output, str) else ""
 
+    def reference_problem(self, target: str) -> str | None:
+        """Why ``target`` cannot be scored as this task's reference (its metric would stop on it), or
+        None: a label task's target must be one of its labels, a composite's must follow the format."""
+        if self.kind == "label" and parse_label(target, self.vocab) is None:
+            return f"{target!r} is not a label of task {self.name!r} (labels: {', '.join(self.labels)})"
+        if self.kind in ("bar", "json"):
+            parsed = self.parse(target)
+            if parsed is None or parsed["gender"] is None:
+                return f"{target!r} does not follow task {self.name!r}'s format with a gender label"
+        return None
+
     def metric(self) -> Metric:
         """A new, empty metric; ``update(preds, targets)`` then ``compute() -> dict[str, float]``."""
         return _METRIC_FACTORIES[self.kind](self)
