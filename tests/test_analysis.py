@@ -157,8 +157,9 @@ def test_grouped_bars_and_layer_profile_skip_nothing(tmp_path, monkeypatch):
 
 
 def test_quick_ablations_and_the_makefile_line(in_repo):
-    args = reproduce.parser().parse_args(["ablations", "--out", "x", "--quick", "--set", "model.init_args.lr", "0.05"])
-    reproduce.apply_quick(args)
+    parsed = reproduce.parser().parse_args(["ablations", "--out", "x", "--quick", "--set", "model.init_args.lr", "0.05"])
+    args = reproduce.with_defaults(parsed)
+    assert parsed.steps is None and parsed.test_batches is None  # the parsed arguments stay as given
     assert (args.steps, args.test_batches) == (120, 2)
     assert sorted(map(tuple, args.set)) == [("model.init_args.lr", "0.05"), ("model.init_args.warmup_steps", "10")]
     full = reproduce.parser().parse_args(["ablations", "--out", "x"])

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if len(args.mask) > 1:  # silently taking the last one would prune by a mask the user may not mean
         raise ValueError(f"--mask: given {len(args.mask)} times; a pruned model holds one mask: run "
                          "`ahamask prune` once per mask (`ahamask infer --prune` takes several)")
-    args.mask = args.mask[0]
+    mask_file = args.mask[0]
 
     if args.config is None and args.model in FULL_SIZE:
         if args.out or args.weights:
@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
         from ..masking.prune import prune_heads
 
         _, attentions, cfg = FULL_SIZE[args.model]()
-        mask = load_mask(args.mask, shape=(len(attentions), cfg.num_attention_heads)).mask
-        _print(f"{args.model} pruned by {args.mask}:", prune_heads(attentions, mask).lines(), len(attentions),
+        mask = load_mask(mask_file, shape=(len(attentions), cfg.num_attention_heads)).mask
+        _print(f"{args.model} pruned by {mask_file}:", prune_heads(attentions, mask).lines(), len(attentions),
                args.summary)
         return 0
     if args.config is None and args.model != "tiny":
@@ -63,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
         check_out_dir(args.out)  # before any model loads
     spec = model_spec(args.model, args.weights, args.config)
     adapter = build_adapter(spec)
-    mask = load_mask(args.mask, shape=(adapter.num_layers, adapter.num_heads)).mask
+    mask = load_mask(mask_file, shape=(adapter.num_layers, adapter.num_heads)).mask
     report = save_pruned(adapter, spec, mask, args.out) if args.out else prune_adapter(adapter, mask)
-    _print(f"{adapter.model_id} pruned by {args.mask}:", report.lines(), adapter.num_layers, args.summary)
+    _print(f"{adapter.model_id} pruned by {mask_file}:", report.lines(), adapter.num_layers, args.summary)
     if args.out:
         print(f"wrote {args.out} (load with ahamask_lightning.pruned_model.load_pruned)")
     return 0
