@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchaudio
@@ -280,7 +281,7 @@ class TinyLALM(LALMAdapter):
     default_generation = {"max_new_tokens": 48, "num_beams": 1, "do_sample": False}
 
     @torch.no_grad()
-    def generate(self, batch: dict[str, torch.Tensor], **generation) -> list[str]:
+    def generate(self, batch: dict[str, torch.Tensor], **generation: Any) -> list[str]:
         embeds, mask, _ = self._inputs({k: v for k, v in batch.items() if not k.startswith("target_")})
         kwargs = {**self.default_generation, **generation}
         # generate() derives left-padding-aware position ids from the attention mask.

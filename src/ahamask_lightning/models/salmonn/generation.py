@@ -20,6 +20,8 @@ forward with a KV cache. ``SalmonnAdapter(beam_search="official")`` decodes with
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -90,7 +92,7 @@ def official_beam_search(model: nn.Module, inputs_embeds: torch.Tensor, attentio
                          max_new_tokens: int = 200, length_penalty: float = 1.0,
                          early_stopping: bool | str = False, min_length: int = 0, repetition_penalty: float = 1.0,
                          num_return_sequences: int = 1, do_sample: bool = False,
-                         synced_gpus: bool | None = None, **ignored) -> torch.Tensor:
+                         synced_gpus: bool | None = None, **ignored: Any) -> torch.Tensor:
     """transformers 4.28's ``generate(inputs_embeds=..., num_beams>1, do_sample=False)`` for a causal LM.
 
     Args:

@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -296,7 +297,7 @@ class SalmonnAdapter(LALMAdapter):
         return loss_on_target_logits(out.logits, labels)
 
     @torch.no_grad()
-    def generate(self, batch: dict[str, torch.Tensor], **generation) -> list[str]:
+    def generate(self, batch: dict[str, torch.Tensor], **generation: Any) -> list[str]:
         embeds, mask, _ = self._inputs({k: v for k, v in batch.items() if not k.startswith("target_")})
         tok = self.tokenizer
         settings = {**self.default_generation, **generation}

@@ -36,7 +36,7 @@ Only public methods of the base are overridden, and only its public attributes a
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from transformers.tokenization_utils_base import AddedToken
 from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
@@ -59,7 +59,7 @@ class SalmonnLlamaTokenizer(SentencePieceBackend):
 
     def __init__(self, vocab_file: str | None = None, unk_token: str = "<unk>", bos_token: str = "<s>",
                  eos_token: str = "</s>", pad_token: str | None = None, add_bos_token: bool = True,
-                 add_eos_token: bool = False, clean_up_tokenization_spaces: bool = False, **kwargs) -> None:
+                 add_eos_token: bool = False, clean_up_tokenization_spaces: bool = False, **kwargs: Any) -> None:
         kwargs.pop("legacy", None)  # 4.28 had no such switch: always the dummy prefix
         kwargs.pop("add_prefix_space", None)
         self.add_bos_token, self.add_eos_token = add_bos_token, add_eos_token
@@ -75,7 +75,7 @@ class SalmonnLlamaTokenizer(SentencePieceBackend):
     def _never_stripped(self) -> set[str]:
         return {str(t) for t in (self.unk_token, self.bos_token, self.eos_token) if t is not None}
 
-    def tokenize(self, text: str, **kwargs) -> list[str]:
+    def tokenize(self, text: str, **kwargs: Any) -> list[str]:
         """4.28's ``PreTrainedTokenizer.tokenize`` for ``LlamaTokenizer`` (see the module docstring)."""
         kwargs.pop("split_special_tokens", None)
         kwargs.pop("add_special_tokens", None)
@@ -142,7 +142,7 @@ class SalmonnLlamaTokenizer(SentencePieceBackend):
                 prev_is_special = False
         return out + self.sp_model.decode(run)
 
-    def decode(self, token_ids, skip_special_tokens: bool = False, **kwargs) -> str | list[str]:
+    def decode(self, token_ids: Any, skip_special_tokens: bool = False, **kwargs: Any) -> str | list[str]:
         """One sequence of ids, or a batch of them (a list of lists), decoded as 4.28 did."""
         token_ids = to_py_obj(token_ids)
         if isinstance(token_ids, (list, tuple)) and token_ids and isinstance(token_ids[0], (list, tuple)):
