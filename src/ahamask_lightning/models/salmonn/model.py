@@ -239,6 +239,7 @@ class SalmonnAdapter(LALMAdapter):
             self._assemble(spec, WhisperEncoder(WhisperConfig(**spec.whisper)),
                            BEATs(BEATsConfig.from_dict(spec.beats)), LlamaForCausalLM(LlamaConfig(**spec.llm)))
         self.tokenizer = None
+        self.tokenizer_rule = self.beam_search = None  # no tokenizer: nothing to decode with
         self.model_id = f"salmonn-{variant}"
         self._set_checkpointing(gradient_checkpointing)
         return self.freeze()
@@ -302,7 +303,7 @@ class SalmonnAdapter(LALMAdapter):
         tok = self.tokenizer
         settings = {**self.default_generation, **generation}
         ids = {"pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id, "bos_token_id": tok.bos_token_id}
-        if getattr(self, "beam_search", "transformers") == "official" and settings.get("num_beams", 1) > 1:
+        if self.beam_search == "official" and settings.get("num_beams", 1) > 1:
             out = official_beam_search(self.llm, embeds, mask, **ids, **settings)
         else:
             out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, **ids, **settings)
@@ -310,4 +311,4 @@ class SalmonnAdapter(LALMAdapter):
 
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "lora": dict(LORA), "prompt_template": PROMPT_TEMPLATE,
-                "tokenizer": getattr(self, "tokenizer_rule", None), "beam_search": getattr(self, "beam_search", None)}
+                "tokenizer": self.tokenizer_rule, "beam_search": self.beam_search}
