@@ -258,7 +258,10 @@ class CutLoader:
     the manifests (Shar shards dealt out) rather than every line.
     """
 
-    batch_sampler = None  # the DataLoader attribute Lightning reads next to ``sampler``: batches come from ``sampler``
+    # Lightning (2.6, checked) reads a loader's ``sampler`` and ``batch_sampler`` attributes as a
+    # DataLoader's: its per-epoch ``set_epoch`` call (fabric.utilities.data) and the predict loop's
+    # batch indices; batches come from ``sampler`` here, so there is no batch sampler to report
+    batch_sampler = None
 
     def __init__(self, sampler: CutSampler, cuts: CountedCuts, dataset: AudioBatches, rejects: RejectLog, *,
                  num_workers: int = 0, resume: tuple[int, int] | None = None, track: bool = False,
