@@ -18,16 +18,17 @@ REPO = Path(__file__).resolve().parents[1]
 AHAMASK = str(Path(sys.executable).with_name("ahamask"))
 
 
-def fit_two_ranks(manifests: Path, train: str, tmp_path: Path, dump_args: dict) -> subprocess.CompletedProcess:
-    """``ahamask fit`` of the tiny Qwen2-Audio GR experiment on two gloo ranks, 3 steps, with
+def fit_two_ranks(manifests: Path, train: str, tmp_path: Path, dump_args: dict, steps: int = 3,
+                  extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """``ahamask fit`` of the tiny Qwen2-Audio GR experiment on two gloo ranks, ``steps`` steps, with
     ``ddp_helpers.RankMaskDump(**dump_args)`` writing what each rank saw."""
     callback = json.dumps({"class_path": "ddp_helpers.RankMaskDump", "init_args": dump_args})
     args = ["fit", "--config", "experiments/gr_qwen2audio_tiny.yaml", "--config", "experiments/accelerators/cpu.yaml",
-            "--config", "experiments/strategies/ddp.yaml", "--trainer.devices", "2", "--trainer.max_steps", "3",
+            "--config", "experiments/strategies/ddp.yaml", "--trainer.devices", "2", "--trainer.max_steps", str(steps),
             "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(tmp_path / "run"),
             "--data.init_args.train", f"[{train}]",
             *[a for s in ("val", "test") for a in (f"--data.init_args.{s}", f"[{manifests}/{s}/gr.jsonl]")],
-            f"--trainer.callbacks+={callback}"]
+            f"--trainer.callbacks+={callback}", *extra]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     return subprocess.run([AHAMASK, *args], check=False, cwd=REPO, env=env, capture_output=True, text=True,
@@ -86,6 +87,33 @@ def test_a_nan_loss_on_one_rank_is_skipped_by_both(synth_corpus, tmp_path):
     ranks = [json.loads((dump / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["nonfinite_total"] for r in ranks] == [1, 1]
     assert ranks[0]["after"] == ranks[1]["after"] != ranks[0]["before"]
+
+
+def test_a_resumed_ddp_fit_trains_the_uninterrupted_mask(synth_corpus, tmp_path):
+    """Two ranks, 6 steps straight (A) against 4 steps, then a resume from the last checkpoint to 6
+    (B): each rank sees the same samples in the same order and both end with A's mask to the bit
+    (the ranks' data positions and the mask noise's RNG are restored per rank)."""
+    m = synth_corpus / "manifests"
+    train = f"{m}/train/gr.jsonl"
+    every = json.dumps({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                        "init_args": {"every_n_train_steps": 2, "save_last": True}})
+    common = ("--model.init_args.total_steps", "6", f"--trainer.callbacks+={every}")
+    a = fit_two_ranks(m, train, tmp_path / "A", {"out_dir": str(tmp_path / "dumpA")}, steps=6, extra=common)
+    assert a.returncode == 0, a.stderr[-4000:]
+    b1 = fit_two_ranks(m, train, tmp_path / "B", {"out_dir": str(tmp_path / "dumpB1")}, steps=4, extra=common)
+    assert b1.returncode == 0, b1.stderr[-4000:]
+    b2 = fit_two_ranks(m, train, tmp_path / "B", {"out_dir": str(tmp_path / "dumpB2")}, steps=6,
+                       extra=(*common, "--ckpt_path", "last"))
+    assert b2.returncode == 0, b2.stderr[-4000:]
+    for rank in (0, 1):
+        whole, first, rest = (json.loads((tmp_path / d / f"rank{rank}.json").read_text())
+                              for d in ("dumpA", "dumpB1", "dumpB2"))
+        assert first["steps"] == 4 and rest["steps"] == whole["steps"] == 6
+        assert first["ids"] + rest["ids"] == whole["ids"], f"rank {rank} saw other samples after the resume"
+        # the generator after each resumed step's draw is the uninterrupted run's (the first resumed
+        # record is taken before RNGStateCheckpoint, which runs after the YAML's callbacks, restores it)
+        assert first["rng_states"] + rest["rng_states"][1:] == whole["rng_states"][:4] + whole["rng_states"][5:]
+        assert rest["after"] == whole["after"] != whole["before"]
 
 
 def run_two_ranks(subcommand: str, args: list[str]) -> subprocess.CompletedProcess:
