@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -25,6 +26,7 @@ from ahamask_lightning.accelerators import (
     require_npu,
     uses_npu,
 )
+from ahamask_lightning.accelerators import npu as npu_module
 from ahamask_lightning.cli import lightning as cli_lightning
 from ahamask_lightning.cli.main import main as ahamask
 
@@ -90,22 +92,103 @@ class HookedCLI(cli_lightning.AHAMaskCLI):
         check_trainer_config(cfg.get("trainer"))
 
 
-@pytest.mark.parametrize("extra", [["--config", NPU], ["--trainer.accelerator", "npu"]], ids=["fragment", "flag"])
-def test_hook_fails_before_the_model_is_built(extra, in_repo, tmp_path):
+MISSING = "torch_npu is not installed (pip install torch-npu, with the Ascend CANN toolkit)"
+FRAGMENTS = "experiments/accelerators/npu.yaml or experiments/strategies/ddp_npu.yaml"
+# The one line names what asked for the NPU and gives advice that works for it: a YAML fragment's
+# NPU strategy stays when only --trainer.accelerator is changed.
+MISSING_LINES = {
+    "fragment": ("trainer.accelerator: npu and trainer.strategy: NPUSingleDeviceStrategy ask for an Ascend NPU, "
+                 f"but {MISSING}; drop {FRAGMENTS} from the --config list, or add --trainer.accelerator cuda|cpu "
+                 "--trainer.strategy auto"),
+    "flag": f"trainer.accelerator: npu asks for an Ascend NPU, but {MISSING}; use --trainer.accelerator cuda|cpu",
+    "fragment_cpu": (f"trainer.strategy: NPUSingleDeviceStrategy asks for an Ascend NPU, but {MISSING}; drop "
+                     f"{FRAGMENTS} from the --config list, or add --trainer.strategy auto"),
+}
+ASKING = {"fragment": ["--config", NPU], "flag": ["--trainer.accelerator", "npu"],
+          "fragment_cpu": ["--config", NPU, "--trainer.accelerator", "cpu"]}
+
+
+@pytest.mark.parametrize("asking", ["fragment", "flag"])
+def test_hook_fails_before_the_model_is_built(asking, in_repo, tmp_path):
     # BASE has pretrained: null, so an adapter built first would fail on the missing weights instead.
     with pytest.raises(RuntimeError) as err:
         HookedCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                   auto_configure_optimizers=False, run=False,
-                  args=["--config", BASE, *extra, "--trainer.default_root_dir", str(tmp_path)])
-    assert str(err.value) == NPU_MISSING
+                  args=["--config", BASE, *ASKING[asking], "--trainer.default_root_dir", str(tmp_path)])
+    assert str(err.value) == MISSING_LINES[asking]
 
 
-@pytest.mark.parametrize("extra", [["--config", NPU], ["--trainer.accelerator", "npu"]], ids=["fragment", "flag"])
-def test_ahamask_fit_on_npu_without_torch_npu(extra, in_repo, tmp_path, capsys):
+@pytest.mark.parametrize("asking", ["fragment", "flag", "fragment_cpu"])
+def test_ahamask_fit_on_npu_without_torch_npu(asking, in_repo, tmp_path, capsys):
     # pretrained=null: had the adapter been built first, the error would name the missing weights.
-    assert ahamask(["fit", "--config", BASE, *extra, "--trainer.default_root_dir", str(tmp_path)]) == 2
+    assert ahamask(["fit", "--config", BASE, *ASKING[asking], "--trainer.default_root_dir", str(tmp_path)]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("Seed set")]
-    assert err == [f"ahamask: error: {NPU_MISSING}"]
+    assert err == [f"ahamask: error: {MISSING_LINES[asking]}"]
+
+
+def test_the_missing_torch_npu_advice_works(in_repo, tmp_path, capsys):
+    # npu.yaml + --trainer.accelerator cpu keeps the NPU strategy, so that flag alone (the old advice) did
+    # not help; the flags the line advises now give a config without the NPU.
+    assert ahamask(["fit", "--config", BASE, *ASKING["fragment_cpu"], "--trainer.default_root_dir", str(tmp_path)]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "or add --trainer.strategy auto" in line
+    advised = line.rsplit("or add ", 1)[1].split()
+    out = _run(["fit", "--config", BASE, *ASKING["fragment_cpu"], *advised, "--print_config"])
+    assert out.returncode == 0, out.stderr
+    assert "  accelerator: cpu\n" in out.stdout and "  strategy: auto\n" in out.stdout
+    assert "NPU" not in out.stdout
+
+
+@pytest.fixture
+def npu_here(monkeypatch):
+    """check_trainer_config on a machine with two NPUs (the config logic only: nothing is built)."""
+    monkeypatch.setattr(npu_module, "npu_unavailable", lambda: None, raising=False)
+    monkeypatch.setattr(npu_module, "require_npu", lambda: SimpleNamespace(device_count=lambda: 2))
+
+
+SINGLE = "ahamask_lightning.accelerators.NPUSingleDeviceStrategy"
+DDP_NPU = "ahamask_lightning.accelerators.NPUDDPStrategy"
+
+
+@pytest.mark.parametrize("trainer, strategy", [
+    # the documented flag form: Lightning's "auto" would be SingleDeviceStrategy("cpu") or plain DDP
+    ({"accelerator": "npu", "devices": 1}, {"class_path": SINGLE}),
+    ({"accelerator": "npu", "devices": [1]}, {"class_path": SINGLE, "init_args": {"device": 1}}),
+    ({"accelerator": "npu", "devices": "1,"}, {"class_path": SINGLE, "init_args": {"device": 1}}),
+    ({"accelerator": "npu", "strategy": "auto", "devices": 2}, {"class_path": DDP_NPU}),
+    ({"accelerator": "npu"}, {"class_path": DDP_NPU}),  # devices auto: both NPUs, as Lightning does for CUDA
+    ({"accelerator": "npu", "devices": -1}, {"class_path": DDP_NPU}),
+    # npu.yaml's single strategy takes its device from a one-element list
+    ({"accelerator": "npu", "devices": [1], "strategy": {"class_path": SINGLE, "init_args": {"device": 0}}},
+     {"class_path": SINGLE, "init_args": {"device": 1}}),
+    ({"accelerator": "npu", "devices": [1], "strategy": "npu_single"}, {"class_path": SINGLE, "init_args": {"device": 1}}),
+])
+def test_npu_accelerator_gets_the_npu_strategy(npu_here, trainer, strategy):
+    check_trainer_config(trainer)
+    assert trainer.get("strategy") == strategy and trainer["accelerator"] == "npu"
+    check_trainer_config(trainer)  # idempotent: the CLI may call it again
+    assert trainer.get("strategy") == strategy
+
+
+@pytest.mark.parametrize("trainer, line", [
+    ({"accelerator": "npu", "devices": -1, "strategy": {"class_path": "ahamask_lightning.accelerators.MaskDDPStrategy"}},
+     ("trainer.strategy: MaskDDPStrategy does not run on the NPU (trainer.accelerator: npu); use --config "
+     "experiments/strategies/ddp_npu.yaml (several NPUs) or experiments/accelerators/npu.yaml alone (one NPU) instead")),
+    ({"accelerator": "npu", "strategy": "fsdp"}, "trainer.strategy: fsdp does not run on the NPU"),
+    ({"accelerator": "npu", "devices": 1, "strategy": "ddp"}, "trainer.strategy: ddp does not run on the NPU"),
+    ({"accelerator": "npu", "devices": 2, "strategy": {"class_path": SINGLE, "init_args": {"device": 0}}},
+     ("trainer.devices: 2 selects several NPUs, but trainer.strategy NPUSingleDeviceStrategy runs on one; for several "
+     "use --config experiments/strategies/ddp_npu.yaml, for one pick it with --trainer.devices [i]")),
+    ({"accelerator": "npu", "devices": [0, 1], "strategy": "npu_single"}, "trainer.devices: [0, 1] selects several NPUs"),
+    ({"accelerator": "npu", "devices": -1, "strategy": "npu_single"}, "trainer.devices: -1 selects several NPUs"),
+    ({"accelerator": "cpu", "strategy": {"class_path": SINGLE}},
+     ("trainer.strategy: NPUSingleDeviceStrategy runs on the NPU only, but trainer.accelerator is cpu; add "
+     f"--trainer.strategy auto, or drop {FRAGMENTS}")),
+])
+def test_npu_strategy_mismatch_is_one_line(npu_here, trainer, line):
+    with pytest.raises(ValueError) as err:
+        check_trainer_config(trainer)
+    assert str(err.value).startswith(line) and "\n" not in str(err.value)
 
 
 # transformers would take the stand-in for the real torch_npu and import its kernels: let it look
@@ -206,3 +289,60 @@ def test_wiring_with_a_renamed_privateuse1_backend(tmp_path):
     # Lightning's own set-up: hccl bound to the rank's NPU, and DDP wrapped without a CUDA stream.
     assert out["init"] == {"backend": "hccl", "bound": "npu:0", "device_ids": None,
                            "wrapped": "DistributedDataParallel", "world": 1}
+
+
+CONFIGS = """
+import json, sys, lightning as L, torch
+from lightning.pytorch.plugins.precision import MixedPrecision
+from ahamask_lightning.accelerators.npu import to_npu_precision
+from ahamask_lightning.cli.lightning import AHAMaskCLI
+out = {}
+def cli(*configs, extra=()):
+    args = [a for c in configs for a in ("--config", c)] + ["--trainer.logger", "false", *extra,
+                                                            "--trainer.default_root_dir", sys.argv[1]]
+    try:
+        c = AHAMaskCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                       auto_configure_optimizers=False, run=False, args=args)
+    except ValueError as exc:
+        return str(exc)
+    s, p = c.trainer.strategy, c.trainer.precision_plugin
+    scaler = getattr(p, "scaler", None)
+    return {"strategy": type(s).__name__, "root": str(s.root_device), "precision": type(p).__name__,
+            "autocast": getattr(p, "device", None), "scaler_enabled": scaler is not None and scaler.is_enabled(),
+            "ddp_device_ids": s.determine_ddp_device_ids() if hasattr(s, "determine_ddp_device_ids") else "n/a",
+            "saved_strategy": c.config.trainer.strategy.class_path.rsplit(".", 1)[-1]}
+E = "experiments/gr_qwen2audio_tiny.yaml"
+flag = ["--trainer.accelerator", "npu", "--trainer.precision", "16-mixed"]
+out["flag_one"] = cli(E, extra=[*flag, "--trainer.devices", "1"])
+out["flag_every"] = cli(E, extra=flag)
+out["fragment_second_npu"] = cli(E, "experiments/accelerators/npu.yaml", extra=["--trainer.devices", "[1]"])
+out["fragment_two"] = cli(E, "experiments/accelerators/npu.yaml", extra=["--trainer.devices", "2"])
+out["fragment_ddp_yaml"] = cli(E, "experiments/accelerators/npu.yaml", "experiments/strategies/ddp.yaml")
+mine = torch.amp.GradScaler(device="npu", init_scale=128.0)
+out["own_scaler_kept"] = to_npu_precision(MixedPrecision("16-mixed", device="cuda", scaler=mine)).scaler is mine
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_the_cli_completes_or_refuses_the_npu_strategy(tmp_path):
+    # With a (stand-in) NPU: the documented flag form and npu.yaml's devices, end to end through the CLI.
+    script = tmp_path / "configs.py"
+    script.write_text(textwrap.dedent(PRELUDE) + textwrap.dedent(FAKE_TORCH_NPU) + textwrap.dedent(CONFIGS))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], check=False, cwd=REPO, capture_output=True,
+                          text=True, timeout=180, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    out = json.loads(lines[-1].removeprefix("RESULT "))
+    npu_amp = {"precision": "NPUMixedPrecision", "autocast": "npu", "scaler_enabled": True}
+    # Lightning alone: SingleDeviceStrategy on the CPU (one NPU) or DDP under a CUDA stream, with CUDA autocast
+    assert out["flag_one"] == {"strategy": "NPUSingleDeviceStrategy", "root": "npu:0", **npu_amp,
+                               "ddp_device_ids": "n/a", "saved_strategy": "NPUSingleDeviceStrategy"}
+    assert out["flag_every"] == {"strategy": "NPUDDPStrategy", "root": "npu:0", **npu_amp, "ddp_device_ids": None,
+                                 "saved_strategy": "NPUDDPStrategy"}
+    assert out["fragment_second_npu"]["root"] == "npu:1"
+    assert out["fragment_two"].startswith("trainer.devices: 2 selects several NPUs, but trainer.strategy "
+                                          "NPUSingleDeviceStrategy runs on one; for several use --config "
+                                          "experiments/strategies/ddp_npu.yaml")
+    assert out["fragment_ddp_yaml"].startswith("trainer.strategy: MaskDDPStrategy does not run on the NPU")
+    assert out["own_scaler_kept"] is True

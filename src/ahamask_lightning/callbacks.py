@@ -218,8 +218,8 @@ class MaskMonitor(L.Callback):
 
 # --- reliability ------------------------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
-    """The global torch (and CUDA), numpy and Python RNG states, as tensors and plain values (what
-    ``torch.load(weights_only=True)`` reads)."""
+    """The global torch (and CUDA or Ascend NPU), numpy and Python RNG states, as tensors and plain
+    values (what ``torch.load(weights_only=True)`` reads)."""
     np_state = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
@@ -229,6 +229,11 @@ def rng_state() -> dict[str, Any]:
         # the checkpoint for all, so rank 0's states of the other devices (which it never advanced)
         # would restart those ranks' noise; the ranks' own devices are in step, so one state fits all
         state["cuda_device"] = torch.cuda.get_rng_state()
+    # Ascend: torch_npu (imported only when an NPU is asked for) adds torch.npu; the mask noise is
+    # drawn on the NPU's own generator. This process's device only, as for CUDA.
+    npu = getattr(torch, "npu", None) if "torch_npu" in sys.modules else None
+    if npu is not None and npu.is_available() and npu.is_initialized():
+        state["npu_device"] = npu.get_rng_state()
     return state
 
 
@@ -244,6 +249,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda_device"])
     elif "cuda" in state and torch.cuda.is_available():  # checkpoints written before: every device's state
         torch.cuda.set_rng_state_all(state["cuda"])
+    npu = getattr(torch, "npu", None) if "torch_npu" in sys.modules else None
+    if "npu_device" in state and npu is not None and npu.is_available():
+        npu.set_rng_state(state["npu_device"])
 
 
 class RNGStateCheckpoint(L.Callback):

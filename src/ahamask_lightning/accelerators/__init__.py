@@ -19,10 +19,10 @@ from .npu import (
     NPUDDPStrategy,
     NPUMixedPrecision,
     NPUSingleDeviceStrategy,
-    check_trainer_config,
     require_npu,
     uses_npu,
 )
+from .npu_config import check_trainer_config
 
 __all__ = [
     "NPU_MISSING", "MaskDDPStrategy", "MaskFSDPStrategy", "NPUAccelerator", "NPUDDPStrategy", "NPUMixedPrecision",

@@ -18,7 +18,15 @@ Lightning's defaults assume CUDA in three places, each handled here:
   against its accelerator API, where torch_npu registers the NPU. Only public Lightning hooks are
   overridden; ``tests/test_npu.py`` runs that set-up with a stand-in ``torch_npu`` and ``hccl``.
 
-Without ``torch_npu`` every entry point fails with one line (``NPU_MISSING``).
+The CLI completes and checks the NPU settings before any model is built
+(:func:`~.npu_config.check_trainer_config`): ``accelerator: npu`` with ``strategy: auto`` gets ``npu_single``
+(one device) or ``ddp_npu`` (several), so ``--trainer.accelerator npu`` works on its own; a
+strategy that is not an NPU one (``ddp``, ``MaskDDPStrategy`` from ``strategies/ddp.yaml``,
+``fsdp``) is refused in one line; the single-NPU strategy takes its device from a one-element
+``trainer.devices`` list and refuses more than one device.
+
+Without ``torch_npu`` every entry point fails with one line: the CLI's names the key that asked
+for the NPU, the Python API's is ``NPU_MISSING``.
 """
 from __future__ import annotations
 
@@ -33,10 +41,13 @@ from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy, Stra
 
 from .ddp import broadcast_trainable, frozen_sync_off
 
-NPU_MISSING = ("npu accelerator: torch_npu is not installed (pip install torch-npu, with the Ascend CANN toolkit); "
-               "use --trainer.accelerator cuda|cpu")
-NPU_NOT_VISIBLE = ("npu accelerator: torch_npu is installed but no Ascend NPU is visible (check npu-smi info and "
-                   "ASCEND_RT_VISIBLE_DEVICES); use --trainer.accelerator cuda|cpu")
+MISSING_REASON = "torch_npu is not installed (pip install torch-npu, with the Ascend CANN toolkit)"
+NOT_VISIBLE_REASON = ("torch_npu is installed but no Ascend NPU is visible (check npu-smi info and "
+                      "ASCEND_RT_VISIBLE_DEVICES)")
+# The Python API's advice; the CLI's names the key that asked for the NPU (check_trainer_config).
+OTHER_DEVICE = "use accelerator cuda|cpu with a strategy that is not an NPU one (e.g. auto)"
+NPU_MISSING = f"npu accelerator: {MISSING_REASON}; {OTHER_DEVICE}"
+NPU_NOT_VISIBLE = f"npu accelerator: {NOT_VISIBLE_REASON}; {OTHER_DEVICE}"
 STRATEGY_NAMES = ("npu_single", "ddp_npu")
 PACKAGE = __name__.rsplit(".", 1)[0]
 
@@ -48,17 +59,29 @@ def torch_npu_module() -> Any | None:
     except ImportError:
         return None
     except Exception as exc:  # noqa: BLE001 - a broken CANN install raises OSError & co. at import
-        raise RuntimeError(f"npu accelerator: importing torch_npu failed: {_first_line(exc)}") from None
+        raise RuntimeError(f"npu accelerator: {_import_failed(exc)}") from None
+
+
+def npu_unavailable() -> str | None:
+    """Why no NPU can be used here (without the ``npu accelerator:`` prefix), or None when one can."""
+    try:
+        importlib.import_module("torch_npu")
+    except ImportError:
+        return MISSING_REASON
+    except Exception as exc:  # noqa: BLE001 - see torch_npu_module
+        return _import_failed(exc)
+    npu = getattr(torch, "npu", None)  # importing torch_npu registers torch.npu
+    if npu is None or not npu.is_available():
+        return NOT_VISIBLE_REASON
+    return None
 
 
 def require_npu() -> Any:
     """Import ``torch_npu`` and check that a device is visible, else raise the one-line error."""
-    if torch_npu_module() is None:
-        raise RuntimeError(NPU_MISSING)
-    npu = getattr(torch, "npu", None)
-    if npu is None or not npu.is_available():
-        raise RuntimeError(NPU_NOT_VISIBLE)
-    return npu
+    reason = npu_unavailable()
+    if reason is not None:
+        raise RuntimeError(f"npu accelerator: {reason}; {OTHER_DEVICE}")
+    return torch.npu
 
 
 def npu_device(index: int | str | torch.device = 0) -> torch.device:
@@ -152,9 +175,14 @@ class NPUMixedPrecision(MixedPrecision):
 
 def to_npu_precision(plugin: Precision | None) -> Precision | None:
     """Lightning builds ``MixedPrecision(device="cuda")`` for ``precision="16-mixed"`` whatever the
-    accelerator; re-create it for the NPU. Every other plugin is device-independent."""
+    accelerator; re-create it for the NPU. Every other plugin is device-independent.
+
+    A grad scaler that is enabled (an explicit ``MixedPrecision(..., scaler=GradScaler("npu"))``) is
+    kept. The one Lightning builds itself is ``GradScaler(device="cuda")``, which torch disables
+    where CUDA is missing (an Ascend host): it is replaced by an NPU one."""
     if isinstance(plugin, MixedPrecision) and plugin.device != "npu":
-        return NPUMixedPrecision(plugin.precision)
+        scaler = plugin.scaler if plugin.scaler is not None and plugin.scaler.is_enabled() else None
+        return NPUMixedPrecision(plugin.precision, scaler=scaler)
     return plugin
 
 
@@ -224,14 +252,7 @@ def uses_npu(trainer: Mapping[str, Any] | None) -> bool:
         return cls.__module__ == __name__ and cls.__name__.startswith("NPU")
 
     getter = trainer.get if hasattr(trainer, "get") else lambda k, d=None: getattr(trainer, k, d)
-    return any(mentions(_as_plain(getter(key, None))) for key in ("accelerator", "strategy", "plugins"))
-
-
-def check_trainer_config(trainer: Mapping[str, Any] | None) -> None:
-    """For ``LightningCLI.before_instantiate_classes``: the one-line NPU error before any model loads
-    (the Trainer, which resolves ``accelerator: npu``, is built only after the model)."""
-    if uses_npu(trainer):
-        require_npu()
+    return any(mentions(as_plain(getter(key, None))) for key in ("accelerator", "strategy", "plugins"))
 
 
 def register() -> None:
@@ -241,16 +262,22 @@ def register() -> None:
     NPUDDPStrategy.register_strategies(StrategyRegistry)
 
 
-def _as_plain(value: Any) -> Any:
+def as_plain(value: Any) -> Any:
     # jsonargparse hands over Namespace objects: compare them as dicts.
     if hasattr(value, "as_dict"):
         return value.as_dict()
+    if isinstance(value, (list, tuple)):
+        return [as_plain(v) for v in value]
     return value
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _import_failed(exc: BaseException) -> str:
+    return f"importing torch_npu failed: {_first_line(exc)}"
 
 
 register()
