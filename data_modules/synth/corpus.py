@@ -167,6 +167,7 @@ def synthesize(
     pretraining data; no sentence of val, test or test_ood among them). They come from their own
     random stream, so every other manifest is the same with or without them.
     """
+    check_counts({"n": n, "n_scenes": n_scenes, "asr_extra": asr_extra})
     out = Path(out)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     genders = voicelib.variant_genders()
@@ -245,6 +246,21 @@ def synthesize(
     return summary
 
 
+# the least each count may be: a corpus needs utterances; scenes and extra ASR sentences may be none
+COUNT_MINIMUM = {"n": (1, "in-domain utterances"), "n_scenes": (0, "sound scenes"),
+                 "asr_extra": (0, "extra ASR utterances")}
+OPTION_OF_COUNT = {"n": "--n", "n_scenes": "--scenes", "asr_extra": "--asr-extra"}
+
+
+def check_counts(counts: dict[str, int | None], names: dict[str, str] | None = None) -> None:
+    """One ``ValueError`` line for the first count below its minimum (``None``: its default), before
+    anything is written: ``n`` 0 would write an empty corpus whose ``summary.json`` counts as present."""
+    for key, value in counts.items():
+        least, what = COUNT_MINIMUM[key]
+        if value is not None and value < least:
+            raise ValueError(f"{(names or {}).get(key, key)}: expected {least} or more {what}, got {value}")
+
+
 def _assign(items: list[dict], rng: random.Random) -> dict[str, list[dict]]:
     """Random ~80/10/10 train/val/test split (manifest order follows the item ids)."""
     order = list(items)
@@ -268,6 +284,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Synthesize and print one summary line per split/task."""
+    check_counts({"n": args.n, "n_scenes": args.scenes, "asr_extra": args.asr_extra}, OPTION_OF_COUNT)
     t0 = time.time()
     summary = synthesize(args.out, n=args.n, seed=args.seed, voices=args.voices,
                          n_scenes=args.scenes, workers=args.workers, asr_extra=args.asr_extra)

@@ -1,6 +1,6 @@
 """A tiny sentence grammar: short, lower-case, punctuation-free English transcripts.
 
-The vocabulary is deliberately small (~250 words) so that a tiny audio LLM trained on CPU can
+The vocabulary is deliberately small (323 words) so that a tiny audio LLM trained on CPU can
 learn to transcribe it, while the templates give enough variety that memorising whole
 sentences is not an option.
 """

@@ -16,7 +16,31 @@ from pathlib import Path
 from .analysis.ablations import metric_value
 from .experiment import conditions, fit_mask, random_like, test_condition
 
+# The files the repository ships, relative to its root. They are looked up in the checkout this
+# module runs from (the folder above src/), then in the working directory (an installed package).
 CONFIG = "experiments/gr_tiny.yaml"
+CHECKPOINT = "checkpoints/tiny_lalm_8x16g"
+HERE = Path(__file__).resolve().parent
+CHECKOUT = HERE.parents[1] if HERE.parent.name == "src" else None
+FROM_ROOT = "run it from the repository root (the folder with experiments/ and checkpoints/)"
+
+
+def shipped(relative: str) -> Path | None:
+    """Where the shipped file or folder ``relative`` is: the checkout's, else the working directory's."""
+    for root in ([CHECKOUT] if CHECKOUT else []) + [Path.cwd()]:
+        if (root / relative).exists():
+            return root / relative
+    return None
+
+
+def missing_checkpoint(path: Path | None) -> str:
+    """Why the demo has no checkpoint, and what to do: regrow a testbed folder of this checkout, or
+    look in the right place (the default is the checkout's, which an installed package lacks)."""
+    if path is not None and CHECKOUT and path.resolve().parent == CHECKOUT / "checkpoints":
+        if path.name == Path(CHECKPOINT).name:
+            return "TinyLALM checkpoint missing (make testbed RECIPE=8x16g regrows it)"
+        return "TinyLALM checkpoint missing (docs/testbed.md: which make testbed RECIPE=... grows it)"
+    return f"no TinyLALM checkpoint (model.safetensors) there: {FROM_ROOT}, or pass --checkpoint DIR"
 
 
 def data_overrides(data: Path, task: str = "gr") -> list[str]:
@@ -45,13 +69,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ahamask_lightning.demo", description=__doc__)
     # not data/synth: make tiny-data would take this small corpus for the full one and skip it
     p.add_argument("--data", default="data/synth_demo")
-    p.add_argument("--checkpoint", default="checkpoints/tiny_lalm_8x16g",
-                   help="checkpoints/tiny_lalm for the 6 x 8-head model, where it falls short")
+    p.add_argument("--checkpoint", default=None,
+                   help=f"a TinyLALM checkpoint folder (default: the repository's {CHECKPOINT}); "
+                        "checkpoints/tiny_lalm for the 6 x 8-head model, where it falls short")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--n", type=int, default=1500, help="utterances to synthesise if --data is empty")
     p.add_argument("--steps", type=int, default=600, help="mask training steps")
     p.add_argument("--test-batches", type=int, default=10, help="test batches of 16 per split")
     args = p.parse_args(argv)
+    config = shipped(CONFIG)
+    if config is None:
+        print(f"[demo] {CONFIG} not found: {FROM_ROOT}", file=sys.stderr)
+        return 2
+    checkpoint = Path(args.checkpoint) if args.checkpoint else shipped(CHECKPOINT)
+    if checkpoint is None or not (checkpoint / "model.safetensors").is_file():
+        print(f"[demo] {checkpoint or CHECKPOINT}: {missing_checkpoint(checkpoint)}", file=sys.stderr)
+        return 2
     start = time.time()
     data, out = Path(args.data), Path(args.out)
     if not (data / "summary.json").is_file():
@@ -59,20 +92,17 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"[demo] synthesising {args.n} utterances into {data} ...", flush=True)
         synthesize(data, n=args.n, seed=0)
-    if not (Path(args.checkpoint) / "model.safetensors").is_file():
-        print(f"[demo] {args.checkpoint}: TinyLALM checkpoint missing (make testbed RECIPE=8x16g regrows it)",
-              file=sys.stderr)
-        return 2
-    common = data_overrides(data) + ["--model.init_args.model.init_args.checkpoint", args.checkpoint]
+    common = data_overrides(data) + ["--model.init_args.model.init_args.checkpoint", str(checkpoint)]
     print(f"[demo] training a GR mask for {args.steps} steps without instruction ...", flush=True)
-    mask = fit_mask(CONFIG, out / "gr", common + ["--trainer.max_steps", str(args.steps),
+    mask = fit_mask(str(config), out / "gr", common + ["--trainer.max_steps", str(args.steps),
                                                     "--trainer.limit_val_batches", "2"])
     rand = random_like(mask, out / "gr" / "random_mask.safetensors", seed=0)
     rows = []
     for cond in conditions(mask, rand):
         print(f"[demo] testing: {cond.name}", flush=True)
-        res = test_condition(CONFIG, cond, out / "test" / cond.name.replace(" ", "_"),
-                             common + ["--trainer.limit_test_batches", str(args.test_batches)])
+        where = out / "test" / cond.name.replace(" ", "_")  # its config.yaml too, not the YAML's runs/tiny/gr
+        res = test_condition(str(config), cond, where, common + ["--trainer.limit_test_batches", str(args.test_batches),
+                                                                 "--trainer.default_root_dir", str(where)])
         m = res["metrics"]
         rows.append((cond.name, metric_value(m, "gr", "acc", "ind"), metric_value(m, "gr", "acc_exact", "ind"),
                      metric_value(m, "gr", "acc", "ood"), res["run"].get("active_heads")))

@@ -4,10 +4,13 @@ This is the only place where LALM weights are trained. Whether some tasks also s
 instruction-free examples (as real LALMs do for ASR in their first stage) is the
 ``instruction_free`` experiment knob, off by default.
 
-An auxiliary CTC loss on the audio encoder (``ctc_weight``) teaches the encoder the words of
-every speech clip, whatever task the clip is prompted with, so the LLM gets aligned, word-bearing
-audio tokens early; without it 3000 CPU steps did not learn to transcribe (WER ~100 %). The CTC
-head is a training aid only and is not part of the saved checkpoint.
+An auxiliary CTC loss on the audio encoder (``ctc_weight``) teaches the encoder the words of a
+clip, whatever task the clip is prompted with, so the LLM gets aligned, word-bearing audio tokens
+early; without it 3000 CPU steps did not learn to transcribe (WER ~100 %). Only clips of one
+utterance whose ``meta.utt`` has an ASR line in ``tokenizer_manifests`` get it (the recipes: the
+training ``asr.jsonl``, so its utterances under every single-utterance task: asr, gr, src, gr_asr,
+json); ASV pairs, sound scenes and utterances found only in other manifests (``asr_extra.jsonl``)
+get no CTC. The CTC head is a training aid only and is not part of the saved checkpoint.
 
 An auxiliary speaker loss (``speaker_weight``) classifies the speaker of every utterance from the
 mean of its encoder states (both halves of a verification pair, split at the known boundary).
@@ -21,12 +24,15 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_only
 
 from .data.audio import PAIR_GAP_SECONDS
 from .data.collate import SampleCollate
@@ -85,6 +91,12 @@ def speaker_segments(meta: dict | None) -> list[tuple[str, float, float]]:
 
 AUX_HEADS = ("ctc_head.", "speaker_head.", "pair_head.")
 
+# Options of where a run writes and of how validation decodes, not of the model or of the training
+# maths: left out of the checkpoint's hyperparameters, which LightningCLI applies over the command
+# line when ``--ckpt_path`` is given (a resumed run given another ``out_dir`` would otherwise export
+# into the first run's folder). As ``module.EVALUATION_OPTIONS`` for the mask module.
+RUN_OPTIONS = ("out_dir", "max_new_tokens")
+
 
 class PretrainCollate(SampleCollate):
     """SampleCollate plus each clip's utterance id (for the CTC transcript of any speech task)."""
@@ -125,14 +137,19 @@ class TinyLALMPretrain(L.LightningModule):
     """Train a TinyLALM from scratch on instruction + audio -> target pairs.
 
     Args:
-        tokenizer_manifests: manifests whose targets train the BPE tokenizer (the train split).
+        tokenizer_manifests: manifests whose targets train the BPE tokenizer (the train split); their
+            ASR lines also give the CTC transcripts and the speaker classes.
         out_dir: where the checkpoint directory (config, fp16 safetensors, tokenizer) is written.
+            Not stored in the Lightning checkpoint (``RUN_OPTIONS``): a resumed run takes it from
+            its own command line.
         config: overrides of ``TinyLALMConfig`` fields.
         instruction_free: task -> probability of dropping the instruction (experiment; default none).
         instruction_free_target: what the examples without instruction are trained to answer:
             None (default) = their own task's target, so that task becomes the instruction-free
             default; a text such as "" = that text for every task (silence: no task by default).
-        ctc_weight: weight of the encoder's auxiliary CTC loss on the clip's transcript (0: off).
+        max_new_tokens: longest validation answer; not stored in the checkpoint either.
+        ctc_weight: weight of the encoder's auxiliary CTC loss on the clip's transcript (0: off);
+            only clips whose utterance has an ASR line in ``tokenizer_manifests`` have one.
         speaker_weight: weight of the encoder's auxiliary speaker-classification loss (0: off).
         pair_weight: weight of the encoder's auxiliary same-speaker loss on verification pairs (0: off).
         init_from: a pretraining Lightning checkpoint whose weights this run starts from (the
@@ -163,7 +180,8 @@ class TinyLALMPretrain(L.LightningModule):
                  init_from: str | None = None, grow_from: str | None = None,
                  grow_layers: str = "identity", freeze_encoder: bool = False) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=list(RUN_OPTIONS))
+        self.out_dir, self.max_new_tokens = out_dir, max_new_tokens
         torch.manual_seed(seed)
         tokenizer = build_tokenizer(corpus_texts(tokenizer_manifests), vocab_size=vocab_size)
         cfg = TinyLALMConfig(**(config or {}))
@@ -315,7 +333,7 @@ class TinyLALMPretrain(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.log("val/loss", self.adapter.loss(batch), batch_size=len(batch["ids"]))
-        preds = self.adapter.generate(batch, max_new_tokens=self.hparams.max_new_tokens)
+        preds = self.adapter.generate(batch, max_new_tokens=self.max_new_tokens)
         self.evaluator.update(batch, preds, self.device, eval_set_of(self.trainer.datamodule, "val", dataloader_idx))
 
     def on_validation_epoch_start(self) -> None:
@@ -341,19 +359,50 @@ class TinyLALMPretrain(L.LightningModule):
         sched = warmup_cosine(opt, hp.warmup_steps, total, 0.0, hp.lr, hp.final_lr)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        try:
+            fitting = self.trainer.state.fn == TrainerFn.FITTING
+        except RuntimeError:  # not attached to a Trainer
+            fitting = False
+        if fitting and "out_dir" in (checkpoint.get("hyper_parameters") or {}):
+            # written before RUN_OPTIONS were left out: LightningCLI has applied its out_dir
+            say_once(f"ahamask: this checkpoint stores out_dir (it predates RUN_OPTIONS), which `ahamask fit "
+                     f"--ckpt_path` applies over --model.init_args.out_dir: this run exports to {self.out_dir} "
+                     "(python -m ahamask_lightning.pretrain CKPT DIR exports elsewhere)")
+
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero:
-            self.adapter.save(Path(self.hparams.out_dir))
+            self.adapter.save(Path(self.out_dir))
+
+
+@rank_zero_only
+def say_once(line: str) -> None:
+    """One line on stderr, from the first process only."""
+    print(line, file=sys.stderr)
 
 
 def export_checkpoint(ckpt: str, out_dir: str) -> Path:
     """Write the TinyLALM checkpoint directory from a pretraining Lightning checkpoint.
 
     For a run that was stopped before ``on_fit_end`` wrote ``out_dir`` (the tokenizer is rebuilt
-    from the same manifests, deterministically, so the manifests must be present).
+    from the same manifests, deterministically, so the manifests must be present). A missing file
+    raises ``FileNotFoundError``, anything else that is not a ``TinyLALMPretrain`` checkpoint a
+    ``ValueError``, each naming ``ckpt`` in one line.
     """
+    from .cli.run_files import checkpoint_problem
+
+    if Path(ckpt).is_dir():
+        raise ValueError(f"{ckpt}: a folder; expected the .ckpt file of a pretraining run")
+    problem = checkpoint_problem(Path(ckpt))
+    if problem is not None:
+        kind, why = problem
+        raise (FileNotFoundError if kind == "missing" else ValueError)(f"{ckpt}: {why}")
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    hparams = {k: v for k, v in state["hyper_parameters"].items() if not k.startswith("_")}
+    stored = state.get("hyper_parameters") if isinstance(state, dict) else None
+    if not isinstance(stored, dict) or "tokenizer_manifests" not in stored or "state_dict" not in state:
+        raise ValueError(f"{ckpt}: not a TinyLALM pretraining checkpoint (expected the .ckpt of an `ahamask fit` "
+                         "of ahamask_lightning.pretrain.TinyLALMPretrain, with its hyper_parameters and state_dict)")
+    hparams = {k: v for k, v in stored.items() if not k.startswith("_")}
     hparams["init_from"] = hparams["grow_from"] = None  # the weights come from ``ckpt`` itself
     module = TinyLALMPretrain(**hparams)
     module.load_state_dict(state["state_dict"])
@@ -361,12 +410,26 @@ def export_checkpoint(ckpt: str, out_dir: str) -> Path:
     return Path(out_dir)
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ahamask_lightning.pretrain CKPT OUT_DIR``; bad input is one ``ahamask: error:`` line, exit 2."""
     import argparse
+
+    from .cli.errors import ONE_LINE_ERRORS, error_line, full_traceback_wanted
 
     parser = argparse.ArgumentParser(prog="python -m ahamask_lightning.pretrain",
                                      description="export a TinyLALM checkpoint from a pretraining .ckpt")
     parser.add_argument("ckpt")
     parser.add_argument("out_dir")
-    a = parser.parse_args()
-    print(export_checkpoint(a.ckpt, a.out_dir))
+    a = parser.parse_args(argv)
+    try:
+        print(export_checkpoint(a.ckpt, a.out_dir))
+    except ONE_LINE_ERRORS as exc:
+        if full_traceback_wanted():
+            raise
+        print(f"ahamask: error: {error_line(exc)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

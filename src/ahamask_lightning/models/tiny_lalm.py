@@ -39,7 +39,7 @@ SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 @dataclass
 class TinyLALMConfig:
     n_mels: int = 80
-    hop_ms: float = 20.0  # 50 frames/s in, 12.5 audio tokens/s into the LLM
+    hop_ms: float = 20.0  # 50 frames/s in, 12.5 encoder frames/s, 12.5 / stack (6.25) audio tokens/s to the LLM
     enc_dim: int = 256
     enc_layers: int = 2
     enc_heads: int = 4
