@@ -266,15 +266,20 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def test_wiring_with_a_renamed_privateuse1_backend(tmp_path):
-    script = tmp_path / "wiring.py"
-    script.write_text(textwrap.dedent(PRELUDE) + textwrap.dedent(FAKE_TORCH_NPU) + textwrap.dedent(WIRING))
+def run_with_stand_in_npu(body: str, tmp_path: Path) -> dict:
+    """Run ``body`` in a fresh interpreter with the stand-in torch_npu; the dict it prints as RESULT."""
+    script = tmp_path / "stand_in.py"
+    script.write_text(textwrap.dedent(PRELUDE) + textwrap.dedent(FAKE_TORCH_NPU) + textwrap.dedent(body))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, str(script), str(tmp_path)], check=False, cwd=REPO, capture_output=True,
                           text=True, timeout=180, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    out = json.loads(lines[-1].removeprefix("RESULT "))
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def test_wiring_with_a_renamed_privateuse1_backend(tmp_path):
+    out = run_with_stand_in_npu(WIRING, tmp_path)
     assert out["parse"] == ["npu:0", "npu:1"] and out["single"] == "npu:0"
     assert out["refused"] == ["trainer.devices: 4 asks for 4 npu devices, 2 visible",
                               "trainer.devices: index 5 does not exist: 2 npu devices visible (0 to 1)"]
@@ -326,14 +331,7 @@ print("RESULT " + json.dumps(out))
 
 def test_the_cli_completes_or_refuses_the_npu_strategy(tmp_path):
     # With a (stand-in) NPU: the documented flag form and npu.yaml's devices, end to end through the CLI.
-    script = tmp_path / "configs.py"
-    script.write_text(textwrap.dedent(PRELUDE) + textwrap.dedent(FAKE_TORCH_NPU) + textwrap.dedent(CONFIGS))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], check=False, cwd=REPO, capture_output=True,
-                          text=True, timeout=180, env=env)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    out = json.loads(lines[-1].removeprefix("RESULT "))
+    out = run_with_stand_in_npu(CONFIGS, tmp_path)
     npu_amp = {"precision": "NPUMixedPrecision", "autocast": "npu", "scaler_enabled": True}
     # Lightning alone: SingleDeviceStrategy on the CPU (one NPU) or DDP under a CUDA stream, with CUDA autocast
     assert out["flag_one"] == {"strategy": "NPUSingleDeviceStrategy", "root": "npu:0", **npu_amp,
