@@ -1,11 +1,12 @@
 """Serving benchmarks: pruned decoding against the dense and gated model, and mixed-task batches.
 
 * Pruned decoding: time per decoding step of the dense (ungated), gated and physically pruned
-  model at 20 / 50 / 80 % active heads (random masks), batch 1 and 8, with a check that the pruned
+  model at 20 / 50 / 80 % active heads (random masks; 20 % only at full size), batch 1 and 8, with a check that the pruned
   model generates exactly the gated model's tokens. A step's time is a gap between two lm_head
   calls in one ``generate`` (see :func:`decoding_steps`), so the prompt pass and the audio encoder
   are not counted. Both Qwen2-Audio bench models also decode after 30 s clips in a 30 s window
-  (about 750 audio tokens of context). ``weight_bound``: what the pruned linear weights allow.
+  (about 750 audio tokens of context). ``weight_bound``: what the pruned linear weights allow
+  (counted on the pruned copies themselves).
 * Mixed tasks: 4 masks (random, half the heads each) over 2 clips = 8 samples: one ``generate``
   call whose samples carry their own mask, against the same samples run mask by mask (4 calls of
   2), and against 4 pruned models (one per mask); tokens compared sample by sample.
@@ -16,8 +17,16 @@ TinyLALM default testbed (8 x 16 heads).
 Variants are timed interleaved in one process, medians over rounds (``bench.timing``). Clips are
 espeak-ng speech when espeak-ng and sox are installed, else ``bench.models.speech_like``.
 
-    python -m bench.bench_serving [--smoke] [--device cpu] [--out serving.json]
+    python -m bench.bench_serving [--smoke] [--device cpu] [--reps N] [--out serving.json]
     python -m bench --parts serving --threads 1   # the same, with machine and versions (BENCHMARKS.md)
+
+Full size (``--full-size qwen2-audio-7b``, in bench/gpu.sh's 120 s decoding-and-serving slot):
+16 new tokens, batch 1 and 8, the 20 % fraction only, ``reps`` timed rounds (gpu.sh: 2) after one
+warm-up round. Per batch size 3 checking ``generate`` calls + 3 variants x 3 rounds = 12 calls;
+mixed tasks 5 + 9 x 3 = 32 calls: 56 calls of 16 tokens = 896 decoding steps, about 25 s at
+25 ms a step (HF eager 7B, bf16) or 36 s at 40 ms, plus a 7B build. With the decoding part
+(2 batch sizes x 3 rounds x 3 x 32 tokens = 576 steps, 15-23 s, its own build) and the process
+start, about 70-100 s. With ``--smoke`` the smoke size is used whatever ``full_size`` says.
 """
 from __future__ import annotations
 
@@ -29,7 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -44,6 +53,12 @@ from .timing import interleaved, sync
 SENTENCES = ["the quick brown fox jumps over the lazy dog", "a small cat sat on the red mat near the door",
              "we will meet at the old bridge tomorrow morning", "she sells bright shells by the quiet sea shore"]
 FRACTIONS = (0.2, 0.5, 0.8)
+SETTINGS = {  # new tokens, timed rounds (``reps``, after one warm-up), batch sizes, mixed-task layout
+    "smoke": dict(new_tokens=4, reps=2, batches=[1, 2], fractions=list(FRACTIONS), masks=2, mixed_batch=4, clip_s=2.0),
+    "cpu": dict(new_tokens=32, reps=5, batches=[1, 8], fractions=list(FRACTIONS), masks=4, mixed_batch=8, clip_s=2.0),
+    # sized for bench/gpu.sh's slot (module docstring)
+    "full": dict(new_tokens=16, reps=2, batches=[1, 8], fractions=[0.2], masks=4, mixed_batch=8, clip_s=2.0),
+}
 PROPORTIONAL_VOCAB = 5300
 LONG_CLIP_S = 30
 
@@ -126,18 +141,27 @@ def greedy_tokens(adapter, batch: dict, n: int, **generation) -> torch.Tensor:
     return torch.stack(steps, dim=1)
 
 
-def pruned_decoding(adapter, clips: list[torch.Tensor], cfg: dict, device: str, gate: HeadGate) -> list[dict]:
-    """Per-step decoding time of the dense, gated and pruned model, variants interleaved run by run."""
+def fraction_mask(shape: tuple[int, int], frac: float) -> tuple[int, torch.Tensor]:
+    """The random mask with ``frac`` of the heads on that the serving rows use (seed ``100 * frac``)."""
+    active = round(frac * shape[0] * shape[1])
+    return active, random_mask(shape, active, seed=int(100 * frac))
+
+
+def pruned_decoding(adapter, clips: list[torch.Tensor], cfg: dict, device: str, gate: HeadGate,
+                    progress: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """Per-step decoding time of the dense, gated and pruned model, variants interleaved run by run;
+    ``progress`` gets the rows so far after each batch size."""
     n, reps, shape = cfg["new_tokens"], cfg["reps"], (adapter.num_layers, adapter.num_heads)
-    rows = []
+    rows: list[dict] = []
     for batch_size in cfg["batches"]:
         audios = [clips[i % len(clips)] for i in range(batch_size)]
         batch = to_device(adapter.collate(audios, [None] * batch_size), device)
         variants: dict[str, tuple] = {"dense": (None, None)}
         checks = {}
-        for frac in FRACTIONS:
-            active = round(frac * shape[0] * shape[1])
-            mask = random_mask(shape, active, seed=int(100 * frac)).to(device)
+        dense_tokens = greedy_tokens(adapter, batch, n)
+        for frac in cfg.get("fractions", FRACTIONS):
+            active, mask = fraction_mask(shape, frac)
+            mask = mask.to(device)
             blocks, _ = pruned_copies(adapter, mask)
             variants[f"gated{frac}"] = (mask, None)
             variants[f"pruned{frac}"] = (None, blocks)
@@ -145,7 +169,8 @@ def pruned_decoding(adapter, clips: list[torch.Tensor], cfg: dict, device: str, 
                 gated = greedy_tokens(adapter, batch, n)
             with use_blocks(adapter, blocks):
                 pruned = greedy_tokens(adapter, batch, n)
-            checks[frac] = (active, torch.equal(gated, pruned), not torch.equal(gated, greedy_tokens(adapter, batch, n)))
+            checks[frac] = (active, torch.equal(gated, pruned), not torch.equal(gated, dense_tokens),
+                            weight_bound(adapter, blocks))
         per_run: dict[str, list[float]] = {name: [] for name in variants}  # median step of each run
         for r in range(1 + reps):  # round 0 warms up
             for name, (mask, blocks) in variants.items():
@@ -155,7 +180,7 @@ def pruned_decoding(adapter, clips: list[torch.Tensor], cfg: dict, device: str, 
                     per_run[name].append(statistics.median(steps))
         _log(f"pruned decoding, batch {batch_size}: done")
         dense = per_run["dense"]
-        for frac, (active, identical, differs) in checks.items():
+        for frac, (active, identical, differs, bound) in checks.items():
             gated, pruned = per_run[f"gated{frac}"], per_run[f"pruned{frac}"]
             rows.append({
                 "batch": batch_size, "active_fraction": frac, "active_heads": active,
@@ -171,21 +196,33 @@ def pruned_decoding(adapter, clips: list[torch.Tensor], cfg: dict, device: str, 
                                                          max(d / p for d, p in zip(dense, pruned))],
                 "speedup_pruned_vs_gated": statistics.median(gated) / statistics.median(pruned),
                 "speedup_pruned_vs_gated_paired": statistics.median(g / p for g, p in zip(gated, pruned)),
-                "weight_bound_speedup": weight_bound(adapter, active / (shape[0] * shape[1])),
+                "weight_bound_speedup": bound,
                 "identical_tokens_pruned_vs_gated": identical, "mask_changes_tokens": differs,
             })
+        variants = None  # the pruned copies of this batch size freed
+        if progress:
+            progress(rows)
     return rows
 
 
-def weight_bound(adapter, active_fraction: float) -> float:
-    """Dense / pruned multiply-adds per decoded token in the LLM's linear layers and lm_head.
+def _linear_weights(modules) -> int:
+    return sum(m.weight.numel() for block in modules for m in block.modules() if isinstance(m, torch.nn.Linear))
+
+
+def weight_bound(adapter, blocks: Sequence[torch.nn.Module]) -> float:
+    """Dense / pruned multiply-adds per decoded token in the LLM's linear layers and lm_head, with
+    ``blocks`` the pruned copies of the adapter's attention blocks (``pruned_copies``).
 
     The most that removing heads can save per token when the step is bound by its matmuls (or by
     reading their weights, at batch 1). Attention over the short KV cache and per-step overhead
-    are left out, and q/k/v/o are taken to shrink with the heads (exact when every head has its
-    own KV head, as in the bench model), so a measured speed-up under this is expected.
+    are left out. The pruned q/k/v/o are counted as pruning left them, so the heads it keeps
+    beyond the mask's (one zeroed head in a layer with every head off, padding heads of a grouped
+    KV group) count too; a measured speed-up under this is expected.
     """
-    attention_weights = {id(p) for block in adapter.gated_attentions() for p in block.parameters()}
+    originals = adapter.gated_attentions()
+    if len(blocks) != len(originals):
+        raise ValueError(f"{len(blocks)} pruned blocks for {len(originals)} attention layers")
+    attention_weights = {id(p) for block in originals for p in block.parameters()}
     audio_side = ("audio", "encoder", "projector", "whisper", "beats", "qformer")
     attention = other = 0
     for name, module in adapter.named_modules():
@@ -194,7 +231,14 @@ def weight_bound(adapter, active_fraction: float) -> float:
                 attention += module.weight.numel()
             else:
                 other += module.weight.numel()
-    return (attention + other) / (attention * active_fraction + other)
+    pruned = _linear_weights(blocks)
+    return (attention + other) / (pruned + other)
+
+
+def fraction_bound(adapter, frac: float) -> float:
+    """:func:`weight_bound` for the serving rows' random mask at ``frac`` (works on the meta device too)."""
+    _, mask = fraction_mask((adapter.num_layers, adapter.num_heads), frac)
+    return weight_bound(adapter, pruned_copies(adapter, mask)[0])
 
 
 def mixed_task(adapter, clips: list[torch.Tensor], cfg: dict, device: str, gate: HeadGate) -> dict:
@@ -249,16 +293,25 @@ def _tiny_lalm(device: str):
     return build_adapter(spec).to(device), {"model": "TinyLALM", "checkpoint": TINY_DEFAULT}
 
 
-def run(smoke: bool, full_size: str | None, device: str, partial_out: str | None = None) -> dict:
+def run(smoke: bool, full_size: str | None, device: str, partial_out: str | None = None, reps: int | None = None,
+        on_progress: Callable[[dict], None] | None = None) -> dict:
     """The serving figures as a JSON-able dict (see the module docstring); ``partial_out``: a file
-    rewritten after each part, so a long run that is stopped keeps what it measured."""
-    cfg = (dict(new_tokens=4, reps=2, batches=[1, 2], masks=2, mixed_batch=4, clip_s=2.0) if smoke else
-           dict(new_tokens=32, reps=5, batches=[1, 8], masks=4, mixed_batch=8, clip_s=2.0))
+    rewritten after each batch size and model, so a long run that is stopped keeps what it measured;
+    ``on_progress``: called with the result so far at the same points. ``reps``: timed rounds per
+    variant (default per size). ``smoke`` wins over ``full_size``: that model's code path at the
+    smoke size (the CPU smoke of bench/gpu.sh)."""
+    cfg = dict(SETTINGS["smoke" if smoke else "full" if full_size else "cpu"])
+    if reps is not None:
+        if reps < 1:
+            raise ValueError(f"reps must be >= 1, got {reps}")
+        cfg["reps"] = reps
     torch.manual_seed(0)
     models = []
     if full_size:
-        size = SIZES[full_size]
-        models.append((full_size, qwen2_audio(size, None, device), {"model": "Qwen2-Audio", "size": full_size}))
+        size = SIZES["smoke" if smoke else full_size]
+        vocab = size["vocabs"][0] if smoke else None
+        models.append((full_size, qwen2_audio(size, vocab, device),
+                       {"model": "Qwen2-Audio", "size": f"{full_size} at smoke size" if smoke else full_size}))
     else:
         size = SIZES["smoke" if smoke else "cpu"]
         vocab = size["vocabs"][0]
@@ -287,21 +340,34 @@ def run(smoke: bool, full_size: str | None, device: str, partial_out: str | None
     out = {"device": device, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
            "smoke": smoke, "audio": f"{source}, {cfg['clip_s']} s clips (unless a model says clip_s)",
            "settings": cfg, "models": {},
-           # what the published model's proportions allow, for comparison (built on the meta device)
-           "weight_bound_qwen2_audio_7b": {frac: weight_bound(published, frac) for frac in FRACTIONS}}
+           # what the published model's proportions allow at the rows' masks, for comparison (on the meta device)
+           "weight_bound_qwen2_audio_7b": {frac: fraction_bound(published, frac) for frac in FRACTIONS}}
+    published = None
+
+    def save() -> None:
+        _save(out, partial_out)
+        if on_progress:
+            on_progress(out)
+
     for name, adapter, info in models:
         adapter.eval()
         gate = HeadGate(adapter.gated_attentions(), adapter.num_heads, adapter.head_dim)
         _log(f"{name}: {adapter.num_layers} x {adapter.num_heads} heads")
         out["models"][name] = dict(info)
         long = "clip_s" in info
+        entry = out["models"][name]
+
+        def rows_so_far(rows: list[dict], entry: dict = entry) -> None:
+            entry["pruned_decoding"] = rows
+            save()
+
         with torch.no_grad():
-            out["models"][name]["pruned_decoding"] = pruned_decoding(adapter, long_clips if long else clips, cfg,
-                                                                     device, gate)
-            _save(out, partial_out)
+            entry["pruned_decoding"] = pruned_decoding(adapter, long_clips if long else clips, cfg, device, gate,
+                                                       rows_so_far)
+            save()
             if not long:  # mixed tasks: the short clips only
-                out["models"][name]["mixed_task"] = mixed_task(adapter, clips, cfg, device, gate)
-                _save(out, partial_out)
+                entry["mixed_task"] = mixed_task(adapter, clips, cfg, device, gate)
+                save()
         gate.remove()
         _log(f"{name}: done")
     return out
@@ -317,9 +383,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--full-size", default=None, help="a bench.models SIZES name (GPU), e.g. qwen2-audio-7b")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--reps", type=int, default=None, help="timed rounds per variant (default: per size)")
     parser.add_argument("--out", default=None, help="write the JSON here too")
     args = parser.parse_args(argv)
-    result = run(args.smoke, args.full_size, args.device, partial_out=args.out)
+    if args.reps is not None and args.reps < 1:
+        parser.error(f"--reps must be >= 1, got {args.reps}")
+    if args.full_size is not None and args.full_size not in SIZES:
+        parser.error(f"--full-size: unknown {args.full_size}; expected one of {', '.join(SIZES)}")
+    result = run(args.smoke, args.full_size, args.device, partial_out=args.out, reps=args.reps)
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:

@@ -57,7 +57,8 @@ def compiled_decoding(size: dict, device: str, reps: int, batch_sizes: tuple[int
     mask = random_mask(shape, active, seed=int(100 * ACTIVE)).to(device)
     with contextlib.ExitStack() as stack, torch.no_grad():
         pruned = copy.deepcopy(adapter)
-        stack.enter_context(use_blocks(pruned, pruned_copies(pruned, mask)[0]))
+        blocks = pruned_copies(pruned, mask)[0]
+        stack.enter_context(use_blocks(pruned, blocks))
         models = {"dense": (adapter, _compiled(adapter, device)), "pruned": (pruned, _compiled(pruned, device))}
         eager = {"cache_implementation": "static", "disable_compile": True}
         compiled = {"cache_implementation": "static"}
@@ -104,4 +105,4 @@ def compiled_decoding(size: dict, device: str, reps: int, batch_sizes: tuple[int
             "compile": "transformers (static cache)" if device.startswith("cuda") else "decoder.compile() (CPU)",
             "active_heads": active, "heads": shape[0] * shape[1], "new_tokens": n, "reps": reps,
             "audio": f"{source}, {size['clip_s']} s clips",
-            "weight_bound": weight_bound(adapter, active / (shape[0] * shape[1])), "rows": rows}
+            "weight_bound": weight_bound(adapter, blocks), "rows": rows}

@@ -29,8 +29,21 @@ def _r(r: dict) -> str:
     return f"{r['ratio']:.2f} (paired {r['paired_median']:.2f}, {r['paired_min']:.2f}-{r['paired_max']:.2f}{cpu})"
 
 
-def _mb(n: float) -> str:
+def _mb(n) -> str:
+    if not isinstance(n, (int, float)):  # "OOM": the variant ran out of GPU memory
+        return str(n)
     return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
+# results written before the CPU proxy left the weights out carry this kind: say what it counted
+OLD_CPU_KIND = "saved tensors for backward (CPU proxy)"
+
+
+def _kind(kind: str) -> str:
+    if kind == OLD_CPU_KIND:
+        return ("saved tensors for backward (CPU proxy), the frozen weights that Linear layers save included "
+                "(measured before they were left out)")
+    return kind
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -57,9 +70,12 @@ def training(part: dict) -> list[str]:
         out.append(f"Model FLOPs of the mask step (4 P_llm T + 4 P_head T_targets + 2 P_enc T_enc): {f['flops'] / 1e9:.1f} GFLOP "
                    f"(P_llm {f['p_llm'] / 1e6:.1f} M, lm_head {f['p_head'] / 1e6:.1f} M at the targets, "
                    f"P_enc {f['p_enc'] / 1e6:.1f} M over {f['t_enc']} positions); "
-                   f"{v['achieved_flops'] / 1e9:.1f} GFLOP/s = {v['mfu_vs_matmul']:.2f} of the measured matmul peak.")
+                   f"{v['achieved_flops'] / 1e9:.1f} GFLOP/s = {v['mfu_vs_matmul']:.2f} of the measured matmul peak"
+                   + (f", {v['mfu_vs_nominal']:.2f} of the nominal peak ({part['nominal_peak_flops'] / 1e12:.0f} "
+                      f"TFLOP/s, {part.get('nominal_peak_of', '')}; DESIGN's MFU)" if "mfu_vs_nominal" in v else "")
+                   + ".")
         kind = next(iter(v["memory"].values()))["kind"]
-        out += [f"Memory: {kind}.", ""]
+        out += [f"Memory: {_kind(kind)}.", ""]
     vocabs = list(part["vocabs"].values())
     names = list(part["vocabs"])
 
@@ -108,23 +124,31 @@ def scaling(part: dict) -> list[str]:
 
 def _step_rows(records: list[dict]) -> list[str]:
     rows = []
+    kind = ""
     for r in records:
-        for name, t in r["times"].items():
-            rows.append([r["clips"], r["clip_s"], r["batch"]["padded_tokens"], name, _s(t),
-                         _mb(r["memory"][name]["peak_bytes"]),
+        for name in r["memory"]:  # every variant, those that ran out of memory too ("OOM")
+            t, m = r["times"].get(name), r["memory"][name]
+            if isinstance(m, dict):
+                kind = kind or m["kind"]
+            rows.append([r["clips"], r["clip_s"], r["batch"]["padded_tokens"], name, _s(t) if t else "out of memory",
+                         _mb(m["peak_bytes"] if isinstance(m, dict) else m),
                          "" if name == "plain" or r["checkpoint_grad_max_abs_diff"] is None
                          else f"{r['checkpoint_grad_max_abs_diff']:.1e}"])
-    kind = records[0]["memory"]["plain"]["kind"] if records else ""
     return _table(["clips", "clip s", "padded tokens", "LLM activations", "mask step", "memory",
-                   "max |grad diff| vs plain"], rows) + ["", f"Memory: {kind}.", ""]
+                   "max |grad diff| vs plain"], rows) + ["", f"Memory: {_kind(kind)}.", ""]
 
 
 def largest(part: dict) -> list[str]:
     if "rows" not in part:
         return [part.get("skipped", ""), ""]
-    return _table(["activation checkpointing", "largest batch", "clip s", "GPU memory"],
-                  [[r["checkpointing"], r["largest_batch"], r["clip_s"], f"{r['memory_gb']:.0f} GB"]
-                   for r in part["rows"]]) + [""]
+    rows = []
+    for r in part["rows"]:
+        found = str(r["largest_batch"]) if r.get("done", True) else f">= {r['largest_batch']} (search cut short)"
+        hi = r.get("first_too_large", "")
+        too_large = (f"none up to {part.get('limit', '')}" if hi is None else hi) if "first_too_large" in r else ""
+        rows.append([r["checkpointing"], found, too_large, r["clip_s"], f"{r['memory_gb']:.0f} GB"])
+    return _table(["activation checkpointing", "largest batch", "smallest batch tried that did not fit", "clip s",
+                   "GPU memory"], rows) + [""]
 
 
 def decoding(part: dict) -> list[str]:
@@ -135,7 +159,8 @@ def decoding(part: dict) -> list[str]:
         rows.append([r["batch"], r["prompt_tokens"], f"{tps['default']:.1f}", f"{tps['adapter']:.1f}",
                      f"{tps['static_cache']:.1f}", _r(sp["static_vs_default"]), _s(r["times"]["prefill_default"]),
                      _s(r["times"]["prefill_adapter"])])
-    return _table(["batch", "prompt tokens", "default tok/s", "adapter tok/s", "static cache tok/s",
+    static = {True: " (compiled by transformers)", False: " (eager)"}.get(part.get("static_cache_compiled"), "")
+    return _table(["batch", "prompt tokens", "default tok/s", "adapter tok/s", f"static cache{static} tok/s",
                    "static / default speed-up", "prompt pass, default", "prompt pass, last-position logits"],
                   rows) + ["", f"{part['new_tokens']} new tokens per sample, greedy.", ""]
 
@@ -251,12 +276,15 @@ def section(result: dict) -> list[str]:
         out += [f"#### {TITLES.get(part, part)}", ""]
         if "error" in data:
             out += [f"Failed: `{data['error'][:300]}`", ""]
-            continue
+            if not data.get("partial"):
+                continue
+            out += ["What it measured before it failed:", ""]
         if "skipped" in data:
             out += [f"Skipped: {data['skipped']}", ""]
             continue
         out += RENDER.get(part, generic)(data)
-        out += [f"({data.get('wall_s', 0):.0f} s)", ""]
+        cut = "; cut short: the rows measured before it stopped" if data.get("partial") and "error" not in data else ""
+        out += [f"({data.get('wall_s', 0):.0f} s{cut})", ""]
     return out
 
 
@@ -286,17 +314,32 @@ def main(argv: list[str] | None = None) -> int:
     paths = [Path(x) for x in args.results] or sorted((ROOT / "bench" / "results").glob("*.json"))
     if not paths:
         p.error("no results: run `python -m bench` first (bench/results/*.json)")
+    for path in paths:
+        if not path.is_file():
+            p.error(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+        try:
+            json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            p.error(f"{path}: not readable JSON ({err})")
+    md = Path(args.markdown)
+    if not args.stdout:
+        if md.is_dir():
+            p.error(f"--markdown {md}: is a directory")
+        if not md.parent.is_dir():
+            p.error(f"--markdown {md}: no folder {md.parent}")
     block = render(paths)
     if args.stdout:
         print(block)
         return 0
-    md = Path(args.markdown)
     text = md.read_text() if md.is_file() else "# Benchmarks\n"
     if BEGIN in text and END in text:
         text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
-    md.write_text(text)
+    try:
+        md.write_text(text)
+    except OSError as err:
+        p.error(f"--markdown {md}: cannot write: {err.strerror or err}")
     print(f"wrote {md}")
     return 0
 

@@ -3,15 +3,17 @@
 Variants are timed interleaved (A B C A B C ...) in one process and summarised by medians, so
 that load from other processes on a shared machine hits every variant alike; the spread
 (min/max) is recorded with each median. Peak memory: on CUDA ``torch.cuda.max_memory_allocated``
-around the call; on a CPU, which has no allocator statistics, the bytes autograd keeps for
-backward (distinct storages seen by ``torch.autograd.graph.saved_tensors_hooks``): a proxy of
-the step's activation memory, not of process RSS.
+around the call, above what was allocated before it (the weights); on a CPU, which has no
+allocator statistics, the bytes autograd keeps for backward (distinct storages seen by
+``torch.autograd.graph.saved_tensors_hooks``) less the storages of the model's parameters and
+buffers (a frozen ``Linear`` still saves its weight for the input gradient; that is no extra
+memory): a proxy of the step's activation memory, not of process RSS.
 """
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -53,13 +55,26 @@ def ratio(results: dict, num: str, den: str) -> dict:
     return out
 
 
-def saved_tensor_bytes(fn: Callable[[], object]) -> int:
-    """Bytes of the distinct storages autograd saves for backward while ``fn`` runs (CPU memory proxy)."""
+CPU_MEMORY_KIND = "saved tensors for backward, parameters and buffers left out (CPU proxy)"
+
+
+def weight_storages(modules: Iterable[torch.nn.Module]) -> set[int]:
+    """``data_ptr`` of the storage of every parameter and buffer of ``modules`` (views share it)."""
+    return {t.untyped_storage().data_ptr() for m in modules
+            for t in (*m.parameters(), *m.buffers()) if t.untyped_storage().nbytes()}
+
+
+def saved_tensor_bytes(fn: Callable[[], object], exclude: Iterable[torch.nn.Module] = ()) -> int:
+    """Bytes of the distinct storages autograd saves for backward while ``fn`` runs (CPU memory proxy),
+    leaving out the storages of the parameters and buffers of ``exclude`` (the model's weights, which
+    autograd saves by reference: they take no memory beyond the model's own)."""
+    skip = weight_storages(exclude)
     storages: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         s = t.untyped_storage()
-        storages[s.data_ptr()] = s.nbytes()
+        if s.data_ptr() not in skip:
+            storages[s.data_ptr()] = s.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -67,8 +82,9 @@ def saved_tensor_bytes(fn: Callable[[], object]) -> int:
     return sum(storages.values())
 
 
-def peak_memory(fn: Callable[[], object], device: str) -> dict:
-    """CUDA: peak allocated bytes above what was allocated before. CPU: the saved-tensor proxy."""
+def peak_memory(fn: Callable[[], object], device: str, exclude: Iterable[torch.nn.Module] = ()) -> dict:
+    """CUDA: peak allocated bytes above what was allocated before (the weights are already there).
+    CPU: the saved-tensor proxy with the parameters and buffers of ``exclude`` (the model) left out."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -76,7 +92,7 @@ def peak_memory(fn: Callable[[], object], device: str) -> dict:
         fn()
         torch.cuda.synchronize()
         return {"peak_bytes": torch.cuda.max_memory_allocated() - base, "kind": "cuda max_memory_allocated"}
-    return {"peak_bytes": saved_tensor_bytes(fn), "kind": "saved tensors for backward (CPU proxy)"}
+    return {"peak_bytes": saved_tensor_bytes(fn, exclude), "kind": CPU_MEMORY_KIND}
 
 
 def matmul_peak(device: str, dtype: torch.dtype, n: int, reps: int = 5) -> float:
@@ -92,3 +108,23 @@ def matmul_peak(device: str, dtype: torch.dtype, n: int, reps: int = 5) -> float
         sync(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best
+
+
+# Nominal dense peak (FLOP/s) per GPU model and dtype, from NVIDIA's data sheets (dense, no sparsity);
+# matched against torch.cuda.get_device_name, first match wins (the PCIe/NVL H100s are slower than the SXM).
+NOMINAL_PEAKS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("H100 PCIe", {"bfloat16": 756e12, "float16": 756e12}),
+    ("H100 NVL", {"bfloat16": 835e12, "float16": 835e12}),
+    ("H100", {"bfloat16": 989e12, "float16": 989e12}),
+    ("H200", {"bfloat16": 989e12, "float16": 989e12}),
+    ("A100", {"bfloat16": 312e12, "float16": 312e12}),
+)
+
+
+def nominal_peak(device_name: str, dtype: torch.dtype) -> float | None:
+    """The data-sheet dense peak of the GPU named ``device_name`` at ``dtype``; None when unknown."""
+    key = str(dtype).removeprefix("torch.")
+    for model, peaks in NOMINAL_PEAKS:
+        if model.lower() in device_name.lower():
+            return peaks.get(key)
+    return None

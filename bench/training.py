@@ -9,8 +9,11 @@ q_proj/v_proj with its usual full-logits loss and no gate, backward to the LoRA 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import tempfile
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -18,7 +21,9 @@ from ahamask_lightning.masking import HeadGate, HeadMask
 from ahamask_lightning.models.base import causal_lm_loss
 
 from .models import batch_shape, qwen2_audio, training_batch
-from .timing import interleaved, matmul_peak, peak_memory, ratio
+from .timing import interleaved, matmul_peak, nominal_peak, peak_memory, ratio
+
+Progress = Callable[[dict], None]
 
 
 def _without_cache_keys(batch: dict) -> dict:
@@ -55,6 +60,47 @@ class MaskStep:
         with self.gate.apply(self.mask.eval_gate()):
             return float(self.adapter.loss(batch))
 
+    def weights(self) -> tuple[torch.nn.Module, ...]:
+        """The modules whose parameters the step reads (left out of the CPU memory proxy)."""
+        return (self.adapter, self.mask)
+
+
+@contextlib.contextmanager
+def checkpointing(adapter, on: bool | None) -> Iterator[None]:
+    """The adapter's activation checkpointing switched ``on``/off for a while (None: as built).
+
+    An adapter built with ``gradient_checkpointing=True`` checkpoints its LLM layers only while
+    its ``gradient_checkpointing`` flag is set (``llm_checkpointing_active``), so one model serves
+    both variants: no second copy of the weights. transformers' ``activation_checkpointing_enable``
+    also makes the LLM's input embeddings require grad (``enable_input_require_grads``), which a
+    plain model does not do (autograd would then save and compute more for the first layer), so
+    switching checkpointing off here also takes that hook off for the while."""
+    if on is None:
+        yield
+        return
+    before = adapter.gradient_checkpointing
+    decoder = adapter.model.get_decoder() if before and not on else None
+    adapter.gradient_checkpointing = on
+    if decoder is not None:
+        decoder.disable_input_require_grads()
+    try:
+        yield
+    finally:
+        adapter.gradient_checkpointing = before
+        if decoder is not None:
+            decoder.enable_input_require_grads()
+
+
+def free(device: str) -> None:
+    """Drop what a failed (out-of-memory) step left behind and give the cached blocks back."""
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError)
+
 
 def lora_step_fn(adapter, batch: dict):
     """peft LoRA r 8 on the LLM's q_proj/v_proj of a copy of the model; the step's closure."""
@@ -75,7 +121,7 @@ def lora_step_fn(adapter, batch: dict):
         loss.backward()
         return float(loss.detach())
 
-    return step, sum(p.numel() for p in params)
+    return step, sum(p.numel() for p in params), model
 
 
 def model_flops(adapter, shape: dict, logits_positions: int) -> dict:
@@ -101,6 +147,10 @@ def step_comparison(size: dict, device: str, reps: int) -> dict:
     dtype = getattr(torch, size["dtype"])
     n = 8192 if device.startswith("cuda") else 1024
     out["matmul_peak_flops"] = matmul_peak(device, dtype, n)
+    nominal = nominal_peak(torch.cuda.get_device_name(device), dtype) if device.startswith("cuda") else None
+    if nominal:  # DESIGN §7's MFU: against the data-sheet dense peak of the GPU at this dtype
+        out["nominal_peak_flops"] = nominal
+        out["nominal_peak_of"] = f"{torch.cuda.get_device_name(device)}, {size['dtype']} dense"
     for i, vocab in enumerate(size.get("vocabs", [None])):
         adapter = qwen2_audio(size, vocab, device)
         batch = _without_cache_keys(training_batch(adapter, size["clips"], size["clip_s"], size["target_tokens"], device))
@@ -111,10 +161,12 @@ def step_comparison(size: dict, device: str, reps: int) -> dict:
         variants = {"mask_step": lambda: ms.step(batch), "mask_step_full_logits": lambda: ms.step(batch, True),
                     "forward": lambda: ms.forward(batch)}
         lora_params = None
+        weights = {name: ms.weights() for name in variants}
         if i == 0:  # LoRA once, at the first (smaller) vocabulary
-            variants["lora_step"], lora_params = lora_step_fn(adapter, batch)
+            variants["lora_step"], lora_params, lora_model = lora_step_fn(adapter, batch)
+            weights["lora_step"] = (lora_model,)
         times = interleaved(variants, reps, device)
-        memory = {name: peak_memory(fn, device) for name, fn in variants.items()}
+        memory = {name: peak_memory(fn, device, weights[name]) for name, fn in variants.items()}
         key = str(adapter.model.config.text_config.vocab_size)
         out["vocabs"][key] = {
             "batch": shape, "loss_target_only": same[0], "loss_full_logits": same[1], "times": times,
@@ -128,7 +180,9 @@ def step_comparison(size: dict, device: str, reps: int) -> dict:
         f = out["vocabs"][key]["flops"]["flops"]
         out["vocabs"][key]["achieved_flops"] = f / times["mask_step"]["median_s"]
         out["vocabs"][key]["mfu_vs_matmul"] = f / times["mask_step"]["median_s"] / out["matmul_peak_flops"]
-        adapter = ms = variants = None  # the model freed before the next vocabulary's is built
+        if nominal:
+            out["vocabs"][key]["mfu_vs_nominal"] = f / times["mask_step"]["median_s"] / nominal
+        adapter = ms = variants = weights = lora_model = None  # the model freed before the next vocabulary's is built
     return out
 
 
@@ -197,61 +251,154 @@ def tiny_lalm_cache_speedup(checkpoint: str | None, clips: int, reps: int) -> di
                 "encoder_share": ratio(times, "encoder_only", "step_no_cache")}
 
 
-def scaling(size: dict, device: str, reps: int) -> dict:
+def scaling(size: dict, device: str, reps: int, progress: Progress | None = None) -> dict:
     """Step time and memory against batch size (at the reference clip length) and clip length
-    (at the reference batch), then activation checkpointing on/off at the reference shape."""
+    (at the reference batch), then activation checkpointing on/off at the reference shape and the
+    largest batch. One model, built with checkpointing and switched off for the plain step
+    (:func:`checkpointing`). A variant that runs out of GPU memory is recorded as ``"OOM"`` in its
+    row and the rows go on; ``progress`` gets the part so far after each row."""
     vocab = size.get("vocabs", [None])[0]
-    rows = []
-    plain = qwen2_audio(size, vocab, device)
-    ckpt = qwen2_audio(size, vocab, device, gradient_checkpointing=True)
-    ckpt.load_state_dict(plain.state_dict())
+    rows: list[dict] = []
+    adapter = qwen2_audio(size, vocab, device, gradient_checkpointing=True)
+    ms = MaskStep(adapter)
     shapes = [(b, size["clip_s"]) for b in size["scaling_batches"]]
     shapes += [(size["clips"], s) for s in size["scaling_clip_s"] if s != size["clip_s"]]
-    steps = {"plain": MaskStep(plain), "checkpointed": MaskStep(ckpt)}
-    steps["checkpointed"].mask.load_logits(steps["plain"].mask.logits.detach())
     for clips, seconds in shapes:
-        batch = _without_cache_keys(training_batch(plain, clips, seconds, size["target_tokens"], device))
+        batch = _without_cache_keys(training_batch(adapter, clips, seconds, size["target_tokens"], device))
         both = (clips, seconds) == (size["clips"], size["clip_s"]) or clips == max(size["scaling_batches"])
-        rows.append({"clips": clips, "clip_s": seconds, "batch": batch_shape(batch),
-                     **compare_steps(steps if both else {"plain": steps["plain"]}, batch, reps, device)})
-    return {"rows": rows}
+        steps = {"plain": (ms, False), **({"checkpointed": (ms, True)} if both else {})}
+        try:
+            measured = compare_steps(steps, batch, reps, device)
+        except Exception as err:  # out of memory after the first step fitted: the row says so
+            if not is_oom(err):
+                raise
+            measured = {"times": {}, "memory": {name: "OOM" for name in steps}, "checkpoint_grad_max_abs_diff": None,
+                        "oom": list(steps)}
+        rows.append({"clips": clips, "clip_s": seconds, "batch": batch_shape(batch), **measured})
+        batch = measured = None
+        free(device)
+        if progress:
+            progress({"rows": rows})
+    return {"rows": rows, "one_model": True}
 
 
-def compare_steps(steps: dict[str, MaskStep], batch: dict, reps: int, device: str) -> dict:
-    """Times and memory of each ``steps`` variant (``plain``, optionally ``checkpointed``) on ``batch``,
-    interleaved, and the largest difference of the checkpointed step's mask gradients from the plain's."""
-    variants = {name: (lambda ms=ms: ms.step(batch)) for name, ms in steps.items()}
-    times = interleaved(variants, reps, device)
-    memory = {name: peak_memory(fn, device) for name, fn in variants.items()}
+def compare_steps(steps: dict[str, tuple[MaskStep, bool | None]], batch: dict, reps: int, device: str) -> dict:
+    """Times and memory of each ``steps`` variant (``plain``, optionally ``checkpointed``: a mask step
+    and the checkpointing to switch to, None for as built) on ``batch``, interleaved, and the largest
+    difference of the checkpointed step's mask gradients from the plain's.
+
+    Each variant first runs once alone: one that runs out of GPU memory is recorded in ``oom`` (and
+    as ``"OOM"`` in ``memory``) and left out of the timing, so a batch too large for the plain step
+    still gives the checkpointed one's figures."""
+    def run(name: str) -> float:
+        ms, on = steps[name]
+        with checkpointing(ms.adapter, on):
+            return ms.step(batch)
+
+    oom = []
+    for name in list(steps):
+        try:
+            run(name)
+        except Exception as err:  # only out-of-memory is expected; anything else goes on up
+            if not is_oom(err):
+                raise
+            oom.append(name)
+        if name in oom:
+            free(device)
+    variants = {name: (lambda name=name: run(name)) for name in steps if name not in oom}
+    times = interleaved(variants, reps, device) if variants else {}
+    memory: dict = {name: peak_memory(variants[name], device, ms.weights()) if name in variants else "OOM"
+                    for name, (ms, _) in steps.items()}
     grads = {}
     for name in variants:  # the same mask sample for both: gradients must agree
         torch.manual_seed(3)
         variants[name]()
-        grads[name] = steps[name].mask.logits.grad.clone()
-    agree = float((grads["checkpointed"] - grads["plain"]).abs().max()) if "checkpointed" in grads else None
-    return {"times": times, "memory": memory, "checkpoint_grad_max_abs_diff": agree}
+        grads[name] = steps[name][0].mask.logits.grad.clone()
+    agree = float((grads["checkpointed"] - grads["plain"]).abs().max()) if len(grads) == 2 else None
+    return {"times": times, "memory": memory, "checkpoint_grad_max_abs_diff": agree,
+            **({"oom": oom} if oom else {})}
 
 
-def largest_batch(size: dict, device: str, checkpointing: bool, limit: int = 256) -> dict:
-    """CUDA only: the largest batch (doubling, then bisection) whose mask step fits in memory."""
-    adapter = qwen2_audio(size, None, device, gradient_checkpointing=checkpointing)
-    ms = MaskStep(adapter)
-
-    def fits(clips: int) -> bool:
-        try:
-            batch = _without_cache_keys(training_batch(adapter, clips, size["clip_s"], size["target_tokens"], device))
-            ms.step(batch)
-            return True
-        except torch.OutOfMemoryError:
-            return False
-        finally:
-            torch.cuda.empty_cache()
-
-    lo, hi = 0, 1
-    while hi <= limit and fits(hi):
-        lo, hi = hi, hi * 2
-    while hi - lo > 1 and lo < limit:
+def search_largest(fits: Callable[[int], bool], limit: int, progress: Callable[[int, int | None], None] | None = None,
+                   resolution: float = 1 / 4) -> tuple[int, int | None]:
+    """The largest ``n <= limit`` with ``fits(n)`` (fits taken to be monotone): doubling from 1, then
+    bisection until the bracket is within ``resolution`` of its lower end (or 1). Returns ``(lo, hi)``:
+    ``lo`` fits (0: not even 1), ``hi`` the smallest size tried that did not (None: ``limit`` fits).
+    ``progress(lo, hi)`` after every probe, so a search cut short still says what it found."""
+    lo, hi = 0, None
+    n = 1
+    while True:
+        if fits(n):
+            lo = n
+        else:
+            hi = n
+        if progress:
+            progress(lo, hi)
+        if hi is not None or n >= limit:
+            break
+        n = min(2 * n, limit)
+    while hi is not None and hi - lo > max(1, int(lo * resolution)):
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return {"checkpointing": checkpointing, "largest_batch": lo, "clip_s": size["clip_s"],
-            "memory_gb": torch.cuda.get_device_properties(device).total_memory / 1e9}
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+        if progress:
+            progress(lo, hi)
+    return lo, hi
+
+
+def largest_batch(size: dict, device: str, limit: int | None = None, progress: Progress | None = None) -> dict:
+    """CUDA only: the largest batch (doubling, then bisection to within 1/4) whose mask step fits in memory,
+    plain and with activation checkpointing, on one model (:func:`checkpointing`). ``progress`` gets
+    the rows so far after every probe (a row with ``"done": False`` is a search still going)."""
+    adapter = qwen2_audio(size, None, device, gradient_checkpointing=True)
+    ms = MaskStep(adapter)
+    limit = limit or size.get("largest_limit", 256)
+    # every clip of a size is the same length with the same prompt and target: one collated batch
+    # repeated along the batch gives any size without collating hundreds of clips
+    seed_batch = _without_cache_keys(training_batch(adapter, 8, size["clip_s"], size["target_tokens"], "cpu"))
+    rows: list[dict] = []
+
+    def row(on: bool, lo: int, hi: int | None, done: bool) -> dict:
+        return {"checkpointing": on, "largest_batch": lo, "first_too_large": hi, "done": done,
+                "clip_s": size["clip_s"], "memory_gb": torch.cuda.get_device_properties(device).total_memory / 1e9}
+
+    for on in (False, True):
+        def fits(clips: int, on: bool = on) -> bool:
+            ok = False
+            try:
+                batch = repeat_batch(seed_batch, clips, device)
+                with checkpointing(adapter, on):
+                    ms.step(batch)
+                ok = True
+            except Exception as err:  # only out-of-memory means "does not fit"
+                if not is_oom(err):
+                    raise
+            batch = None
+            free(device)
+            return ok
+
+        def report(lo: int, hi: int | None, on: bool = on) -> None:
+            if progress:
+                progress({"rows": [*rows, row(on, lo, hi, False)], "limit": limit})
+
+        lo, hi = search_largest(fits, limit, report)
+        rows.append(row(on, lo, hi, True))
+        if progress:
+            progress({"rows": rows, "limit": limit})
+    return {"rows": rows, "limit": limit}
+
+
+def repeat_batch(batch: dict, n: int, device: str) -> dict:
+    """``batch`` (a collated training batch of equal-length clips) repeated or cut to ``n`` samples."""
+    k = int(batch["input_ids"].shape[0])
+    index = torch.arange(n) % k
+
+    def take(v):
+        if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == k:
+            return v[index].to(device)
+        if isinstance(v, list) and len(v) == k:
+            return [v[i] for i in index.tolist()]
+        return v.to(device) if isinstance(v, torch.Tensor) else v
+    return {key: take(v) for key, v in batch.items()}
