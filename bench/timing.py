@@ -8,6 +8,10 @@ allocator statistics, the bytes autograd keeps for backward (distinct storages s
 ``torch.autograd.graph.saved_tensors_hooks``) less the storages of the model's parameters and
 buffers (a frozen ``Linear`` still saves its weight for the input gradient; that is no extra
 memory): a proxy of the step's activation memory, not of process RSS.
+
+By hand rather than ``torch.utils.benchmark`` (checked, torch 2.11): its ``Timer`` measures one
+statement at a time, so two variants would be timed in separate blocks, and the load another job
+puts on a shared machine between the blocks would land in the ratio; nor does it record memory.
 """
 from __future__ import annotations
 
