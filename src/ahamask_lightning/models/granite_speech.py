@@ -29,6 +29,7 @@ from .full_size import meta_model
 
 if TYPE_CHECKING:
     from peft import LoraConfig
+    from torch.utils.hooks import RemovableHandle
     from transformers import GraniteSpeechConfig, GraniteSpeechProcessor
 
 # Granite 3.3 chat format written out, with the system prompt of the granite-speech-3.3
@@ -110,17 +111,19 @@ def tiny_config(processor: GraniteSpeechProcessor, layers: int = 2, heads: int =
     )
 
 
-def restore_logits_scaling(model: nn.Module) -> None:
+def restore_logits_scaling(model: nn.Module) -> RemovableHandle | None:
     """Divide the LM head's output by the Granite LLM's ``logits_scaling`` (8 for the 2B, 16 for the
     8B), as ``GraniteForCausalLM`` does. transformers' ``GraniteSpeechForConditionalGeneration``
     (5.x) applies its own ``lm_head`` without it, so the loss and beam scores would come from
     logits 8-16x sharper than the model's (greedy tokens are the same). A forward hook on the head
     covers every path: the loss, ``generate`` and pruned copies of the attention blocks.
     tests/test_adapters_more.py compares with ``GraniteForCausalLM`` on the same weights, so a
-    transformers release that scales by itself fails there instead of scaling twice."""
+    transformers release that scales by itself fails there instead of scaling twice. Returns the
+    hook's handle (None where the scale is 1)."""
     scale = float(getattr(model.config.get_text_config(), "logits_scaling", 1.0) or 1.0)
-    if scale != 1.0:
-        model.get_output_embeddings().register_forward_hook(lambda module, args, out: out / scale)
+    if scale == 1.0:
+        return None
+    return model.get_output_embeddings().register_forward_hook(lambda module, args, out: out / scale)
 
 
 def tiny_lora() -> LoraConfig:
@@ -184,7 +187,7 @@ class GraniteSpeechAdapter(ChatLALMAdapter):
                 raise RuntimeError("Granite Speech: the config asks for a LoRA adapter but none was loaded "
                                    "(is peft installed, and adapter_config.json in the checkpoint "
                                    f"directory?): {err}") from None
-        restore_logits_scaling(self.model)
+        self.logits_scaling_hook = restore_logits_scaling(self.model)  # kept: visible, removable
         self.tokenizer = self.processor.tokenizer
         self.feature_extractor = self.processor.audio_processor
         model_id = "granite-speech-tiny" if tiny else published_name(
