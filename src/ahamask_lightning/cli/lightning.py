@@ -22,7 +22,6 @@ and one progress line every few steps otherwise.
 """
 from __future__ import annotations
 
-import importlib
 import os
 import pickle
 import sys
@@ -159,8 +158,6 @@ class AHAMaskCLI(LightningCLI):
             self.session.lock.acquire()
             if not cfg.get("ckpt_path") and trainer.get("enable_checkpointing", True) is not False:
                 refuse_earlier_fit("trainer.default_root_dir", Path(root), self.session.checkpoint_dirs)
-            if trainer.get("enable_checkpointing", True) is not False:
-                fill_checkpoint_dirpaths(trainer, default_checkpoint_dir(root))
 
     def after_test(self) -> None:
         self._print_metrics("test")
@@ -230,8 +227,11 @@ def _reliability_callbacks(config: dict, callbacks: list) -> list:
     if not any(isinstance(c, RunReport) for c in callbacks):
         extra.append(RunReport())
     if config.get("enable_checkpointing", True) is not False:
-        ckpt_dir = default_checkpoint_dir(config.get("default_root_dir"))
-        models = [c for c in callbacks if isinstance(c, ModelCheckpoint)]  # dirpaths filled in the config
+        ckpt_dir = os.path.realpath(Path(config.get("default_root_dir") or ".") / "checkpoints")
+        models = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+        for c in models:
+            if c.dirpath is None:
+                c.dirpath = ckpt_dir
         if not models:
             extra.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=DEFAULT_EVERY_N_STEPS, save_last=True))
         if not any(isinstance(c, FaultCheckpoint) for c in callbacks):
@@ -240,35 +240,7 @@ def _reliability_callbacks(config: dict, callbacks: list) -> list:
     return extra
 
 
-def default_checkpoint_dir(default_root_dir: str | os.PathLike | None) -> str:
-    """Where a fit's checkpoints go unless a ``ModelCheckpoint`` names its own ``dirpath``."""
-    return os.path.realpath(Path(default_root_dir or ".") / "checkpoints")
-
-
-def fill_checkpoint_dirpaths(trainer: Any, ckpt_dir: str) -> None:
-    """Give every configured ``ModelCheckpoint`` (or subclass) without a ``dirpath`` the fit's own
-    checkpoint folder, in the parsed config: the instance is built with it, and the saved
-    ``config.yaml`` says where the checkpoints went (Lightning's default, the logger's version
-    folder, would differ between a fit and its resume)."""
-    for callback in _as_list(trainer.get("callbacks")):
-        if not hasattr(callback, "get") or not _is_model_checkpoint(str(callback.get("class_path", ""))):
-            continue
-        if callback.get("init_args") is None:
-            callback["init_args"] = type(callback)()
-        if not callback["init_args"].get("dirpath"):
-            callback["init_args"]["dirpath"] = ckpt_dir
-
-
-def _is_model_checkpoint(class_path: str) -> bool:
-    module, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name) if module else None
-    except ImportError:
-        return False
-    return isinstance(cls, type) and issubclass(cls, ModelCheckpoint)
-
-
-def checkpoint_dirs(cfg: Any) -> list[Path]:
+def checkpoint_dirs(cfg) -> list[Path]:
     """``<default_root_dir>/checkpoints`` and every ModelCheckpoint ``dirpath`` of a parsed fit config."""
     trainer = cfg.get("trainer") or {}
     dirs = [Path(trainer.get("default_root_dir") or ".") / "checkpoints"]
