@@ -126,3 +126,8 @@ def test_a_resume_at_an_epoch_end_trains_the_uninterrupted_mask(synth_corpus, tm
         assert ahamask([*common, "--trainer.default_root_dir", str(tmp_path / "B"), "--trainer.max_steps", str(steps),
                         *resume]) == 0
     assert n > 16 and torch.equal(last_logits(tmp_path / "B"), last_logits(tmp_path / "A"))
+    # B's saved config reused for a new run in C: its checkpoints go to C, not to B's folder
+    saved = sorted((tmp_path / "B").rglob("config.yaml"))[0]  # the first fit's (no ckpt_path)
+    assert ahamask(["fit", "--config", str(saved), "--trainer.default_root_dir", str(tmp_path / "C"),
+                    "--trainer.max_steps", "2"]) == 0
+    assert (tmp_path / "C" / "checkpoints" / "last.ckpt").is_file()

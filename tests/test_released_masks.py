@@ -53,13 +53,14 @@ def test_the_shipped_files_are_the_conversion_of_the_released_checkpoints(tmp_pa
 def test_table1_released_tests_the_shipped_masks(tmp_path, in_repo, monkeypatch, capsys) -> None:
     """``reproduce table1 --released``: the shipped masks, no training, only the test manifests asked for."""
     from ahamask_lightning import reproduce
+    from ahamask_lightning.cli.reproduce_args import PAPER_TASKS
 
     for var, path in (("WHISPER", "w"), ("LLM", "l"), ("BEATS", "b.pt"), ("CKPT", "c.pth")):
         (tmp_path / path).touch() if "." in path else (tmp_path / path).mkdir()
         monkeypatch.setenv(f"AHAMASK_SALMONN_{var}", str(tmp_path / path))
     args = reproduce.parser().parse_args(["table1", "--released", "--out", str(tmp_path / "t1")])
     masks, missing = reproduce.masks_to_test(args, args.tasks)
-    assert missing == [] and sorted(masks) == sorted(reproduce.PAPER_TASKS)
+    assert missing == [] and sorted(masks) == sorted(PAPER_TASKS)
     assert load_mask(masks["asr"]).mask.sum() == 1525  # the paper's ASR mask: 1525 of 1600 heads
     # nothing to train: only the test manifests are asked for, not a mask file nor training data
     assert reproduce.main(["table1", "--released", "--tasks", "gr", "--out", str(tmp_path / "t1")]) == 2

@@ -9,8 +9,9 @@ from data_modules.synth import synthesize
 
 
 @pytest.mark.parametrize("option, value, expected", [
-    ("--n", "0", "--n: expected 1 or more in-domain utterances, got 0"),
-    ("--n", "-5", "--n: expected 1 or more in-domain utterances, got -5"),
+    ("--n", "0", "--n: expected 3 or more in-domain utterances (val and test get one each), got 0"),
+    ("--n", "-5", "--n: expected 3 or more in-domain utterances (val and test get one each), got -5"),
+    ("--n", "2", "--n: expected 3 or more in-domain utterances (val and test get one each), got 2"),
     ("--scenes", "-1", "--scenes: expected 0 or more sound scenes, got -1"),
     ("--asr-extra", "-2", "--asr-extra: expected 0 or more extra ASR utterances, got -2"),
 ])

@@ -247,7 +247,7 @@ def synthesize(
 
 
 # the least each count may be: a corpus needs utterances; scenes and extra ASR sentences may be none
-COUNT_MINIMUM = {"n": (1, "in-domain utterances"), "n_scenes": (0, "sound scenes"),
+COUNT_MINIMUM = {"n": (3, "in-domain utterances (val and test get one each)"), "n_scenes": (0, "sound scenes"),
                  "asr_extra": (0, "extra ASR utterances")}
 OPTION_OF_COUNT = {"n": "--n", "n_scenes": "--scenes", "asr_extra": "--asr-extra"}
 

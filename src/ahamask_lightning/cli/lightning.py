@@ -230,6 +230,9 @@ def _reliability_callbacks(config: dict, callbacks: list) -> list:
         ckpt_dir = os.path.realpath(Path(config.get("default_root_dir") or ".") / "checkpoints")
         models = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
         for c in models:
+            # On the built callback rather than in the parsed config: the saved config.yaml keeps
+            # `dirpath: null`, so reused with another default_root_dir it checkpoints into that run's
+            # folder (a filled-in path would send the new run to the old one's)
             if c.dirpath is None:
                 c.dirpath = ckpt_dir
         if not models:
