@@ -106,7 +106,7 @@ def cache(part: dict) -> list[str]:
         verdict = f"wall {_target(1 - 1 / sp['ratio'] >= 0.9 * sh['ratio'])}"
         if "cpu_ratio" in sp:
             verdict += f", CPU time {_target(1 - 1 / sp['cpu_ratio'] >= 0.9 * sh['cpu_ratio'])}"
-        rows.append([v["model"], _s(t["step_no_cache"]), _s(t["step_cached"]), _s(t["encoder_only"]),
+        rows.append([v["model"].replace(f"{ROOT}/", ""), _s(t["step_no_cache"]), _s(t["step_cached"]), _s(t["encoder_only"]),
                      f"{saved / t['encoder_only']['median_s']:.2f}",
                      f"{_s(t['cache_read_only'])} ({v.get('read_in', 'step')})" if "cache_read_only" in t else "",
                      _r(sp), _r(sh), verdict])

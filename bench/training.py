@@ -14,6 +14,7 @@ import copy
 import gc
 import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 
@@ -215,7 +216,6 @@ def feature_cache_speedup(size: dict, device: str, reps: int) -> dict:
 
 def tiny_lalm_cache_speedup(checkpoint: str | None, clips: int, reps: int) -> dict:
     """The same on TinyLALM (the testbed checkpoint when present, else a random one), batch of ``clips``."""
-    from pathlib import Path
 
     from ahamask_lightning.models.tiny_lalm import TinyLALM, random_tiny_lalm
 
@@ -246,7 +246,7 @@ def tiny_lalm_cache_speedup(checkpoint: str | None, clips: int, reps: int) -> di
 
         times = interleaved({"step_no_cache": lambda: ms.step(plain), "step_cached": lambda: ms.step(batch),
                              "encoder_only": encoder, "cache_read_only": cache_read}, reps, "cpu")
-        return {"model": f"TinyLALM ({checkpoint})", "clips": clips, "times": times, "read_in": "collate",
+        return {"model": f"TinyLALM ({Path(checkpoint).name})", "clips": clips, "times": times, "read_in": "collate",
                 "speedup": ratio(times, "step_no_cache", "step_cached"),
                 "encoder_share": ratio(times, "encoder_only", "step_no_cache")}
 

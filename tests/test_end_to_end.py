@@ -131,3 +131,12 @@ def test_a_resume_at_an_epoch_end_trains_the_uninterrupted_mask(synth_corpus, tm
     assert ahamask(["fit", "--config", str(saved), "--trainer.default_root_dir", str(tmp_path / "C"),
                     "--trainer.max_steps", "2"]) == 0
     assert (tmp_path / "C" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_every_missing_manifest_is_named_in_one_line(tmp_path, in_repo, capsys):
+    """Not only the first: a user with no data learns of the train and val manifests at once."""
+    code = ahamask(["fit", "--config", "experiments/gr_tiny.yaml", "--data.init_args.train", f"[{tmp_path}/a.jsonl]",
+                    "--data.init_args.val", f"[{tmp_path}/b.jsonl]", "--trainer.default_root_dir", str(tmp_path / "r")])
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("ahamask: error:")]
+    assert code == 2 and len(lines) == 1
+    assert f"data.init_args.train: {tmp_path}/a.jsonl" in lines[0] and f"data.init_args.val: {tmp_path}/b.jsonl" in lines[0]

@@ -68,11 +68,13 @@ def results_table(rows: list[tuple[str, float | None, float | None, float | None
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ahamask_lightning.demo", description=__doc__)
     # not data/synth: make tiny-data would take this small corpus for the full one and skip it
-    p.add_argument("--data", default="data/synth_demo")
+    p.add_argument("--data", default="data/synth_demo",
+                   help="corpus folder, synthesised there when it holds none (default: %(default)s, in the "
+                        "working directory)")
     p.add_argument("--checkpoint", default=None,
                    help=f"a TinyLALM checkpoint folder (default: the repository's {CHECKPOINT}); "
                         "checkpoints/tiny_lalm for the 6 x 8-head model, where it falls short")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--out", default="runs/demo", help="where the mask, logs and results go (default: %(default)s)")
     p.add_argument("--n", type=int, default=1500, help="utterances to synthesise if --data is empty")
     p.add_argument("--steps", type=int, default=600, help="mask training steps")
     p.add_argument("--test-batches", type=int, default=10, help="test batches of 16 per split")

@@ -257,10 +257,11 @@ def checkpoint_dirs(cfg) -> list[Path]:
 
 def _check_manifests(data_args: dict, subcommand: str) -> None:
     """Every manifest the subcommand reads (a list, or named sets ``{name: [...]}``) must exist: one
-    line naming its key and file, before any model loads."""
+    line naming each missing or unreadable one with its key, before any model loads."""
     from ..data.datamodule import STAGE_MANIFESTS
     from ..data.manifest import as_list, check_manifest_file
 
+    problems: list[tuple[type[Exception], str]] = []
     for key in STAGE_MANIFESTS.get(subcommand, ()):
         value = data_args.get(key)
         if hasattr(value, "items"):  # named evaluation sets
@@ -274,7 +275,9 @@ def _check_manifests(data_args: dict, subcommand: str) -> None:
                 try:
                     check_manifest_file(path)
                 except (FileNotFoundError, ValueError) as exc:
-                    raise type(exc)(f"{where}: {exc}") from None
+                    problems.append((type(exc), f"{where}: {exc}"))
+    if problems:
+        raise problems[0][0]("; ".join(text for _, text in problems))
 
 
 def _check_writable(path: Path, key: str) -> None:
