@@ -189,7 +189,8 @@ def test_unknown_task_uses_the_registry_by_default(tmp_path: Path) -> None:
 
 
 def _parse(tmp_path: Path, line: str | bytes, number: int = 2, **kwargs) -> object:
-    from ahamask_lightning.data.manifest import PathResolver, parse_line
+    from ahamask_lightning.data.manifest import parse_line
+    from ahamask_lightning.data.paths import PathResolver
 
     man = str(tmp_path / "corpus" / "m.jsonl")
     resolver = PathResolver(man, kwargs.pop("audio_root", None), kwargs.pop("allow_outside_root", False))

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from .data.audio import AudioConfig, AudioError, load_audio
-from .data.manifest import PathResolver, iter_lines
+from .data.manifest import iter_lines
+from .data.paths import PathResolver
 from .masking import HeadGate, load_mask
 from .masking.prune import pruned_copies, use_blocks
 from .models.base import LALMAdapter

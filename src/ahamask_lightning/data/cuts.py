@@ -57,8 +57,6 @@ from .manifest import (
     TARGET_TOO_LONG,
     TOO_LONG,
     UNKNOWN_TASK,
-    OutsideRootError,
-    PathResolver,
     Reject,
     SampleRecord,
     finite_number,
@@ -68,6 +66,7 @@ from .manifest import (
     reserved_id,
     target_problem,
 )
+from .paths import OutsideRootError, PathResolver
 from .shar import is_shar, iter_shar, shard_count
 
 SUPERVISION_FIELDS = ("speaker", "gender", "language")

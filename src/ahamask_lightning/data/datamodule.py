@@ -58,8 +58,8 @@ from .manifest import (
     as_list,
     check_manifest_file,
     default_known_tasks,
-    recorded_roots,
 )
+from .paths import recorded_roots
 from .rejects import RejectLog, count_reasons, read_reject_files
 from .shar import is_shar, shard_count
 
