@@ -157,7 +157,7 @@ def test_a_mask_learned_on_another_model_is_named(tmp_path, capsys):
 def test_rng_checkpoints_hold_this_processs_cuda_device_state_only(monkeypatch):
     """No GPU here, so torch.cuda's RNG functions are stand-ins over two devices: a DDP rank draws on
     its own device; the state rank 0 saves for the other devices (never advanced) must not be restored."""
-    from ahamask_lightning.callbacks import rng_state, set_rng_state
+    from ahamask_lightning.reliability import rng_state, set_rng_state
 
     devices = {0: torch.tensor([7], dtype=torch.uint8), 1: torch.tensor([1], dtype=torch.uint8)}
     current = {"device": 0}

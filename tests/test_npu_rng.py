@@ -10,7 +10,7 @@ import types
 
 import torch
 
-from ahamask_lightning.callbacks import rng_state, set_rng_state
+from ahamask_lightning.reliability import rng_state, set_rng_state
 
 
 def _stand_in_npu(monkeypatch, initialized: bool = True) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from ..callbacks import is_disk_full
+from ..reliability import is_disk_full
 
 # Errors of input, configuration, files and devices: reported in one line. Anything else (an
 # AttributeError, an AssertionError, ...) is a bug and keeps its traceback.

@@ -39,9 +39,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 # importing accelerators registers --trainer.accelerator npu
 from ..accelerators import check_devices, check_fit_precision, check_trainer_config
 from ..analysis.report import metric_lines
-from ..callbacks import FaultCheckpoint, RNGStateCheckpoint, RunReport, check_sparsity_settings, is_disk_full
+from ..callbacks import check_sparsity_settings
 from ..module import NO_MASK_HINT, AHAMaskModule, NoMaskToEvaluateError, NonFiniteLossError
 from ..progress import LineProgress, MaskModelSummary, quiet_library_noise
+from ..reliability import FaultCheckpoint, RNGStateCheckpoint, RunReport, is_disk_full
 from .errors import ONE_LINE_ERRORS, error_line, full_traceback_wanted
 from .parser import OneLineErrorParser
 from .run_files import (
