@@ -274,7 +274,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """CLI options for ``ahamask data synth``."""
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--n", type=int, default=3000, help="in-domain utterances (test_ood adds ~10%%)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same corpus, byte for byte")
     parser.add_argument("--voices", nargs="+", default=None, help="restrict espeak variants, e.g. m1 f2")
     parser.add_argument("--scenes", type=int, default=None, help="sound scenes (default n/10)")
     parser.add_argument("--workers", type=int, default=2, help="parallel synthesis jobs")

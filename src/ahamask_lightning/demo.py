@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     start = time.time()
     data, out = Path(args.data), Path(args.out)
+    print(f"[demo] corpus {data.resolve()}, results {out.resolve()}", flush=True)
     if not (data / "summary.json").is_file():
         from data_modules.synth import synthesize
 

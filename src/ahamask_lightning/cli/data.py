@@ -9,7 +9,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_cmd", required=True)
     from data_modules import synth
 
-    synth.add_arguments(sub.add_parser("synth", help="synthesise the SynthSpeech corpus (espeak-ng + sox)"))
+    what = "synthesise the SynthSpeech corpus of the TinyLALM testbed (espeak-ng + sox)"
+    synth.add_arguments(sub.add_parser("synth", help=what, description=what[0].upper() + what[1:] + "."))
     from data_modules import prepare
 
     prepare.add_arguments(sub.add_parser("prepare", help="manifests for a corpus in its published layout"))

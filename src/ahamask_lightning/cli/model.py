@@ -8,11 +8,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="model_cmd", required=True)
     from ..models.full_size import FULL_SIZE
 
-    p = sub.add_parser("heads", help="gated heads of a full-size model, built on the meta device")
+    what = "gated heads of a full-size model, built on the meta device (no weights needed)"
+    p = sub.add_parser("heads", help=what, description=what[0].upper() + what[1:] + ".")
     p.add_argument("--model", required=True, help=f"one of {', '.join(FULL_SIZE)}")
-    p = sub.add_parser("check-checkpoint", help="validate a released checkpoint's keys and shapes")
+    what = "validate a released SALMONN checkpoint's keys and shapes against the model (no other weights needed)"
+    p = sub.add_parser("check-checkpoint", help=what, description=what[0].upper() + what[1:] + ".")
     p.add_argument("--model", required=True, help="salmonn-13b or salmonn-7b")
-    p.add_argument("--ckpt", required=True)
+    p.add_argument("--ckpt", required=True, help="the released checkpoint file (salmonn_v1.pth)")
 
 
 def run(args: argparse.Namespace) -> int:
