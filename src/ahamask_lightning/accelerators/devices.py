@@ -11,20 +11,15 @@ applies (a count >= 1, -1 for all, a list or ``"0,2"`` of indices, ``"auto"``) a
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import torch
 from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
 
-from .npu import NPUAccelerator, require_npu
+from .npu import NPUAccelerator, config_value, require_npu
 
 EXPECTED = "expected auto, a count >= 1, -1 (every device), or device indices such as [0, 1] or \"0,1\""
-
-
-def _getter(trainer: Any):
-    if hasattr(trainer, "get"):
-        return trainer.get
-    return lambda key, default=None: getattr(trainer, key, default)
 
 
 def parse_devices(devices: Any) -> int | list[int] | str:
@@ -84,7 +79,7 @@ def check_devices(trainer: Mapping[str, Any] | None) -> None:
     An accelerator given as a class or instance is left to Lightning."""
     if not trainer:
         return
-    get = _getter(trainer)
+    get = partial(config_value, trainer)
     accelerator = get("accelerator", "auto")
     accelerator = "auto" if accelerator is None else accelerator
     devices = parse_devices(get("devices", "auto"))
@@ -123,7 +118,7 @@ def check_fit_precision(trainer: Mapping[str, Any] | None) -> None:
     """Refuse, in one line naming ``trainer.precision``, a fit whose mask logits would train in half
     precision: near their initial value 4.0 bfloat16 steps are 0.03 apart, so the initial noise and
     updates of lr 1e-2 round away. The frozen model's own dtype is its adapter's ``dtype`` key."""
-    precision = str(_getter(trainer)("precision", None) or "") if trainer else ""
+    precision = str(config_value(trainer, "precision") or "") if trainer else ""
     if precision in HALF_TRUE:
         mixed = precision.replace("-true", "-mixed")
         raise ValueError(f"trainer.precision: {precision} would train the mask logits in half precision, which "

@@ -234,25 +234,30 @@ class NPUDDPStrategy(_NPUPrecisionMixin, DDPStrategy):
         strategy_registry.register("ddp_npu", cls, description="DDP over Ascend NPUs (hccl)", override=True)
 
 
+def config_value(node: Any, key: str, default: Any = None) -> Any:
+    """``node[key]`` of a parsed config node (a dict, or jsonargparse's ``Namespace``)."""
+    return node.get(key, default) if hasattr(node, "get") else getattr(node, key, default)
+
+
+def mentions_npu(value: Any) -> bool:
+    """Whether a (plain) trainer config value names the NPU: ``npu``, an NPU strategy name, or one of
+    this package's NPU classes (by class path or as an instance)."""
+    if isinstance(value, str):
+        package, _, name = value.rpartition(".")
+        return value.lower() in ("npu", *STRATEGY_NAMES) or (package.startswith(PACKAGE) and name.startswith("NPU"))
+    if isinstance(value, Mapping):
+        return mentions_npu(value.get("class_path"))
+    if isinstance(value, (list, tuple)):
+        return any(mentions_npu(v) for v in value)
+    cls = type(value)
+    return cls.__module__ == __name__ and cls.__name__.startswith("NPU")
+
+
 def uses_npu(trainer: Mapping[str, Any] | None) -> bool:
     """Whether a (parsed, not yet instantiated) ``trainer:`` config asks for the NPU anywhere."""
     if not trainer:
         return False
-
-    def mentions(value: Any) -> bool:
-        if isinstance(value, str):
-            package, _, name = value.rpartition(".")
-            return value.lower() in ("npu", *STRATEGY_NAMES) or (
-                package.startswith(PACKAGE) and name.startswith("NPU"))
-        if isinstance(value, Mapping):
-            return mentions(value.get("class_path"))
-        if isinstance(value, (list, tuple)):
-            return any(mentions(v) for v in value)
-        cls = type(value)
-        return cls.__module__ == __name__ and cls.__name__.startswith("NPU")
-
-    getter = trainer.get if hasattr(trainer, "get") else lambda k, d=None: getattr(trainer, k, d)
-    return any(mentions(as_plain(getter(key, None))) for key in ("accelerator", "strategy", "plugins"))
+    return any(mentions_npu(as_plain(config_value(trainer, key))) for key in ("accelerator", "strategy", "plugins"))
 
 
 def register() -> None:

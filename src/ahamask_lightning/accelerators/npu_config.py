@@ -35,11 +35,11 @@ def check_trainer_config(trainer: Any) -> None:
     instantiates. Strategies given as instances (Python use) are checked, not changed."""
     if not trainer:
         return
-    accelerator = npu.as_plain(_get(trainer, "accelerator"))
-    strategy = npu.as_plain(_get(trainer, "strategy"))
+    accelerator = npu.as_plain(npu.config_value(trainer, "accelerator"))
+    strategy = npu.as_plain(npu.config_value(trainer, "strategy"))
+    plugins = npu.as_plain(npu.config_value(trainer, "plugins"))
     asked = [f"trainer.{key}: {_shown(value)}" for key, value in
-             (("accelerator", accelerator), ("strategy", strategy), ("plugins", npu.as_plain(_get(trainer, "plugins"))))
-             if _mentions_npu(value)]
+             (("accelerator", accelerator), ("strategy", strategy), ("plugins", plugins)) if npu.mentions_npu(value)]
     if not asked:
         return
     reason = npu.npu_unavailable()
@@ -47,7 +47,7 @@ def check_trainer_config(trainer: Any) -> None:
         raise RuntimeError(f"{' and '.join(asked)} {'asks' if len(asked) == 1 else 'ask'} for an Ascend NPU, but "
                            f"{reason}; {_without_npu(accelerator, strategy)}")
     kind = _strategy_kind(strategy)
-    if _mentions_npu(accelerator):
+    if npu.mentions_npu(accelerator):
         if kind == "other":
             raise ValueError(f"trainer.strategy: {_shown(strategy)} does not run on the NPU (trainer.accelerator: "
                              f"npu); use --config experiments/strategies/ddp_npu.yaml (several NPUs) or "
@@ -61,7 +61,7 @@ def check_trainer_config(trainer: Any) -> None:
         return  # an NPU precision plugin alone: left to Lightning
     from .devices import parse_devices  # devices.py imports this module
 
-    devices = parse_devices(_get(trainer, "devices"))
+    devices = parse_devices(npu.config_value(trainer, "devices"))
     if kind == "auto":
         count = _device_count(devices)
         kind = "npu_single" if count == 1 else "ddp_npu"
@@ -72,10 +72,6 @@ def check_trainer_config(trainer: Any) -> None:
 
 
 NPU_CLASSES: dict[str, type] = {"npu_single": npu.NPUSingleDeviceStrategy, "ddp_npu": npu.NPUDDPStrategy}
-
-
-def _mentions_npu(value: Any) -> bool:
-    return npu.uses_npu({"accelerator": value})
 
 
 def _strategy_kind(strategy: Any) -> str:
@@ -115,11 +111,11 @@ def _shown(value: Any) -> str:
 def _without_npu(accelerator: Any, strategy: Any) -> str:
     """Advice that works whichever key asked for the NPU: an NPU strategy from a YAML fragment
     stays when only ``--trainer.accelerator`` is changed."""
-    if _mentions_npu(strategy):
-        flags = "--trainer.accelerator cuda|cpu --trainer.strategy auto" if _mentions_npu(accelerator) else \
+    if npu.mentions_npu(strategy):
+        flags = "--trainer.accelerator cuda|cpu --trainer.strategy auto" if npu.mentions_npu(accelerator) else \
             "--trainer.strategy auto"
         return f"drop {NPU_FRAGMENTS} from the --config list, or add {flags}"
-    if _mentions_npu(accelerator):
+    if npu.mentions_npu(accelerator):
         return "use --trainer.accelerator cuda|cpu"
     return "remove the NPU plugin from trainer.plugins"
 
@@ -138,13 +134,13 @@ def _single_device(trainer: Any, strategy: Any, devices: int | list[int] | str) 
                          "experiments/strategies/ddp_npu.yaml, for one pick it with --trainer.devices [i]")
     if not isinstance(devices, list):
         return
-    node = _get(trainer, "strategy")
+    node = npu.config_value(trainer, "strategy")
     if isinstance(node, str):  # "npu_single": the registry would build it on npu:0
         node = _config_node(trainer, class_path=f"{npu.PACKAGE}.{npu.NPUSingleDeviceStrategy.__name__}")
         _set(trainer, "strategy", node)
-    elif _get(node, "class_path") is None:
+    elif npu.config_value(node, "class_path") is None:
         return  # an instance (Python use): already built
-    init_args = _get(node, "init_args")
+    init_args = npu.config_value(node, "init_args")
     if init_args is None:
         _set(node, "init_args", _config_node(trainer, device=devices[0]))
     else:
@@ -154,10 +150,6 @@ def _single_device(trainer: Any, strategy: Any, devices: int | list[int] | str) 
 def _config_node(trainer: Any, **values: Any) -> Any:
     """A config node of the same kind as ``trainer`` (a dict, or jsonargparse's ``Namespace``)."""
     return dict(values) if isinstance(trainer, Mapping) else type(trainer)(**values)
-
-
-def _get(node: Any, key: str) -> Any:
-    return node.get(key) if hasattr(node, "get") else getattr(node, key, None)
 
 
 def _set(node: Any, key: str, value: Any) -> None:
