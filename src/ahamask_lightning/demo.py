@@ -15,11 +15,12 @@ from pathlib import Path
 
 from .analysis.ablations import metric_value
 from .experiment import conditions, fit_mask, random_like, test_condition
+from .serving import TINY_DEFAULT
 
 # The files the repository ships, relative to its root. They are looked up in the checkout this
 # module runs from (the folder above src/), then in the working directory (an installed package).
 CONFIG = "experiments/gr_tiny.yaml"
-CHECKPOINT = "checkpoints/tiny_lalm_8x16g"
+CHECKPOINT = TINY_DEFAULT  # the default testbed, as `ahamask infer --model tiny`
 HERE = Path(__file__).resolve().parent
 CHECKOUT = HERE.parents[1] if HERE.parent.name == "src" else None
 FROM_ROOT = "run it from the repository root (the folder with experiments/ and checkpoints/)"

@@ -32,7 +32,6 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_only
 
 from .data.audio import PAIR_GAP_SECONDS
 from .data.collate import SampleCollate
@@ -364,21 +363,15 @@ class TinyLALMPretrain(L.LightningModule):
             fitting = self.trainer.state.fn == TrainerFn.FITTING
         except RuntimeError:  # not attached to a Trainer
             fitting = False
-        if fitting and "out_dir" in (checkpoint.get("hyper_parameters") or {}):
+        if fitting and self.global_rank == 0 and "out_dir" in (checkpoint.get("hyper_parameters") or {}):
             # written before RUN_OPTIONS were left out: LightningCLI has applied its out_dir
-            say_once(f"ahamask: this checkpoint stores out_dir (it predates RUN_OPTIONS), which `ahamask fit "
-                     f"--ckpt_path` applies over --model.init_args.out_dir: this run exports to {self.out_dir} "
-                     "(python -m ahamask_lightning.pretrain CKPT DIR exports elsewhere)")
+            print(f"ahamask: this checkpoint stores out_dir (it predates RUN_OPTIONS), which `ahamask fit "
+                  f"--ckpt_path` applies over --model.init_args.out_dir: this run exports to {self.out_dir} "
+                  "(python -m ahamask_lightning.pretrain CKPT DIR exports elsewhere)", file=sys.stderr)
 
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero:
             self.adapter.save(Path(self.out_dir))
-
-
-@rank_zero_only
-def say_once(line: str) -> None:
-    """One line on stderr, from the first process only."""
-    print(line, file=sys.stderr)
 
 
 def export_checkpoint(ckpt: str, out_dir: str) -> Path:
