@@ -99,10 +99,6 @@ def free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError)
-
-
 def lora_step_fn(adapter, batch: dict):
     """peft LoRA r 8 on the LLM's q_proj/v_proj of a copy of the model; the step's closure."""
     from peft import LoraConfig, get_peft_model
@@ -269,9 +265,7 @@ def scaling(size: dict, device: str, reps: int, progress: Progress | None = None
         steps = {"plain": (ms, False), **({"checkpointed": (ms, True)} if both else {})}
         try:
             measured = compare_steps(steps, batch, reps, device)
-        except Exception as err:  # out of memory after the first step fitted: the row says so
-            if not is_oom(err):
-                raise
+        except torch.OutOfMemoryError:  # out of memory after the first step fitted: the row says so
             measured = {"times": {}, "memory": {name: "OOM" for name in steps}, "checkpoint_grad_max_abs_diff": None,
                         "oom": list(steps)}
         rows.append({"clips": clips, "clip_s": seconds, "batch": batch_shape(batch), **measured})
@@ -299,9 +293,7 @@ def compare_steps(steps: dict[str, tuple[MaskStep, bool | None]], batch: dict, r
     for name in list(steps):
         try:
             run(name)
-        except Exception as err:  # only out-of-memory is expected; anything else goes on up
-            if not is_oom(err):
-                raise
+        except torch.OutOfMemoryError:  # only out-of-memory is expected; anything else goes on up
             oom.append(name)
         if name in oom:
             free(device)
@@ -372,9 +364,8 @@ def largest_batch(size: dict, device: str, limit: int | None = None, progress: P
                 with checkpointing(adapter, on):
                     ms.step(batch)
                 ok = True
-            except Exception as err:  # only out-of-memory means "does not fit"
-                if not is_oom(err):
-                    raise
+            except torch.OutOfMemoryError:  # only out-of-memory means "does not fit"
+                pass
             batch = None
             free(device)
             return ok
