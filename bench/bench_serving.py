@@ -293,11 +293,11 @@ def _tiny_lalm(device: str):
     return build_adapter(spec).to(device), {"model": "TinyLALM", "checkpoint": TINY_DEFAULT}
 
 
-def run(smoke: bool, full_size: str | None, device: str, partial_out: str | None = None, reps: int | None = None,
+def run(smoke: bool, full_size: str | None, device: str, reps: int | None = None,
         on_progress: Callable[[dict], None] | None = None) -> dict:
-    """The serving figures as a JSON-able dict (see the module docstring); ``partial_out``: a file
-    rewritten after each batch size and model, so a long run that is stopped keeps what it measured;
-    ``on_progress``: called with the result so far at the same points. ``reps``: timed rounds per
+    """The serving figures as a JSON-able dict (see the module docstring); ``on_progress``: called with
+    the result so far after each batch size and model (a caller that writes it to a file keeps what a
+    stopped run measured). ``reps``: timed rounds per
     variant (default per size). ``smoke`` wins over ``full_size``: that model's code path at the
     smoke size (the CPU smoke of bench/gpu.sh)."""
     cfg = dict(SETTINGS["smoke" if smoke else "full" if full_size else "cpu"])
@@ -345,7 +345,6 @@ def run(smoke: bool, full_size: str | None, device: str, partial_out: str | None
     published = None
 
     def save() -> None:
-        _save(out, partial_out)
         if on_progress:
             on_progress(out)
 
@@ -373,11 +372,6 @@ def run(smoke: bool, full_size: str | None, device: str, partial_out: str | None
     return out
 
 
-def _save(result: dict, path: str | None) -> None:
-    if path:
-        Path(path).write_text(json.dumps(result, indent=1) + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_serving")
     parser.add_argument("--smoke", action="store_true")
@@ -390,11 +384,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--reps must be >= 1, got {args.reps}")
     if args.full_size is not None and args.full_size not in SIZES:
         parser.error(f"--full-size: unknown {args.full_size}; expected one of {', '.join(SIZES)}")
-    result = run(args.smoke, args.full_size, args.device, partial_out=args.out, reps=args.reps)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    def write(result: dict) -> None:  # after each row too: a stopped run keeps what it measured
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+
+    result = run(args.smoke, args.full_size, args.device, reps=args.reps, on_progress=write)
+    write(result)
+    print(json.dumps(result, indent=1))
     return 0
 
 
